@@ -1,0 +1,5 @@
+import sys
+
+from connector_core.cli import main
+
+sys.exit(main())

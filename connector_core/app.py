@@ -1,0 +1,229 @@
+"""The app factory: one aiohttp application wiring ingest, store, worker and dispatcher.
+
+Start-up and shutdown live in ``cleanup_ctx`` so that they run in order and undo in reverse:
+the store opens first and closes last; integrations are built after it and closed before it;
+background tasks start last and stop first, letting in-flight hook calls finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import re
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from connector_core import health, ingest
+from connector_core.appkeys import (
+    ACCOUNTS,
+    BOARD,
+    CLOCK,
+    CONFIG,
+    DISPATCHER,
+    HOST,
+    INTEGRATIONS,
+    NOTIFIER,
+    STORE,
+    WORKER,
+    AccountRuntime,
+)
+from connector_core.clock import Clock, SystemClock
+from connector_core.config import Config
+from connector_core.dispatcher import Dispatcher
+from connector_core.hooks import PluginHost
+from connector_core.integrations import AuthResult, AuthStatus, Integration
+from connector_core.notifications import CardBoard, Notifier, Sink
+from connector_core.store.sqlite import SQLiteStore
+from connector_core.worker import Worker
+
+log = logging.getLogger(__name__)
+AUTH_CHECK_INTERVAL = 300.0
+
+
+def plugin_host_for(config: Config) -> PluginHost:
+    """A plugin host with exactly the plugins the config's enabled integrations use."""
+    host = PluginHost()
+    host.load(
+        {i.plugin for a in config.accounts.values() for i in a.integrations.values() if i.enabled}
+    )
+    return host
+
+
+def create_app(
+    config: Config,
+    *,
+    host: PluginHost | None = None,
+    clock: Clock | None = None,
+    background: bool = True,
+) -> web.Application:
+    """Build the service. ``background=False`` leaves the worker loops to the caller (tests)."""
+    app = web.Application(client_max_size=config.server.max_body_bytes)
+    app[CONFIG] = config
+    app[CLOCK] = clock or SystemClock()
+    app[HOST] = host or plugin_host_for(config)
+    app.add_routes(ingest.routes())
+    app.add_routes(health.routes())
+    app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_integrations_ctx)
+    if background:
+        app.cleanup_ctx.append(_background_ctx)
+    return app
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    store = SQLiteStore(app[CONFIG].storage.path, clock=app[CLOCK])
+    await store.open()
+    app[STORE] = store
+    yield
+    await store.close()
+
+
+async def _integrations_ctx(app: web.Application) -> AsyncIterator[None]:
+    config, host, store = app[CONFIG], app[HOST], app[STORE]
+    accounts: list[AccountRuntime] = []
+    by_key: dict[str, Integration] = {}
+    for number, account in config.accounts.items():
+        instances = []
+        for name, item in account.integrations.items():
+            if not item.enabled:
+                continue
+            kind = host.types.get(item.plugin)
+            if kind is None:
+                raise RuntimeError(
+                    f"accounts.{number}.integrations.{name}: plugin "
+                    f"'{item.plugin}' is not installed ({host.errors})"
+                )
+            integration = Integration(
+                account=number,
+                name=name,
+                type=kind,
+                settings=item.settings,
+                routing=item.routing,
+                effects=store.effects(f"{number}/{name}"),
+                region=account.default_region,
+                answered_owner=config.tracker.answered_owner,
+            )
+            if kind.factory is not None:
+                runtime = kind.factory(integration)
+                integration.runtime = await runtime if inspect.isawaitable(runtime) else runtime
+            instances.append(integration)
+            by_key[integration.key] = integration
+        accounts.append(
+            AccountRuntime(
+                number=number,
+                token=account.token.get_secret_value(),
+                region=account.default_region,
+                allowed_networks=list(account.allowed_ips),
+                integrations=instances,
+            )
+        )
+    app[ACCOUNTS] = accounts
+    app[INTEGRATIONS] = by_key
+    tracker = config.tracker
+    dispatcher = Dispatcher(store, host, by_key, app[CLOCK])
+    app[DISPATCHER] = dispatcher
+    board = CardBoard()
+    sinks: list[Sink] = [board]
+    host.pm.hook.connector_register_notification_sinks(register=sinks.append)
+    notifier = Notifier(host, {a.number: a.integrations for a in accounts}, sinks)
+    app[BOARD], app[NOTIFIER] = board, notifier
+    app[WORKER] = Worker(
+        store,
+        host,
+        {a.number: a.integrations for a in accounts},
+        {a.number: a.region for a in accounts},
+        app[CLOCK],
+        hangup_timeout=tracker.hangup_timeout_seconds,
+        finish_settle=tracker.finish_settle_seconds,
+        on_dispatches=dispatcher.notify,
+        on_call=lambda call, keys: notifier.on_call(call),
+    )
+    yield
+    await notifier.wait_idle()
+    for integration in by_key.values():
+        close = getattr(integration.runtime, "aclose", None)
+        if close is not None:
+            try:
+                await close()
+            except Exception:
+                log.exception("closing %s failed", integration.key)
+
+
+async def check_authorization(host: PluginHost, integration: Integration) -> AuthResult:
+    """Run the plugin's authorisation check; a check that raises counts as a failed check."""
+    try:
+        result = await host.call("connector_check_authorization", integration)
+    except TimeoutError:
+        result = AuthResult(AuthStatus.CANNOT_CONNECT, "the check did not finish in time")
+    except Exception as exc:
+        result = AuthResult(AuthStatus.CANNOT_CONNECT, f"the check raised {type(exc).__name__}")
+    if result is None:
+        result = AuthResult(AuthStatus.OK, "the plugin has no authorisation check")
+    integration.auth = result
+    return result
+
+
+async def _auth_loop(app: web.Application) -> None:
+    while True:
+        for integration in app[INTEGRATIONS].values():
+            result = await check_authorization(app[HOST], integration)
+            level = logging.INFO if result.ok else logging.ERROR
+            log.log(
+                level,
+                "%s authorisation: %s %s",
+                integration.key,
+                result.status.value,
+                result.reason,
+            )
+        await asyncio.sleep(AUTH_CHECK_INTERVAL)
+
+
+async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
+    worker, dispatcher = app[WORKER], app[DISPATCHER]
+    tasks = [
+        asyncio.create_task(worker.run(), name="worker"),
+        asyncio.create_task(worker.run_expiry(), name="expiry"),
+        asyncio.create_task(dispatcher.run(), name="dispatcher"),
+        asyncio.create_task(_auth_loop(app), name="auth"),
+    ]
+    yield
+    # Stop taking new work, then let running hook calls finish within their timeouts.
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await dispatcher.wait_idle()
+
+
+class RedactingAccessLogger(AbstractAccessLogger):
+    """The access log without the secret token in ``/sipuni/<token>``."""
+
+    _token = re.compile(r"(/sipuni/)[^/?\s]+")
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        path = self._token.sub(r"\1***", request.path)
+        self.logger.info(
+            '%s "%s %s" %s %.1fms',
+            request.remote,
+            request.method,
+            path,
+            response.status,
+            time * 1000,
+        )
+
+
+def run(config: Config, host: PluginHost | None = None) -> None:
+    """Serve until SIGINT/SIGTERM; aiohttp then stops accepting and runs the cleanups."""
+    web.run_app(
+        create_app(config, host=host),
+        host=config.server.host,
+        port=config.server.port,
+        access_log_class=RedactingAccessLogger,
+        shutdown_timeout=30.0,
+        print=lambda text: log.info(text.strip()),
+    )

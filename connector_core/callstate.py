@@ -1,0 +1,194 @@
+"""The merged state of one call, and the lifecycle events the tracker emits for it.
+
+``CallState`` is what every plugin hook receives. Its derived fields are recomputed by
+``tracker.derive`` from the set of events seen so far, so they never depend on the order in
+which the events arrived.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+from connector_core.events import SipuniEvent
+
+
+class Direction(StrEnum):
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+    INTERNAL = "internal"
+    UNKNOWN = "unknown"
+
+
+class Outcome(StrEnum):
+    RINGING = "ringing"  # started, nobody has answered yet
+    TALKING = "talking"  # answered, not finished yet
+    ANSWERED = "answered"
+    MISSED = "missed"  # inbound and nobody answered
+    NOT_ANSWERED = "not_answered"  # outbound or internal and the other side never answered
+
+
+class LifecycleKind(StrEnum):
+    STARTED = "started"
+    ANSWERED = "answered"
+    TRANSFERRED = "transferred"  # to another employee
+    ENTERED_SCHEME = "entered_scheme"  # moved into another scheme
+    FINISHED = "finished"
+
+
+class Leg(BaseModel):
+    """An employee's phone that rang."""
+
+    model_config = ConfigDict(frozen=True)
+
+    extension: str
+    rang_at: int
+    transfer_from: str | None = None
+
+
+class Answer(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    extension: str
+    at: int
+
+
+class Transfer(BaseModel):
+    """The call moved from one employee to another (``from_extension`` may be unknown)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    from_extension: str | None
+    to_extension: str
+    at: int
+
+
+class SchemeVisit(BaseModel):
+    """A routing scheme («схема») the call went through: Sipuni's treeNumber / treeName."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str | None
+    name: str | None
+    entered_at: int
+
+    @property
+    def key(self) -> str:
+        return self.id or self.name or ""
+
+    def matches(self, selector: str) -> bool:
+        """A configured scheme selector names a scheme by its id or its name."""
+        return selector in (self.id, self.name)
+
+
+class Hangup(BaseModel):
+    """An intermediate hang-up (event 4): one leg of a transfer ended, the call goes on."""
+
+    model_config = ConfigDict(frozen=True)
+
+    at: int
+    status: str | None
+    extension: str | None
+
+
+class LifecycleEvent(BaseModel):
+    """Something that happened to a call, emitted exactly once per call.
+
+    ``key`` identifies it within the call (``answered``, ``transferred:102``,
+    ``entered_scheme:000-1734445``); dispatch and idempotency are keyed on it.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: LifecycleKind
+    key: str
+    extension: str | None = None
+    scheme: SchemeVisit | None = None
+
+
+class CallState(BaseModel):
+    """Everything known about one call of one account."""
+
+    account: str
+    call_id: str
+    # What the tracker keeps: the distinct events seen, and the lifecycle keys emitted.
+    events: list[SipuniEvent] = []
+    emitted: list[str] = []
+    last_received_at: float = 0.0
+    timed_out_at: float | None = None
+
+    # Derived from ``events`` by tracker.derive.
+    direction: Direction = Direction.UNKNOWN
+    client_number: str | None = None  # E.164, e.g. +79161234567
+    client_number_raw: str | None = None  # as Sipuni sent it
+    line_number: str | None = None  # the company line called (inbound), E.164
+    employee: str | None = None  # the employee who dialled (outbound / internal)
+    legs: list[Leg] = []  # employee phones rung, in ring order
+    answers: list[Answer] = []  # who picked up, in time order
+    transfers: list[Transfer] = []
+    schemes: list[SchemeVisit] = []  # scheme path, in order
+    hangups: list[Hangup] = []  # intermediate hang-ups (event 4)
+    sipuni_status: str | None = None  # ANSWER, NOANSWER, BUSY… from the final event
+    last_called: str | None = None
+    outcome: Outcome = Outcome.RINGING
+    started_at: int | None = None
+    answered_at: int | None = None
+    ended_at: int | None = None
+    record_url: str | None = None
+    finished_by: str | None = None  # "hangup" or "timeout"
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_by is not None
+
+    @property
+    def answered(self) -> bool:
+        return self.outcome in (Outcome.ANSWERED, Outcome.TALKING)
+
+    @property
+    def first_extension(self) -> str | None:
+        """The first employee phone that rang (the seed's «первый пользователь на линии»)."""
+        return self.legs[0].extension if self.legs else None
+
+    @property
+    def first_answered_by(self) -> str | None:
+        return self.answers[0].extension if self.answers else None
+
+    @property
+    def answered_by(self) -> str | None:
+        """The employee who ended up with the call: the last one to answer."""
+        return self.answers[-1].extension if self.answers else None
+
+    def owner(self, answered_owner: str = "last") -> str | None:
+        """The employee who owns the call, per the ``answered_owner`` setting.
+
+        Answered: the last (or first) employee who answered. Outbound or internal and not
+        answered: the employee who dialled. Missed inbound: ``None`` — the plugin decides
+        (on-duty agent, or ``first_extension``).
+        """
+        if self.answers:
+            return self.answered_by if answered_owner == "last" else self.first_answered_by
+        if self.direction in (Direction.OUTBOUND, Direction.INTERNAL):
+            return self.employee
+        return None
+
+    @property
+    def duration_seconds(self) -> int | None:
+        if self.started_at is None or self.ended_at is None:
+            return None
+        return max(0, self.ended_at - self.started_at)
+
+    @property
+    def talk_seconds(self) -> int:
+        if self.answered_at is None or self.ended_at is None:
+            return 0
+        return max(0, self.ended_at - self.answered_at)
+
+    @property
+    def scheme(self) -> SchemeVisit | None:
+        """The scheme the call entered first."""
+        return self.schemes[0] if self.schemes else None
+
+    def in_scheme(self, selector: str) -> bool:
+        return any(visit.matches(selector) for visit in self.schemes)

@@ -1,0 +1,298 @@
+"""The ``connector`` command: serve, check, plugins, schema, replay, journal."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+
+from connector_core import app as service
+from connector_core.appkeys import CLOCK, DISPATCHER, HOST, INTEGRATIONS, STORE, WORKER
+from connector_core.config import Config, config_json_schema, default_config, load_config
+from connector_core.errors import ConfigError
+from connector_core.events import EventError, SipuniEvent, parse_event
+from connector_core.hooks import PluginHost
+from connector_core.logcontext import setup_logging
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
+DEFAULTS = Path(__file__).with_name("defaults.toml")
+
+
+def _config_path(given: str | None) -> Path | None:
+    """--config, then $CONNECTOR_CONFIG, then ./connector.toml; None means embedded defaults."""
+    if given:
+        return Path(given)
+    if os.environ.get("CONNECTOR_CONFIG"):
+        return Path(os.environ["CONNECTOR_CONFIG"])
+    local = Path("connector.toml")
+    return local if local.exists() else None
+
+
+def _named_plugins(text: str) -> set[str]:
+    """The plugins of the config's enabled integrations: the only ones imported.
+
+    A disabled integration's plugin is not imported, so its settings are not checked
+    (``load_config`` warns about that) — a broken or absent package cannot stop the service.
+    """
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return set()  # load_config reports the syntax error with its position
+    names = set()
+    for account in (raw.get("accounts") or {}).values():
+        for name, table in ((account or {}).get("integrations") or {}).items():
+            table = table if isinstance(table, dict) else {}
+            plugin = table.get("plugin", name)
+            if isinstance(plugin, str) and table.get("enabled", True) is not False:
+                names.add(plugin)
+    return names
+
+
+def load(given: str | None) -> tuple[Config, PluginHost]:
+    """Read the config, importing only the plugins it names (enabled or not)."""
+    host = PluginHost()
+    path = _config_path(given)
+    if path is None:
+        host.load(_named_plugins(DEFAULTS.read_text(encoding="utf-8")))
+        return default_config(host.types), host
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        text = ""  # load_config says what is wrong with the path
+    host.load(_named_plugins(text))
+    return load_config(path, types=host.types), host
+
+
+def _print_warnings(config: Config) -> None:
+    for line in config.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+
+
+def _print_config_errors(error: ConfigError) -> None:
+    print(f"The configuration has {len(error.errors)} error(s):", file=sys.stderr)
+    for line in error.errors:
+        print(f"  - {line}", file=sys.stderr)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config, host = load(args.config)
+    setup_logging(config.logging.level)
+    _print_warnings(config)
+    service.run(config, host)
+    return EXIT_OK
+
+
+async def _with_service(config: Config, host: PluginHost, body):  # type: ignore[no-untyped-def]
+    """Start the service's contexts without a listening socket, run ``body(app)``, stop."""
+    app = service.create_app(config, host=host, background=False)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        return await body(app)
+    finally:
+        await runner.cleanup()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        config, host = load(args.config)
+    except ConfigError as exc:
+        _print_config_errors(exc)
+        return EXIT_BAD_CONFIG
+    _print_warnings(config)
+    print("configuration: ok")
+
+    async def checks(app: web.Application) -> int:
+        failed = 0
+        integrations = app[INTEGRATIONS]
+        if not integrations:
+            print("no enabled integrations")
+        for key, integration in integrations.items():
+            result = await service.check_authorization(app[HOST], integration)
+            failed += not result.ok
+            reason = f" ({result.reason})" if result.reason else ""
+            print(f"{key} [{integration.type.name}]: {result.status.value}{reason}")
+        return EXIT_CHECK_FAILED if failed else EXIT_OK
+
+    return asyncio.run(_with_service(config, host, checks))
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    host = PluginHost()
+    host.load()
+    entries = []
+    for info in host.info():
+        types = {
+            name: host.types[name].settings_model.model_json_schema()
+            for name in info.integration_types
+        }
+        entries.append(
+            {
+                "name": info.name,
+                "module": info.module,
+                "version": info.version,
+                "hooks": list(info.hooks),
+                "integration_types": types,
+                "error": info.error,
+            }
+        )
+    if args.json:
+        print(json.dumps(entries, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    for entry in entries:
+        print(f"{entry['name']} {entry['version'] or ''}  ({entry['module']})")
+        if entry["error"]:
+            print(f"  error: {entry['error']}")
+        for hook in entry["hooks"]:
+            print(f"  hook: {hook}")
+        for name, schema in entry["integration_types"].items():
+            print(f"  integration type '{name}', settings:")
+            for field, spec in schema.get("properties", {}).items():
+                kind = spec.get("type") or spec.get("anyOf") or spec.get("$ref", "")
+                print(
+                    f"    {field}: {json.dumps(kind, ensure_ascii=False)}"
+                    f"  {spec.get('description', '')}".rstrip()
+                )
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    host = PluginHost()
+    host.load()
+    print(json.dumps(config_json_schema(host.types), indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+def read_recording(path: Path, default_account: str | None) -> list[tuple[str, dict]]:
+    """Events from a file: JSON lines ``{"account": …, "params": {…}}`` or query strings."""
+    events = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("{"):
+            record = json.loads(line)
+            params = record.get("params", record)
+            account = record.get("account", default_account)
+        else:
+            params = dict(parse_qsl(line.split("?", 1)[-1], keep_blank_values=True))
+            account = default_account
+        if account is None:
+            raise SystemExit(f'{path}:{number}: no account: pass --account or add "account"')
+        events.append((str(account), params))
+    return events
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    try:
+        config, host = load(args.config)
+    except ConfigError as exc:
+        _print_config_errors(exc)
+        return EXIT_BAD_CONFIG
+    setup_logging(config.logging.level)
+    events = read_recording(Path(args.file), args.account)
+
+    async def replay(app: web.Application) -> int:
+        store, worker, dispatcher = app[STORE], app[WORKER], app[DISPATCHER]
+        accepted = refused = 0
+        for index, (account, params) in enumerate(events, 1):
+            if account not in config.accounts:
+                print(f"event {index}: account {account} is not in the config", file=sys.stderr)
+                refused += 1
+                continue
+            try:
+                parsed = parse_event(params)
+            except EventError as exc:
+                print(f"event {index}: refused: {exc}", file=sys.stderr)
+                refused += 1
+                continue
+            if isinstance(parsed, SipuniEvent):
+                await store.append_event(account, params, app[CLOCK].now())
+                accepted += 1
+            if index % 1000 == 0:
+                print(f"{index}/{len(events)} read", file=sys.stderr)
+        while await worker.drain():
+            pass
+        while await dispatcher.dispatch_due():
+            await dispatcher.wait_idle()
+        stats = await store.stats()
+        print(
+            f"replayed {accepted} event(s), refused {refused}; "
+            f"{stats['calls_total']} call(s), {stats['dispatches_pending']} hook call(s) "
+            f"waiting for retry, {stats['dispatches_dead']} dead-lettered"
+        )
+        return EXIT_OK if not refused else EXIT_CHECK_FAILED
+
+    return asyncio.run(_with_service(config, host, replay))
+
+
+def cmd_journal(args: argparse.Namespace) -> int:
+    config, host = load(args.config)
+
+    async def show(app: web.Application) -> int:
+        store = app[STORE]
+        keys = [k for k in app[INTEGRATIONS] if args.integration in (k, k.split("/", 1)[1])]
+        if not keys:
+            print(f"no enabled integration named {args.integration}", file=sys.stderr)
+            return EXIT_CHECK_FAILED
+        for key in keys:
+            for name, value in await store.effects(key).items("journal:"):
+                print(
+                    f"{key} {name.removeprefix('journal:')} {json.dumps(value, ensure_ascii=False)}"
+                )
+        return EXIT_OK
+
+    return asyncio.run(_with_service(config, host, show))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="connector", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, handler, help_text: str) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    config_help = "config file (default: $CONNECTOR_CONFIG, ./connector.toml, embedded defaults)"
+    p = command("serve", cmd_serve, "run the service")
+    p.add_argument("--config", help=config_help)
+    p = command(
+        "check",
+        cmd_check,
+        "validate the config and check every integration's authorisation"
+        " (exit 0 ok, 1 a check failed, 2 invalid config)",
+    )
+    p.add_argument("--config", help=config_help)
+    p = command("plugins", cmd_plugins, "list installed plugins, their hooks and settings")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    command("schema", cmd_schema, "print the JSON schema of the config, plugin settings included")
+    p = command("replay", cmd_replay, "feed recorded Sipuni events through the pipeline")
+    p.add_argument("file", help="JSON lines {account, params} or one query string per line")
+    p.add_argument("--account", help="account number for lines that do not name one")
+    p.add_argument("--config", help=config_help)
+    p = command("journal", cmd_journal, "show what a journaling plugin (amocrm_stub) recorded")
+    p.add_argument("integration", help="integration name, or <account>/<name>")
+    p.add_argument("--config", help=config_help)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ConfigError as exc:
+        _print_config_errors(exc)
+        return EXIT_BAD_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

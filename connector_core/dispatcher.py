@@ -1,0 +1,199 @@
+"""The dispatcher: runs due hook calls from the outbox, with retries and isolation.
+
+Dispatch rows for one (integration, call) run one at a time in the order they were added,
+so a call's ``finished`` never overtakes its ``started``; different integrations and
+different calls run concurrently. A failing row blocks only the rows behind it for that
+same integration and call, and is retried on a backoff schedule stored with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from connector_core.callstate import CallState
+from connector_core.clock import Clock
+from connector_core.errors import AuthError, InvalidRequestError, TransientError
+from connector_core.hooks import PluginHost
+from connector_core.integrations import AuthResult, AuthStatus, Integration
+from connector_core.logcontext import call_context
+from connector_core.router import TRANSFER_SCHEME_PREFIX
+from connector_core.store.base import Dispatch, Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    base_seconds: float = 1.0
+    max_delay_seconds: float = 600.0
+    max_attempts: int = 25  # about 3 days of retries at the capped delay
+    auth_retry_seconds: float = 60.0
+
+    def delay(self, attempts: int, retry_after: float | None = None) -> float:
+        backoff = min(self.max_delay_seconds, self.base_seconds * 2 ** max(0, attempts - 1))
+        # Full jitter spreads retries of many calls that failed together.
+        delay = backoff / 2 + random.uniform(0, backoff / 2)
+        return max(delay, retry_after or 0.0)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        host: PluginHost,
+        integrations: dict[str, Integration],
+        clock: Clock,
+        *,
+        policy: RetryPolicy | None = None,
+        on_result: Callable[[Dispatch, str], None] = lambda d, outcome: None,
+    ) -> None:
+        self.store = store
+        self.host = host
+        self.integrations = integrations  # by Integration.key
+        self.clock = clock
+        self.policy = policy or RetryPolicy()
+        self.on_result = on_result
+        self.wakeup = asyncio.Event()
+        self._running: dict[tuple[str, str, str], asyncio.Task[None]] = {}
+
+    def notify(self) -> None:
+        self.wakeup.set()
+
+    async def run(self, poll_seconds: float = 0.5) -> None:
+        try:
+            while True:
+                self.wakeup.clear()
+                await self.dispatch_due()
+                try:
+                    await asyncio.wait_for(self.wakeup.wait(), poll_seconds)
+                except TimeoutError:
+                    pass
+        finally:
+            await self.stop()
+
+    async def stop(self) -> None:
+        """Let running hook calls finish (they are bounded by their timeouts)."""
+        tasks = list(self._running.values())
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def dispatch_due(self, limit: int = 1000) -> int:
+        """Start a task per (integration, call) whose next row is due; returns how many."""
+        now = self.clock.now()
+        groups: dict[tuple[str, str, str], list[Dispatch]] = {}
+        for row in await self.store.pending_dispatches(limit):
+            groups.setdefault((row.integration, row.account, row.call_id), []).append(row)
+        started = 0
+        for group, rows in groups.items():
+            if group in self._running or rows[0].not_before > now:
+                continue
+            task = asyncio.create_task(self._run_group(rows), name=f"dispatch {group}")
+            self._running[group] = task
+            task.add_done_callback(lambda _t, g=group: self._done(g))
+            started += 1
+        return started
+
+    def _done(self, group: tuple[str, str, str]) -> None:
+        self._running.pop(group, None)
+        self.wakeup.set()  # rows may have been added behind the ones just run
+
+    async def wait_idle(self) -> None:
+        """Wait until no group is running (tests and shutdown)."""
+        while self._running:
+            await asyncio.gather(*self._running.values(), return_exceptions=True)
+
+    async def _run_group(self, rows: list[Dispatch]) -> None:
+        for row in rows:
+            if row.not_before > self.clock.now():
+                return
+            with call_context(row.account, row.call_id):
+                if not await self._run_one(row):
+                    return
+
+    async def _run_one(self, row: Dispatch) -> bool:
+        """Run one row; ``True`` if the rows behind it may run now."""
+        integration = self.integrations.get(row.integration)
+        if integration is None:
+            # The integration was removed from the config: keep the row for when it returns.
+            await self.store.fail_dispatch(
+                row.id, "integration not configured", self.clock.now() + 3600
+            )
+            return False
+        call = await self.store.load_call(row.account, row.call_id)
+        if call is None:
+            await self.store.fail_dispatch(row.id, "call state missing", None)
+            return True
+        try:
+            await self._call_hook(integration, call, row.key)
+        except Exception as exc:  # every plugin failure is contained to this row
+            return await self._failed(integration, row, exc)
+        await self.store.complete_dispatch(row.id)
+        self.on_result(row, "done")
+        return True
+
+    async def _call_hook(self, integration: Integration, call: CallState, key: str) -> None:
+        kind, _, arg = key.partition(":")
+        if key.startswith(TRANSFER_SCHEME_PREFIX):
+            scheme = next((s for s in call.schemes if s.key == arg), None)
+            await self.host.call(
+                "connector_call_reached_transfer_scheme", integration, call=call, scheme=scheme
+            )
+        elif kind == "transferred":
+            transfer = next(t for t in call.transfers if t.to_extension == arg)
+            await self.host.call(
+                "connector_call_transferred", integration, call=call, transfer=transfer
+            )
+        elif kind == "entered_scheme":
+            scheme = next(s for s in call.schemes if s.key == arg)
+            await self.host.call(
+                "connector_call_entered_scheme", integration, call=call, scheme=scheme
+            )
+        elif kind in ("started", "answered", "finished"):
+            await self.host.call(f"connector_call_{kind}", integration, call=call)
+        else:
+            raise InvalidRequestError(f"unknown dispatch key {key!r}")
+
+    async def _failed(self, integration: Integration, row: Dispatch, exc: Exception) -> bool:
+        attempts = row.attempts + 1
+        reason = _describe(exc)
+        if isinstance(exc, InvalidRequestError):
+            retry_at = None
+        elif isinstance(exc, AuthError):
+            integration.auth = AuthResult(AuthStatus.AUTH_FAILED, reason)
+            retry_at = self.clock.now() + self.policy.auth_retry_seconds
+        elif attempts >= self.policy.max_attempts:
+            retry_at = None
+        else:
+            retry_after = exc.retry_after if isinstance(exc, TransientError) else None
+            retry_at = self.clock.now() + self.policy.delay(attempts, retry_after)
+        if retry_at is None:
+            log.error(
+                "%s %s dead-lettered after %d attempts: %s",
+                integration.key,
+                row.key,
+                attempts,
+                reason,
+            )
+        else:
+            log.warning(
+                "%s %s failed (attempt %d), retry in %.1f s: %s",
+                integration.key,
+                row.key,
+                attempts,
+                retry_at - self.clock.now(),
+                reason,
+            )
+        await self.store.fail_dispatch(row.id, reason, retry_at)
+        self.on_result(row, "dead" if retry_at is None else "retry")
+        return False
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "the plugin did not finish within its hook timeout"
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:500]

@@ -1,0 +1,209 @@
+"""Sipuni webhook events: parsing what the PBX sends into a typed event, or a clear error.
+
+Sipuni sends every value as a string (query string or form field, sometimes JSON), leaves
+fields empty or absent on follow-up events, and may probe a freshly saved URL with a request
+that carries no call fields. This module turns one request's parameters into exactly one of:
+``Probe`` (nothing to do), ``UnknownEvent`` (accepted, ignored), ``SipuniEvent``; or raises
+``EventError`` with a reason a person can act on.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class EventType(IntEnum):
+    RING = 1  # one per employee leg that starts ringing
+    HANGUP = 2  # the final hang-up of the whole call
+    ANSWER = 3
+    TRANSFER_HANGUP = 4  # an intermediate hang-up during a transfer
+
+
+KNOWN_STATUSES = frozenset({"ANSWER", "BUSY", "NOANSWER", "CANCEL", "CONGESTION", "CHANUNAVAIL"})
+
+# Fields the model knows; anything else (roistat…, future additions) is kept in ``extra``.
+_STRING_FIELDS = (
+    "src_num",
+    "dst_num",
+    "short_src_num",
+    "short_dst_num",
+    "channel",
+    "treeName",
+    "treeNumber",
+    "pbxdstnum",
+    "user_id",
+    "last_called",
+    "transfer_from",
+    "callbackId",
+)
+_TIMESTAMP_FIELDS = ("call_start_timestamp", "call_answer_timestamp")
+MAX_FIELD_LENGTH = 512
+MAX_EXTRA_FIELDS = 50
+_CALL_ID = re.compile(r"^[0-9A-Za-z._:-]{1,128}$")
+_STATUS = re.compile(r"^[A-Z_]{1,32}$")
+# Unix seconds between 2000-01-01 and 2100-01-01: anything else is a sender bug, not a call.
+_MIN_TS, _MAX_TS = 946_684_800, 4_102_444_800
+
+
+class EventError(ValueError):
+    """The request is not a usable Sipuni event; ``str(err)`` says why, for the sender."""
+
+
+class SipuniEvent(BaseModel):
+    """One Sipuni webhook, validated. Absent and empty fields are ``None``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    event: int
+    call_id: str
+    timestamp: int
+    src_num: str | None = None
+    src_type: int | None = None
+    dst_num: str | None = None
+    dst_type: int | None = None
+    short_src_num: str | None = None
+    short_dst_num: str | None = None
+    status: str | None = None
+    call_start_timestamp: int | None = None
+    call_answer_timestamp: int | None = None
+    call_record_link: str | None = None
+    channel: str | None = None
+    treeName: str | None = None
+    treeNumber: str | None = None
+    pbxdstnum: str | None = None
+    user_id: str | None = None
+    last_called: str | None = None
+    transfer_from: str | None = None
+    callbackId: str | None = None
+    is_inner_call: bool = False
+    extra: dict[str, str] = {}
+
+    @property
+    def type(self) -> EventType:
+        return EventType(self.event)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A request with no call fields, as Sipuni may send when the URL is saved."""
+
+
+@dataclass(frozen=True)
+class UnknownEvent:
+    """A well-formed request for an event type the connector does not handle."""
+
+    event: int
+    call_id: str | None
+
+
+ParsedRequest = SipuniEvent | Probe | UnknownEvent
+
+
+def _text(params: Mapping[str, Any], name: str) -> str | None:
+    value = params.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise EventError(f"field '{name}' must be a string, got {type(value).__name__}")
+    text = str(value).strip()
+    if len(text) > MAX_FIELD_LENGTH:
+        raise EventError(f"field '{name}' is longer than {MAX_FIELD_LENGTH} characters")
+    if any(ord(c) < 32 for c in text):
+        raise EventError(f"field '{name}' contains control characters")
+    return text or None
+
+
+def _int(params: Mapping[str, Any], name: str) -> int | None:
+    text = _text(params, name)
+    if text is None:
+        return None
+    if not re.fullmatch(r"-?\d{1,12}(\.\d+)?", text):
+        raise EventError(f"field '{name}' must be a whole number, got {text[:40]!r}")
+    return int(float(text))
+
+
+def _timestamp(params: Mapping[str, Any], name: str, *, zero_is_none: bool = False) -> int | None:
+    value = _int(params, name)
+    if value is None or (zero_is_none and value <= 0):
+        return None
+    if not _MIN_TS <= value <= _MAX_TS:
+        raise EventError(f"field '{name}' is not a plausible unix time in seconds: {value}")
+    return value
+
+
+def _party_type(params: Mapping[str, Any], name: str) -> int | None:
+    value = _int(params, name)
+    if value not in (None, 1, 2):
+        raise EventError(f"field '{name}' must be 1 (external) or 2 (internal), got {value}")
+    return value
+
+
+def parse_event(params: Mapping[str, Any]) -> ParsedRequest:
+    """Parse one request's parameters (query, form or JSON object, already merged)."""
+    event_text = _text(params, "event")
+    call_id = _text(params, "call_id")
+    if event_text is None and call_id is None:
+        return Probe()
+    if event_text is None:
+        raise EventError("field 'event' is missing")
+    if not event_text.isdigit() or len(event_text) > 4:
+        raise EventError(f"field 'event' must be a number, got {event_text[:40]!r}")
+    event = int(event_text)
+    if event not in EventType._value2member_map_:
+        if call_id is not None and not _CALL_ID.match(call_id):
+            raise EventError("field 'call_id' has characters outside [0-9A-Za-z._:-]")
+        return UnknownEvent(event=event, call_id=call_id)
+    if call_id is None:
+        raise EventError("field 'call_id' is missing")
+    if not _CALL_ID.match(call_id):
+        raise EventError("field 'call_id' must be 1-128 characters of [0-9A-Za-z._:-]")
+    timestamp = _timestamp(params, "timestamp")
+    if timestamp is None:
+        raise EventError("field 'timestamp' is missing")
+
+    status = _text(params, "status")
+    if status is not None:
+        status = status.upper()
+        if not _STATUS.match(status):
+            raise EventError(f"field 'status' is not a call status: {status[:40]!r}")
+    link = _text(params, "call_record_link") if "call_record_link" in params else None
+    if link is not None and not re.match(r"^https?://", link):
+        raise EventError("field 'call_record_link' must be an http(s) URL")
+
+    known = {
+        "event",
+        "call_id",
+        "timestamp",
+        "status",
+        "call_record_link",
+        "src_type",
+        "dst_type",
+        "is_inner_call",
+        *_STRING_FIELDS,
+        *_TIMESTAMP_FIELDS,
+    }
+    extra_names = [name for name in params if name not in known]
+    if len(extra_names) > MAX_EXTRA_FIELDS:
+        raise EventError(f"too many unknown fields ({len(extra_names)} > {MAX_EXTRA_FIELDS})")
+    extra = {name[:64]: _text(params, name) or "" for name in extra_names}
+
+    return SipuniEvent(
+        event=event,
+        call_id=call_id,
+        timestamp=timestamp,
+        status=status,
+        call_record_link=link,
+        src_type=_party_type(params, "src_type"),
+        dst_type=_party_type(params, "dst_type"),
+        call_start_timestamp=_timestamp(params, "call_start_timestamp", zero_is_none=True),
+        call_answer_timestamp=_timestamp(params, "call_answer_timestamp", zero_is_none=True),
+        is_inner_call=_text(params, "is_inner_call") in ("1", "true", "True"),
+        extra=extra,
+        **{name: _text(params, name) for name in _STRING_FIELDS},
+    )

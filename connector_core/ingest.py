@@ -1,0 +1,132 @@
+"""Ingest: the ``/sipuni/{token}`` endpoint Sipuni's webhooks arrive at.
+
+Sipuni suspends a URL that does not answer properly, so the endpoint does as little as it
+can: authenticate the account by the token in the path, read GET query / POST form / POST
+JSON parameters, validate them, store the raw event durably, then answer
+``{"success": true}``. Everything else happens in the worker, after the answer.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from connector_core.appkeys import ACCOUNTS, CLOCK, STORE, WORKER, AccountRuntime
+from connector_core.events import EventError, Probe, UnknownEvent, parse_event
+from connector_core.logcontext import call_context
+
+log = logging.getLogger(__name__)
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+def _reply(status: int = 200, error: str | None = None) -> web.Response:
+    body: dict[str, Any] = {"success": error is None}
+    if error is not None:
+        body["error"] = error
+    return web.json_response(body, status=status)
+
+
+def find_account(accounts: list[AccountRuntime], token: str) -> AccountRuntime | None:
+    """The account whose secret token is ``token``.
+
+    Every account is compared, in constant time each, so the answer's timing says nothing
+    about how much of a token was right or which account it was close to.
+    """
+    found = None
+    given = token.encode()
+    for account in accounts:
+        if hmac.compare_digest(given, account.token.encode()):
+            found = account
+    return found
+
+
+async def read_params(request: web.Request) -> dict[str, Any]:
+    """Merge the query string with a form or JSON body; the body wins on clashes."""
+    params: dict[str, Any] = dict(request.query)
+    if request.method != "POST" or not request.can_read_body:
+        return params
+    try:
+        if request.content_type == "application/json":
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise BadRequest(400, "a JSON body must be an object of Sipuni fields")
+            for name, value in body.items():
+                if value is not None and not isinstance(value, str | int | float | bool):
+                    raise BadRequest(400, f"field '{name}' must be a string or a number")
+            params.update(body)
+        elif request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+            params.update((k, v) for k, v in (await request.post()).items() if isinstance(v, str))
+        else:
+            raise BadRequest(
+                415,
+                f"unsupported content type {request.content_type!r}: send a query string,"
+                " a form (application/x-www-form-urlencoded) or JSON",
+            )
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise BadRequest(413, f"the body is larger than {exc.max_size} bytes") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequest(400, "the body is not valid JSON") from None
+    return params
+
+
+def _allowed(account: AccountRuntime, remote: str | None) -> bool:
+    if not account.allowed_networks:
+        return True
+    try:
+        address = ipaddress.ip_address(remote or "")
+    except ValueError:
+        return False
+    return any(address in network for network in account.allowed_networks)
+
+
+async def sipuni_webhook(request: web.Request) -> web.Response:
+    app = request.app
+    account = find_account(app[ACCOUNTS], request.match_info["token"])
+    if account is None:
+        # The same answer for every wrong token: nothing to learn from probing.
+        return _reply(404, "not found")
+    if not _allowed(account, request.remote):
+        log.warning("webhook for account %s refused from %s", account.number, request.remote)
+        return _reply(403, "this address may not send events for the account")
+    store, now = app[STORE], app[CLOCK].now()
+    try:
+        params = await read_params(request)
+        parsed = parse_event(params)
+    except BadRequest as exc:
+        await store.record_rejected(account.number, {}, exc.reason, now)
+        log.warning("webhook refused: %s", exc.reason)
+        return _reply(exc.status, exc.reason)
+    except EventError as exc:
+        await store.record_rejected(account.number, params, str(exc), now)
+        with call_context(account.number, str(params.get("call_id", "-"))[:128]):
+            log.warning("webhook refused: %s", exc)
+        return _reply(400, str(exc))
+    if isinstance(parsed, Probe):
+        return _reply()
+    if isinstance(parsed, UnknownEvent):
+        with call_context(account.number, parsed.call_id):
+            log.debug("event type %s ignored", parsed.event)
+        return _reply()
+    await store.append_event(account.number, params, now)
+    app[WORKER].notify()
+    return _reply()
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.get("/sipuni/{token}", sipuni_webhook),
+        web.post("/sipuni/{token}", sipuni_webhook),
+        # Sipuni's own examples end the URL with a slash; accept both spellings.
+        web.get("/sipuni/{token}/", sipuni_webhook),
+        web.post("/sipuni/{token}/", sipuni_webhook),
+    ]

@@ -1,0 +1,135 @@
+"""What a plugin hands the host, and what the host hands back to each hook.
+
+A plugin registers an ``IntegrationType`` (name, settings model, factory). The operator's
+config then makes any number of ``Integration`` instances of it, one per account and name,
+each with its own validated settings: two Usedesk integrations on one account work side by
+side because every hook receives the instance it is called for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from connector_core.store.base import EffectStore
+
+
+class RoutingSettings(BaseModel):
+    """The core's own per-integration keys (everything else belongs to the plugin)."""
+
+    schemes: Literal["all"] | list[str] = "all"
+    transfer_schemes: list[str] = []
+    hook_timeout_seconds: float = 10.0
+    # «Уведомления для расширения»: ringing employees get a card with this CRM's part.
+    notifications: bool = False
+
+    def selects_all(self) -> bool:
+        return self.schemes == "all"
+
+
+Factory = Callable[["Integration"], Any | Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class IntegrationType:
+    """A kind of integration a plugin provides.
+
+    ``factory(integration)`` is called once per configured instance at start-up and may be
+    async; what it returns is kept as ``integration.runtime`` (an API client, caches). If that
+    object has an async ``aclose()``, it is awaited at shutdown.
+    """
+
+    name: str
+    settings_model: type[BaseModel]
+    factory: Factory | None = None
+    description: str = ""
+
+
+class AuthStatus(StrEnum):
+    OK = "ok"
+    AUTH_FAILED = "auth_failed"
+    CANNOT_CONNECT = "cannot_connect"
+    NOT_CHECKED = "not_checked"
+
+
+@dataclass(frozen=True)
+class AuthResult:
+    """The outcome of an authorisation check, with a reason a person can act on."""
+
+    status: AuthStatus
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status is AuthStatus.OK
+
+
+@dataclass(frozen=True)
+class CardPart:
+    """One CRM's contribution to the card an agent sees while the phone rings."""
+
+    title: str
+    lines: list[str] = field(default_factory=list)
+    links: list[tuple[str, str]] = field(default_factory=list)  # (label, url)
+
+
+class KeyedLocks:
+    """One asyncio lock per key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    def __call__(self, key: str) -> _Held:
+        return _Held(self, key)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+class _Held:
+    def __init__(self, owner: KeyedLocks, key: str) -> None:
+        self._owner, self._key = owner, key
+
+    async def __aenter__(self) -> None:
+        lock, users = self._owner._locks.get(self._key, (asyncio.Lock(), 0))
+        self._owner._locks[self._key] = (lock, users + 1)
+        await lock.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        lock, users = self._owner._locks[self._key]
+        lock.release()
+        if users == 1:
+            del self._owner._locks[self._key]
+        else:
+            self._owner._locks[self._key] = (lock, users - 1)
+
+
+@dataclass
+class Integration:
+    """One configured integration instance: ``accounts.<account>.integrations.<name>``."""
+
+    account: str
+    name: str
+    type: IntegrationType
+    settings: BaseModel
+    routing: RoutingSettings
+    effects: EffectStore
+    region: str = "RU"
+    answered_owner: str = "last"  # tracker.answered_owner: who owns a transferred call
+    runtime: Any = None
+    locks: KeyedLocks = field(default_factory=KeyedLocks)
+    auth: AuthResult = field(default_factory=lambda: AuthResult(AuthStatus.NOT_CHECKED))
+
+    @property
+    def key(self) -> str:
+        return f"{self.account}/{self.name}"
+
+    def __repr__(self) -> str:
+        # Settings may hold secrets; pydantic's SecretStr hides them, but keep reprs short.
+        return f"<Integration {self.key} ({self.type.name})>"

@@ -1,0 +1,142 @@
+"""Agent notifications: a card for each ringing extension, built from every CRM's part.
+
+When a call rings, each employee whose phone rings gets a card: the caller's number, and
+what each CRM that sees the call knows (``connector_agent_card``). The first card goes out at
+once with what the tracker knows; it is sent again when the CRMs' parts arrive, when the call
+is answered (here or elsewhere), and when it ends. Cards go to every registered sink
+(``connector_register_notification_sinks``) and to the built-in board, which keeps only the
+latest card per extension, so nothing queues up for an agent who is not looking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import asdict
+from typing import Any, Protocol
+
+from connector_core import router
+from connector_core.callstate import CallState
+from connector_core.hooks import PluginHost
+from connector_core.integrations import CardPart, Integration
+
+log = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    async def deliver(self, account: str, extension: str, card: dict[str, Any]) -> None: ...
+
+
+class CardBoard:
+    """The latest card per (account, extension), and waiters for the next one."""
+
+    def __init__(self) -> None:
+        self.cards: dict[tuple[str, str], dict[str, Any]] = {}
+        self._changed: dict[tuple[str, str], asyncio.Event] = {}
+
+    async def deliver(self, account: str, extension: str, card: dict[str, Any]) -> None:
+        key = (account, extension)
+        if card["state"] == "ended":
+            self.cards.pop(key, None)
+        else:
+            self.cards[key] = card
+        event = self._changed.pop(key, None)
+        if event is not None:
+            event.set()
+
+    async def wait_change(self, account: str, extension: str) -> None:
+        await self._changed.setdefault((account, extension), asyncio.Event()).wait()
+
+
+def card_state(call: CallState, extension: str) -> str:
+    if call.finished:
+        return "ended"
+    if call.answered_by == extension:
+        return "answered"
+    if call.answers:
+        return "answered_elsewhere"
+    return "ringing"
+
+
+class Notifier:
+    def __init__(
+        self,
+        host: PluginHost,
+        integrations: dict[str, list[Integration]],
+        sinks: list[Sink],
+        *,
+        part_timeout: float = 2.0,
+    ) -> None:
+        self.host = host
+        self.integrations = integrations
+        self.sinks = sinks
+        self.part_timeout = part_timeout
+        self._sent: dict[tuple[str, str, str], str] = {}  # (account, call, ext) -> state
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def on_call(self, call: CallState) -> None:
+        """Called by the worker after each event; sends what changed, in the background."""
+        if not any(i.routing.notifications for i in self.integrations.get(call.account, [])):
+            return
+        for leg in call.legs:
+            key = (call.account, call.call_id, leg.extension)
+            state = card_state(call, leg.extension)
+            if self._sent.get(key) == state:
+                continue
+            self._sent[key] = state
+            if state == "ended":
+                self._sent.pop(key, None)
+            task = asyncio.create_task(self._send(call, leg.extension, state))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, call: CallState, extension: str, state: str) -> None:
+        card = {
+            "call_id": call.call_id,
+            "extension": extension,
+            "caller": call.client_number or call.client_number_raw or call.employee,
+            "direction": call.direction.value,
+            "state": state,
+            "answered_by": call.answered_by,
+            "parts": [],
+            "complete": state == "ended",
+        }
+        await self._deliver(call.account, extension, card)
+        if state == "ended":
+            return
+        parts = await self._parts(call, extension)
+        await self._deliver(call.account, extension, {**card, "parts": parts, "complete": True})
+
+    async def _parts(self, call: CallState, extension: str) -> list[dict[str, Any]]:
+        # Only integrations that see the call (schemes, transfer schemes) add a part.
+        wanted = [
+            i
+            for i in self.integrations.get(call.account, [])
+            if i.routing.notifications and router.due_keys(call, i, self.host)
+        ]
+
+        async def one(integration: Integration) -> CardPart | None:
+            try:
+                return await asyncio.wait_for(
+                    self.host.call(
+                        "connector_agent_card", integration, call=call, extension=extension
+                    ),
+                    self.part_timeout,
+                )
+            except Exception as exc:  # a slow or broken CRM leaves its part out, not the card
+                log.warning("%s: no card part: %s", integration.key, type(exc).__name__)
+                return None
+
+        results = await asyncio.gather(*(one(i) for i in wanted))
+        return [asdict(part) for part in results if part is not None]
+
+    async def _deliver(self, account: str, extension: str, card: dict[str, Any]) -> None:
+        for sink in self.sinks:
+            try:
+                await sink.deliver(account, extension, card)
+            except Exception:
+                log.exception("notification sink %r failed", sink)
+
+    async def wait_idle(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)

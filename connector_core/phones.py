@@ -1,0 +1,106 @@
+"""Phone numbers: one canonical form inside (E.164), the operator's format outside.
+
+Sipuni hands us numbers as carriers spell them (``89161234567``, ``79161234567``,
+``998901234567``), internal ones as account number + extension (``012345101``), and a missed
+inbound call may end on the company line with an ``_id<digits>`` suffix. CRMs hold numbers in
+any spelling; ``search_variants`` gives the forms worth looking up.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+import phonenumbers
+
+_ID_SUFFIX = re.compile(r"_id\d*$")
+
+
+class PhoneFormat(StrEnum):
+    """How a number is written into CRM cards (the seed's «Формат номеров»)."""
+
+    PLUS = "+7XXXXXXXXXX"  # E.164: +79161234567
+    INTERNATIONAL = "7XXXXXXXXXX"  # E.164 without the plus: 79161234567
+    NATIONAL_8 = "8XXXXXXXXXX"  # Russian trunk prefix: 89161234567
+
+
+def strip_line_suffix(raw: str) -> str:
+    """``74951234567_id265648`` → ``74951234567`` (the suffix names a line, not a number)."""
+    return _ID_SUFFIX.sub("", raw.strip())
+
+
+def extension_of(raw: str | None, account: str) -> str | None:
+    """The extension in an internal number: ``012345101`` → ``101``; ``101`` stays ``101``."""
+    if not raw:
+        return None
+    raw = strip_line_suffix(raw)
+    if raw.startswith(account) and len(raw) > len(account):
+        return raw[len(account) :]
+    return raw
+
+
+def normalize(raw: str | None, region: str = "RU") -> str | None:
+    """The E.164 form of an external number, or ``None`` when it cannot be one.
+
+    A bare national number is read in ``region``; in Russia and Kazakhstan the trunk prefix
+    ``8`` and a leading ``7`` without ``+`` both mean country code 7.
+    """
+    if not raw:
+        return None
+    text = strip_line_suffix(raw)
+    digits = re.sub(r"\D", "", text)
+    if not digits:
+        return None
+    if text.startswith("+") or text.startswith("00"):
+        candidate = "+" + digits.removeprefix("00") if text.startswith("00") else "+" + digits
+        return _parse(candidate, None)
+    if region in ("RU", "KZ") and len(digits) == 11 and digits[0] in "78":
+        return _parse("+7" + digits[1:], None)
+    national = _parse(digits, region)
+    if national is not None:
+        return national
+    # Carriers often deliver international numbers without "+": 998901234567, 375…
+    return _parse("+" + digits, None)
+
+
+def _parse(text: str, region: str | None) -> str | None:
+    try:
+        number = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def format_number(e164: str, fmt: PhoneFormat | str) -> str:
+    """Write an E.164 number in the operator's chosen format.
+
+    ``8…`` applies only to numbers with country code 7; others keep their international form.
+    """
+    fmt = PhoneFormat(fmt)
+    digits = e164.lstrip("+")
+    if fmt is PhoneFormat.PLUS:
+        return "+" + digits
+    if fmt is PhoneFormat.NATIONAL_8 and digits.startswith("7") and len(digits) == 11:
+        return "8" + digits[1:]
+    return digits
+
+
+def digits_only(e164: str, fmt: PhoneFormat | str) -> str:
+    """The chosen format stripped of ``+``: what APIs that refuse ``+`` accept (Usedesk)."""
+    return format_number(e164, fmt).lstrip("+")
+
+
+def search_variants(e164: str) -> list[str]:
+    """Spellings a CRM may hold for one number, most likely first."""
+    digits = e164.lstrip("+")
+    variants = [digits, "+" + digits]
+    if digits.startswith("7") and len(digits) == 11:
+        variants.append("8" + digits[1:])
+    return variants
+
+
+def last_digits(number: str, count: int = 10) -> str:
+    """The last ``count`` digits: how CRMs that store numbers freely are matched."""
+    return re.sub(r"\D", "", number)[-count:]

@@ -1,0 +1,116 @@
+"""The storage interface: inbox, call states, dispatch outbox, effect keys.
+
+SQLite implements it on one machine (``sqlite.py``); a distributed backend (Redis Streams)
+can take its place by implementing the same methods. The guarantees every backend gives:
+
+- ``append_event`` returns only once the event is durable: the webhook is acknowledged after.
+- ``commit_event`` is atomic: the new call state, the inbox item marked done and the new
+  dispatches are stored together or not at all, so a crash never half-processes an event.
+- dispatch rows are unique per ``(integration, call, key)``: proposing one twice is a no-op.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from connector_core.callstate import CallState
+
+
+@dataclass(frozen=True)
+class InboxItem:
+    id: int
+    account: str
+    received_at: float
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class NewDispatch:
+    """Work for one integration about one call: run the hook for ``key`` once."""
+
+    integration: str  # Integration.key, "<account>/<name>"
+    key: str  # lifecycle key: started, answered, transferred:102, finished, …
+    not_before: float = 0.0
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    id: int
+    account: str
+    call_id: str
+    integration: str
+    key: str
+    attempts: int
+    not_before: float
+    status: str  # pending | done | dead
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class Rejected:
+    id: int
+    account: str | None
+    received_at: float
+    reason: str
+    params: dict[str, Any]
+
+
+class EffectStore(Protocol):
+    """Idempotency keys of CRM effects for one integration."""
+
+    async def get(self, key: str) -> dict[str, Any] | None: ...
+
+    async def put(self, key: str, value: dict[str, Any]) -> bool:
+        """Record ``value`` under ``key``; ``False`` (and nothing written) if the key exists."""
+        ...
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def append_event(self, account: str, params: dict[str, Any], received_at: float) -> int:
+        """Durably store one accepted webhook; returns its inbox id."""
+        ...
+
+    async def record_rejected(
+        self, account: str | None, params: dict[str, Any], reason: str, received_at: float
+    ) -> int:
+        """Keep a refused webhook for inspection (bounded: the oldest are pruned)."""
+        ...
+
+    async def pending_events(self, limit: int) -> list[InboxItem]: ...
+
+    async def load_call(self, account: str, call_id: str) -> CallState | None: ...
+
+    async def commit_event(
+        self, item_id: int | None, state: CallState | None, dispatches: list[NewDispatch]
+    ) -> None:
+        """Atomically save ``state``, mark inbox item ``item_id`` done, add ``dispatches``."""
+        ...
+
+    async def idle_open_calls(self, idle_before: float, limit: int) -> list[CallState]:
+        """Unfinished calls whose last event was received before ``idle_before``."""
+        ...
+
+    async def pending_dispatches(self, limit: int) -> list[Dispatch]:
+        """Pending dispatch rows in id order (the dispatcher decides which are due)."""
+        ...
+
+    async def complete_dispatch(self, dispatch_id: int) -> None: ...
+
+    async def fail_dispatch(self, dispatch_id: int, error: str, retry_at: float | None) -> None:
+        """Record a failed attempt; retry at ``retry_at``, or dead-letter it when ``None``."""
+        ...
+
+    def effects(self, integration: str) -> EffectStore: ...
+
+    async def stats(self) -> dict[str, int]:
+        """Counts for health and metrics: inbox pending, dispatches pending/dead, calls open."""
+        ...
+
+    async def rejected(self, limit: int) -> list[Rejected]: ...
+
+    async def dispatches_for(self, account: str, call_id: str) -> list[Dispatch]: ...
