@@ -1,0 +1,76 @@
+"""Usedesk (Юздеск): Sipuni's built-in Usedesk integration, rebuilt as a connector plugin.
+
+On ring: the client and the ticket are found by the caller's number, or created (per the
+scenario settings), so the agent's card can show them. On hang-up: the ticket gets its
+owner and one private comment with the call's details and recording link. See
+docs/usedesk.md for every setting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from connector_core import hookimpl
+from connector_core.callstate import CallState, SchemeVisit
+from connector_core.errors import AuthError, CrmError, InvalidRequestError, TransientError
+from connector_core.integrations import (
+    AuthResult,
+    AuthStatus,
+    CardPart,
+    Integration,
+    IntegrationType,
+)
+
+from . import flow
+from .settings import UsedeskSettings
+
+NAME = "usedesk"
+
+
+@hookimpl
+def connector_register_integration_types(register: Callable[[IntegrationType], None]) -> None:
+    register(
+        IntegrationType(
+            NAME,
+            UsedeskSettings,
+            factory=flow.UsedeskRuntime,
+            description="Usedesk helpdesk: clients, tickets, call comments",
+        )
+    )
+
+
+@hookimpl
+async def connector_check_authorization(integration: Integration) -> AuthResult:
+    try:
+        await flow.runtime(integration).client.check_auth()
+    except AuthError as exc:
+        return AuthResult(AuthStatus.AUTH_FAILED, exc.message)
+    except (TransientError, InvalidRequestError) as exc:
+        return AuthResult(AuthStatus.CANNOT_CONNECT, exc.message)
+    except CrmError as exc:
+        return AuthResult(AuthStatus.CANNOT_CONNECT, exc.message)
+    return AuthResult(AuthStatus.OK, f"API key accepted by {integration.settings.base_url}")  # type: ignore[attr-defined]
+
+
+@hookimpl
+async def connector_call_started(integration: Integration, call: CallState) -> None:
+    await flow.ensure_ticket(integration, call)
+
+
+@hookimpl
+async def connector_call_reached_transfer_scheme(
+    integration: Integration, call: CallState, scheme: SchemeVisit
+) -> None:
+    await flow.ensure_ticket(integration, call)
+
+
+@hookimpl
+async def connector_call_finished(integration: Integration, call: CallState) -> None:
+    await flow.finish(integration, call)
+
+
+@hookimpl
+async def connector_agent_card(
+    integration: Integration, call: CallState, extension: str
+) -> CardPart | None:
+    return await flow.card(integration, call)

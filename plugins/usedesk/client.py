@@ -1,0 +1,1093 @@
+"""Async client for the Usedesk REST API (the subset the Sipuni connector needs).
+
+Facts come from the Usedesk API research notes (``usedesk-api.md`` in the shared reference folder);
+"§2.7" and "pitfall 4" below refer to its sections and to the rows of its pitfall table (§5).
+
+Transport
+    Every call is ``POST {base_url}/{method}`` with a JSON body carrying ``api_token`` (§1.2-1.3).
+    The client never retries by itself: most calls create things (tickets, comments, clients)
+    and Usedesk has no idempotency key, so a blind retry after a timeout could duplicate them. It
+    raises a classified :mod:`connector_core.errors` exception and leaves retrying to the
+    dispatcher.
+
+Error classification — the HTTP status decides the class, the body only refines a 2xx:
+
+==========================================  ===========================================
+what came back                              exception
+==========================================  ===========================================
+timeout (``timeout`` s, whole request)      ``TransientError``
+connection refused/reset/dropped mid-body   ``TransientError``
+HTTP 5xx, 408, 429 (any body, HTML or not)  ``TransientError`` (429: ``retry_after`` set)
+HTTP 401, 403                               ``AuthError``
+any other 4xx                               ``InvalidRequestError``
+2xx + ``error`` key whose text is about     ``AuthError``
+the token / authorisation
+2xx + any other ``error`` key (§1.4, #13)   ``InvalidRequestError`` (carries Usedesk's text)
+2xx + ``status`` that is not success        ``InvalidRequestError``
+2xx + body that is not JSON                 ``InvalidRequestError``
+2xx + JSON of the wrong shape               ``InvalidRequestError``
+==========================================  ===========================================
+
+A 2xx that is not JSON is treated as permanent on purpose: whoever answered gave a final answer,
+and in practice it is a wrong ``base_url`` (a boxed install, §1.1, or the marketing site) that
+returns the same HTML page on every retry. Dead-lettering it with "check base_url" surfaces the
+misconfiguration at once instead of retrying for hours. An HTML page with a 5xx status (a proxy's
+"Bad Gateway") is transient like any 5xx. Redirects (3xx) are not followed and are
+``InvalidRequestError`` for the same reason.
+
+No message ever contains the api_token: every text that reaches an exception or a log line passes
+through :meth:`UsedeskClient._redact`, and ``repr`` leaves the token out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any, Final, Literal, TypeVar
+
+import aiohttp
+from yarl import URL
+
+from connector_core.clock import Clock, SystemClock
+from connector_core.errors import AuthError, CrmError, InvalidRequestError, TransientError
+
+from .ratelimit import DEFAULT_BURST_PER_SECOND, Sleep, SlidingWindowLimiter
+
+__all__ = [
+    "Agent",
+    "ClientCard",
+    "ClientSummary",
+    "Outcome",
+    "TicketComment",
+    "TicketDetail",
+    "TicketSummary",
+    "UsedeskClient",
+    "normalize_phone",
+    "parse_retry_after",
+]
+
+log = logging.getLogger(__name__)
+
+INTEGRATION: Final = "usedesk"
+DEFAULT_BASE_URL: Final = "https://api.usedesk.ru"
+
+TICKET_TYPES: Final = frozenset({"question", "task", "problem", "incident"})
+PHONE_TYPES: Final = frozenset({"home", "mobile", "stationary", "fax", "other"})
+USER_TYPES: Final = ("employee", "admin", "support")
+COMMENT_TYPES: Final = frozenset({"public", "private"})
+# "trigger" is left out: it needs a trigger_id this client does not send.
+COMMENT_AUTHORS: Final = frozenset({"user", "client"})
+TICKET_STATUSES: Final = frozenset(range(1, 11))
+SEARCH_TYPES: Final = frozenset({"partial_match", "full_match"})
+TICKET_SORTS: Final = frozenset(
+    {"id", "status_id", "client_id", "assignee_id", "group", "last_updated_at", "published_at"}
+)
+
+# List methods return at most 100 records per `offset` page (§1.5).
+PAGE_SIZE: Final = 100
+# find_clients_by_phone pages through at most this many pages: a 10-digit %like% query that matches
+# 300+ clients means the data is broken, and walking further would burn the rate budget.
+MAX_PHONE_SEARCH_PAGES: Final = 3
+# Fewer digits than this is an extension or garbage; `%like%` on it would match half the base.
+MIN_PHONE_SEARCH_DIGITS: Final = 5
+# Without Retry-After a 429 still means "stop"; a full window is the one wait certain to clear a
+# per-minute counter.
+DEFAULT_429_PAUSE: Final = 60.0
+# A buggy or hostile Retry-After must not freeze the integration for days.
+MAX_RETRY_AFTER: Final = 3600.0
+_SNIPPET_CHARS: Final = 160
+
+# The exact text Usedesk sends for a bad token is undocumented (§1.4), so this is a heuristic over
+# the words any such message must contain, in English or Russian.
+_AUTH_ERROR_RE: Final = re.compile(
+    r"token|токен|unauthori[sz]|not authori[sz]|authenticat|авториз|аутентиф|api[ _-]?key|ключ",
+    re.IGNORECASE,
+)
+
+Outcome = Literal["ok", "timeout", "connection", "rate_limited", "server_error", "auth", "invalid"]
+"""The ``outcome`` passed to ``on_request``; a small fixed set so it can be a metrics label."""
+
+OnRequest = Callable[[str, float, Outcome], None]
+
+_E = TypeVar("_E", bound=CrmError)
+
+
+# --------------------------------------------------------------------------------------------
+# Data types returned by the client. Usedesk quotes ids as strings in some replies and not in
+# others (pitfall 11); every id below is already an ``int``.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSummary:
+    """One hit of ``/clients``.
+
+    ``phones`` and ``emails`` are split from the flat comma-joined strings Usedesk returns there
+    (pitfall 12); phones are kept exactly as stored (use :func:`normalize_phone` to compare).
+    ``ticket_ids`` are all of the client's tickets, in Usedesk's order.
+    """
+
+    id: int
+    name: str
+    phones: list[str] = field(default_factory=list)
+    emails: list[str] = field(default_factory=list)
+    ticket_ids: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCard:
+    """The full card from ``/client``: phones/emails flattened from their objects to strings."""
+
+    id: int
+    name: str
+    phones: list[str] = field(default_factory=list)
+    emails: list[str] = field(default_factory=list)
+    ticket_ids: list[int] = field(default_factory=list)
+    note: str | None = None
+    vip: bool = False
+    spammer: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TicketSummary:
+    """One item of ``/tickets``. ``status_id`` is ``None`` only if Usedesk sent no status at all;
+    optional references (assignee, group, channel) are ``None`` when absent or ``0``."""
+
+    id: int
+    subject: str
+    status_id: int | None
+    client_id: int | None = None
+    assignee_id: int | None = None
+    group_id: int | None = None
+    channel_id: int | None = None
+    type: str | None = None
+    priority: str | None = None
+    last_updated_at: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TicketComment:
+    """One comment of a ticket. ``from_`` is ``user``/``client``/``trigger``."""
+
+    id: int
+    message: str
+    type: str | None = None
+    from_: str | None = None
+    user_id: int | None = None
+    published_at: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TicketDetail:
+    """``/ticket``: the ticket itself plus its tags and comments (history is not kept)."""
+
+    id: int
+    subject: str
+    status_id: int | None
+    client_id: int | None = None
+    assignee_id: int | None = None
+    group_id: int | None = None
+    channel_id: int | None = None
+    type: str | None = None
+    priority: str | None = None
+    additional_id: str | None = None
+    last_updated_at: str | None = None
+    tags: list[str] = field(default_factory=list)
+    comments: list[TicketComment] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    """A Usedesk user (agent). ``role`` is ``admin``/``employee``/``support`` when known."""
+
+    id: int
+    name: str
+    email: str | None = None
+    role: str | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Small pure helpers (public ones are used by the plugin and by tests).
+# --------------------------------------------------------------------------------------------
+
+
+def normalize_phone(raw: str) -> str:
+    """Digits only; an 11-digit number starting with 8 becomes 7 (Russian trunk prefix → E.164).
+
+    ``"+7 (916) 123-45-67"``, ``"89161234567"`` and ``"79161234567"`` all give ``"79161234567"``.
+    """
+    digits = re.sub(r"\D", "", raw)
+    if len(digits) == 11 and digits.startswith("8"):
+        digits = "7" + digits[1:]
+    return digits
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP-date (RFC 9110).
+
+    ``now`` is the wall-clock time (epoch seconds) an HTTP-date is measured against. Returns
+    ``None`` for a missing or unparseable header; a date in the past gives ``0``. The result is
+    capped at an hour so a broken header cannot stall the integration for days.
+    """
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            # RFC 9110 dates are always GMT; email.utils leaves "-0000" naive.
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds:  # NaN from float("nan")
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def _clean_text(value: str | None, what: str, *, max_len: int = 255, required: bool = True) -> str:
+    text = (value or "").strip()
+    if required and not text:
+        raise InvalidRequestError(f"Usedesk {what} must not be empty", integration=INTEGRATION)
+    if len(text) > max_len:
+        raise InvalidRequestError(
+            f"Usedesk {what} is {len(text)} characters long; the API accepts at most {max_len}",
+            integration=INTEGRATION,
+        )
+    return text
+
+
+def _join_tags(tag: str | Sequence[str] | None) -> str | None:
+    """Usedesk takes tags as ONE ``"a, b"`` string (pitfall 8); a list is joined, never sent."""
+    if tag is None:
+        return None
+    parts = [tag] if isinstance(tag, str) else list(tag)
+    cleaned = [t.strip() for p in parts for t in p.split(",") if t.strip()]
+    return ", ".join(cleaned) or None
+
+
+# --------------------------------------------------------------------------------------------
+# The client.
+# --------------------------------------------------------------------------------------------
+
+
+class UsedeskClient:
+    """Typed, rate-limited access to the Usedesk API.
+
+    ``session``: share an ``aiohttp.ClientSession`` (the client then never closes it); without one
+    the client creates its own on first use and closes it in :meth:`close` / ``async with``.
+
+    ``rate_limit_per_minute`` / ``burst_per_second``: see :mod:`plugins.usedesk.ratelimit`. The
+    limit is per client instance; build one client per Usedesk account and share it.
+
+    ``timeout``: total seconds for one request (connect + send + read); waiting for the rate limiter
+    does not count.
+
+    ``clock``: a :class:`connector_core.clock.Clock`. When given it drives both the limiter and
+    ``Retry-After`` dates, and ``sleep`` should be a matching fake. When omitted the limiter uses a
+    monotonic clock and dates use the system clock.
+
+    ``on_request(method, seconds, outcome)``: called once per HTTP request with the API method
+    (``"create/ticket"``), the latency, and an :data:`Outcome`. It must be cheap; an exception in
+    it is logged and swallowed so metrics can never fail a CRM call.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_token: str,
+        base_url: str = DEFAULT_BASE_URL,
+        session: aiohttp.ClientSession | None = None,
+        rate_limit_per_minute: int = 100,
+        timeout: float = 10.0,
+        clock: Clock | None = None,
+        sleep: Sleep | None = None,
+        burst_per_second: int = DEFAULT_BURST_PER_SECOND,
+        on_request: OnRequest | None = None,
+    ) -> None:
+        if not api_token or not api_token.strip():
+            raise ValueError("Usedesk api_token must not be empty")
+        url = URL(base_url.rstrip("/"))
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"Usedesk base_url must be an http(s) URL, got {base_url!r}")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        self._token = api_token.strip()
+        self._base_url = str(url)
+        self._session = session
+        self._owns_session = session is None
+        self._timeout = timeout
+        self._wall_clock: Clock = clock or SystemClock()
+        self._on_request = on_request
+        self.limiter = SlidingWindowLimiter(
+            rate_limit_per_minute, burst_per_second=burst_per_second, clock=clock, sleep=sleep
+        )
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    def __repr__(self) -> str:
+        return (
+            f"UsedeskClient(base_url={self._base_url!r}, "
+            f"rate_limit_per_minute={self.limiter.per_minute}, timeout={self._timeout})"
+        )
+
+    async def __aenter__(self) -> UsedeskClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the session if this client created it; a shared session is left alone."""
+        if self._owns_session and self._session is not None and not self._session.closed:
+            await self._session.close()
+        if self._owns_session:
+            self._session = None
+
+    # ----------------------------------------------------------------------------------------
+    # Public API
+    # ----------------------------------------------------------------------------------------
+
+    async def check_auth(self) -> None:
+        """Prove the token works with one cheap, read-only call (``/users``).
+
+        Raises ``AuthError`` for a refused token, ``TransientError`` if Usedesk is unreachable.
+        """
+        data = await self._call("users", {})
+        self._expect_list(data, "users")
+
+    async def search_clients(
+        self, query: str, *, search_type: str = "partial_match", offset: int = 0
+    ) -> list[ClientSummary]:
+        """``/clients``: search name, e-mail and phone. ``offset`` is a page index (pitfall 1)."""
+        if search_type not in SEARCH_TYPES:
+            raise InvalidRequestError(
+                f"Usedesk search_type must be one of {sorted(SEARCH_TYPES)}, got {search_type!r}",
+                integration=INTEGRATION,
+            )
+        _check_offset(offset)
+        data = await self._call(
+            "clients", {"query": query, "search_type": search_type, "offset": offset}
+        )
+        # Some deployments wrap the array as {"clients": [...]} (§2.7); accept both.
+        if isinstance(data, dict) and "clients" in data:
+            data = data["clients"]
+        return [_parse_client_summary(item) for item in self._expect_list(data, "clients")]
+
+    async def find_clients_by_phone(self, digits: str) -> list[ClientSummary]:
+        """Clients whose stored phone is the same number as ``digits``, sorted by id.
+
+        Searches ``partial_match`` on the last 10 digits so ``8916…``, ``7916…``, ``+7916…`` and
+        bare ``916…`` all hit, then keeps only clients with a phone whose normalised digits end
+        with those 10 digits (``%like%`` also returns numbers merely *containing* them).
+        A number shorter than 10 digits must match a stored phone exactly.
+
+        Limit: the search is SQL ``LIKE`` on the stored string, so a phone stored *with*
+        separators (``"+7 916 123-45-67"``, typed in the UI) contains no 10-digit run and is not
+        returned at all; the post-filter can only handle formats among the hits. Numbers created
+        through the API are digits-only (pitfall 6) and are always found.
+        """
+        wanted = normalize_phone(digits)
+        if len(wanted) < MIN_PHONE_SEARCH_DIGITS:
+            raise InvalidRequestError(
+                f"cannot search Usedesk clients by phone {digits!r}: it needs at least "
+                f"{MIN_PHONE_SEARCH_DIGITS} digits",
+                integration=INTEGRATION,
+            )
+        key = wanted[-10:]
+
+        def matches(stored: str) -> bool:
+            norm = normalize_phone(stored)
+            return norm.endswith(key) if len(wanted) >= 10 else norm == wanted
+
+        found: dict[int, ClientSummary] = {}
+        for page in range(MAX_PHONE_SEARCH_PAGES):
+            hits = await self.search_clients(key, search_type="partial_match", offset=page)
+            for hit in hits:
+                if any(matches(p) for p in hit.phones):
+                    found[hit.id] = hit
+            if len(hits) < PAGE_SIZE:
+                break
+        else:
+            log.warning(
+                "Usedesk phone search for …%s filled %d pages; later pages were not read",
+                key[-4:],
+                MAX_PHONE_SEARCH_PAGES,
+            )
+        return [found[i] for i in sorted(found)]
+
+    async def get_client(self, client_id: int) -> ClientCard:
+        """``/client``: the full card. The reply is a one-element array wrapping ``client``."""
+        data = await self._call("client", {"client_id": int(client_id)})
+        # Documented as [ {client: {...}, phones: [...], ...} ]; tolerate a bare object too.
+        entry = data[0] if isinstance(data, list) and data else data
+        if not isinstance(entry, dict):
+            raise self._shape_error("client", "a one-element array holding the client", data)
+        card = entry.get("client", entry)
+        if not isinstance(card, dict):
+            raise self._shape_error("client", "an object under 'client'", card)
+        phones = _dedupe(
+            _flatten_contacts(card.get("phones"), "phone")
+            + _flatten_contacts(entry.get("phones") if entry is not card else None, "phone")
+        )
+        emails = _dedupe(
+            _flatten_contacts(card.get("emails"), "email")
+            + _flatten_contacts(entry.get("emails") if entry is not card else None, "email")
+        )
+        return ClientCard(
+            id=_req_int(card.get("id"), "client.id"),
+            name=_str(card.get("name")),
+            phones=phones,
+            emails=emails,
+            ticket_ids=_int_list(card.get("tickets"), "client.tickets"),
+            note=_opt_str(card.get("note")),
+            vip=_truthy(card.get("vip")),
+            spammer=_truthy(card.get("spammer")),
+        )
+
+    async def create_client(
+        self, *, name: str, phone_digits: str, phone_type: str = "mobile"
+    ) -> int:
+        """``/create/client`` with one phone; returns the new client's id.
+
+        ``phone_digits`` must already be 10–15 digits with nothing else (pitfall 6); this is checked
+        before anything is sent.
+        """
+        body = {
+            "name": _clean_text(name, "client name"),
+            "phone": _check_phone(phone_digits),
+            "phone_type": _check_choice(phone_type, PHONE_TYPES, "phone_type"),
+        }
+        data = self._expect_dict(await self._call("create/client", body), "create/client")
+        self._expect_success(data, "create/client")
+        client_id = data.get("client_id")
+        if client_id is None and isinstance(data.get("client"), dict):
+            client_id = data["client"].get("id")
+        return _req_int(client_id, "client_id", method="create/client")
+
+    async def add_client_phone(
+        self, client_id: int, phone_digits: str, *, phone_type: str = "mobile"
+    ) -> None:
+        """``/update/client`` with one ``phone``; Usedesk *appends* it to the card (pitfall 7)."""
+        body = {
+            "client_id": int(client_id),
+            "phone": _check_phone(phone_digits),
+            "phone_type": _check_choice(phone_type, PHONE_TYPES, "phone_type"),
+        }
+        data = self._expect_dict(await self._call("update/client", body), "update/client")
+        self._expect_success(data, "update/client")
+
+    async def list_tickets(
+        self,
+        *,
+        client_id: int,
+        statuses: Iterable[int] | None = None,
+        sort: str = "id",
+        order: str = "desc",
+        offset: int = 0,
+    ) -> list[TicketSummary]:
+        """``/tickets`` of one client, optionally only in ``statuses`` (``fstatus="1,5,8"``).
+
+        With the defaults the newest ticket comes first.
+        """
+        _check_offset(offset)
+        body: dict[str, Any] = {
+            "client_id": int(client_id),
+            "sort": _check_choice(sort, TICKET_SORTS, "sort"),
+            "order": _check_choice(order, frozenset({"asc", "desc"}), "order"),
+            "offset": offset,
+        }
+        if statuses is not None:
+            ids = [_check_status(s) for s in statuses]
+            if not ids:
+                # An empty fstatus would mean "no filter" to Usedesk: the opposite of the ask.
+                return []
+            body["fstatus"] = ",".join(str(s) for s in ids)
+        data = await self._call("tickets", body)
+        return [_parse_ticket_summary(item) for item in self._expect_list(data, "tickets")]
+
+    async def get_ticket(self, ticket_id: int) -> TicketDetail:
+        """``/ticket``: the ticket with its tags and comments."""
+        data = self._expect_dict(
+            await self._call("ticket", {"ticket_id": int(ticket_id)}), "ticket"
+        )
+        ticket = data.get("ticket")
+        if not isinstance(ticket, dict):
+            raise self._shape_error("ticket", "an object with a 'ticket' object", data)
+        comments_raw = data.get("comments") or []
+        if not isinstance(comments_raw, list):
+            raise self._shape_error("ticket", "a 'comments' array", comments_raw)
+        return TicketDetail(
+            **_ticket_fields(ticket),
+            additional_id=_opt_str(ticket.get("additional_id")),
+            tags=_parse_tags(data.get("tags", ticket.get("tags"))),
+            comments=[_parse_comment(c) for c in comments_raw if isinstance(c, dict)],
+        )
+
+    async def create_ticket(
+        self,
+        *,
+        subject: str,
+        message: str,
+        client_id: int,
+        type: str = "question",
+        status: int = 8,
+        tag: str | Sequence[str] | None = None,
+        assignee_id: int | None = None,
+        private_comment: bool = True,
+        additional_id: str | None = None,
+        channel_id: int | None = None,
+    ) -> int:
+        """``/create/ticket`` for an existing client; returns the ticket id.
+
+        ``private_comment=True`` (default) makes the first message an internal note, so nothing
+        is ever sent to the customer through a messenger or e-mail channel (pitfall 10). ``tag``
+        may be a list; it is sent as one ``"a, b"`` string. ``additional_id`` is a hidden field,
+        handy for the Sipuni call id.
+        """
+        body: dict[str, Any] = {
+            "subject": _clean_text(subject, "ticket subject"),
+            "message": _clean_text(message, "ticket message", max_len=64_000),
+            "client_id": int(client_id),
+            "type": _check_choice(type, TICKET_TYPES, "ticket type"),
+            "status": _check_status(status),
+        }
+        if private_comment:
+            # The API knows only `true` here; sending false is undocumented, so omit instead.
+            body["private_comment"] = True
+        tags = _join_tags(tag)
+        if tags is not None:
+            body["tag"] = _clean_text(tags, "tag string")
+        if assignee_id is not None:
+            body["assignee_id"] = int(assignee_id)
+        if additional_id is not None:
+            body["additional_id"] = _clean_text(additional_id, "additional_id")
+        if channel_id is not None:
+            body["channel_id"] = int(channel_id)
+        data = self._expect_dict(await self._call("create/ticket", body), "create/ticket")
+        self._expect_success(data, "create/ticket")
+        ticket_id = data.get("ticket_id")
+        if ticket_id is None and isinstance(data.get("ticket"), dict):
+            ticket_id = data["ticket"].get("id")
+        return _req_int(ticket_id, "ticket_id", method="create/ticket")
+
+    async def update_ticket(
+        self,
+        ticket_id: int,
+        *,
+        assignee_id: int | None = None,
+        status: int | None = None,
+        tag: str | Sequence[str] | None = None,
+        type: str | None = None,
+        silent: bool = True,
+    ) -> None:
+        """``/update/ticket``: change only the fields given.
+
+        ``silent=True`` (default) stops Usedesk from flipping a *New* ticket to *Open* just because
+        the connector touched it (pitfall 4). Whether ``tag`` replaces or appends to existing tags
+        is undocumented (§2.5). With nothing to change no request is sent.
+        """
+        body: dict[str, Any] = {"ticket_id": int(ticket_id)}
+        if assignee_id is not None:
+            body["assignee_id"] = int(assignee_id)
+        if status is not None:
+            body["status"] = _check_status(status)
+        tags = _join_tags(tag)
+        if tags is not None:
+            body["tag"] = _clean_text(tags, "tag string")
+        if type is not None:
+            body["type"] = _check_choice(type, TICKET_TYPES, "ticket type")
+        if len(body) == 1:
+            log.debug("Usedesk update/ticket %s skipped: nothing to change", ticket_id)
+            return
+        if silent:
+            body["silent"] = True
+        data = self._expect_dict(await self._call("update/ticket", body), "update/ticket")
+        self._expect_success(data, "update/ticket")
+
+    async def create_comment(
+        self,
+        ticket_id: int,
+        *,
+        message: str,
+        type: str = "private",
+        from_: str = "user",
+        user_id: int | None = None,
+    ) -> int:
+        """``/create/comment``; returns the comment id.
+
+        Private by default: a *public* comment from ``user`` on a messenger/e-mail ticket is
+        delivered to the customer. Without ``user_id`` Usedesk credits the company's first user.
+        """
+        body: dict[str, Any] = {
+            "ticket_id": int(ticket_id),
+            "message": _clean_text(message, "comment message", max_len=64_000),
+            "type": _check_choice(type, COMMENT_TYPES, "comment type"),
+            "from": _check_choice(from_, COMMENT_AUTHORS, "comment author (from)"),
+        }
+        if user_id is not None:
+            body["user_id"] = int(user_id)
+        data = self._expect_dict(await self._call("create/comment", body), "create/comment")
+        self._expect_success(data, "create/comment")
+        return _req_int(data.get("comment_id"), "comment_id", method="create/comment")
+
+    async def list_users(self, user_type: str | None = None) -> list[Agent]:
+        """``/users`` of one ``user_type``; ``None`` means Usedesk's default, *employee* only."""
+        body: dict[str, Any] = {}
+        if user_type is not None:
+            body["user_type"] = _check_choice(user_type, frozenset(USER_TYPES), "user_type")
+        data = await self._call("users", body)
+        return [_parse_agent(item, user_type) for item in self._expect_list(data, "users")]
+
+    async def users_all(self) -> list[Agent]:
+        """Every agent: employees, admins and support merged by id, sorted by id.
+
+        Three calls, as ``/users`` leaves admins out unless asked (pitfall 3). Cache the result.
+        """
+        merged: dict[int, Agent] = {}
+        for user_type in USER_TYPES:
+            for agent in await self.list_users(user_type):
+                merged.setdefault(agent.id, agent)
+        return [merged[i] for i in sorted(merged)]
+
+    # ----------------------------------------------------------------------------------------
+    # Transport
+    # ----------------------------------------------------------------------------------------
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        # Created lazily so the client can be built outside a running event loop.
+        if self._session is None or (self._owns_session and self._session.closed):
+            self._session = aiohttp.ClientSession()
+            self._owns_session = True
+        return self._session
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._token, "***") if self._token else text
+
+    def _error(self, cls: type[_E], message: str, **kwargs: Any) -> _E:
+        return cls(self._redact(message), integration=INTEGRATION, **kwargs)
+
+    async def _call(self, method: str, params: Mapping[str, Any]) -> Any:
+        """POST one API method; return the decoded JSON or raise a classified error."""
+        await self.limiter.acquire()
+        url = f"{self._base_url}/{method}"
+        body = {"api_token": self._token, **params}
+        started = time.monotonic()
+        outcome: Outcome = "ok"
+        status: int | None = None
+        try:
+            session = self._get_session()
+            try:
+                # Redirects are not followed: aiohttp would turn the POST into a body-less GET.
+                async with session.post(
+                    url,
+                    json=body,
+                    timeout=aiohttp.ClientTimeout(total=self._timeout),
+                    allow_redirects=False,
+                ) as resp:
+                    status = resp.status
+                    raw = await resp.read()
+                    headers = resp.headers
+                    content_type = resp.content_type
+            # ServerTimeoutError is both a TimeoutError and a ClientConnectionError: test it first.
+            except TimeoutError as exc:
+                outcome = "timeout"
+                raise self._error(
+                    TransientError,
+                    f"Usedesk did not answer within {self._timeout:g} s (POST /{method}); "
+                    "if this call creates something, it may have been created anyway",
+                ) from exc
+            except aiohttp.ClientError as exc:
+                # Refused/reset, DNS, or the connection dropped mid-body: all worth a retry.
+                outcome = "connection"
+                raise self._error(
+                    TransientError,
+                    f"could not reach Usedesk at {self._base_url} (POST /{method}): "
+                    f"{type(exc).__name__}: {exc}",
+                ) from exc
+            try:
+                return self._decode(method, status, headers, content_type, raw)
+            except TransientError:
+                outcome = "rate_limited" if status == 429 else "server_error"
+                raise
+            except AuthError:
+                outcome = "auth"
+                raise
+            except InvalidRequestError:
+                outcome = "invalid"
+                raise
+        finally:
+            elapsed = time.monotonic() - started
+            log.debug(
+                "Usedesk POST /%s -> %s (%s) in %.3f s",
+                method,
+                status if status is not None else "-",
+                outcome,
+                elapsed,
+            )
+            self._report(method, elapsed, outcome)
+
+    def _report(self, method: str, seconds: float, outcome: Outcome) -> None:
+        if self._on_request is None:
+            return
+        try:
+            self._on_request(method, seconds, outcome)
+        except Exception:
+            log.exception("Usedesk on_request hook failed; ignoring it")
+
+    def _decode(
+        self,
+        method: str,
+        status: int,
+        headers: Mapping[str, str],
+        content_type: str,
+        raw: bytes,
+    ) -> Any:
+        where = f"POST /{method}"
+        data, parsed = _try_json(raw)
+        usedesk_says = _error_text(data) if parsed else None
+        if usedesk_says is not None:
+            # Redact before classifying too: an echoed token must not steer the auth heuristic.
+            usedesk_says = self._redact(usedesk_says)
+        detail = f": {usedesk_says}" if usedesk_says else f" ({_snippet(content_type, raw)})"
+
+        if status == 429:
+            retry_after = parse_retry_after(headers.get("Retry-After"), now=self._wall_clock.now())
+            self.limiter.pause_for(DEFAULT_429_PAUSE if retry_after is None else retry_after)
+            wait = f"retry after {retry_after:g} s" if retry_after is not None else "no Retry-After"
+            raise self._error(
+                TransientError,
+                f"Usedesk rate limit hit on {where} (HTTP 429, {wait}){detail}",
+                retry_after=retry_after,
+            )
+        if status >= 500 or status == 408:
+            raise self._error(
+                TransientError, f"Usedesk server error on {where}: HTTP {status}{detail}"
+            )
+        if status in (401, 403):
+            raise self._error(
+                AuthError,
+                f"Usedesk refused the API token on {where} (HTTP {status}){detail}; "
+                "check the API channel's secret key",
+            )
+        if 300 <= status < 400:
+            target = headers.get("Location", "an unknown address")
+            raise self._error(
+                InvalidRequestError,
+                f"Usedesk redirected {where} (HTTP {status}) to {target}; "
+                f"base_url {self._base_url} is probably wrong",
+            )
+        if status >= 400 or status < 200:
+            raise self._error(
+                InvalidRequestError, f"Usedesk rejected {where}: HTTP {status}{detail}"
+            )
+        if not parsed:
+            raise self._error(
+                InvalidRequestError,
+                f"Usedesk answered {where} with HTTP {status} but the body is not JSON "
+                f"({_snippet(content_type, raw)}); check base_url {self._base_url}",
+            )
+        if usedesk_says is not None:
+            if _AUTH_ERROR_RE.search(usedesk_says) or _error_code(data) in (401, 403):
+                raise self._error(
+                    AuthError,
+                    f"Usedesk refused the API token on {where}: {usedesk_says}; "
+                    "check the API channel's secret key",
+                )
+            raise self._error(InvalidRequestError, f"Usedesk rejected {where}: {usedesk_says}")
+        return data
+
+    def _expect_list(self, data: Any, method: str) -> list[Any]:
+        if not isinstance(data, list):
+            raise self._shape_error(method, "an array", data)
+        return data
+
+    def _expect_dict(self, data: Any, method: str) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            raise self._shape_error(method, "an object", data)
+        return data
+
+    def _expect_success(self, data: Mapping[str, Any], method: str) -> None:
+        """Create/update replies carry ``status`` = ``"success"`` or ``true``; anything else is a
+        refusal even without an ``error`` key (§1.4)."""
+        if "status" not in data:
+            return
+        value = data["status"]
+        if value is True or value == 1 or (isinstance(value, str) and value.lower() in _OK):
+            return
+        raise self._error(
+            InvalidRequestError,
+            f"Usedesk did not confirm POST /{method}: status={value!r}",
+        )
+
+    def _shape_error(self, method: str, expected: str, got: Any) -> InvalidRequestError:
+        kind = type(got).__name__ if got is not None else "null"
+        if isinstance(got, dict):
+            kind = f"object with keys {sorted(map(str, got))[:8]}"
+        return self._error(
+            InvalidRequestError,
+            f"Usedesk answered POST /{method} with {kind} where {expected} was expected",
+        )
+
+
+_OK: Final = frozenset({"success", "ok", "true", "1"})
+
+
+# --------------------------------------------------------------------------------------------
+# Response parsing helpers. They raise InvalidRequestError for a missing required id: a reply we
+# cannot interpret will not become interpretable by asking again.
+# --------------------------------------------------------------------------------------------
+
+
+def _try_json(raw: bytes) -> tuple[Any, bool]:
+    try:
+        return json.loads(raw.decode("utf-8-sig")), True
+    except (UnicodeDecodeError, ValueError):
+        return None, False
+
+
+def _error_text(data: Any) -> str | None:
+    if not isinstance(data, dict) or "error" not in data:
+        return None
+    err = data["error"]
+    if err is None or err is False or err == "":
+        return None
+    if isinstance(err, dict):
+        err = err.get("message") or json.dumps(err, ensure_ascii=False)
+    elif isinstance(err, list):
+        err = "; ".join(str(e) for e in err)
+    text = " ".join(str(err).split())[: _SNIPPET_CHARS * 2]
+    code = data.get("code")
+    return f"{text} (code {code})" if code is not None else text
+
+
+def _error_code(data: Any) -> int | None:
+    try:
+        return int(data.get("code"))
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def _snippet(content_type: str, raw: bytes) -> str:
+    if not raw.strip():
+        return f"{content_type or 'no content type'}, empty body"
+    text = " ".join(raw[: _SNIPPET_CHARS * 2].decode("utf-8", "replace").split())
+    if len(text) > _SNIPPET_CHARS:
+        text = text[:_SNIPPET_CHARS] + "…"
+    return f"{content_type or 'no content type'}, starts with {text!r}"
+
+
+def _check_offset(offset: int) -> None:
+    if not isinstance(offset, int) or offset < 0:
+        raise InvalidRequestError(
+            f"Usedesk offset is a page index ≥ 0, got {offset!r}", integration=INTEGRATION
+        )
+
+
+def _check_choice(value: str, allowed: frozenset[str], what: str) -> str:
+    if value not in allowed:
+        raise InvalidRequestError(
+            f"Usedesk {what} must be one of {', '.join(sorted(allowed))}; got {value!r}",
+            integration=INTEGRATION,
+        )
+    return value
+
+
+def _check_status(status: int) -> int:
+    if isinstance(status, bool) or not isinstance(status, int) or status not in TICKET_STATUSES:
+        raise InvalidRequestError(
+            f"Usedesk ticket status must be an id from 1 to 10, got {status!r}",
+            integration=INTEGRATION,
+        )
+    return status
+
+
+def _check_phone(phone_digits: str) -> str:
+    text = phone_digits.strip() if isinstance(phone_digits, str) else ""
+    if not (text.isascii() and text.isdigit() and 10 <= len(text) <= 15):
+        raise InvalidRequestError(
+            f"Usedesk accepts a phone only as 10-15 digits with no '+', spaces or brackets; "
+            f"got {phone_digits!r}",
+            integration=INTEGRATION,
+        )
+    return text
+
+
+def _req_int(value: Any, what: str, *, method: str | None = None) -> int:
+    result = _as_int(value)
+    if result is None:
+        where = f" in the reply to POST /{method}" if method else ""
+        raise InvalidRequestError(
+            f"Usedesk sent {value!r} as {what}{where}; expected an integer id",
+            integration=INTEGRATION,
+        )
+    return result
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    return None
+
+
+def _opt_ref(value: Any) -> int | None:
+    """An optional reference id; Usedesk writes "no group"/"no assignee" as ``0`` or null."""
+    result = _as_int(value)
+    return result if result is not None and result > 0 else None
+
+
+def _int_list(value: Any, what: str) -> list[int]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidRequestError(
+            f"Usedesk sent {type(value).__name__} as {what}; expected an array of ids",
+            integration=INTEGRATION,
+        )
+    return [_req_int(v, what) for v in value]
+
+
+def _str(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+def _truthy(value: Any) -> bool:
+    return value in (True, 1, "1", "true")
+
+
+def _split_flat(value: Any, key: str) -> list[str]:
+    """``/clients`` gives ``"a, b"``; tolerate a list of strings or of ``{key: …}`` objects too."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [p.strip() for p in value.split(",") if p.strip()]
+    return _flatten_contacts(value, key)
+
+
+def _flatten_contacts(value: Any, key: str) -> list[str]:
+    if not isinstance(value, list):
+        return []
+    out: list[str] = []
+    for item in value:
+        text = item.get(key) if isinstance(item, dict) else item
+        if isinstance(text, str | int) and str(text).strip():
+            out.append(str(text).strip())
+    return out
+
+
+def _dedupe(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def _parse_client_summary(item: Any) -> ClientSummary:
+    if not isinstance(item, dict):
+        raise InvalidRequestError(
+            f"Usedesk sent {type(item).__name__} as a /clients item; expected an object",
+            integration=INTEGRATION,
+        )
+    return ClientSummary(
+        id=_req_int(item.get("id"), "client id", method="clients"),
+        name=_str(item.get("name")),
+        phones=_split_flat(item.get("phone", item.get("phones")), "phone"),
+        emails=_split_flat(item.get("emails"), "email"),
+        ticket_ids=_int_list(item.get("tickets"), "client tickets"),
+    )
+
+
+def _parse_status(ticket: Mapping[str, Any]) -> int | None:
+    # `status_id` in /ticket and webhooks; `status` as an int or {id: …} in /tickets (pitfall 11).
+    raw = ticket.get("status_id")
+    if raw is None:
+        raw = ticket.get("status")
+    if isinstance(raw, dict):
+        raw = raw.get("id")
+    return _as_int(raw)
+
+
+def _ticket_fields(ticket: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "id": _req_int(ticket.get("id"), "ticket id"),
+        "subject": _str(ticket.get("subject")),
+        "status_id": _parse_status(ticket),
+        "client_id": _opt_ref(ticket.get("client_id")),
+        "assignee_id": _opt_ref(ticket.get("assignee_id")),
+        # Responses say `group`, requests say `group_id` (pitfall 16).
+        "group_id": _opt_ref(ticket.get("group", ticket.get("group_id"))),
+        "channel_id": _opt_ref(ticket.get("channel_id")),
+        "type": _opt_str(ticket.get("type")),
+        "priority": _opt_str(ticket.get("priority")),
+        "last_updated_at": _opt_str(ticket.get("last_updated_at")),
+    }
+
+
+def _parse_ticket_summary(item: Any) -> TicketSummary:
+    if not isinstance(item, dict):
+        raise InvalidRequestError(
+            f"Usedesk sent {type(item).__name__} as a /tickets item; expected an object",
+            integration=INTEGRATION,
+        )
+    return TicketSummary(**_ticket_fields(item))
+
+
+def _parse_tags(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [t.strip() for t in value.split(",") if t.strip()]
+    if not isinstance(value, list):
+        return []
+    out: list[str] = []
+    for tag in value:
+        name = tag.get("name") if isinstance(tag, dict) else tag
+        if isinstance(name, str) and name.strip():
+            out.append(name.strip())
+    return out
+
+
+def _parse_comment(item: Mapping[str, Any]) -> TicketComment:
+    return TicketComment(
+        id=_req_int(item.get("id"), "comment id"),
+        message=_str(item.get("message")),
+        type=_opt_str(item.get("type")),
+        from_=_opt_str(item.get("from")),
+        user_id=_opt_ref(item.get("user_id")),
+        published_at=_opt_str(item.get("published_at")),
+    )
+
+
+def _parse_agent(item: Any, user_type: str | None) -> Agent:
+    if not isinstance(item, dict):
+        raise InvalidRequestError(
+            f"Usedesk sent {type(item).__name__} as a /users item; expected an object",
+            integration=INTEGRATION,
+        )
+    return Agent(
+        id=_req_int(item.get("id"), "user id", method="users"),
+        name=_str(item.get("name")),
+        email=_opt_str(item.get("email")),
+        role=_opt_str(item.get("role")) or user_type,
+    )

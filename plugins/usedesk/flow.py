@@ -1,0 +1,280 @@
+"""Carrying out the Usedesk scenario for one call against the API.
+
+Every step is recorded in the integration's effect store before the next one, under keys
+``client:<phone>``, ``call:<call_id>``, ``assigned:<call_id>``, ``comment:<call_id>``; a hook
+that runs again (a retry, a redelivery, a restart) finds the step done and goes on from
+there. Find-or-create for one phone number holds that number's lock, so two calls from one
+new number make one client.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from connector_core import templates
+from connector_core.callstate import CallState
+from connector_core.integrations import CardPart, Integration
+from connector_core.phones import digits_only
+
+from . import scenario
+from .client import UsedeskClient
+from .settings import UsedeskSettings
+
+log = logging.getLogger(__name__)
+AGENTS_TTL = 600.0  # agents rarely change; re-read them every ten minutes at most
+RECHECK = 3  # newest tickets looked at when an interrupted create is checked
+
+
+@dataclass
+class Agents:
+    by_extension: dict[str, int]
+    on_duty: int | None
+    known: set[int] | None
+    read_at: float
+
+
+class UsedeskRuntime:
+    """Per-integration state: the API client and the resolved agent mapping."""
+
+    def __init__(self, integration: Integration, client: UsedeskClient | None = None) -> None:
+        self.integration = integration
+        self.settings: UsedeskSettings = integration.settings  # type: ignore[assignment]
+        self.client = client or UsedeskClient(
+            api_token=self.settings.api_token.get_secret_value(),
+            base_url=self.settings.base_url,
+            rate_limit_per_minute=self.settings.rate_limit_per_minute,
+            timeout=self.settings.request_timeout_seconds,
+        )
+        self._agents: Agents | None = None
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+    def values(self, call: CallState) -> dict[str, str]:
+        return templates.variables(
+            call,
+            phone_format=self.settings.phone_format,
+            language=self.settings.language,
+            timezone=self.settings.timezone,
+        )
+
+    def render(self, name: str, call: CallState, *, html: bool = False) -> str:
+        return templates.render(
+            self.settings.template(name),
+            self.values(call),
+            escape_html=html,
+            language=self.settings.language,
+        )
+
+    async def agents(self) -> Agents:
+        """Extensions → agent ids, with e-mails resolved and ids checked against ``/users``."""
+        now = time.monotonic()
+        if self._agents is not None and now - self._agents.read_at < AGENTS_TTL:
+            return self._agents
+        wanted = [u.agent for u in self.settings.users]
+        if self.settings.on_duty_user is not None:
+            wanted.append(self.settings.on_duty_user)
+        known: set[int] | None = None
+        by_email: dict[str, int] = {}
+        if wanted:
+            everyone = await self.client.users_all()
+            known = {a.id for a in everyone}
+            by_email = {a.email.lower(): a.id for a in everyone if a.email}
+
+        def resolve(agent: int | str | None) -> int | None:
+            if agent is None or isinstance(agent, int):
+                return agent
+            found = by_email.get(agent.lower())
+            if found is None:
+                log.warning("%s: no Usedesk agent with e-mail %s", self.integration.key, agent)
+            return found
+
+        mapping = {
+            u.extension: a for u in self.settings.users if (a := resolve(u.agent)) is not None
+        }
+        self._agents = Agents(mapping, resolve(self.settings.on_duty_user), known, now)
+        return self._agents
+
+
+def runtime(integration: Integration) -> UsedeskRuntime:
+    return integration.runtime  # type: ignore[no-any-return]
+
+
+async def ensure_ticket(integration: Integration, call: CallState) -> dict[str, Any]:
+    """The call's client and ticket, found or created once; the record says which."""
+    effects, key = integration.effects, f"call:{call.call_id}"
+    record = await effects.get(key)
+    if record is not None:
+        return record
+    plan = scenario.lookup_plan(call, runtime(integration).settings)
+    if isinstance(plan, scenario.Skip):
+        record = {"skipped": plan.reason}
+        await effects.put(key, record)
+        log.info("%s: call skipped: %s", integration.key, plan.reason)
+        return record
+    async with integration.locks(f"phone:{plan.phone}"):
+        record = await effects.get(key)  # done meanwhile by a concurrent run of this call
+        if record is None:
+            record = await _find_or_create(integration, call, plan)
+            await effects.put(key, record)
+            log.info("%s: %s", integration.key, _describe(record))
+    return record
+
+
+async def _find_or_create(
+    integration: Integration, call: CallState, plan: scenario.Lookup
+) -> dict[str, Any]:
+    rt = runtime(integration)
+    settings = rt.settings
+    client_id, client_new = await _client(integration, call, plan)
+    if client_id is None:
+        return {"skipped": "unknown number, and creating clients is off (create_client)"}
+    record: dict[str, Any] = {"client_id": client_id, "client_new": client_new}
+    if plan.search_tickets and not client_new:  # a client made a moment ago has no tickets
+        tickets = await rt.client.list_tickets(
+            client_id=client_id, statuses=settings.search_statuses
+        )
+        found = scenario.pick_ticket(tickets, settings.search_statuses)
+        if found is not None:
+            return {
+                **record,
+                "ticket_id": found.id,
+                "ticket_new": False,
+                "ticket_assignee": found.assignee_id,
+            }
+    if not plan.create_ticket:
+        return {
+            **record,
+            "ticket_id": None,
+            "skipped": "no ticket in the searched statuses, and creating tickets is off",
+        }
+    intent = f"intent:ticket:{call.call_id}"
+    if not await integration.effects.put(intent, {"client_id": client_id}):
+        # An earlier attempt got as far as creating the ticket; did Usedesk make it?
+        made = await _ticket_made_for(rt, client_id, call.call_id)
+        if made is not None:
+            return {**record, "ticket_id": made, "ticket_new": True, "ticket_assignee": None}
+    ticket_id = await rt.client.create_ticket(
+        subject=rt.render("ticket_subject", call)[:255],
+        message=rt.render("ticket_message", call),
+        client_id=client_id,
+        type=settings.ticket_type,
+        tag=rt.render("ticket_tag", call) or None,
+        private_comment=True,
+        additional_id=call.call_id,
+        channel_id=settings.channel_id,
+    )
+    return {**record, "ticket_id": ticket_id, "ticket_new": True, "ticket_assignee": None}
+
+
+async def _ticket_made_for(rt: UsedeskRuntime, client_id: int, call_id: str) -> int | None:
+    """After a crash mid-create: the client's newest ticket carrying this call's id, if any."""
+    for ticket in (await rt.client.list_tickets(client_id=client_id))[:RECHECK]:
+        if (await rt.client.get_ticket(ticket.id)).additional_id == call_id:
+            return ticket.id
+    return None
+
+
+async def _comment_made_for(rt: UsedeskRuntime, ticket_id: int, call_id: str) -> int | None:
+    """After a crash mid-create: this call's comment on the ticket, found by the call id."""
+    for comment in (await rt.client.get_ticket(ticket_id)).comments:
+        if call_id in comment.message:
+            return comment.id
+    return None
+
+
+async def _client(
+    integration: Integration, call: CallState, plan: scenario.Lookup
+) -> tuple[int | None, bool]:
+    """The client with this phone: remembered, found by phone, or created."""
+    effects, key = integration.effects, f"client:{plan.phone}"
+    remembered = await effects.get(key)
+    if remembered is not None:
+        return int(remembered["id"]), False
+    rt = runtime(integration)
+    hits = await rt.client.find_clients_by_phone(plan.phone.lstrip("+"))
+    if hits:
+        await effects.put(key, {"id": hits[0].id})
+        return hits[0].id, False
+    if not plan.create_client:
+        return None, False
+    client_id = await rt.client.create_client(
+        name=rt.render("client_name", call)[:255],
+        phone_digits=digits_only(plan.phone, rt.settings.phone_format),
+    )
+    await effects.put(key, {"id": client_id})
+    return client_id, True
+
+
+async def finish(integration: Integration, call: CallState) -> None:
+    """Set the ticket's owner and write the call's one comment."""
+    record = await ensure_ticket(integration, call)
+    ticket_id = record.get("ticket_id")
+    if not ticket_id:
+        return
+    rt, effects = runtime(integration), integration.effects
+    assigned = await effects.get(f"assigned:{call.call_id}")
+    if assigned is None:
+        agents = await rt.agents()
+        decision = scenario.assignment(
+            call,
+            rt.settings,
+            ticket_is_new=bool(record.get("ticket_new")),
+            ticket_assignee=record.get("ticket_assignee"),
+            agents=agents.by_extension,
+            on_duty=agents.on_duty,
+            known_agents=agents.known,
+            answered_owner=integration.answered_owner,
+        )
+        if decision.agent is not None:
+            await rt.client.update_ticket(ticket_id, assignee_id=decision.agent, silent=True)
+        assigned = {"agent": decision.agent, "reason": decision.reason}
+        await effects.put(f"assigned:{call.call_id}", assigned)
+        log.info("%s: ticket %s owner: %s", integration.key, ticket_id, decision.reason)
+    if await effects.get(f"comment:{call.call_id}") is None:
+        author = assigned.get("agent")
+        made = None
+        if not await effects.put(f"intent:comment:{call.call_id}", {"ticket_id": ticket_id}):
+            made = await _comment_made_for(rt, ticket_id, call.call_id)
+        comment_id = made or await rt.client.create_comment(
+            ticket_id,
+            message=rt.render("comment", call, html=True),
+            type="private",
+            from_="user",
+            user_id=author,
+        )
+        await effects.put(f"comment:{call.call_id}", {"id": comment_id, "ticket_id": ticket_id})
+
+
+def _describe(record: dict[str, Any]) -> str:
+    if "skipped" in record and not record.get("ticket_id"):
+        return f"call skipped: {record['skipped']}"
+    client = ("new client " if record.get("client_new") else "client ") + str(record["client_id"])
+    ticket = ("new ticket " if record.get("ticket_new") else "ticket ") + str(record["ticket_id"])
+    return f"{client}, {ticket}"
+
+
+async def card(integration: Integration, call: CallState) -> CardPart | None:
+    """The agent card's Usedesk part: new or known client, the open ticket, links.
+
+    Uses what the start of the call already found; when the card is asked for before that
+    (the usual case: the phone rings first), it waits for the same find-or-create under the
+    phone lock rather than searching twice.
+    """
+    rt = runtime(integration)
+    record = await ensure_ticket(integration, call)
+    if "client_id" not in record:
+        return CardPart(title="Usedesk", lines=[record.get("skipped", "")])
+    web = rt.settings.web_url.rstrip("/")
+    lines = ["новый клиент" if record.get("client_new") else "клиент известен"]
+    if rt.settings.language == "en":
+        lines = ["new client" if record.get("client_new") else "known client"]
+    links = [("Usedesk: client", f"{web}/clients/{record['client_id']}")]
+    if record.get("ticket_id"):
+        ticket = f"#{record['ticket_id']}" + (" (new)" if record.get("ticket_new") else "")
+        lines.append(f"ticket {ticket}")
+        links.append(("Usedesk: ticket", f"{web}/tickets/{record['ticket_id']}"))
+    return CardPart(title="Usedesk", lines=lines, links=links)

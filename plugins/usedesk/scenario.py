@@ -1,0 +1,121 @@
+"""What the Usedesk integration does with a call: pure decisions, no I/O.
+
+The flow (``flow.py``) asks these functions what to do and carries it out against the API;
+keeping the decisions here lets every setting and call type be tested without a server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+
+from connector_core.callstate import CallState, Direction, Outcome
+
+from .client import TicketSummary
+from .settings import UsedeskSettings
+
+
+@dataclass(frozen=True)
+class Skip:
+    """The integration leaves this call alone, for ``reason``."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """Find (or create) the client and the ticket for the call's number."""
+
+    phone: str  # E.164
+    search_tickets: bool  # False with always_new_ticket: every call gets its own ticket
+    create_client: bool
+    create_ticket: bool
+
+
+def lookup_plan(call: CallState, settings: UsedeskSettings) -> Lookup | Skip:
+    if call.direction is Direction.INTERNAL:
+        return Skip("internal call")
+    if call.direction is Direction.UNKNOWN:
+        return Skip("the call's direction is unknown")
+    if not call.client_number:
+        return Skip(f"no usable client number ({call.client_number_raw or 'none'})")
+    return Lookup(
+        phone=call.client_number,
+        search_tickets=not settings.always_new_ticket,
+        create_client=settings.create_client,
+        create_ticket=settings.create_ticket,
+    )
+
+
+def pick_ticket(
+    tickets: Sequence[TicketSummary], statuses: Collection[int]
+) -> TicketSummary | None:
+    """«Из нескольких … выбирается первая в списке»: the first in Usedesk's list order.
+
+    The list is asked for newest first (``sort=id, order=desc``, as Usedesk's own ticket list
+    shows them), so of several matching tickets the most recent one gets the call.
+    """
+    return next((t for t in tickets if t.status_id in statuses), None)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Who should own the ticket when the call ends; ``agent=None`` leaves it as it is."""
+
+    agent: int | None
+    reason: str
+
+
+def assignment(
+    call: CallState,
+    settings: UsedeskSettings,
+    *,
+    ticket_is_new: bool,
+    ticket_assignee: int | None,
+    agents: Mapping[str, int],
+    on_duty: int | None,
+    known_agents: Collection[int] | None,
+    answered_owner: str = "last",
+) -> Assignment:
+    """Decide the ticket's owner at the end of ``call``.
+
+    ``agents`` maps extensions to resolved Usedesk agent ids; ``known_agents`` is every agent
+    id Usedesk has (``None`` if unknown), so a mapping to a deleted agent is caught here
+    rather than as an API error.
+    """
+    if call.outcome is Outcome.MISSED:
+        if not ticket_is_new:
+            return Assignment(None, "missed call on an existing ticket: owner unchanged")
+        if settings.first_on_line_responsible and call.first_extension:
+            agent = agents.get(call.first_extension)
+            if agent is not None:
+                return _checked(agent, f"first on the line ({call.first_extension})", known_agents)
+            if on_duty is None:
+                return Assignment(
+                    None,
+                    f"extension {call.first_extension} has no agent mapped "
+                    "and there is no on-duty agent",
+                )
+            return _checked(
+                on_duty, f"on duty (extension {call.first_extension} has no agent)", known_agents
+            )
+        if on_duty is None:
+            return Assignment(None, "missed call and no on-duty agent configured")
+        return _checked(on_duty, "on duty (missed call)", known_agents)
+
+    if not ticket_is_new and ticket_assignee is not None:
+        return Assignment(None, f"the ticket already has an owner ({ticket_assignee})")
+    extension = call.owner(answered_owner)
+    if extension is None:
+        return Assignment(None, "nobody on our side took part in the call")
+    agent = agents.get(extension)
+    if agent is None:
+        return Assignment(None, f"extension {extension} has no agent mapped")
+    role = "answered" if call.direction is Direction.INBOUND else "called"
+    return _checked(agent, f"{role} (extension {extension})", known_agents)
+
+
+def _checked(agent: int, reason: str, known_agents: Collection[int] | None) -> Assignment:
+    if known_agents is not None and agent not in known_agents:
+        return Assignment(None, f"agent {agent} ({reason}) does not exist in Usedesk")
+    return Assignment(agent, reason)

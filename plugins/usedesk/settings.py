@@ -1,0 +1,174 @@
+"""The Usedesk integration's settings: every setting of Sipuni's built-in integration.
+
+Each field's description names the Russian label operators know from Sipuni's cabinet;
+docs/usedesk.md lists them with defaults and an example.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+
+from connector_core import templates
+from connector_core.phones import PhoneFormat
+
+STATUS_NEW, STATUS_OPEN, STATUS_ON_HOLD, STATUS_PENDING = 8, 1, 5, 6
+
+DEFAULT_TEMPLATES = {
+    "ru": {
+        "client_name": "Клиент {phone}",
+        "ticket_subject": "{direction} звонок {phone}",
+        "ticket_tag": "sipuni, {direction_code}",
+        "ticket_message": "{direction} звонок {phone}, {started_at}",
+        "comment": (
+            "<p><b>{direction} звонок</b>: {result}</p>"
+            "<p>Клиент: {phone}<br>Линия: {line}<br>Сотрудник: {employees}<br>"
+            "Начало: {started_at}<br>Длительность: {duration}, разговор: {talk_duration}</p>"
+            "<p>{record_link}</p><p>ID: {call_id}</p>"
+        ),
+    },
+    "en": {
+        "client_name": "Client {phone}",
+        "ticket_subject": "{direction} call {phone}",
+        "ticket_tag": "sipuni, {direction_code}",
+        "ticket_message": "{direction} call {phone}, {started_at}",
+        "comment": (
+            "<p><b>{direction} call</b>: {result}</p>"
+            "<p>Client: {phone}<br>Line: {line}<br>Employee: {employees}<br>"
+            "Started: {started_at}<br>Duration: {duration}, talk: {talk_duration}</p>"
+            "<p>{record_link}</p><p>ID: {call_id}</p>"
+        ),
+    },
+}
+
+Email = Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+Agent = int | Email  # a Usedesk agent id, or an e-mail resolved through /users
+
+
+class UserMapping(BaseModel):
+    """«Пользователи»: a Sipuni extension and the Usedesk agent who works at it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    extension: str = Field(pattern=r"^\d{1,8}$", description="Sipuni extension (short number)")
+    agent: Agent = Field(description="Usedesk agent id, or the agent's e-mail")
+
+
+class Templates(BaseModel):
+    """«Шаблоны». Unset templates take the defaults of ``language``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    client_name: str | None = Field(None, description="«Имя клиента»: a new client card's name")
+    ticket_subject: str | None = Field(None, description="«Тема тикета»: a new ticket's subject")
+    ticket_tag: str | None = Field(
+        None, description="«Тема тикета» → tag: tags of a new ticket, comma-separated"
+    )
+    ticket_message: str | None = Field(None, description="a new ticket's first (private) message")
+    comment: str | None = Field(None, description="the call's comment (HTML)")
+
+    @field_validator("*")
+    @classmethod
+    def _known_variables(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                templates.check(value)
+            except templates.TemplateError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+
+class UsedeskSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # «Авторизация»
+    api_token: SecretStr = Field(description="«API-ключ»: the secret key of a Usedesk API channel")
+    base_url: str = Field(
+        "https://api.usedesk.ru",
+        pattern=r"^https?://[^\s/]+(/[^\s]*)?$",
+        description="API address; boxed installs have their own",
+    )
+    web_url: str = Field(
+        "https://secure.usedesk.ru",
+        pattern=r"^https?://[^\s/]+(/[^\s]*)?$",
+        description="Usedesk's web interface, for links in agent cards",
+    )
+    channel_id: int | None = Field(
+        None, description="channel for new tickets (default: the API channel)"
+    )
+
+    # «Сценарии»
+    search_statuses: list[int] = Field(
+        [STATUS_NEW, STATUS_OPEN, STATUS_ON_HOLD, STATUS_PENDING],
+        min_length=1,
+        description="«Поиск тикетов по статусу»: only the client's tickets in these statuses count",
+    )
+    always_new_ticket: bool = Field(
+        False, description="«Создавать новый тикет, если уже есть созданные тикеты»"
+    )
+    create_client: bool = Field(True, description="«Создавать Клиента»")
+    create_ticket: bool = Field(True, description="«Создавать Тикет»")
+    ticket_type: Literal["question", "task", "problem", "incident"] = Field(
+        "question", description="«Тип создаваемого тикета»"
+    )
+    first_on_line_responsible: bool = Field(
+        False, description="«Ставить ответственным первого пользователя на линии»"
+    )
+
+    # «Шаблоны»
+    language: Literal["ru", "en"] = Field("ru", description="language of the default templates")
+    templates: Templates = Field(default_factory=Templates)
+    timezone: str = Field("Europe/Moscow", description="time zone of dates in templates")
+
+    # «Пользователи»
+    users: list[UserMapping] = Field(default_factory=list)
+    on_duty_user: Agent | None = Field(
+        None, description="«Дежурный»: owner of new tickets from missed calls"
+    )
+
+    # «Дополнительные настройки» (schemes, transfer schemes and notifications are core keys)
+    phone_format: PhoneFormat = Field(
+        PhoneFormat.INTERNATIONAL, description="«Формат номеров» in client cards and tickets"
+    )
+    rate_limit_per_minute: int = Field(
+        100, ge=1, le=1000, description="requests per minute to Usedesk (its limit: ~150)"
+    )
+    request_timeout_seconds: float = Field(10.0, gt=0, le=120)
+
+    @field_validator("search_statuses")
+    @classmethod
+    def _statuses(cls, value: list[int]) -> list[int]:
+        bad = [s for s in value if not 1 <= s <= 10]
+        if bad:
+            raise ValueError(f"Usedesk status ids are 1-10 (8 = New, 1 = Open); got {bad}")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (e.g. Europe/Moscow)") from None
+        return value
+
+    @model_validator(mode="after")
+    def _unique_extensions(self) -> UsedeskSettings:
+        seen: set[str] = set()
+        for user in self.users:
+            if user.extension in seen:
+                raise ValueError(f"extension {user.extension} is mapped twice in users")
+            seen.add(user.extension)
+        return self
+
+    def template(self, name: str) -> str:
+        return getattr(self.templates, name) or DEFAULT_TEMPLATES[self.language][name]
