@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.plugin_kit import install_test_plugins
+
+
+@pytest.fixture(scope="session")
+def test_plugins_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The recorder and saboteur plugins, findable through the ``connector_core`` group."""
+    root = install_test_plugins(tmp_path_factory.mktemp("plugins"))
+    sys.path.insert(0, str(root))
+    importlib.invalidate_caches()
+    yield root
+    sys.path.remove(str(root))

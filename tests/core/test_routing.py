@@ -1,0 +1,169 @@
+"""Plugins registered through an entry point, routed by scheme, isolated from each other.
+
+The recorder and saboteur plugins (tests/plugin_kit.py) are found through the
+``connector_core`` entry-point group; events go over real HTTP to the service on a loopback
+port; what each integration's hooks saw is read back from the store.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from connector_core.appkeys import STORE
+from connector_core.simulator import scenarios
+from tests.harness import ACCOUNT, TOKEN, app_for, make_config, seen, settle
+
+ROUTES = """
+[accounts.012345.integrations.all_calls]
+plugin = "recorder"
+
+[accounts.012345.integrations.sales_only]
+plugin = "recorder"
+schemes = ["000-200"]
+
+[accounts.012345.integrations.after_transfer]
+plugin = "recorder"
+transfer_schemes = ["Продажи"]
+
+[accounts.012345.integrations.broken]
+plugin = "saboteur"
+mode = "raise"
+
+[accounts.012345.integrations.stuck]
+plugin = "saboteur"
+mode = "hang"
+hook_timeout_seconds = 0.2
+"""
+
+
+@pytest.fixture
+async def service(tmp_path: Path, test_plugins_dir: Path, aiohttp_client):
+    config, host = make_config(tmp_path, ROUTES)
+    app = app_for(config, host)
+    client = await aiohttp_client(app)
+    return app, client
+
+
+async def send(client, scenario: scenarios.Scenario, method: str = "GET") -> None:
+    for params in scenario.events:
+        if method == "GET":
+            response = await client.get(f"/sipuni/{TOKEN}", params=params)
+        else:
+            response = await client.post(f"/sipuni/{TOKEN}/", data=params)
+        assert response.status == 200, await response.text()
+        assert await response.json() == {"success": True}
+
+
+
+def calls(distributed: bool) -> tuple[scenarios.Scenario, scenarios.Scenario]:
+    """A call that stays in the distributor scheme and one transferred into sales."""
+    stays = scenarios.scheme_transfer(transferred=False, call_id="1717171700.1")
+    moves = scenarios.scheme_transfer(transferred=True, call_id="1717171800.2",
+                                      start=scenarios.START + 100)
+    return stays, moves
+
+
+def keys(journal: list[str], call_id: str) -> list[str]:
+    return [k.split(":", 2)[2] for k in journal if k.startswith(f"seen:{call_id}:")]
+
+
+async def test_hook_call_started(service) -> None:
+    """Also covers answered and finished: each once, in order, for an all-schemes integration."""
+    app, client = service
+    stays, moves = calls(True)
+    await send(client, stays)
+    await send(client, moves, method="POST")
+    await settle(app)
+    journal = await seen(app, "all_calls")
+    assert keys(journal, stays.call_id) == ["started:", "answered:101", "finished:answered"]
+    assert keys(journal, moves.call_id)[0] == "started:"
+    assert keys(journal, moves.call_id)[-1] == "finished:answered"
+    assert not [k for k in journal if k.startswith("dup")]
+
+
+async def test_hook_filter_call(service) -> None:
+    """schemes = ["000-200"]: only the call that went through sales is seen."""
+    app, client = service
+    stays, moves = calls(True)
+    await send(client, stays)
+    await send(client, moves)
+    await settle(app)
+    journal = await seen(app, "sales_only")
+    assert keys(journal, stays.call_id) == []
+    assert keys(journal, moves.call_id)[0] == "started:"
+    assert "finished:answered" in keys(journal, moves.call_id)
+
+
+async def test_hook_call_reached_transfer_scheme(service) -> None:
+    """transfer_schemes: nothing before the transfer; the transfer hook first, then the rest."""
+    app, client = service
+    stays, moves = calls(True)
+    await send(client, stays)
+    await send(client, moves)
+    await settle(app)
+    journal = await seen(app, "after_transfer")
+    assert keys(journal, stays.call_id) == []
+    got = keys(journal, moves.call_id)
+    assert got[0] == "reached_transfer_scheme:000-200"
+    assert "started:" not in got
+    assert got[-1] == "finished:answered"
+    assert got.count("reached_transfer_scheme:000-200") == 1
+
+
+async def test_hook_call_entered_scheme(service) -> None:
+    app, client = service
+    _, moves = calls(True)
+    await send(client, moves)
+    await settle(app)
+    assert "entered_scheme:000-200" in keys(await seen(app, "all_calls"), moves.call_id)
+
+
+async def test_hook_call_transferred(service) -> None:
+    app, client = service
+    call = scenarios.inbound_transferred(first="101", to="102")
+    await send(client, call)
+    await settle(app)
+    got = keys(await seen(app, "all_calls"), call.call_id)
+    assert got == ["started:", "answered:101", "transferred:102", "finished:answered"]
+
+
+async def test_hook_call_answered(service) -> None:
+    app, client = service
+    call = scenarios.outbound_answered(employee="103")
+    await send(client, call)
+    await settle(app)
+    got = keys(await seen(app, "all_calls"), call.call_id)
+    assert got == ["started:", "answered:103", "finished:answered"]
+
+
+async def test_hook_call_finished(service) -> None:
+    """A missed call finishes as missed; duplicates and a replay of every event add nothing."""
+    app, client = service
+    call = scenarios.inbound_missed()
+    await send(client, call)
+    await send(client, call)
+    await settle(app)
+    got = keys(await seen(app, "all_calls"), call.call_id)
+    assert got == ["started:", "finished:missed"]
+
+
+async def test_a_raising_or_hanging_plugin_does_not_stop_the_others(service) -> None:
+    app, client = service
+    from connector_test_plugins import saboteur  # the real module loaded by the host
+
+    before = len(saboteur.ATTEMPTS)
+    call = scenarios.inbound_answered()
+    await send(client, call)
+    await settle(app)
+    assert len(saboteur.ATTEMPTS) - before >= 2  # both saboteurs were really called
+    assert keys(await seen(app, "all_calls"), call.call_id) == [
+        "started:", "answered:101", "finished:answered"
+    ]
+    rows = await app[STORE].dispatches_for(ACCOUNT, call.call_id)
+    errors = {r.integration: r.last_error for r in rows if r.last_error}
+    assert errors == {
+        f"{ACCOUNT}/broken": "RuntimeError: saboteur plugin fails on purpose",
+        f"{ACCOUNT}/stuck": "the plugin did not finish within its hook timeout",
+    }

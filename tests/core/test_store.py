@@ -1,0 +1,110 @@
+"""The SQLite store's guarantees: durable inbox, atomic commits, unique dispatches, effects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from connector_core.callstate import CallState
+from connector_core.clock import FakeClock
+from connector_core.store.base import NewDispatch
+from connector_core.store.sqlite import SQLiteStore
+
+
+@pytest.fixture
+async def store(tmp_path: Path):
+    s = SQLiteStore(tmp_path / "c.db", clock=FakeClock())
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def test_inbox_survives_reopen_and_keeps_order(tmp_path: Path) -> None:
+    s = SQLiteStore(tmp_path / "c.db")
+    await s.open()
+    ids = [await s.append_event("012345", {"event": str(i)}, 10.0 + i) for i in range(3)]
+    await s.close()
+
+    s = SQLiteStore(tmp_path / "c.db")
+    await s.open()
+    pending = await s.pending_events(10)
+    await s.close()
+    assert [p.id for p in pending] == ids
+    assert [p.params["event"] for p in pending] == ["0", "1", "2"]
+    assert pending[0].account == "012345" and pending[0].received_at == 10.0
+
+
+async def test_wal_and_full_sync_are_on(store: SQLiteStore) -> None:
+    mode = await store._run(lambda db: db.execute("PRAGMA journal_mode").fetchone()[0])
+    sync = await store._run(lambda db: db.execute("PRAGMA synchronous").fetchone()[0])
+    assert (mode, sync) == ("wal", 2)  # 2 = FULL
+
+
+async def test_commit_event_is_atomic_and_dispatches_unique(store: SQLiteStore) -> None:
+    item = await store.append_event("012345", {"event": "1"}, 1.0)
+    state = CallState(account="012345", call_id="c1", last_received_at=1.0)
+    d = [NewDispatch("012345/x", "started"), NewDispatch("012345/x", "started")]
+    await store.commit_event(item, state, d)
+    await store.commit_event(None, state, [NewDispatch("012345/x", "started", 99.0)])
+
+    assert await store.pending_events(10) == []
+    rows = await store.dispatches_for("012345", "c1")
+    assert [(r.key, r.not_before) for r in rows] == [("started", 0.0)]
+    loaded = await store.load_call("012345", "c1")
+    assert loaded is not None and loaded.call_id == "c1"
+
+
+async def test_failed_commit_leaves_the_item_pending(store: SQLiteStore) -> None:
+    item = await store.append_event("012345", {"event": "1"}, 1.0)
+    state = CallState(account="012345", call_id="c1")
+    bad = [NewDispatch("012345/x", None)]  # type: ignore[arg-type]  # NOT NULL violation
+    with pytest.raises(Exception, match="NOT NULL"):
+        await store.commit_event(item, state, bad)
+    assert [p.id for p in await store.pending_events(10)] == [item]
+    assert await store.load_call("012345", "c1") is None
+
+
+async def test_dispatch_retry_and_dead_letter(store: SQLiteStore) -> None:
+    state = CallState(account="012345", call_id="c1")
+    await store.commit_event(None, state, [NewDispatch("012345/x", "started"),
+                                           NewDispatch("012345/x", "finished")])
+    first, second = await store.pending_dispatches(10)
+    await store.fail_dispatch(first.id, "boom", retry_at=50.0)
+    await store.fail_dispatch(second.id, "refused", retry_at=None)
+    pending = await store.pending_dispatches(10)
+    assert [(p.key, p.attempts, p.not_before, p.last_error) for p in pending] == [
+        ("started", 1, 50.0, "boom")
+    ]
+    dead = await store.dead_dispatches()
+    assert [(d.key, d.last_error, d.status) for d in dead] == [("finished", "refused", "dead")]
+    await store.complete_dispatch(first.id)
+    assert await store.pending_dispatches(10) == []
+    stats = await store.stats()
+    assert stats["dispatches_pending"] == 0 and stats["dispatches_dead"] == 1
+
+
+async def test_effects_are_recorded_once_per_integration(store: SQLiteStore) -> None:
+    a, b = store.effects("012345/a"), store.effects("012345/b")
+    assert await a.put("client:+79161234567", {"id": 1}) is True
+    assert await a.put("client:+79161234567", {"id": 2}) is False
+    assert await a.get("client:+79161234567") == {"id": 1}
+    assert await b.get("client:+79161234567") is None
+    await a.put("journal:x", {"n": 1})
+    assert await a.items("journal:") == [("journal:x", {"n": 1})]
+
+
+async def test_idle_open_calls_skips_finished_and_recent(store: SQLiteStore) -> None:
+    old = CallState(account="012345", call_id="old", last_received_at=10.0)
+    new = CallState(account="012345", call_id="new", last_received_at=100.0)
+    done = CallState(account="012345", call_id="done", last_received_at=5.0, finished_by="hangup")
+    for s in (old, new, done):
+        await store.commit_event(None, s, [])
+    idle = await store.idle_open_calls(50.0, 10)
+    assert [c.call_id for c in idle] == ["old"]
+
+
+async def test_rejected_webhooks_are_kept(store: SQLiteStore) -> None:
+    await store.record_rejected("012345", {"event": "x"}, "field 'event' must be a number", 3.0)
+    [row] = await store.rejected()
+    assert row.reason == "field 'event' must be a number" and row.params == {"event": "x"}

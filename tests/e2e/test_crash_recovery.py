@@ -1,0 +1,122 @@
+"""The real service process: events by GET and by POST, SIGKILL, restart, nothing lost or doubled.
+
+The service runs as ``python -m connector_core serve`` on a loopback port with the recorder
+plugin (found through its entry point). The test sends whole calls, counts the events the
+service acknowledged with ``{"success": true}``, SIGKILLs it straight after the last one,
+restarts it, and reads the store: every acknowledged event processed, every lifecycle hook
+of every call run exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from connector_core.simulator import scenarios
+from tests.e2e.process import ServiceProcess, free_port
+
+pytestmark = pytest.mark.e2e
+TOKEN = "e2e-token-0123456789"
+ACCOUNT = "012345"
+
+
+def write_config(tmp_path: Path, port: int) -> Path:
+    path = tmp_path / "connector.toml"
+    path.write_text(f"""
+[server]
+port = {port}
+[storage]
+path = "connector.db"
+[tracker]
+finish_settle_seconds = 0
+[accounts.{ACCOUNT}]
+token = "{TOKEN}"
+[accounts.{ACCOUNT}.integrations.journal]
+plugin = "recorder"
+""")
+    return path
+
+
+def send(url: str, params: dict[str, str], method: str) -> dict:
+    query = urllib.parse.urlencode(params).encode()
+    if method == "GET":
+        request = urllib.request.Request(f"{url}/sipuni/{TOKEN}?{query.decode()}")
+    else:
+        request = urllib.request.Request(
+            f"{url}/sipuni/{TOKEN}/", data=query,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def many_calls(count: int) -> list[scenarios.Scenario]:
+    builders = [scenarios.inbound_answered, scenarios.inbound_missed,
+                scenarios.inbound_transferred, scenarios.outbound_answered]
+    return [
+        builders[i % len(builders)](call_id=f"{1717171700 + i}.{1000 + i}",
+                                    start=scenarios.START + 10 * i)
+        for i in range(count)
+    ]
+
+
+def expected_hooks(call: scenarios.Scenario) -> set[str]:
+    outcome = call.expected["outcome"]
+    hooks = {"started:", f"finished:{outcome}"}
+    if call.expected["answers"]:
+        hooks.add(f"answered:{call.expected['answers'][0]}")
+    hooks |= {f"transferred:{to}" for _, to in call.expected["transfers"]}
+    return hooks
+
+
+def test_sigkill_after_acknowledged_events_loses_and_doubles_nothing(
+    tmp_path: Path, test_plugins_dir: Path
+) -> None:
+    port = free_port()
+    service = ServiceProcess(write_config(tmp_path, port), pythonpath=[test_plugins_dir],
+                             port=port)
+    service.start()
+    calls = many_calls(24)
+    acknowledged = 0
+    try:
+        for i, call in enumerate(calls):
+            for params in call.events:
+                reply = send(service.url, params, "GET" if i % 2 else "POST")
+                assert reply == {"success": True}
+                acknowledged += 1
+        service.kill()  # straight after the last acknowledgement, mid-processing
+
+        service.start()
+        service.wait_until(
+            lambda s: s["inbox_pending"] == 0 and s["dispatches_pending"] == 0
+        )
+    finally:
+        service.stop()
+
+    db = sqlite3.connect(tmp_path / "connector.db")
+    statuses = db.execute("SELECT status, count(*) FROM inbox GROUP BY status").fetchall()
+    assert statuses == [("done", acknowledged)]
+    assert acknowledged == sum(len(c.events) for c in calls)
+    for call in calls:
+        (text,) = db.execute("SELECT state FROM calls WHERE call_id = ?", (call.call_id,)
+                             ).fetchone()
+        state = json.loads(text)
+        # Each distinct event merged once, each lifecycle event emitted once.
+        assert len(state["events"]) == len({json.dumps(e) for e in map(dict, call.events)})
+        assert len(state["emitted"]) == len(set(state["emitted"]))
+    dispatch_status = db.execute("SELECT DISTINCT status FROM dispatches").fetchall()
+    assert dispatch_status == [("done",)]
+
+    keys = [k for (k,) in db.execute("SELECT key FROM effects ORDER BY rowid")]
+    for call in calls:
+        seen = [k.split(":", 2)[2] for k in keys if k.startswith(f"seen:{call.call_id}:")]
+        assert sorted(seen) == sorted(expected_hooks(call)), call.name
+    # Hook delivery itself is at least once: a hook that had run when the kill landed, but
+    # whose completion was not yet stored, runs again and finds its effect key already there
+    # (the recorder then adds a "dup…" marker). That is the plugin pattern docs/hooks.md asks
+    # for; the sorted() comparison above shows no effect was applied twice.

@@ -1,0 +1,139 @@
+"""Usedesk end to end: Sipuni calls over HTTP → the service → the Usedesk sandbox's state."""
+
+from __future__ import annotations
+
+import html
+import random
+from pathlib import Path
+
+import pytest
+
+from connector_core.simulator import scenarios
+from tests.e2e.usedesk_world import call_comments, world
+
+pytestmark = pytest.mark.e2e
+NEW = "79160000001"
+
+
+async def test_inbound_answered_creates_client_ticket_owner_and_one_comment(tmp_path: Path):
+    async with world(tmp_path) as w:
+        call = scenarios.inbound_answered(ring=["101", "102"], answered_by="101", client=NEW)
+        await w.call(call)
+        [client] = w.clients_with(NEW)
+        assert client["name"] == f"Клиент {NEW}"
+        [ticket] = w.tickets_of(client["id"])
+        assert ticket["subject"] == f"Входящий звонок {NEW}"
+        assert ticket["status_id"] == 8  # still New: the plugin's update was silent
+        assert (ticket["type"], ticket["tags"]) == ("question", ["sipuni", "inbound"])
+        assert ticket["assignee_id"] == 2  # the agent of extension 101, who answered
+        assert ticket["additional_id"] == call.call_id
+        [comment] = call_comments(ticket)
+        assert comment["type"] == "private" and comment["user_id"] == 2
+        link = html.escape(call.expected["record_url"], quote=True)
+        assert f'<a href="{link}">Запись звонка</a>' in comment["message"]
+        for text in ("Входящий звонок</b>: Отвечен", f"Клиент: {NEW}", "Сотрудник: 101",
+                     "Длительность: 3:15, разговор: 3:06", call.call_id):
+            assert text in comment["message"], text
+
+
+@pytest.mark.parametrize(("first_on_line", "owner"), [(False, 4), (True, 3)])
+async def test_missed_call_goes_to_on_duty_or_first_on_the_line(tmp_path: Path,
+                                                                first_on_line: bool, owner: int):
+    setting = f"first_on_line_responsible = {str(first_on_line).lower()}"
+    async with world(tmp_path, setting) as w:
+        # 102 rang first, 101 a second later; nobody answered.
+        await w.call(scenarios.inbound_missed(ring=["102", "101"], client=NEW, ring_gap=1))
+        [client] = w.clients_with(NEW)
+        [ticket] = w.tickets_of(client["id"])
+        assert ticket["assignee_id"] == owner
+        [comment] = call_comments(ticket)
+        assert "Пропущен" in comment["message"]
+
+
+async def test_outbound_ticket_goes_to_the_calling_employee(tmp_path: Path):
+    async with world(tmp_path) as w:
+        await w.call(scenarios.outbound_answered(employee="102", client="8" + NEW[1:]))
+        [client] = w.clients_with(NEW)  # written digits-only in the 7… format
+        [ticket] = w.tickets_of(client["id"])
+        assert ticket["subject"] == f"Исходящий звонок {NEW}"
+        assert ticket["assignee_id"] == 3
+        assert len(call_comments(ticket)) == 1
+
+
+async def test_transferred_call_belongs_to_the_last_to_answer(tmp_path: Path):
+    async with world(tmp_path) as w:
+        await w.call(scenarios.inbound_transferred(first="101", to="103", client=NEW))
+        [client] = w.clients_with(NEW)
+        [ticket] = w.tickets_of(client["id"])
+        assert ticket["assignee_id"] == 1  # 103 → anna@example.com, resolved through /users
+        [comment] = call_comments(ticket)
+        assert "Сотрудник: 101, 103" in comment["message"]
+
+
+async def test_repeat_caller_reuses_client_and_ticket_with_two_requests(tmp_path: Path):
+    async with world(tmp_path) as w:
+        await w.call(scenarios.inbound_answered(client=NEW, call_id="1717171700.1"))
+        before = len(w.sandbox.requests())
+        await w.call(scenarios.inbound_answered(client=NEW, call_id="1717179999.2",
+                                                start=scenarios.START + 8000))
+        repeat = [r.path for r in w.sandbox.requests()][before:]
+        [client] = w.clients_with(NEW)
+        [ticket] = w.tickets_of(client["id"])
+        assert len(call_comments(ticket)) == 2
+        # The number → client mapping is remembered; the ticket is already assigned.
+        assert repeat == ["/tickets", "/create/comment"]
+
+
+async def test_existing_assigned_ticket_keeps_its_owner(tmp_path: Path):
+    async with world(tmp_path) as w:
+        # Client 1002 is stored with 84951234567 in the sandbox's seed; give it an open ticket.
+        status, body = w.sandbox.call("/create/ticket", {
+            "api_token": w.sandbox.token, "subject": "Заказ", "message": "…",
+            "client_id": 1002, "assignee_id": 3, "status": 1})
+        assert status == 200
+        await w.call(scenarios.inbound_answered(answered_by="101", client="+74951234567"))
+        assert w.clients_with("74951234567") == []  # no new client
+        tickets = w.tickets_of(1002)
+        ours = next(t for t in tickets if t["id"] == body["ticket_id"])
+        assert ours["assignee_id"] == 3
+        assert len(call_comments(ours)) == 1
+        assert len(tickets) == 2  # the closed seed ticket and ours: nothing created
+
+
+async def test_internal_calls_create_nothing(tmp_path: Path):
+    async with world(tmp_path) as w:
+        await w.call(scenarios.internal(from_ext="101", to_ext="102"))
+        assert w.writes() == []
+
+
+async def test_calls_outside_the_schemes_create_nothing(tmp_path: Path):
+    async with world(tmp_path, 'schemes = ["000-200"]') as w:
+        await w.call(scenarios.inbound_answered(client=NEW))
+        assert w.writes() == []
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_replaying_everything_twice_and_shuffled_changes_nothing(tmp_path: Path, seed: int):
+    calls = [
+        scenarios.inbound_answered(client=NEW, call_id="1717171700.11"),
+        scenarios.inbound_missed(client="79160000002", call_id="1717171800.12",
+                                 start=scenarios.START + 100),
+        scenarios.outbound_answered(client="79160000003", call_id="1717171900.13",
+                                    start=scenarios.START + 200),
+        scenarios.inbound_transferred(client="79160000004", call_id="1717172000.14",
+                                      start=scenarios.START + 300),
+    ]
+    async with world(tmp_path) as w:
+        for call in calls:
+            await w.call(call)
+        first = w.state()
+        rng = random.Random(seed)
+        for call in calls:
+            await w.call(scenarios.shuffled(call, rng), method="POST")
+        assert w.state() == first
+
+
+async def test_create_client_off_skips_unknown_numbers(tmp_path: Path):
+    async with world(tmp_path, "create_client = false") as w:
+        await w.call(scenarios.inbound_answered(client=NEW))
+        assert w.writes() == []

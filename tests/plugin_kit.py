@@ -1,0 +1,145 @@
+"""Throwaway plugins installed through a real entry point, for tests of the plugin host.
+
+``install_test_plugins(root)`` writes a package and a ``*.dist-info`` folder with an
+``entry_points.txt`` into ``root``; with ``root`` on ``sys.path`` (or ``PYTHONPATH`` for a
+subprocess), ``importlib.metadata`` finds the plugins exactly as it finds installed ones.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+RECORDER = '''
+"""Records every hook call in the store, so tests (and a restarted process) can read them."""
+from typing import Any
+from pydantic import BaseModel, ConfigDict
+from connector_core import hookimpl
+from connector_core.integrations import AuthResult, AuthStatus, IntegrationType
+
+CALLS: list[tuple[str, str, str, str]] = []  # (integration key, call id, hook, argument)
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label: str = ""
+
+
+@hookimpl
+def connector_register_integration_types(register):
+    register(IntegrationType("recorder", Settings))
+
+
+async def _seen(integration, call, hook: str, arg: str = "") -> None:
+    CALLS.append((integration.key, call.call_id, hook, arg))
+    key = f"seen:{call.call_id}:{hook}:{arg}"
+    if not await integration.effects.put(key, {"outcome": call.outcome.value}):
+        # A second delivery of the same hook call: kept visible so tests can count it.
+        n = 1
+        while not await integration.effects.put(f"dup{n}:{key}", {}):
+            n += 1
+
+
+@hookimpl
+def connector_check_authorization(integration):
+    return AuthResult(AuthStatus.OK, "recorder")
+
+
+@hookimpl
+async def connector_call_started(integration, call):
+    await _seen(integration, call, "started")
+
+
+@hookimpl
+async def connector_call_answered(integration, call):
+    await _seen(integration, call, "answered", call.first_answered_by or "")
+
+
+@hookimpl
+async def connector_call_transferred(integration, call, transfer):
+    await _seen(integration, call, "transferred", transfer.to_extension)
+
+
+@hookimpl
+async def connector_call_entered_scheme(integration, call, scheme):
+    await _seen(integration, call, "entered_scheme", scheme.key)
+
+
+@hookimpl
+async def connector_call_reached_transfer_scheme(integration, call, scheme):
+    await _seen(integration, call, "reached_transfer_scheme", scheme.key)
+
+
+@hookimpl
+async def connector_call_finished(integration, call):
+    await _seen(integration, call, "finished", call.outcome.value)
+
+
+@hookimpl
+def connector_agent_card(integration, call, extension):
+    from connector_core.integrations import CardPart
+    return CardPart(title=f"recorder {integration.name}", lines=[f"rings {extension}"],
+                    links=[("call", f"https://crm.example/calls/{call.call_id}")])
+'''
+
+SABOTEUR = '''
+"""A plugin that fails on purpose: raises, or hangs past its timeout."""
+import asyncio
+from typing import Literal
+from pydantic import BaseModel, ConfigDict
+from connector_core import hookimpl
+from connector_core.integrations import IntegrationType
+
+ATTEMPTS: list[str] = []
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["raise", "hang"] = "raise"
+
+
+@hookimpl
+def connector_register_integration_types(register):
+    register(IntegrationType("saboteur", Settings))
+
+
+async def _fail(integration, call):
+    ATTEMPTS.append(call.call_id)
+    if integration.settings.mode == "hang":
+        await asyncio.sleep(3600)
+    raise RuntimeError("saboteur plugin fails on purpose")
+
+
+@hookimpl
+async def connector_call_started(integration, call):
+    await _fail(integration, call)
+
+
+@hookimpl
+async def connector_call_finished(integration, call):
+    await _fail(integration, call)
+
+
+@hookimpl
+def connector_check_authorization(integration):
+    raise RuntimeError("the check itself is broken")
+'''
+
+
+def install_test_plugins(root: Path) -> Path:
+    package = root / "connector_test_plugins"
+    package.mkdir(parents=True, exist_ok=True)
+    (package / "__init__.py").write_text("")
+    (package / "recorder.py").write_text(textwrap.dedent(RECORDER))
+    (package / "saboteur.py").write_text(textwrap.dedent(SABOTEUR))
+    dist = root / "connector_test_plugins-1.0.dist-info"
+    dist.mkdir(exist_ok=True)
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: connector-test-plugins\nVersion: 1.0\n"
+    )
+    (dist / "entry_points.txt").write_text(
+        "[connector_core]\n"
+        "recorder = connector_test_plugins.recorder\n"
+        "saboteur = connector_test_plugins.saboteur\n"
+    )
+    return root

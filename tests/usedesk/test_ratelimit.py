@@ -1,0 +1,216 @@
+"""The Usedesk limiter: hard per-minute cap, burst smoothing, server-requested pauses.
+
+Everything runs on a FakeClock whose ``sleep`` advances it, so no test waits for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from connector_core.clock import FakeClock
+from plugins.usedesk.ratelimit import MonotonicClock, SlidingWindowLimiter
+
+TOL = 1e-6
+
+
+class FakeTime:
+    """A FakeClock plus a sleep that advances it and records every wait."""
+
+    def __init__(self) -> None:
+        self.clock = FakeClock()
+        self.sleeps: list[float] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.clock.advance(seconds)
+        # Yield like a real sleep would, so other tasks get to run in between.
+        await asyncio.sleep(0)
+
+    def limiter(self, per_minute: int, burst: int) -> SlidingWindowLimiter:
+        return SlidingWindowLimiter(
+            per_minute, burst_per_second=burst, clock=self.clock, sleep=self.sleep
+        )
+
+
+def max_in_window(times: list[float], window: float) -> int:
+    """The largest number of grants inside any half-open window [t, t + window)."""
+    ordered = sorted(times)
+    best = 0
+    for i, start in enumerate(ordered):
+        count = sum(1 for t in ordered[i:] if t < start + window - TOL)
+        best = max(best, count)
+    return best
+
+
+@pytest.fixture
+def ft() -> FakeTime:
+    return FakeTime()
+
+
+async def test_requests_within_budget_do_not_wait(ft: FakeTime) -> None:
+    limiter = ft.limiter(per_minute=100, burst=5)
+    waits = [await limiter.acquire() for _ in range(5)]
+    assert waits == [0.0] * 5
+    assert ft.sleeps == []
+
+
+async def test_burst_cap_spreads_a_backlog_to_the_next_second(ft: FakeTime) -> None:
+    limiter = ft.limiter(per_minute=100, burst=2)
+    start = ft.clock.now()
+    await limiter.acquire()
+    await limiter.acquire()
+    assert limiter.delay() == pytest.approx(1.0)
+    waited = await limiter.acquire()
+    assert waited == pytest.approx(1.0)
+    assert ft.clock.now() - start == pytest.approx(1.0)
+
+
+async def test_minute_cap_waits_for_the_oldest_grant_to_leave_the_window(ft: FakeTime) -> None:
+    limiter = ft.limiter(per_minute=3, burst=3)
+    start = ft.clock.now()
+    for _ in range(3):
+        await limiter.acquire()
+    ft.clock.advance(20)
+    # The three grants at `start` leave the window only at start + 60, i.e. 40 s from now.
+    assert await limiter.acquire() == pytest.approx(40.0)
+    assert ft.clock.now() == pytest.approx(start + 60)
+
+
+async def test_concurrent_backlog_never_exceeds_either_window(ft: FakeTime) -> None:
+    limiter = ft.limiter(per_minute=100, burst=5)
+    start = ft.clock.now()
+    grants: list[float] = []
+
+    async def one() -> None:
+        await limiter.acquire()
+        grants.append(ft.clock.now())
+
+    await asyncio.gather(*(one() for _ in range(250)))
+
+    assert len(grants) == 250
+    assert max_in_window(grants, 60.0) == 100
+    assert max_in_window(grants, 1.0) == 5
+    # 100 grants at 5/s fill seconds 0..19; the 101st must wait for the first to age out at 60 s,
+    # not a moment longer.
+    ordered = sorted(grants)
+    assert ordered[99] - start == pytest.approx(19.0)
+    assert ordered[100] - start == pytest.approx(60.0)
+
+
+async def test_waiters_are_served_in_arrival_order(ft: FakeTime) -> None:
+    limiter = ft.limiter(per_minute=2, burst=2)
+    order: list[int] = []
+
+    async def one(i: int) -> None:
+        await limiter.acquire()
+        order.append(i)
+
+    await asyncio.gather(*(one(i) for i in range(6)))
+    assert order == [0, 1, 2, 3, 4, 5]
+
+
+async def test_pause_for_holds_every_caller_until_it_expires(ft: FakeTime) -> None:
+    limiter = ft.limiter(per_minute=100, burst=5)
+    start = ft.clock.now()
+    limiter.pause_for(30)
+    assert limiter.paused_until == pytest.approx(start + 30)
+
+    times: list[float] = []
+
+    async def one() -> None:
+        await limiter.acquire()
+        times.append(ft.clock.now() - start)
+
+    await asyncio.gather(one(), one(), one())
+    assert times == pytest.approx([30.0, 30.0, 30.0])
+    # Only the first waiter had to sleep; the pause was over for the others.
+    assert ft.sleeps == pytest.approx([30.0])
+
+
+async def test_shorter_pause_does_not_cut_a_longer_one(ft: FakeTime) -> None:
+    limiter = ft.limiter(per_minute=100, burst=5)
+    limiter.pause_for(120)
+    limiter.pause_for(5)
+    assert limiter.delay() == pytest.approx(120.0)
+    limiter.pause_for(0)
+    limiter.pause_for(-3)
+    assert limiter.delay() == pytest.approx(120.0)
+
+
+async def test_pause_set_while_a_caller_sleeps_extends_its_wait(ft: FakeTime) -> None:
+    limiter = ft.limiter(per_minute=1, burst=1)
+    start = ft.clock.now()
+    await limiter.acquire()
+
+    sleeping = asyncio.Event()
+    resume = asyncio.Event()
+
+    async def slow_sleep(seconds: float) -> None:
+        ft.sleeps.append(seconds)
+        sleeping.set()
+        await resume.wait()
+        ft.clock.advance(seconds)
+
+    limiter._sleep = slow_sleep  # only for this scenario: hold the waiter mid-sleep
+    waiter = asyncio.create_task(limiter.acquire())
+    await sleeping.wait()
+    limiter.pause_for(100)  # a 429 arrives for another request during the wait
+    limiter._sleep = ft.sleep
+    resume.set()
+    await waiter
+    # Woke at start + 60, found the pause (set at start, +100), slept again until start + 100.
+    assert ft.clock.now() - start == pytest.approx(100.0)
+    assert ft.sleeps == pytest.approx([60.0, 40.0])
+
+
+def test_invalid_configuration_is_refused() -> None:
+    with pytest.raises(ValueError, match="per_minute"):
+        SlidingWindowLimiter(0)
+    with pytest.raises(ValueError, match="burst_per_second"):
+        SlidingWindowLimiter(10, burst_per_second=0)
+    # A burst bigger than the whole minute budget is clamped, not an error.
+    assert SlidingWindowLimiter(3, burst_per_second=10).burst_per_second == 3
+
+
+def test_default_clock_is_monotonic() -> None:
+    limiter = SlidingWindowLimiter()
+    assert isinstance(limiter._clock, MonotonicClock)
+    assert (limiter.per_minute, limiter.burst_per_second) == (100, 5)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    per_minute=st.integers(min_value=1, max_value=8),
+    burst=st.integers(min_value=1, max_value=4),
+    gaps=st.lists(st.one_of(st.just(0.0), st.floats(min_value=0.0, max_value=90.0)), max_size=40),
+)
+def test_property_caps_hold_and_waits_are_minimal(
+    per_minute: int, burst: int, gaps: list[float]
+) -> None:
+    ft = FakeTime()
+    limiter = ft.limiter(per_minute, burst)
+    grants: list[float] = []
+    arrivals: list[float] = []
+
+    async def scenario() -> None:
+        for gap in gaps:
+            ft.clock.advance(gap)
+            arrivals.append(ft.clock.now())
+            await limiter.acquire()
+            grants.append(ft.clock.now())
+
+    asyncio.run(scenario())
+
+    assert max_in_window(grants, 60.0) <= per_minute
+    assert max_in_window(grants, 1.0) <= min(burst, per_minute)
+    for i, (arrived, granted) in enumerate(zip(arrivals, grants, strict=True)):
+        assert granted >= arrived - TOL
+        if granted > arrived + TOL:
+            # A wait may only end exactly when an earlier grant leaves one of the two windows.
+            earlier = grants[:i]
+            candidates = [g + 60.0 for g in earlier] + [g + 1.0 for g in earlier]
+            assert any(abs(granted - c) < 1e-3 for c in candidates), (granted, earlier)
