@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import sys
+import time
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,12 +17,15 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from connector_core import app as service
+from connector_core import demo
 from connector_core.appkeys import CLOCK, DISPATCHER, HOST, INTEGRATIONS, STORE, WORKER
 from connector_core.config import Config, config_json_schema, default_config, load_config
 from connector_core.errors import ConfigError
 from connector_core.events import EventError, SipuniEvent, parse_event
 from connector_core.hooks import PluginHost
 from connector_core.logcontext import setup_logging
+from connector_core.simulator import scenarios
+from connector_core.simulator.sender import send_calls
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
 DEFAULTS = Path(__file__).with_name("defaults.toml")
@@ -253,6 +258,71 @@ def cmd_journal(args: argparse.Namespace) -> int:
     return asyncio.run(_with_service(config, host, show))
 
 
+KINDS = {
+    "inbound_answered": scenarios.inbound_answered,
+    "inbound_missed": scenarios.inbound_missed,
+    "inbound_transferred": scenarios.inbound_transferred,
+    "scheme_transfer": scenarios.scheme_transfer,
+    "outbound_answered": scenarios.outbound_answered,
+    "outbound_unanswered": scenarios.outbound_unanswered,
+    "internal": scenarios.internal,
+}
+
+
+def simulated_calls(kinds: list[str], count: int, seed: int) -> list[scenarios.Scenario]:
+    """``count`` calls cycling through ``kinds``, each with its own id and a random client."""
+    rng = random.Random(seed)
+    start = int(time.time())
+    calls = []
+    for i in range(count):
+        kind = kinds[i % len(kinds)]
+        extra = {} if kind == "internal" else {"client": f"7916{rng.randrange(10**7):07d}"}
+        calls.append(
+            KINDS[kind](call_id=f"{start + i}.{rng.randrange(10**6)}", start=start + i, **extra)
+        )
+    return calls
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    kinds = list(KINDS) if args.kinds == "all" else args.kinds.split(",")
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        print(
+            f"unknown call kind(s): {', '.join(unknown)}; known: {', '.join(KINDS)}",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_CONFIG
+    calls = simulated_calls(kinds, args.count, args.seed)
+    url = f"{args.url.rstrip('/')}/sipuni/{args.token}"
+    sent = asyncio.run(
+        send_calls(url, calls, method=args.method, speed=args.speed, stagger=args.stagger)
+    )
+    refused = [s for s in sent if s.status != 200]
+    print(
+        f"sent {len(calls)} call(s), {len(sent)} webhook(s): "
+        f"{len(sent) - len(refused)} acknowledged, {len(refused)} refused"
+    )
+    for s in refused[:10]:
+        print(f"  {s.call_id}: HTTP {s.status} {s.body[:200]}", file=sys.stderr)
+    return EXIT_OK if not refused else EXIT_CHECK_FAILED
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    setup_logging("WARNING")
+    try:
+        asyncio.run(
+            demo.run(
+                port=args.port,
+                sandbox_port=args.sandbox_port,
+                speed=args.speed,
+                keep_running=not args.once,
+            )
+        )
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="connector", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -279,6 +349,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="JSON lines {account, params} or one query string per line")
     p.add_argument("--account", help="account number for lines that do not name one")
     p.add_argument("--config", help=config_help)
+    p = command("simulate", cmd_simulate, "send simulated Sipuni calls to a running service")
+    p.add_argument("--url", default="http://127.0.0.1:8080", help="the service's address")
+    p.add_argument("--token", default=demo.TOKEN, help="the account's webhook token")
+    p.add_argument("--kinds", default="all", help=f"comma-separated: {', '.join(KINDS)}")
+    p.add_argument("--count", type=int, default=7, help="how many calls")
+    p.add_argument("--speed", type=float, default=10.0, help="times faster than real time")
+    p.add_argument("--stagger", type=float, default=0.2, help="seconds between call starts")
+    p.add_argument("--method", choices=["GET", "POST", "JSON", "mixed"], default="GET")
+    p.add_argument("--seed", type=int, default=1, help="random seed for numbers and ids")
+    p = command(
+        "demo",
+        cmd_demo,
+        "the service on its embedded defaults with a Usedesk sandbox and simulated calls",
+    )
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--sandbox-port", type=int, default=8091)
+    p.add_argument("--speed", type=float, default=20.0, help="times faster than real time")
+    p.add_argument("--once", action="store_true", help="exit after showing the result")
     p = command("journal", cmd_journal, "show what a journaling plugin (amocrm_stub) recorded")
     p.add_argument("integration", help="integration name, or <account>/<name>")
     p.add_argument("--config", help=config_help)

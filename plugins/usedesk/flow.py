@@ -1,7 +1,8 @@
 """Carrying out the Usedesk scenario for one call against the API.
 
 Every step is recorded in the integration's effect store before the next one, under keys
-``client:<phone>``, ``call:<call_id>``, ``assigned:<call_id>``, ``comment:<call_id>``; a hook
+``client:<phone>``, ``call:<call_id>``, ``assigned:<call_id>``, ``ticket_owner:<ticket_id>``,
+``comment:<call_id>``; a hook
 that runs again (a retry, a redelivery, a restart) finds the step done and goes on from
 there. Find-or-create for one phone number holds that number's lock, so two calls from one
 new number make one client.
@@ -46,6 +47,7 @@ class UsedeskRuntime:
             api_token=self.settings.api_token.get_secret_value(),
             base_url=self.settings.base_url,
             rate_limit_per_minute=self.settings.rate_limit_per_minute,
+            burst_per_second=self.settings.burst_per_second,
             timeout=self.settings.request_timeout_seconds,
         )
         self._agents: Agents | None = None
@@ -219,11 +221,14 @@ async def finish(integration: Integration, call: CallState) -> None:
     assigned = await effects.get(f"assigned:{call.call_id}")
     if assigned is None:
         agents = await rt.agents()
+        # Another call on the same ticket (the same client calling twice at once) may have
+        # set its owner since this call looked the ticket up: that owner stays.
+        owner = await effects.get(f"ticket_owner:{ticket_id}")
         decision = scenario.assignment(
             call,
             rt.settings,
-            ticket_is_new=bool(record.get("ticket_new")),
-            ticket_assignee=record.get("ticket_assignee"),
+            ticket_is_new=bool(record.get("ticket_new")) and owner is None,
+            ticket_assignee=owner["agent"] if owner else record.get("ticket_assignee"),
             agents=agents.by_extension,
             on_duty=agents.on_duty,
             known_agents=agents.known,
@@ -231,6 +236,7 @@ async def finish(integration: Integration, call: CallState) -> None:
         )
         if decision.agent is not None:
             await rt.client.update_ticket(ticket_id, assignee_id=decision.agent, silent=True)
+            await effects.put(f"ticket_owner:{ticket_id}", {"agent": decision.agent})
         assigned = {"agent": decision.agent, "reason": decision.reason}
         await effects.put(f"assigned:{call.call_id}", assigned)
         log.info("%s: ticket %s owner: %s", integration.key, ticket_id, decision.reason)

@@ -142,6 +142,9 @@ class UsedeskSettings(BaseModel):
     rate_limit_per_minute: int = Field(
         100, ge=1, le=1000, description="requests per minute to Usedesk (its limit: ~150)"
     )
+    burst_per_second: int = Field(
+        5, ge=1, le=100, description="at most this many requests in any one second"
+    )
     request_timeout_seconds: float = Field(10.0, gt=0, le=120)
 
     @field_validator("search_statuses")

@@ -215,4 +215,6 @@ def test_any_order_with_any_repeats_converges(kind: str, data: st.DataObject) ->
     assert converged(state) == converged(reference)
     assert len(keys) == len(set(keys)), f"emitted more than once: {keys}"
     assert set(keys) == set(reference_keys) == set(s.expected["lifecycle"])
-    assert keys[0] == "started" and keys[-1] == "finished"
+    # "started" always comes first. "finished" need not come last: a request delayed past the
+    # final hang-up (the distributor's event 1, say) can only then reveal a scheme change.
+    assert keys[0] == "started"

@@ -62,6 +62,7 @@ async def world(tmp_path: Path, settings: str = "", *, extra: str = "") -> Async
 api_token = "{sandbox.token}"
 base_url = "{base_url}"
 rate_limit_per_minute = 1000
+burst_per_second = 100
 users = {USERS}
 on_duty_user = 4
 {settings}

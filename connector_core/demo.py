@@ -1,0 +1,199 @@
+"""``connector demo``: the service on its embedded defaults, wired to a Usedesk sandbox.
+
+A newcomer sees the product work without any account: the bundled in-memory Usedesk starts
+on one loopback port, the service on another, simulated Sipuni calls go in over HTTP, and a
+table shows the clients, tickets, owners and comments they became.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from connector_core.app import RedactingAccessLogger, create_app
+from connector_core.appkeys import STORE
+from connector_core.config import parse_config_text
+from connector_core.hooks import PluginHost
+from connector_core.simulator import scenarios as sc
+from connector_core.simulator.sender import send_calls
+
+TOKEN = "demo-token-change-me-0000"
+CONFIG = """
+[server]
+host = "127.0.0.1"
+port = {port}
+
+[storage]
+path = "{db}"
+
+[tracker]
+finish_settle_seconds = 1
+
+[accounts.012345]
+token = "{token}"
+default_region = "RU"
+
+[accounts.012345.integrations.usedesk]
+api_token = "{sandbox_token}"
+base_url = "{sandbox_url}"
+notifications = true
+users = [{{ extension = "101", agent = 2 }}, {{ extension = "102", agent = 3 }},
+         {{ extension = "103", agent = "anna@example.com" }}]
+on_duty_user = 4
+
+[accounts.012345.integrations.amocrm_stub]
+transfer_schemes = ["Продажи"]
+"""
+
+
+def demo_calls() -> list[sc.Scenario]:
+    """A morning at a small support desk: one call of each kind, one repeat caller."""
+    start = sc.START
+    return [
+        sc.inbound_answered(
+            ["101", "102"], "101", client="89161234567", start=start, call_id=f"{start}.1"
+        ),
+        sc.inbound_missed(
+            ["102", "101"],
+            client="79035550011",
+            start=start + 60,
+            call_id=f"{start + 60}.2",
+            ring_gap=1,
+        ),
+        sc.outbound_answered(
+            employee="102", client="+79265550003", start=start + 120, call_id=f"{start + 120}.3"
+        ),
+        sc.inbound_transferred(
+            first="101",
+            to="103",
+            client="79161234567",
+            start=start + 300,
+            call_id=f"{start + 300}.4",
+        ),
+        sc.internal(from_ext="101", to_ext="102", start=start + 400, call_id=f"{start + 400}.5"),
+        sc.scheme_transfer(client="79995550005", start=start + 500, call_id=f"{start + 500}.6"),
+    ]
+
+
+def _text(message: str) -> str:
+    """A comment's HTML as one line of plain text."""
+    text = re.sub(r"<br\s*/?>|</p>", " · ", message)
+    text = html.unescape(re.sub(r"<[^>]+>", "", text))
+    return re.sub(r"(\s*·\s*)+", " · ", text).strip(" ·")
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+def render(state: dict[str, Any]) -> str:
+    """The sandbox's clients, tickets, owners and call comments, for people."""
+    agents = {a["id"]: a["name"] for a in state["agents"]}
+    clients = {c["id"]: c for c in state["clients"]}
+    client_rows = [
+        [str(c["id"]), c["name"], ", ".join(p["phone"] for p in c["phones"])]
+        for c in state["clients"]
+    ]
+    ticket_rows, comment_rows = [], []
+    for t in state["tickets"]:
+        calls = [c for c in t["comments"] if not c["is_first"]]
+        ticket_rows.append(
+            [
+                str(t["id"]),
+                clients.get(t["client_id"], {}).get("name", "?"),
+                t["subject"],
+                t["status"],
+                agents.get(t["assignee_id"], "—"),
+                ", ".join(t["tags"]),
+                str(len(calls)),
+            ]
+        )
+        comment_rows += [[str(t["id"]), _text(c["message"])[:110]] for c in calls]
+    return "\n\n".join(
+        [
+            "Clients\n" + _table(client_rows, ["id", "name", "phones"]),
+            "Tickets\n"
+            + _table(ticket_rows, ["id", "client", "subject", "status", "owner", "tags", "calls"]),
+            "Call comments (private)\n" + _table(comment_rows, ["ticket", "comment"]),
+        ]
+    )
+
+
+async def _until_processed(app: web.Application) -> None:
+    async with asyncio.timeout(60):
+        while True:
+            stats = await app[STORE].stats()
+            if stats["inbox_pending"] == 0 and stats["dispatches_pending"] == 0:
+                return
+            await asyncio.sleep(0.2)
+
+
+async def run(
+    *, port: int = 8080, sandbox_port: int = 8091, speed: float = 20.0, keep_running: bool = True
+) -> str:
+    """Run the demo; returns the table it printed."""
+    try:
+        from plugins.usedesk.sandbox import UsedeskSandbox
+    except ImportError:  # pragma: no cover - the bundled plugin is part of the package
+        raise SystemExit("the demo needs the bundled Usedesk plugin (plugins.usedesk)") from None
+    sandbox = UsedeskSandbox()
+    with tempfile.TemporaryDirectory(prefix="connector-demo-") as tmp:
+        async with sandbox.serve(port=sandbox_port) as sandbox_url:
+            host = PluginHost()
+            host.load(["usedesk", "amocrm_stub"])
+            config = parse_config_text(
+                CONFIG.format(
+                    port=port,
+                    db=Path(tmp) / "connector.db",
+                    token=TOKEN,
+                    sandbox_token=sandbox.token,
+                    sandbox_url=sandbox_url,
+                ),
+                types=host.types,
+                origin="<demo>",
+            )
+            app = create_app(config, host=host)
+            runner = web.AppRunner(app, access_log_class=RedactingAccessLogger)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", port)
+            await site.start()
+            url = f"http://127.0.0.1:{port}"
+            try:
+                print(f"connector is serving on {url} (webhook: {url}/sipuni/{TOKEN})")
+                print(f"Usedesk sandbox on {sandbox_url} (state: {sandbox_url}/_sandbox/state)")
+                calls = demo_calls()
+                print(f"Sending {len(calls)} simulated Sipuni calls ({speed:g}× real time)…\n")
+                await send_calls(
+                    f"{url}/sipuni/{TOKEN}", calls, speed=speed, stagger=0.3, method="mixed"
+                )
+                await _until_processed(app)
+                table = render(sandbox.snapshot())
+                print(table)
+                print(NEXT_STEPS.format(url=url))
+                if keep_running:
+                    print("Still serving; send your own events, or Ctrl-C to stop.")
+                    await asyncio.Event().wait()
+                return table
+            finally:
+                await runner.cleanup()
+
+
+NEXT_STEPS = """
+That was the Usedesk sandbox. To use your real Usedesk and Sipuni:
+  1. write connector.toml (see docs/configuration.md and docs/usedesk.md) with your Sipuni
+     account number, a secret webhook token, and the Usedesk API channel key;
+  2. `connector check` tells you what is wrong before anything runs;
+  3. `connector serve`, and set Sipuni's «События на АТС» URL to
+     https://<your host>/sipuni/<your token>.
+More simulated calls: `connector simulate --url {url} --token {token}`.
+""".replace("{token}", TOKEN)

@@ -1,0 +1,53 @@
+"""The README's first experience: ``connector demo`` and ``connector simulate``."""
+
+from __future__ import annotations
+
+import pytest
+
+from connector_core import demo
+from connector_core.cli import main
+from tests.e2e.process import free_port
+
+pytestmark = pytest.mark.e2e
+
+
+async def test_demo_turns_simulated_calls_into_usedesk_tickets(capsys) -> None:
+    table = await demo.run(port=free_port(), sandbox_port=free_port(), speed=100,
+                           keep_running=False)
+    printed = capsys.readouterr().out
+    assert table in printed and "connector is serving on http://127.0.0.1:" in printed
+    tickets = table.split("Tickets\n")[1].split("\n\n")[0]
+    # One new ticket per client who called (the repeat caller's two calls share one), each
+    # with an owner; the internal call made nothing.
+    assert "Входящий звонок 79161234567" in tickets and "Исходящий звонок 79265550003" in tickets
+    rows = [r for r in tickets.splitlines() if "sipuni" in r]
+    assert len(rows) == 4 and all("—" not in r for r in rows)
+    comments = table.split("Call comments (private)\n")[1]
+    assert comments.count("Входящий звонок: Отвечен") == 3
+    assert "Входящий звонок: Пропущен" in comments and "Исходящий звонок: Отвечен" in comments
+    assert "connector check" in printed  # how to point it at a real Usedesk
+
+
+async def test_simulate_sends_every_kind_of_call(aiohttp_server, capsys) -> None:
+    from aiohttp import web
+
+    seen: list[dict[str, str]] = []
+
+    async def sipuni(request: web.Request) -> web.Response:
+        assert request.match_info["token"] == "tok-0123456789abcdef"
+        seen.append(dict(request.query) or dict(await request.post()))
+        return web.json_response({"success": True})
+
+    app = web.Application()
+    app.router.add_route("*", "/sipuni/{token}", sipuni)
+    server = await aiohttp_server(app)
+    import asyncio
+
+    code = await asyncio.to_thread(
+        main, ["simulate", "--url", str(server.make_url("")), "--token", "tok-0123456789abcdef",
+               "--count", "7", "--speed", "1000", "--method", "POST"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert f"sent 7 call(s), {len(seen)} webhook(s): {len(seen)} acknowledged, 0 refused" in out
+    assert len({e["call_id"] for e in seen}) == 7
+    assert {e["event"] for e in seen} == {"1", "2", "3", "4"}
