@@ -26,6 +26,7 @@ from connector_core.appkeys import (
     DISPATCHER,
     HOST,
     INTEGRATIONS,
+    METRICS,
     NOTIFIER,
     STORE,
     WORKER,
@@ -36,7 +37,9 @@ from connector_core.config import Config
 from connector_core.dispatcher import Dispatcher
 from connector_core.hooks import PluginHost
 from connector_core.integrations import AuthResult, AuthStatus, Integration
+from connector_core.metrics import Metrics
 from connector_core.notifications import CardBoard, Notifier, Sink
+from connector_core.store.base import Dispatch
 from connector_core.store.sqlite import SQLiteStore
 from connector_core.worker import Worker
 
@@ -65,6 +68,7 @@ def create_app(
     app[CONFIG] = config
     app[CLOCK] = clock or SystemClock()
     app[HOST] = host or plugin_host_for(config)
+    app[METRICS] = Metrics()
     app.add_routes(ingest.routes())
     app.add_routes(health.routes())
     app.cleanup_ctx.append(_store_ctx)
@@ -106,6 +110,7 @@ async def _integrations_ctx(app: web.Application) -> AsyncIterator[None]:
                 effects=store.effects(f"{number}/{name}"),
                 region=account.default_region,
                 answered_owner=config.tracker.answered_owner,
+                on_crm_request=app[METRICS].crm_request_observer(f"{number}/{name}"),
             )
             if kind.factory is not None:
                 runtime = kind.factory(integration)
@@ -124,7 +129,12 @@ async def _integrations_ctx(app: web.Application) -> AsyncIterator[None]:
     app[ACCOUNTS] = accounts
     app[INTEGRATIONS] = by_key
     tracker = config.tracker
-    dispatcher = Dispatcher(store, host, by_key, app[CLOCK])
+    metrics = app[METRICS]
+
+    def count_hook_call(row: Dispatch, outcome: str) -> None:
+        metrics.hook_calls.labels(row.integration, row.key.partition(":")[0], outcome).inc()
+
+    dispatcher = Dispatcher(store, host, by_key, app[CLOCK], on_result=count_hook_call)
     app[DISPATCHER] = dispatcher
     board = CardBoard()
     sinks: list[Sink] = [board]
@@ -141,6 +151,7 @@ async def _integrations_ctx(app: web.Application) -> AsyncIterator[None]:
         finish_settle=tracker.finish_settle_seconds,
         on_dispatches=dispatcher.notify,
         on_call=lambda call, keys: notifier.on_call(call),
+        on_processed=metrics.events_processed.inc,
     )
     yield
     await notifier.wait_idle()

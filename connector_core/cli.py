@@ -11,6 +11,7 @@ import sys
 import time
 import tomllib
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import parse_qsl
 
@@ -26,6 +27,7 @@ from connector_core.hooks import PluginHost
 from connector_core.logcontext import setup_logging
 from connector_core.simulator import scenarios
 from connector_core.simulator.sender import send_calls
+from connector_core.store.sqlite import SQLiteStore
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
 DEFAULTS = Path(__file__).with_name("defaults.toml")
@@ -176,17 +178,27 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def read_recording(path: Path, default_account: str | None) -> list[tuple[str, dict]]:
-    """Events from a file: JSON lines ``{"account": …, "params": {…}}`` or query strings."""
-    events = []
+def read_recording(path: Path, default_account: str | None) -> list[tuple[str, dict] | str]:
+    """Events from a file: JSON lines ``{"account": …, "params": {…}}`` or query strings.
+
+    A line that cannot be read is returned as the reason, so replay counts it as refused.
+    """
+    events: list[tuple[str, dict] | str] = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         if line.startswith("{"):
-            record = json.loads(line)
+            try:
+                record = json.loads(line, parse_float=str)
+            except json.JSONDecodeError as exc:
+                events.append(f"line {number}: not valid JSON ({exc.msg})")
+                continue
             params = record.get("params", record)
             account = record.get("account", default_account)
+            if not isinstance(params, dict):
+                events.append(f'line {number}: "params" must be an object of Sipuni fields')
+                continue
         else:
             params = dict(parse_qsl(line.split("?", 1)[-1], keep_blank_values=True))
             account = default_account
@@ -203,12 +215,23 @@ def cmd_replay(args: argparse.Namespace) -> int:
         _print_config_errors(exc)
         return EXIT_BAD_CONFIG
     setup_logging(config.logging.level)
+    if bool(args.file) == bool(args.since):
+        print("replay needs a FILE or --since (not both)", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    if args.since:
+        since = parse_since(args.since, time.time())
+        return asyncio.run(_with_service(config, host, lambda app: _replay_stored(app, since)))
     events = read_recording(Path(args.file), args.account)
 
     async def replay(app: web.Application) -> int:
-        store, worker, dispatcher = app[STORE], app[WORKER], app[DISPATCHER]
+        store = app[STORE]
         accepted = refused = 0
-        for index, (account, params) in enumerate(events, 1):
+        for index, event in enumerate(events, 1):
+            if isinstance(event, str):
+                print(f"event {index}: refused: {event}", file=sys.stderr)
+                refused += 1
+                continue
+            account, params = event
             if account not in config.accounts:
                 print(f"event {index}: account {account} is not in the config", file=sys.stderr)
                 refused += 1
@@ -224,11 +247,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 accepted += 1
             if index % 1000 == 0:
                 print(f"{index}/{len(events)} read", file=sys.stderr)
-        while await worker.drain():
-            pass
-        while await dispatcher.dispatch_due():
-            await dispatcher.wait_idle()
-        stats = await store.stats()
+        stats = await _finish_work(app)
         print(
             f"replayed {accepted} event(s), refused {refused}; "
             f"{stats['calls_total']} call(s), {stats['dispatches_pending']} hook call(s) "
@@ -237,6 +256,38 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return EXIT_OK if not refused else EXIT_CHECK_FAILED
 
     return asyncio.run(_with_service(config, host, replay))
+
+
+async def _finish_work(app: web.Application) -> dict[str, int]:
+    """Process what is stored and run every hook call that is due now."""
+    worker, dispatcher = app[WORKER], app[DISPATCHER]
+    while await worker.drain():
+        pass
+    while await dispatcher.dispatch_due():
+        await dispatcher.wait_idle()
+    return await app[STORE].stats()
+
+
+async def _replay_stored(app: web.Application, since: float) -> int:
+    """Run stored events through the tracker and router again.
+
+    The tracker already has them, so nothing is merged twice; what replay adds is routing:
+    integrations added since, or whose rows were dropped, get the hook calls they are owed.
+    """
+    store, worker = app[STORE], app[WORKER]
+    after, count = 0, 0
+    while items := await store.inbox_items(since=since, after_id=after, limit=1000):
+        for item in items:
+            await worker.process(item)
+        after, count = items[-1].id, count + len(items)
+        print(f"{count} stored event(s) replayed", file=sys.stderr)
+    stats = await _finish_work(app)
+    print(
+        f"replayed {count} stored event(s) received since {_when(since)}; "
+        f"{stats['dispatches_pending']} hook call(s) waiting for retry, "
+        f"{stats['dispatches_dead']} dead-lettered"
+    )
+    return EXIT_OK
 
 
 def cmd_journal(args: argparse.Namespace) -> int:
@@ -323,6 +374,80 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _with_store(config: Config, body):  # type: ignore[no-untyped-def]
+    store = SQLiteStore(config.storage.path)
+    await store.open()
+    try:
+        return await body(store)
+    finally:
+        await store.close()
+
+
+def _when(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    """The dead-letter queue: hook calls that failed for good, and what to do with them."""
+    config, _ = load(args.config)
+
+    async def run(store: SQLiteStore) -> int:
+        if args.action == "list":
+            dead = await store.dead_dispatches(limit=args.limit)
+            if not dead:
+                print("the dead-letter queue is empty")
+            for d in dead:
+                print(
+                    f"{d.id:>6}  {_when(d.created_at)}  {d.integration}  {d.call_id}  "
+                    f"{d.key}  attempts={d.attempts}  {d.last_error}"
+                )
+            return EXIT_OK
+        ids = [int(i) for i in args.ids]
+        if args.action == "retry" and args.all:
+            ids = [d.id for d in await store.dead_dispatches(limit=1_000_000)]
+        if not ids:
+            print("name the dead-letter ids (see `connector dlq list`), or --all", file=sys.stderr)
+            return EXIT_CHECK_FAILED
+        failed = 0
+        for dispatch_id in ids:
+            row = await store.get_dispatch(dispatch_id)
+            if row is None or row.status != "dead":
+                print(f"{dispatch_id}: not in the dead-letter queue", file=sys.stderr)
+                failed += 1
+                continue
+            if args.action == "show":
+                call = await store.load_call(row.account, row.call_id)
+                summary = call.model_dump(mode="json", exclude={"events"}) if call else None
+                print(
+                    json.dumps(
+                        {"dispatch": row.__dict__, "call": summary}, indent=2, ensure_ascii=False
+                    )
+                )
+            elif args.action == "retry":
+                await store.requeue_dispatch(dispatch_id)
+                print(f"{dispatch_id}: queued again ({row.integration} {row.key})")
+            else:
+                await store.drop_dispatch(dispatch_id)
+                print(f"{dispatch_id}: dropped ({row.integration} {row.key})")
+        return EXIT_CHECK_FAILED if failed else EXIT_OK
+
+    return asyncio.run(_with_store(config, run))
+
+
+def parse_since(text: str, now: float) -> float:
+    """``2h``, ``30m``, ``90s``, ``3d`` ago, or an ISO date/time (UTC unless it says)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text[:-1].replace(".", "", 1).isdigit() and text[-1:] in units:
+        return now - float(text[:-1]) * units[text[-1]]
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise SystemExit(
+            f"--since: {text!r} is neither a duration (2h, 30m) nor an ISO date/time"
+        ) from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="connector", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -345,8 +470,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("plugins", cmd_plugins, "list installed plugins, their hooks and settings")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     command("schema", cmd_schema, "print the JSON schema of the config, plugin settings included")
-    p = command("replay", cmd_replay, "feed recorded Sipuni events through the pipeline")
-    p.add_argument("file", help="JSON lines {account, params} or one query string per line")
+    p = command(
+        "replay",
+        cmd_replay,
+        "feed recorded Sipuni events through the pipeline: from a file, or the"
+        " service's own stored events with --since",
+    )
+    p.add_argument(
+        "file", nargs="?", help="JSON lines {account, params} or one query string per line"
+    )
+    p.add_argument(
+        "--since", help="re-feed stored events received since: 2h, 30m, 3d, or an ISO date/time"
+    )
     p.add_argument("--account", help="account number for lines that do not name one")
     p.add_argument("--config", help=config_help)
     p = command("simulate", cmd_simulate, "send simulated Sipuni calls to a running service")
@@ -367,6 +502,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sandbox-port", type=int, default=8091)
     p.add_argument("--speed", type=float, default=20.0, help="times faster than real time")
     p.add_argument("--once", action="store_true", help="exit after showing the result")
+    p = command("dlq", cmd_dlq, "the dead-letter queue: list, show, retry or drop")
+    p.add_argument("action", choices=["list", "show", "retry", "drop"])
+    p.add_argument("ids", nargs="*", help="dead-letter ids (from `connector dlq list`)")
+    p.add_argument("--all", action="store_true", help="with retry: every dead letter")
+    p.add_argument("--limit", type=int, default=100, help="with list: how many")
+    p.add_argument("--config", help=config_help)
     p = command("journal", cmd_journal, "show what a journaling plugin (amocrm_stub) recorded")
     p.add_argument("integration", help="integration name, or <account>/<name>")
     p.add_argument("--config", help=config_help)

@@ -30,14 +30,57 @@ log = logging.getLogger(__name__)
 class RetryPolicy:
     base_seconds: float = 1.0
     max_delay_seconds: float = 600.0
-    max_attempts: int = 25  # about 3 days of retries at the capped delay
+    horizon_seconds: float = 72 * 3600.0  # then the work goes to the dead letters
     auth_retry_seconds: float = 60.0
+    breaker_threshold: int = 5  # consecutive failures that open an integration's circuit
+    breaker_cooldown_seconds: float = 30.0
+    breaker_max_cooldown_seconds: float = 300.0
 
     def delay(self, attempts: int, retry_after: float | None = None) -> float:
         backoff = min(self.max_delay_seconds, self.base_seconds * 2 ** max(0, attempts - 1))
-        # Full jitter spreads retries of many calls that failed together.
+        # Jitter spreads the retries of many calls that failed together.
         delay = backoff / 2 + random.uniform(0, backoff / 2)
         return max(delay, retry_after or 0.0)
+
+
+class Breaker:
+    """A circuit breaker per integration: a CRM that keeps failing is probed, not hammered.
+
+    Closed: everything runs. After ``threshold`` consecutive failures it opens for a
+    cooldown; then one call group may run as a probe (half-open). Its success closes the
+    circuit; its failure opens it again for twice as long, up to a maximum.
+    """
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+        self.failures = 0
+        self.open_until = 0.0
+        self.cooldown = policy.breaker_cooldown_seconds
+        self.probing = False
+
+    @property
+    def is_open(self) -> bool:
+        return self.failures >= self.policy.breaker_threshold
+
+    def allow(self, now: float) -> bool:
+        if not self.is_open:
+            return True
+        if now < self.open_until or self.probing:
+            return False
+        self.probing = True
+        return True
+
+    def success(self) -> None:
+        self.failures, self.probing = 0, False
+        self.cooldown = self.policy.breaker_cooldown_seconds
+
+    def failure(self, now: float) -> None:
+        was_probe, self.probing = self.probing, False
+        self.failures += 1
+        if was_probe:
+            self.cooldown = min(self.cooldown * 2, self.policy.breaker_max_cooldown_seconds)
+        if self.is_open:
+            self.open_until = now + self.cooldown
 
 
 class Dispatcher:
@@ -51,6 +94,7 @@ class Dispatcher:
         policy: RetryPolicy | None = None,
         on_result: Callable[[Dispatch, str], None] = lambda d, outcome: None,
     ) -> None:
+        # on_result(row, outcome): outcome is "done", "retry", "dead" or "waiting".
         self.store = store
         self.host = host
         self.integrations = integrations  # by Integration.key
@@ -59,6 +103,12 @@ class Dispatcher:
         self.on_result = on_result
         self.wakeup = asyncio.Event()
         self._running: dict[tuple[str, str, str], asyncio.Task[None]] = {}
+        self.breakers: dict[str, Breaker] = {}
+
+    def breaker(self, integration: str) -> Breaker:
+        if integration not in self.breakers:
+            self.breakers[integration] = Breaker(self.policy)
+        return self.breakers[integration]
 
     def notify(self) -> None:
         self.wakeup.set()
@@ -90,6 +140,8 @@ class Dispatcher:
         started = 0
         for group, rows in groups.items():
             if group in self._running or rows[0].not_before > now:
+                continue
+            if not self.breaker(group[0]).allow(now):
                 continue
             task = asyncio.create_task(self._run_group(rows), name=f"dispatch {group}")
             self._running[group] = task
@@ -131,6 +183,7 @@ class Dispatcher:
             await self._call_hook(integration, call, row.key)
         except Exception as exc:  # every plugin failure is contained to this row
             return await self._failed(integration, row, exc)
+        self.breaker(integration.key).success()
         await self.store.complete_dispatch(row.id)
         self.on_result(row, "done")
         return True
@@ -158,23 +211,29 @@ class Dispatcher:
             raise InvalidRequestError(f"unknown dispatch key {key!r}")
 
     async def _failed(self, integration: Integration, row: Dispatch, exc: Exception) -> bool:
+        now = self.clock.now()
         attempts = row.attempts + 1
         reason = _describe(exc)
-        if isinstance(exc, InvalidRequestError):
+        expired = now - row.created_at > self.policy.horizon_seconds
+        if isinstance(exc, InvalidRequestError) or expired:
             retry_at = None
         elif isinstance(exc, AuthError):
+            # Not the call's fault: keep it queued until an operator fixes the credentials.
             integration.auth = AuthResult(AuthStatus.AUTH_FAILED, reason)
-            retry_at = self.clock.now() + self.policy.auth_retry_seconds
-        elif attempts >= self.policy.max_attempts:
-            retry_at = None
+            retry_at = now + self.policy.auth_retry_seconds
         else:
             retry_after = exc.retry_after if isinstance(exc, TransientError) else None
-            retry_at = self.clock.now() + self.policy.delay(attempts, retry_after)
+            retry_at = now + self.policy.delay(attempts, retry_after)
+            self.breaker(integration.key).failure(now)
+            if self.breaker(integration.key).is_open:
+                retry_at = max(retry_at, self.breaker(integration.key).open_until)
         if retry_at is None:
+            why = "beyond the retry horizon" if expired else "not retryable"
             log.error(
-                "%s %s dead-lettered after %d attempts: %s",
+                "%s %s dead-lettered (%s) after %d attempt(s): %s",
                 integration.key,
                 row.key,
+                why,
                 attempts,
                 reason,
             )
@@ -184,7 +243,7 @@ class Dispatcher:
                 integration.key,
                 row.key,
                 attempts,
-                retry_at - self.clock.now(),
+                retry_at - now,
                 reason,
             )
         await self.store.fail_dispatch(row.id, reason, retry_at)

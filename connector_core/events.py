@@ -45,7 +45,7 @@ _STRING_FIELDS = (
 _TIMESTAMP_FIELDS = ("call_start_timestamp", "call_answer_timestamp")
 MAX_FIELD_LENGTH = 512
 MAX_EXTRA_FIELDS = 50
-_CALL_ID = re.compile(r"^[0-9A-Za-z._:-]{1,128}$")
+CALL_ID = re.compile(r"^[0-9A-Za-z._:-]{1,128}$")
 _STATUS = re.compile(r"^[A-Z_]{1,32}$")
 # Unix seconds between 2000-01-01 and 2100-01-01: anything else is a sender bug, not a call.
 _MIN_TS, _MAX_TS = 946_684_800, 4_102_444_800
@@ -123,9 +123,9 @@ def _int(params: Mapping[str, Any], name: str) -> int | None:
     text = _text(params, name)
     if text is None:
         return None
-    if not re.fullmatch(r"-?\d{1,12}(\.\d+)?", text):
+    if not re.fullmatch(r"-?\d{1,18}(\.\d+)?", text):
         raise EventError(f"field '{name}' must be a whole number, got {text[:40]!r}")
-    return int(float(text))
+    return int(text.partition(".")[0])  # exact for any length, unlike float
 
 
 def _timestamp(params: Mapping[str, Any], name: str, *, zero_is_none: bool = False) -> int | None:
@@ -156,12 +156,12 @@ def parse_event(params: Mapping[str, Any]) -> ParsedRequest:
         raise EventError(f"field 'event' must be a number, got {event_text[:40]!r}")
     event = int(event_text)
     if event not in EventType._value2member_map_:
-        if call_id is not None and not _CALL_ID.match(call_id):
-            raise EventError("field 'call_id' has characters outside [0-9A-Za-z._:-]")
+        if call_id is not None and not CALL_ID.match(call_id):
+            raise EventError("field 'call_id' must be 1-128 characters of [0-9A-Za-z._:-]")
         return UnknownEvent(event=event, call_id=call_id)
     if call_id is None:
         raise EventError("field 'call_id' is missing")
-    if not _CALL_ID.match(call_id):
+    if not CALL_ID.match(call_id):
         raise EventError("field 'call_id' must be 1-128 characters of [0-9A-Za-z._:-]")
     timestamp = _timestamp(params, "timestamp")
     if timestamp is None:

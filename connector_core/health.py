@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from connector_core.appkeys import INTEGRATIONS, STORE
+from connector_core.appkeys import DISPATCHER, INTEGRATIONS, METRICS, STORE
 from connector_core.integrations import AuthStatus
 
 
@@ -37,5 +37,18 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if writable else 503)
 
 
+async def metrics(request: web.Request) -> web.Response:
+    app = request.app
+    for key, breaker in app[DISPATCHER].breakers.items():
+        app[METRICS].breaker_open.labels(key).set(int(breaker.is_open))
+    body = app[METRICS].render(await app[STORE].stats())
+    return web.Response(
+        body=body,
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )
+
+
 def routes() -> list[web.RouteDef]:
-    return [web.get("/healthz", healthz), web.get("/readyz", readyz)]
+    return [web.get("/healthz", healthz), web.get("/readyz", readyz), web.get("/metrics", metrics)]

@@ -16,8 +16,8 @@ from typing import Any
 
 from aiohttp import web
 
-from connector_core.appkeys import ACCOUNTS, CLOCK, STORE, WORKER, AccountRuntime
-from connector_core.events import EventError, Probe, UnknownEvent, parse_event
+from connector_core.appkeys import ACCOUNTS, CLOCK, CONFIG, METRICS, STORE, WORKER, AccountRuntime
+from connector_core.events import CALL_ID, EventError, Probe, UnknownEvent, parse_event
 from connector_core.logcontext import call_context
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,12 @@ def _reply(status: int = 200, error: str | None = None) -> web.Response:
     if error is not None:
         body["error"] = error
     return web.json_response(body, status=status)
+
+
+def loggable_call_id(value: object) -> str:
+    """A refused request's call id, fit for a log line (it may be anything)."""
+    text = str(value) if value is not None else "-"
+    return text if CALL_ID.match(text) else "(invalid)"
 
 
 def find_account(accounts: list[AccountRuntime], token: str) -> AccountRuntime | None:
@@ -57,13 +63,16 @@ async def read_params(request: web.Request) -> dict[str, Any]:
         return params
     try:
         if request.content_type == "application/json":
-            body = await request.json()
+            # Numbers keep their exact digits: a JSON 1717171700.52010 is the call id
+            # "1717171700.52010", not the float 1717171700.5201.
+            body = json.loads(await request.text(), parse_float=str, parse_int=str)
             if not isinstance(body, dict):
                 raise BadRequest(400, "a JSON body must be an object of Sipuni fields")
             for name, value in body.items():
-                if value is not None and not isinstance(value, str | int | float | bool):
+                if value is not None and not isinstance(value, str | bool):
                     raise BadRequest(400, f"field '{name}' must be a string or a number")
-            params.update(body)
+                # Stored as Sipuni sends it everywhere else: text ("1" for true).
+                params[name] = str(int(value)) if isinstance(value, bool) else value
         elif request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
             params.update((k, v) for k, v in (await request.post()).items() if isinstance(v, str))
         else:
@@ -72,8 +81,9 @@ async def read_params(request: web.Request) -> dict[str, Any]:
                 f"unsupported content type {request.content_type!r}: send a query string,"
                 " a form (application/x-www-form-urlencoded) or JSON",
             )
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise BadRequest(413, f"the body is larger than {exc.max_size} bytes") from None
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[CONFIG].server.max_body_bytes
+        raise BadRequest(413, f"the body is larger than {limit} bytes") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise BadRequest(400, "the body is not valid JSON") from None
     return params
@@ -96,19 +106,23 @@ async def sipuni_webhook(request: web.Request) -> web.Response:
         # The same answer for every wrong token: nothing to learn from probing.
         return _reply(404, "not found")
     if not _allowed(account, request.remote):
-        log.warning("webhook for account %s refused from %s", account.number, request.remote)
+        with call_context(account.number, None):
+            log.warning("webhook refused from %s: not in allowed_ips", request.remote)
         return _reply(403, "this address may not send events for the account")
     store, now = app[STORE], app[CLOCK].now()
     try:
         params = await read_params(request)
         parsed = parse_event(params)
     except BadRequest as exc:
+        app[METRICS].events_rejected.labels(account.number).inc()
         await store.record_rejected(account.number, {}, exc.reason, now)
-        log.warning("webhook refused: %s", exc.reason)
+        with call_context(account.number, None):
+            log.warning("webhook refused: %s", exc.reason)
         return _reply(exc.status, exc.reason)
     except EventError as exc:
+        app[METRICS].events_rejected.labels(account.number).inc()
         await store.record_rejected(account.number, params, str(exc), now)
-        with call_context(account.number, str(params.get("call_id", "-"))[:128]):
+        with call_context(account.number, loggable_call_id(params.get("call_id"))):
             log.warning("webhook refused: %s", exc)
         return _reply(400, str(exc))
     if isinstance(parsed, Probe):
@@ -118,6 +132,7 @@ async def sipuni_webhook(request: web.Request) -> web.Response:
             log.debug("event type %s ignored", parsed.event)
         return _reply()
     await store.append_event(account.number, params, now)
+    app[METRICS].events_received.labels(account.number, str(parsed.event)).inc()
     app[WORKER].notify()
     return _reply()
 

@@ -124,6 +124,8 @@ class Integration:
     answered_owner: str = "last"  # tracker.answered_owner: who owns a transferred call
     runtime: Any = None
     locks: KeyedLocks = field(default_factory=KeyedLocks)
+    # A CRM client reports each request here: (API method, seconds, outcome) → /metrics.
+    on_crm_request: Callable[[str, float, str], None] = lambda method, seconds, outcome: None
     auth: AuthResult = field(default_factory=lambda: AuthResult(AuthStatus.NOT_CHECKED))
 
     @property

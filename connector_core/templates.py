@@ -121,7 +121,8 @@ def variables(
         "time": started.strftime("%H:%M:%S") if started else "",
         "started_at": started.strftime("%Y-%m-%d %H:%M:%S") if started else "",
         "duration": _clock(call.duration_seconds),
-        "talk_duration": _clock(call.talk_seconds),
+        # Unknown until the call has ended (not 0:00, which would be a claim).
+        "talk_duration": _clock(call.talk_seconds) if call.ended_at is not None else "",
         "record_url": call.record_url or "",
         "record_link": call.record_url or "",
         "call_id": call.call_id,
@@ -144,6 +145,7 @@ def render(
         values = {k: html.escape(v, quote=True) for k, v in values.items()}
         values["record_link"] = (
             f'<a href="{html.escape(url, quote=True)}">{RECORD_LINK_TEXT[language]}</a>'
-            if url else ""
+            if url
+            else ""
         )
     return template.format_map(values)

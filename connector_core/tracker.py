@@ -135,11 +135,12 @@ def derive(state: CallState, region: str) -> CallState:
         )
 
     legs: dict[str, Leg] = {}
-    answers: dict[str, Answer] = {}
+    answers: list[Answer] = []  # every pick-up in time order; a hand-back is a new one
     hangups: list[Hangup] = []
     answer_times: list[int] = []
     schemes: list[SchemeVisit] = []
     final: SipuniEvent | None = None
+    final_dst_ext: str | None = None
     starts: list[int] = []
 
     for e, src, dst in typed:
@@ -155,12 +156,12 @@ def derive(state: CallState, region: str) -> CallState:
         elif e.type is EventType.ANSWER:
             answer_times.append(e.timestamp)
             who = employee if direction is Direction.OUTBOUND else dst_ext
-            if who and who not in answers:
-                answers[who] = Answer(extension=who, at=e.timestamp)
+            if who and (not answers or answers[-1].extension != who):
+                answers.append(Answer(extension=who, at=e.timestamp))
         elif e.type is EventType.TRANSFER_HANGUP:
             hangups.append(Hangup(at=e.timestamp, status=e.status, extension=e.transfer_from))
         elif e.type is EventType.HANGUP:
-            final = e
+            final, final_dst_ext = e, dst_ext
         if e.treeNumber or e.treeName:
             _visit(schemes, e)
 
@@ -178,13 +179,19 @@ def derive(state: CallState, region: str) -> CallState:
     if answer_stamp is not None:
         answer_times.append(answer_stamp)
     answered = bool(answers) or sipuni_status == "ANSWER"
-    if answered and not answers:
-        who = employee if direction is not Direction.INBOUND else last_called
-        if who:
-            at = answer_stamp or (min(answer_times) if answer_times else None)
-            answers[who] = Answer(extension=who, at=at or (final.timestamp if final else 0))
+    if final is not None and sipuni_status == "ANSWER":
+        # The final hang-up names who ended up with the call. When no answer event said so
+        # (none came, or the transfer leg's event 3 is late or never sent), that is a pick-up.
+        who = employee if direction is Direction.OUTBOUND else final_dst_ext or last_called
+        if who and (not answers or answers[-1].extension != who):
+            if answers:
+                leg = legs.get(who)
+                at = max(answers[-1].at, leg.rang_at if leg else 0)
+            else:
+                at = answer_stamp or (min(answer_times) if answer_times else final.timestamp)
+            answers.append(Answer(extension=who, at=at))
 
-    ordered_answers = sorted(answers.values(), key=lambda a: (a.at, a.extension))
+    ordered_answers = answers
     transfers = [
         Transfer(
             from_extension=legs[a.extension].transfer_from
@@ -268,14 +275,17 @@ def lifecycle(state: CallState) -> list[LifecycleEvent]:
                 ),
             )
         )
+    transfers_to: dict[str, int] = {}
     for t in state.transfers:
+        # A call can come back to an employee: the n-th transfer to one is its own event.
+        n = transfers_to[t.to_extension] = transfers_to.get(t.to_extension, 0) + 1
         timed.append(
             (
                 t.at,
                 1,
                 LifecycleEvent(
                     kind=LifecycleKind.TRANSFERRED,
-                    key=f"transferred:{t.to_extension}",
+                    key=f"transferred:{t.to_extension}" + (f"#{n}" if n > 1 else ""),
                     extension=t.to_extension,
                 ),
             )
@@ -301,7 +311,18 @@ def lifecycle(state: CallState) -> list[LifecycleEvent]:
 
 
 def _emit(state: CallState) -> tuple[CallState, list[LifecycleEvent]]:
-    new = [event for event in lifecycle(state) if event.key not in state.emitted]
+    # A scheme first seen by name only (or number only) was announced under that identifier.
+    announced = [
+        key.removeprefix("entered_scheme:")
+        for key in state.emitted
+        if key.startswith("entered_scheme:")
+    ]
+    new = [
+        event
+        for event in lifecycle(state)
+        if event.key not in state.emitted
+        and not (event.scheme and any(event.scheme.matches(a) for a in announced))
+    ]
     if not new:
         return state, []
     return state.model_copy(update={"emitted": [*state.emitted, *(e.key for e in new)]}), new

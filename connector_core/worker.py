@@ -36,6 +36,7 @@ class Worker:
         finish_settle: float = 3.0,
         on_dispatches: Callable[[], None] = lambda: None,
         on_call: Callable[[CallState, list[str]], None] = lambda call, keys: None,
+        on_processed: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
         self.host = host
@@ -46,6 +47,7 @@ class Worker:
         self.finish_settle = finish_settle
         self.on_dispatches = on_dispatches
         self.on_call = on_call
+        self.on_processed = on_processed
         self.wakeup = asyncio.Event()
         self.processed = 0
         # Two drains at once could merge two events of one call into two stale copies.
@@ -94,6 +96,7 @@ class Worker:
             if new:
                 log.info("call %s: %s", state.outcome.value, ", ".join(e.key for e in new))
             self.processed += 1
+            self.on_processed()
 
     async def _commit(self, item_id: int | None, state: CallState) -> None:
         dispatches = router.plan(

@@ -43,8 +43,9 @@ class Dispatch:
     key: str
     attempts: int
     not_before: float
-    status: str  # pending | done | dead
+    status: str  # pending | done | dead | dropped
     last_error: str | None = None
+    created_at: float = 0.0
 
 
 @dataclass(frozen=True)

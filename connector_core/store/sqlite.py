@@ -267,7 +267,8 @@ class SQLiteStore:
     # -- dispatches -------------------------------------------------------------------------
 
     _DISPATCH_COLUMNS = (
-        "id, account, call_id, integration, key, attempts, not_before, status, last_error"
+        "id, account, call_id, integration, key, attempts, not_before, status, last_error,"
+        " created_at"
     )
 
     async def pending_dispatches(self, limit: int) -> list[Dispatch]:
@@ -302,6 +303,41 @@ class SQLiteStore:
             return [Dispatch(*r) for r in rows]
 
         return await self._run(select)
+
+    async def get_dispatch(self, dispatch_id: int) -> Dispatch | None:
+        def select(db: sqlite3.Connection) -> Dispatch | None:
+            row = db.execute(
+                f"SELECT {self._DISPATCH_COLUMNS} FROM dispatches WHERE id = ?", (dispatch_id,)
+            ).fetchone()
+            return Dispatch(*row) if row else None
+
+        return await self._run(select)
+
+    async def requeue_dispatch(self, dispatch_id: int) -> bool:
+        """Give a dead-lettered row a fresh start; ``False`` if it is not dead."""
+        now = self.clock.now()
+
+        def update(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
+                "UPDATE dispatches SET status = 'pending', attempts = 0, not_before = ?,"
+                " created_at = ? WHERE id = ? AND status = 'dead'",
+                (now, now, dispatch_id),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(update)
+
+    async def drop_dispatch(self, dispatch_id: int) -> bool:
+        """Give up on a dead-lettered row for good (it stays visible as ``dropped``)."""
+
+        def update(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
+                "UPDATE dispatches SET status = 'dropped' WHERE id = ? AND status = 'dead'",
+                (dispatch_id,),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(update)
 
     async def complete_dispatch(self, dispatch_id: int) -> None:
         now = self.clock.now()

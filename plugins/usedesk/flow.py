@@ -49,6 +49,7 @@ class UsedeskRuntime:
             rate_limit_per_minute=self.settings.rate_limit_per_minute,
             burst_per_second=self.settings.burst_per_second,
             timeout=self.settings.request_timeout_seconds,
+            on_request=integration.on_crm_request,
         )
         self._agents: Agents | None = None
 

@@ -101,8 +101,12 @@ def test_every_field_of_a_get_request_is_parsed() -> None:
 
 @pytest.mark.parametrize(
     ("value", "kind"),
-    [("1", EventType.RING), ("2", EventType.HANGUP), ("3", EventType.ANSWER)]
-    + [("4", EventType.TRANSFER_HANGUP)],
+    [
+        ("1", EventType.RING),
+        ("2", EventType.HANGUP),
+        ("3", EventType.ANSWER),
+        ("4", EventType.TRANSFER_HANGUP),
+    ],
 )
 def test_each_known_event_type(value: str, kind: EventType) -> None:
     assert parsed(event(event=value)).type is kind
@@ -270,10 +274,9 @@ def test_malformed_request_says_why(params: dict[str, Any], message: str) -> Non
     assert error(params) == message
 
 
-def test_unknown_event_with_bad_call_id_is_still_rejected() -> None:
-    assert error(event(event="7", call_id="../etc")) == (
-        "field 'call_id' has characters outside [0-9A-Za-z._:-]"
-    )
+@pytest.mark.parametrize("call_id", ["../etc", "1" * 129])
+def test_unknown_event_with_bad_call_id_is_still_rejected(call_id: str) -> None:
+    assert error(event(event="7", call_id=call_id)).startswith("field 'call_id' ")
 
 
 def test_exactly_the_limits_are_accepted() -> None:
@@ -289,25 +292,11 @@ def test_exactly_the_limits_are_accepted() -> None:
     assert len(e.call_id) == 128
 
 
-def test_event_error_is_a_value_error() -> None:
-    # ingest maps ValueError-family parse failures to HTTP 400.
-    assert issubclass(EventError, ValueError)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="events._int caps numbers at 12 digits, so a millisecond timestamp is reported as "
-    "'must be a whole number' instead of as an implausible unix time (see report)",
-)
 def test_millisecond_timestamp_is_reported_as_implausible() -> None:
     assert error(event(timestamp="1717171700000")) == (
         "field 'timestamp' is not a plausible unix time in seconds: 1717171700000"
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an unknown event type's over-long call_id is blamed on its characters (see report)",
-)
 def test_unknown_event_with_too_long_call_id_names_the_length() -> None:
     assert error(event(event="7", call_id="1" * 129)) == CALL_ID_ERROR

@@ -8,6 +8,7 @@ tracker to it, then look at the details one behaviour at a time.
 from __future__ import annotations
 
 import itertools
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -558,8 +559,6 @@ def test_scenarios_look_like_sipuni_requests() -> None:
 
 
 def test_shuffled_keeps_the_requests() -> None:
-    import random
-
     s = sc.inbound_transferred()
     mixed = sc.shuffled(s, random.Random(7))
     key = sorted(map(sorted, (raw.items() for raw in s.events)))
@@ -624,11 +623,6 @@ def _transferred_back() -> tuple[Scenario, list[dict[str, str]]]:
     return s, [*s.events[:-1], *back, final]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tracker.derive keeps one answer per extension: a call handed back to an employee "
-    "who answered before is owned by the wrong employee (see report)",
-)
 def test_call_transferred_back_is_owned_by_whoever_ended_up_with_it() -> None:
     s, events = _transferred_back()
     run = play(s, events=events)
@@ -642,11 +636,6 @@ def test_call_transferred_back_is_owned_by_whoever_ended_up_with_it() -> None:
     assert run.keys == ["started", "answered", "transferred:102", "transferred:101", "finished"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="entered_scheme is keyed by treeNumber or else treeName, so a visit first seen "
-    "by name only is announced again once its number arrives (see report)",
-)
 def test_scheme_visit_is_announced_once_even_if_first_seen_by_name_only() -> None:
     s = sc.scheme_transfer()
     # The first leg rung in the target scheme reports it by name only; later events by both.
@@ -658,12 +647,6 @@ def test_scheme_visit_is_announced_once_even_if_first_seen_by_name_only() -> Non
     assert [(v.id, v.name) for v in run.state.schemes] == [sc.DISTRIBUTOR, sc.SALES]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tracker.derive ignores who the final hang-up names once any event 3 was seen: "
-    "when the transfer leg's event 3 comes after event 2, the call finishes owned by the "
-    "first employee (see report)",
-)
 def test_owner_is_right_when_the_call_finishes_before_the_transfer_answer_arrives() -> None:
     s = sc.inbound_transferred("101", "102")
     late_answer = s.events[3]
@@ -680,11 +663,6 @@ def test_owner_is_right_when_the_call_finishes_before_the_transfer_answer_arrive
     assert state is not None and state.answered_by == "102"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="same cause: without an event 3 for the transfer leg (the reference marks it [INF]) "
-    "the final event's ANSWER to 102 is ignored (see report)",
-)
 def test_transfer_without_an_answer_event_for_the_new_leg() -> None:
     s = sc.inbound_transferred("101", "102")
     run = play(s, events=[raw for i, raw in enumerate(s.events) if i != 3])

@@ -48,12 +48,11 @@ def rings(draw: st.DrawFn, gap: int) -> list[str]:
 
 @st.composite
 def schemes(draw: st.DrawFn) -> tuple[sc.Scheme, sc.Scheme]:
-    ids = draw(st.lists(st.from_regex(r"000-[0-9]{3,7}", fullmatch=True), min_size=2, max_size=2,
-                        unique=True))
-    names = draw(st.lists(st.sampled_from(["Распределитель", "Продажи", "Поддержка", "IVR",
-                                           "Ночная", "Входящая"]),
-                          min_size=2, max_size=2, unique=True))
-    return (ids[0], names[0]), (ids[1], names[1])
+    ids = st.from_regex(r"000-[0-9]{3,7}", fullmatch=True)
+    names = st.sampled_from(["Распределитель", "Продажи", "Поддержка", "IVR", "Ночная"])
+    (id1, id2) = draw(st.lists(ids, min_size=2, max_size=2, unique=True))
+    (name1, name2) = draw(st.lists(names, min_size=2, max_size=2, unique=True))
+    return (id1, name1), (id2, name2)
 
 
 @st.composite

@@ -43,9 +43,7 @@ def play(events: Sequence[dict[str, str]], account: str = sc.ACCOUNT) -> CallSta
         event = parse_event(raw)
         assert isinstance(event, SipuniEvent), event
         received += 1.0
-        state, _ = tracker.apply(
-            state, event, account=account, region=REGION, received_at=received
-        )
+        state, _ = tracker.apply(state, event, account=account, region=REGION, received_at=received)
     assert state is not None
     return state
 
@@ -103,9 +101,15 @@ INTERNAL = ended(sc.internal("101", "102"))
 def test_the_calls_are_what_the_decisions_assume() -> None:
     """Guard: if the tracker read these calls differently, the tests below would mean little."""
     assert (ANSWERED.direction, ANSWERED.outcome, ANSWERED.answered_by) == (
-        Direction.INBOUND, Outcome.ANSWERED, "101")
+        Direction.INBOUND,
+        Outcome.ANSWERED,
+        "101",
+    )
     assert (MISSED.outcome, MISSED.first_extension, MISSED.last_called) == (
-        Outcome.MISSED, "102", "101")
+        Outcome.MISSED,
+        "102",
+        "101",
+    )
     assert MISSED_LOST_HANGUP.outcome is Outcome.MISSED
     assert MISSED_LOST_HANGUP.finished_by == "timeout"
     assert (OUTBOUND.direction, OUTBOUND.employee) == (Direction.OUTBOUND, "102")

@@ -1,0 +1,68 @@
+"""What ``/metrics`` reports, in the Prometheus text format.
+
+Each app has its own registry (not the library's global one), so two services in one
+process — as in tests — keep separate counts.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events_received = Counter(
+            "connector_events_received",
+            "Webhooks accepted and stored, by event type",
+            ["account", "event"],
+            registry=r,
+        )
+        self.events_rejected = Counter(
+            "connector_events_rejected", "Webhooks refused as malformed", ["account"], registry=r
+        )
+        self.events_processed = Counter(
+            "connector_events_processed", "Stored events merged into call states", registry=r
+        )
+        self.hook_calls = Counter(
+            "connector_hook_calls",
+            "Hook calls by outcome (done, retry, dead)",
+            ["integration", "hook", "outcome"],
+            registry=r,
+        )
+        self.crm_requests = Histogram(
+            "connector_crm_request_seconds",
+            "CRM API requests by method and outcome",
+            ["integration", "method", "outcome"],
+            registry=r,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.gauges = {
+            name: Gauge(f"connector_{name}", help_text, registry=r)
+            for name, help_text in {
+                "inbox_pending": "Stored webhooks not yet processed",
+                "dispatches_pending": "Hook calls waiting to run or to be retried",
+                "dispatches_dead": "Hook calls in the dead-letter queue",
+                "calls_open": "Calls not finished yet",
+            }.items()
+        }
+        self.breaker_open = Gauge(
+            "connector_circuit_open",
+            "1 while an integration's circuit breaker is open",
+            ["integration"],
+            registry=r,
+        )
+
+    def crm_request_observer(self, integration: str):  # type: ignore[no-untyped-def]
+        """A callback for a CRM client's ``on_request(method, seconds, outcome)``."""
+
+        def observe(method: str, seconds: float, outcome: str) -> None:
+            self.crm_requests.labels(integration, method, outcome).observe(seconds)
+
+        return observe
+
+    def render(self, stats: dict[str, int]) -> bytes:
+        for name, gauge in self.gauges.items():
+            gauge.set(stats.get(name, 0))
+        return generate_latest(self.registry)

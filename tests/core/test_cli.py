@@ -1,0 +1,602 @@
+"""The ``connector`` command: check, plugins, schema, replay, journal, serve, embedded defaults.
+
+Most tests run ``connector_core.cli.main([...])`` in-process and read what it printed; the
+``check`` exit codes and ``serve`` are also run as real processes (``python -m
+connector_core``), the way an operator or a process manager runs them. The recorder and
+saboteur test plugins are found through their entry point (``test_plugins_dir``). Every test
+works in its own ``tmp_path`` as the current directory, so nothing is written to the repo.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from connector_core import cli
+from connector_core.config import DEMO_TOKEN
+from connector_core.simulator import scenarios
+from tests.e2e.process import ROOT, ServiceProcess, free_port, get_json
+
+TOKEN = "cli-token-0123456789"
+ACCOUNT = "012345"
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
+
+
+@pytest.fixture(autouse=True)
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An empty current directory, no $CONNECTOR_CONFIG, and the root logger put back.
+
+    ``replay`` and ``serve`` call ``setup_logging``, which replaces the root logger's
+    handlers; later tests must not write to a stream captured for this one.
+    """
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CONNECTOR_CONFIG", raising=False)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield tmp_path
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def write_config(folder: Path, integrations: str, *, head: str = "", name="connector.toml") -> Path:
+    path = folder / name
+    path.write_text(
+        f"""{head}
+[storage]
+path = "connector.db"
+[accounts.{ACCOUNT}]
+token = "{TOKEN}"
+{integrations}
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+RECORDER = """
+[accounts.012345.integrations.rec]
+plugin = "recorder"
+label = "desk"
+"""
+AMOCRM = """
+[accounts.012345.integrations.amocrm_stub]
+subdomain = "acme"
+users = { "101" = 5001 }
+default_responsible = 5999
+"""
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_process(cwd: Path, plugins: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugins), str(ROOT)])}
+    env.pop("CONNECTOR_CONFIG", None)
+    return subprocess.run(
+        [sys.executable, "-m", "connector_core", *argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def db_rows(path: Path, sql: str, *args: object) -> list[tuple]:
+    with sqlite3.connect(path) as db:
+        return db.execute(sql, args).fetchall()
+
+
+# --- check -----------------------------------------------------------------------------------
+
+
+def test_check_valid_config_prints_ok_per_integration(
+    workdir: Path, test_plugins_dir: Path, capsys
+) -> None:
+    config = write_config(
+        workdir,
+        RECORDER + '[accounts.012345.integrations.second]\nplugin = "recorder"\n' + AMOCRM,
+    )
+    code, out, err = run(capsys, "check", "--config", str(config))
+    assert code == EXIT_OK, err
+    assert out.splitlines() == [
+        "configuration: ok",
+        "012345/rec [recorder]: ok (recorder)",
+        "012345/second [recorder]: ok (recorder)",
+        "012345/amocrm_stub [amocrm_stub]: ok (stub: nothing to authorise)",
+    ]
+    assert err == ""
+
+
+def test_check_failed_authorisation_exits_1(workdir: Path, test_plugins_dir: Path, capsys) -> None:
+    config = write_config(
+        workdir, RECORDER + '[accounts.012345.integrations.sab]\nplugin = "saboteur"\n'
+    )
+    code, out, _ = run(capsys, "check", "--config", str(config))
+    assert code == EXIT_CHECK_FAILED
+    assert "configuration: ok" in out.splitlines()
+    assert "012345/rec [recorder]: ok (recorder)" in out.splitlines()
+    assert "012345/sab [saboteur]: cannot_connect (the check raised RuntimeError)" in (
+        out.splitlines()
+    )
+
+
+def test_check_with_a_disabled_failing_integration_passes(
+    workdir: Path, test_plugins_dir: Path, capsys
+) -> None:
+    config = write_config(
+        workdir,
+        RECORDER + '[accounts.012345.integrations.sab]\nplugin = "saboteur"\nenabled = false\n',
+    )
+    code, out, _ = run(capsys, "check", "--config", str(config))
+    assert code == EXIT_OK
+    assert "sab" not in out
+
+
+THREE_MISTAKES = """
+[server]
+port = 99999
+[storage]
+path = "connector.db"
+[accounts.012345]
+token = "cli-token-0123456789"
+colour = "red"
+[accounts.012345.integrations.rec]
+plugin = "recorder"
+[accounts.012345.integrations.sab]
+plugin = "saboteur"
+mode = "explode"
+"""
+THREE_ERRORS = """\
+The configuration has 3 error(s):
+  - server.port: Input should be less than or equal to 65535
+  - accounts.012345.colour: Extra inputs are not permitted
+  - accounts.012345.integrations.sab.mode: Input should be 'raise' or 'hang'
+"""
+
+
+def test_check_reports_every_mistake_with_its_toml_path(
+    workdir: Path, test_plugins_dir: Path, capsys
+) -> None:
+    config = workdir / "connector.toml"
+    config.write_text(THREE_MISTAKES, encoding="utf-8")
+    code, out, err = run(capsys, "check", "--config", str(config))
+    assert code == EXIT_BAD_CONFIG
+    assert out == ""  # no "configuration: ok", no checks run
+    assert err == THREE_ERRORS
+    assert not (workdir / "connector.db").exists()  # nothing was started
+
+
+def test_check_as_a_process_exit_codes(workdir: Path, test_plugins_dir: Path) -> None:
+    """The exit codes a deployment script sees: 0 ok, 1 a check failed, 2 invalid config."""
+    good = write_config(workdir, RECORDER, name="good.toml")
+    failing = write_config(
+        workdir, '[accounts.012345.integrations.sab]\nplugin = "saboteur"\n', name="failing.toml"
+    )
+    broken = workdir / "broken.toml"
+    broken.write_text(THREE_MISTAKES, encoding="utf-8")
+
+    result = run_process(workdir, test_plugins_dir, "check", "--config", str(good))
+    assert (result.returncode, result.stdout) == (
+        EXIT_OK,
+        "configuration: ok\n012345/rec [recorder]: ok (recorder)\n",
+    ), result.stderr
+
+    result = run_process(workdir, test_plugins_dir, "check", "--config", str(failing))
+    assert result.returncode == EXIT_CHECK_FAILED, result.stderr
+    assert "012345/sab [saboteur]: cannot_connect" in result.stdout
+
+    result = run_process(workdir, test_plugins_dir, "check", "--config", str(broken))
+    assert result.returncode == EXIT_BAD_CONFIG
+    assert result.stderr == THREE_ERRORS
+    assert "Traceback" not in result.stderr
+
+
+def test_check_missing_file_exits_2_with_a_clear_message(workdir: Path, capsys) -> None:
+    code, out, err = run(capsys, "check", "--config", "nowhere/connector.toml")
+    assert code == EXIT_BAD_CONFIG
+    assert out == ""
+    assert err == (
+        "The configuration has 1 error(s):\n"
+        "  - nowhere/connector.toml: the config file does not exist\n"
+    )
+
+
+def test_check_toml_syntax_error_names_the_line(workdir: Path, capsys) -> None:
+    config = workdir / "connector.toml"
+    config.write_text('[server]\nport = 8080\nhost = "127.0.0.1\n', encoding="utf-8")
+    code, _, err = run(capsys, "check", "--config", str(config))
+    assert code == EXIT_BAD_CONFIG
+    assert f"{config}, line 3, column" in err
+    assert "invalid TOML" in err
+
+
+def test_missing_config_file_exits_2_for_every_command(workdir: Path, capsys) -> None:
+    for argv in (["serve"], ["replay", "events.txt"], ["journal", "amocrm_stub"]):
+        code, _, err = run(capsys, *argv, "--config", "absent.toml")
+        assert code == EXIT_BAD_CONFIG, argv
+        assert "absent.toml: the config file does not exist" in err
+
+
+# --- plugins and schema ----------------------------------------------------------------------
+
+
+def sections(out: str) -> dict[str, list[str]]:
+    """``plugins`` output split by plugin: the header line's first word → indented lines."""
+    found: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in out.splitlines():
+        if not line.startswith(" "):
+            current = found.setdefault(line.split()[0], [line])
+        else:
+            current.append(line.strip())
+    return found
+
+
+def test_plugins_lists_plugins_hooks_and_settings(test_plugins_dir: Path, capsys) -> None:
+    code, out, _ = run(capsys, "plugins")
+    assert code == EXIT_OK
+    found = sections(out)
+    assert {"usedesk", "amocrm_stub", "recorder", "saboteur"} <= set(found)
+
+    usedesk = found["usedesk"]
+    assert usedesk[0].endswith("(plugins.usedesk)")
+    for hook in (
+        "connector_check_authorization",
+        "connector_call_started",
+        "connector_call_finished",
+        "connector_register_integration_types",
+    ):
+        assert f"hook: {hook}" in usedesk
+    assert "integration type 'usedesk', settings:" in usedesk
+    assert any(line.startswith('api_token: "string"  «API-ключ»') for line in usedesk)
+    assert any(line.startswith("on_duty_user: ") for line in usedesk)
+
+    amocrm = found["amocrm_stub"]
+    assert amocrm[0].endswith("(plugins.amocrm_stub)")
+    assert "hook: connector_call_reached_transfer_scheme" in amocrm
+    assert any(line.startswith('subdomain: "string"') for line in amocrm)
+
+    assert "hook: connector_call_transferred" in found["recorder"]
+    assert 'label: "string"' in found["recorder"]
+    assert 'mode: "string"' in found["saboteur"]
+    assert found["recorder"][0] == "recorder 1.0  (connector_test_plugins.recorder)"
+
+
+def test_plugins_json(test_plugins_dir: Path, capsys) -> None:
+    code, out, _ = run(capsys, "plugins", "--json")
+    assert code == EXIT_OK
+    entries = {entry["name"]: entry for entry in json.loads(out)}
+    assert {"usedesk", "amocrm_stub", "recorder", "saboteur"} <= set(entries)
+    usedesk = entries["usedesk"]
+    assert usedesk["module"] == "plugins.usedesk"
+    assert usedesk["error"] is None
+    assert "connector_call_finished" in usedesk["hooks"]
+    settings = usedesk["integration_types"]["usedesk"]
+    assert {"api_token", "base_url", "users", "on_duty_user", "phone_format"} <= set(
+        settings["properties"]
+    )
+    assert settings["required"] == ["api_token"]
+    amocrm = entries["amocrm_stub"]["integration_types"]["amocrm_stub"]
+    assert amocrm["properties"]["subdomain"]["default"] == "example"
+    assert entries["saboteur"]["integration_types"]["saboteur"]["properties"]["mode"]["enum"] == [
+        "raise",
+        "hang",
+    ]
+
+
+def test_schema_is_json_with_plugin_settings_and_no_secrets(
+    workdir: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A config with secrets in the current directory must not leak into the schema.
+    secret = "usedesk-secret-value-0000"
+    write_config(
+        workdir,
+        f'[accounts.012345.integrations.usedesk]\napi_token = "{secret}"\n',
+    )
+    code, out, _ = run(capsys, "schema")
+    assert code == EXIT_OK
+    schema = json.loads(out)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    variants = schema["$defs"]["AccountTable"]["properties"]["integrations"][
+        "additionalProperties"
+    ]["anyOf"]
+    usedesk = next(v for v in variants if v["properties"]["plugin"].get("const") == "usedesk")
+    properties = usedesk["properties"]
+    assert {"api_token", "base_url", "search_statuses", "users", "templates"} <= set(properties)
+    assert {"schemes", "transfer_schemes", "enabled"} <= set(properties)  # the core keys too
+    assert usedesk["required"] == ["api_token"]
+    api_token = properties["api_token"]
+    assert api_token["writeOnly"] is True and "default" not in api_token
+    account_token = schema["$defs"]["AccountTable"]["properties"]["token"]
+    assert "default" not in account_token
+    assert secret not in out
+    assert TOKEN not in out
+    assert DEMO_TOKEN not in out
+
+
+# --- replay and journal ----------------------------------------------------------------------
+
+
+def jsonl(path: Path, *calls: scenarios.Scenario) -> Path:
+    lines = [
+        json.dumps({"account": c.account, "params": e}, ensure_ascii=False)
+        for c in calls
+        for e in c.events
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def seen_keys(db: Path, integration: str, call_id: str) -> list[str]:
+    rows = db_rows(
+        db,
+        "SELECT key FROM effects WHERE integration = ? AND key LIKE ? ORDER BY rowid",
+        integration,
+        f"seen:{call_id}:%",
+    )
+    return [r[0].split(":", 2)[2] for r in rows]
+
+
+def test_replay_json_lines(workdir: Path, test_plugins_dir: Path, capsys) -> None:
+    config = write_config(workdir, RECORDER)
+    answered, missed = scenarios.inbound_answered(), scenarios.inbound_missed()
+    events = len(answered.events) + len(missed.events)
+    recording = jsonl(workdir / "calls.jsonl", answered, missed)
+
+    code, out, err = run(capsys, "replay", str(recording), "--config", str(config))
+    assert code == EXIT_OK, err
+    assert out == (
+        f"replayed {events} event(s), refused 0; 2 call(s), "
+        "0 hook call(s) waiting for retry, 0 dead-lettered\n"
+    )
+    db = workdir / "connector.db"
+    assert db_rows(db, "SELECT call_id, finished FROM calls ORDER BY call_id") == [
+        (answered.call_id, 1),
+        (missed.call_id, 1),
+    ]
+    assert db_rows(db, "SELECT count(*) FROM inbox WHERE status = 'done'") == [(events,)]
+    assert seen_keys(db, "012345/rec", answered.call_id) == [
+        "started:",
+        "answered:101",
+        "finished:answered",
+    ]
+    assert seen_keys(db, "012345/rec", missed.call_id) == ["started:", "finished:missed"]
+
+
+def test_replay_query_strings_with_account(workdir: Path, test_plugins_dir: Path, capsys) -> None:
+    config = write_config(workdir, RECORDER)
+    call = scenarios.outbound_answered(employee="103")
+    lines = ["# recorded from the access log", ""]
+    for i, params in enumerate(call.events):
+        query = urllib.parse.urlencode(params)
+        # Whole request paths and bare query strings are both accepted.
+        lines.append(f"/sipuni/{TOKEN}/?{query}" if i % 2 else query)
+    recording = workdir / "calls.txt"
+    recording.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    code, out, err = run(
+        capsys, "replay", str(recording), "--account", ACCOUNT, "--config", str(config)
+    )
+    assert code == EXIT_OK, err
+    assert out.startswith(f"replayed {len(call.events)} event(s), refused 0; 1 call(s), ")
+    db = workdir / "connector.db"
+    [(state,)] = db_rows(db, "SELECT state FROM calls WHERE call_id = ?", call.call_id)
+    assert json.loads(state)["direction"] == "outbound"
+    assert seen_keys(db, "012345/rec", call.call_id) == [
+        "started:",
+        "answered:103",
+        "finished:answered",
+    ]
+
+
+def test_replay_query_strings_without_account_is_refused(
+    workdir: Path, test_plugins_dir: Path, capsys
+) -> None:
+    config = write_config(workdir, RECORDER)
+    recording = workdir / "calls.txt"
+    recording.write_text(urllib.parse.urlencode(scenarios.inbound_missed().events[0]) + "\n")
+    with pytest.raises(SystemExit) as raised:
+        cli.main(["replay", str(recording), "--config", str(config)])
+    assert str(raised.value) == (f'{recording}:1: no account: pass --account or add "account"')
+
+
+def test_replay_with_malformed_lines_counts_them_and_exits_1(
+    workdir: Path, test_plugins_dir: Path, capsys
+) -> None:
+    config = write_config(workdir, RECORDER)
+    call = scenarios.inbound_missed()
+    lines = [json.dumps({"account": ACCOUNT, "params": e}) for e in call.events]
+    lines.insert(
+        1, json.dumps({"account": ACCOUNT, "params": {"event": "hangup", "call_id": "1.2"}})
+    )
+    lines.append(json.dumps({"account": "999999", "params": call.events[0]}))
+    recording = workdir / "calls.jsonl"
+    recording.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    code, out, err = run(capsys, "replay", str(recording), "--config", str(config))
+    assert code == EXIT_CHECK_FAILED
+    assert out.startswith(f"replayed {len(call.events)} event(s), refused 2; 1 call(s), ")
+    assert "event 2: refused: field 'event' must be a number, got 'hangup'" in err
+    assert f"event {len(lines)}: account 999999 is not in the config" in err
+    # The good events around the bad ones were still processed.
+    db = workdir / "connector.db"
+    assert seen_keys(db, "012345/rec", call.call_id) == ["started:", "finished:missed"]
+
+
+@pytest.mark.parametrize(
+    "bad_line",
+    ['{"account": "012345", "params": {"event": "1"', '{"account": "012345", "params": [1, 2]}'],
+)
+def test_replay_counts_a_broken_json_line_as_refused(
+    workdir: Path, test_plugins_dir: Path, capsys, bad_line: str
+) -> None:
+    config = write_config(workdir, RECORDER)
+    call = scenarios.inbound_missed()
+    lines = [json.dumps({"account": ACCOUNT, "params": e}) for e in call.events] + [bad_line]
+    recording = workdir / "calls.jsonl"
+    recording.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    code, out, err = run(capsys, "replay", str(recording), "--config", str(config))
+    assert code == EXIT_CHECK_FAILED
+    assert out.startswith(f"replayed {len(call.events)} event(s), refused 1; 1 call(s), ")
+    # The refusal names the line, so the operator can find it in the file.
+    assert f"event {len(lines)}: refused: line {len(lines)}: " in err
+    assert "Traceback" not in err
+    assert seen_keys(workdir / "connector.db", "012345/rec", call.call_id) == [
+        "started:",
+        "finished:missed",
+    ]
+
+
+def journal_lines(out: str) -> list[tuple[str, str, dict]]:
+    found = []
+    for line in out.splitlines():
+        key, name, value = line.split(" ", 2)
+        found.append((key, name, json.loads(value)))
+    return found
+
+
+def test_journal_amocrm_stub_after_a_replay(workdir: Path, capsys) -> None:
+    config = write_config(workdir, AMOCRM)
+    answered, missed = scenarios.inbound_answered(), scenarios.inbound_missed()
+    recording = jsonl(workdir / "calls.jsonl", answered, missed)
+    code, _, err = run(capsys, "replay", str(recording), "--config", str(config))
+    assert code == EXIT_OK, err
+
+    code, out, _ = run(capsys, "journal", "amocrm_stub", "--config", str(config))
+    assert code == EXIT_OK
+    entries = journal_lines(out)
+    assert {key for key, _, _ in entries} == {"012345/amocrm_stub"}
+    journal = {name: value for _, name, value in entries}
+    phone = "+79161234567"
+    assert journal[f"contact:{phone}"] == {"action": "contact_find_or_create", "phone": phone}
+    for call in (answered, missed):
+        assert journal[f"lead:{call.call_id}"]["action"] == "lead_create"
+        assert journal[f"note:{call.call_id}"]["action"] == "call_note"
+    assert journal[f"note:{answered.call_id}"]["outcome"] == "answered"
+    assert journal[f"note:{missed.call_id}"]["outcome"] == "missed"
+    # The answered call is the extension's user's; the missed one the default responsible's.
+    assert journal[f"responsible:{answered.call_id}"] == {
+        "action": "set_responsible",
+        "call_id": answered.call_id,
+        "extension": "101",
+        "user_id": 5001,
+    }
+    assert journal[f"responsible:{missed.call_id}"]["user_id"] == 5999
+    # One contact for one phone number, whatever the number of calls.
+    assert [n for n in journal if n.startswith("contact:")] == [f"contact:{phone}"]
+
+    # The <account>/<name> spelling shows the same journal.
+    code, again, _ = run(capsys, "journal", "012345/amocrm_stub", "--config", str(config))
+    assert (code, again) == (EXIT_OK, out)
+
+
+def test_journal_of_an_unknown_integration_exits_1(workdir: Path, capsys) -> None:
+    config = write_config(workdir, AMOCRM)
+    code, out, err = run(capsys, "journal", "usedesk", "--config", str(config))
+    assert code == EXIT_CHECK_FAILED
+    assert out == ""
+    assert err == "no enabled integration named usedesk\n"
+
+
+# --- serve -----------------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_serve_answers_and_exits_0_on_sigterm(workdir: Path, test_plugins_dir: Path) -> None:
+    port = free_port()
+    config = write_config(workdir, RECORDER, head=f"[server]\nport = {port}")
+    service = ServiceProcess(config, pythonpath=[test_plugins_dir], port=port)
+    service.start()
+    try:
+        assert get_json(service.url + "/healthz") == (200, {"status": "ok"})
+        call = scenarios.inbound_answered()
+        for params in call.events:
+            url = f"{service.url}/sipuni/{TOKEN}/?{urllib.parse.urlencode(params)}"
+            with urllib.request.urlopen(url, timeout=10) as response:
+                assert json.loads(response.read()) == {"success": True}
+        stats = service.wait_until(
+            lambda s: s.get("calls_total") == 1 and s.get("inbox_pending") == 0
+        )
+        assert stats["dispatches_dead"] == 0
+        status, ready = get_json(service.url + "/readyz")
+        assert status == 200 and ready["ready"] is True
+        assert ready["integrations"]["012345/rec"]["auth"] == "ok"
+    finally:
+        code = service.stop()
+    assert code == 0, service.log_path.read_text()
+    log = service.log_path.read_text()
+    assert "/sipuni/***/" in log  # the access log was written…
+    assert TOKEN not in log  # …without the token
+    assert "Traceback" not in log
+    assert seen_keys(workdir / "connector.db", "012345/rec", call.call_id) == [
+        "started:",
+        "answered:101",
+        "finished:answered",
+    ]
+
+
+# --- embedded defaults and config discovery ------------------------------------------------
+
+
+def test_load_without_a_config_uses_the_embedded_defaults(workdir: Path) -> None:
+    config, host = cli.load(None)
+    assert list(config.accounts) == ["012345"]
+    account = config.accounts["012345"]
+    assert account.token.get_secret_value() == DEMO_TOKEN
+    assert list(account.integrations) == ["amocrm_stub"]
+    assert account.integrations["amocrm_stub"].plugin == "amocrm_stub"
+    assert account.integrations["amocrm_stub"].enabled is True
+    assert (config.server.host, config.server.port) == ("127.0.0.1", 8080)
+    assert config.storage.path == workdir / "connector.db"
+    assert config.warnings == ["accounts.012345.token: the demo token is public; set your own"]
+    # Only the plugins the config names are imported.
+    assert set(host.types) == {"amocrm_stub"}
+
+
+def test_check_without_a_config_checks_the_defaults_and_warns(workdir: Path, capsys) -> None:
+    code, out, err = run(capsys, "check")
+    assert code == EXIT_OK
+    assert out.splitlines() == [
+        "configuration: ok",
+        "012345/amocrm_stub [amocrm_stub]: ok (stub: nothing to authorise)",
+    ]
+    assert err == "warning: accounts.012345.token: the demo token is public; set your own\n"
+    assert (workdir / "connector.db").exists()  # in the current directory, as documented
+
+
+def test_config_is_found_in_env_then_current_directory(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local = write_config(workdir, AMOCRM)
+    config, _ = cli.load(None)
+    assert config.accounts[ACCOUNT].token.get_secret_value() == TOKEN
+    assert config.warnings == []
+    assert config.storage.path == local.parent / "connector.db"
+
+    other = workdir / "elsewhere"
+    other.mkdir()
+    write_config(other, "", name="custom.toml")
+    monkeypatch.setenv("CONNECTOR_CONFIG", str(other / "custom.toml"))
+    config, _ = cli.load(None)
+    assert config.accounts[ACCOUNT].integrations == {}
+    assert config.storage.path == other / "connector.db"
+
+    # --config wins over both.
+    config, _ = cli.load(str(local))
+    assert list(config.accounts[ACCOUNT].integrations) == ["amocrm_stub"]
