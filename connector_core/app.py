@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from connector_core import health, ingest
+from connector_core import agent_stream, health, ingest
 from connector_core.appkeys import (
     ACCOUNTS,
     BOARD,
@@ -71,6 +71,7 @@ def create_app(
     app[METRICS] = Metrics()
     app.add_routes(ingest.routes())
     app.add_routes(health.routes())
+    app.add_routes(agent_stream.routes())
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_integrations_ctx)
     if background:

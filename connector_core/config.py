@@ -166,6 +166,7 @@ def _check_scheme_list(value: list[str]) -> list[str]:
 
 AccountNumber = Annotated[str, AfterValidator(_check_account_number)]
 InstanceName = Annotated[str, AfterValidator(_check_instance_name)]
+Extension = Annotated[str, Field(pattern=r"^\d{1,8}$")]
 Token = Annotated[
     SecretStr,
     AfterValidator(_check_token),
@@ -318,6 +319,9 @@ class AccountTable(_Strict):
     integrations: dict[InstanceName, IntegrationTable] = Field(
         {}, description="Integration instances, by name."
     )
+    agents: dict[Extension, Token] = Field(
+        {}, description="Agent page tokens by extension: who may watch whose ringing phone."
+    )
 
 
 def _check_accounts(value: dict[str, AccountTable]) -> dict[str, AccountTable]:
@@ -359,6 +363,7 @@ class AccountConfig(_Strict):
     default_region: Region = "RU"
     allowed_ips: list[Network] = []
     integrations: dict[str, IntegrationConfig] = {}
+    agents: dict[str, Token] = {}
 
     def allows(self, address: str) -> bool:
         """Whether a webhook from ``address`` is allowed (an empty allow-list allows all)."""
@@ -579,6 +584,7 @@ def _build(
             default_region=account.default_region,
             allowed_ips=account.allowed_ips,
             integrations=integrations,
+            agents=account.agents,
         )
         if account.token.get_secret_value() == DEMO_TOKEN:
             warnings.append(

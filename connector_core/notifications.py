@@ -36,10 +36,11 @@ class CardBoard:
 
     async def deliver(self, account: str, extension: str, card: dict[str, Any]) -> None:
         key = (account, extension)
-        if card["state"] == "ended":
-            self.cards.pop(key, None)
-        else:
+        if card["state"] != "ended":
             self.cards[key] = card
+        elif self.cards.get(key, {}).get("call_id") == card["call_id"]:
+            # Only this call's card goes: the phone may be ringing with the next call already.
+            del self.cards[key]
         event = self._changed.pop(key, None)
         if event is not None:
             event.set()

@@ -22,7 +22,7 @@ from connector_core.phones import digits_only
 
 from . import scenario
 from .client import UsedeskClient
-from .settings import UsedeskSettings
+from .settings import STATUS_NEW, UsedeskSettings
 
 log = logging.getLogger(__name__)
 AGENTS_TTL = 600.0  # agents rarely change; re-read them every ten minutes at most
@@ -132,10 +132,14 @@ async def _find_or_create(
 ) -> dict[str, Any]:
     rt = runtime(integration)
     settings = rt.settings
-    client_id, client_new = await _client(integration, call, plan)
+    client_id, client_name, client_new = await _client(integration, call, plan)
     if client_id is None:
         return {"skipped": "unknown number, and creating clients is off (create_client)"}
-    record: dict[str, Any] = {"client_id": client_id, "client_new": client_new}
+    record: dict[str, Any] = {
+        "client_id": client_id,
+        "client_name": client_name,
+        "client_new": client_new,
+    }
     if plan.search_tickets and not client_new:  # a client made a moment ago has no tickets
         tickets = await rt.client.list_tickets(
             client_id=client_id, statuses=settings.search_statuses
@@ -147,6 +151,8 @@ async def _find_or_create(
                 "ticket_id": found.id,
                 "ticket_new": False,
                 "ticket_assignee": found.assignee_id,
+                "ticket_subject": found.subject,
+                "ticket_status": found.status_id,
             }
     if not plan.create_ticket:
         return {
@@ -160,8 +166,9 @@ async def _find_or_create(
         made = await _ticket_made_for(rt, client_id, call.call_id)
         if made is not None:
             return {**record, "ticket_id": made, "ticket_new": True, "ticket_assignee": None}
+    subject = rt.render("ticket_subject", call)[:255]
     ticket_id = await rt.client.create_ticket(
-        subject=rt.render("ticket_subject", call)[:255],
+        subject=subject,
         message=rt.render("ticket_message", call),
         client_id=client_id,
         type=settings.ticket_type,
@@ -170,7 +177,14 @@ async def _find_or_create(
         additional_id=call.call_id,
         channel_id=settings.channel_id,
     )
-    return {**record, "ticket_id": ticket_id, "ticket_new": True, "ticket_assignee": None}
+    return {
+        **record,
+        "ticket_id": ticket_id,
+        "ticket_new": True,
+        "ticket_assignee": None,
+        "ticket_subject": subject,
+        "ticket_status": STATUS_NEW,
+    }
 
 
 async def _ticket_made_for(rt: UsedeskRuntime, client_id: int, call_id: str) -> int | None:
@@ -191,25 +205,25 @@ async def _comment_made_for(rt: UsedeskRuntime, ticket_id: int, call_id: str) ->
 
 async def _client(
     integration: Integration, call: CallState, plan: scenario.Lookup
-) -> tuple[int | None, bool]:
-    """The client with this phone: remembered, found by phone, or created."""
+) -> tuple[int | None, str, bool]:
+    """The client with this phone (id, name, just created?): remembered, found, or created."""
     effects, key = integration.effects, f"client:{plan.phone}"
     remembered = await effects.get(key)
     if remembered is not None:
-        return int(remembered["id"]), False
+        return int(remembered["id"]), remembered.get("name", ""), False
     rt = runtime(integration)
     hits = await rt.client.find_clients_by_phone(plan.phone.lstrip("+"))
     if hits:
-        await effects.put(key, {"id": hits[0].id})
-        return hits[0].id, False
+        await effects.put(key, {"id": hits[0].id, "name": hits[0].name})
+        return hits[0].id, hits[0].name, False
     if not plan.create_client:
-        return None, False
+        return None, "", False
+    name = rt.render("client_name", call)[:255]
     client_id = await rt.client.create_client(
-        name=rt.render("client_name", call)[:255],
-        phone_digits=digits_only(plan.phone, rt.settings.phone_format),
+        name=name, phone_digits=digits_only(plan.phone, rt.settings.phone_format)
     )
-    await effects.put(key, {"id": client_id})
-    return client_id, True
+    await effects.put(key, {"id": client_id, "name": name})
+    return client_id, name, True
 
 
 async def finish(integration: Integration, call: CallState) -> None:
@@ -276,12 +290,51 @@ async def card(integration: Integration, call: CallState) -> CardPart | None:
     if "client_id" not in record:
         return CardPart(title="Usedesk", lines=[record.get("skipped", "")])
     web = rt.settings.web_url.rstrip("/")
-    lines = ["новый клиент" if record.get("client_new") else "клиент известен"]
-    if rt.settings.language == "en":
-        lines = ["new client" if record.get("client_new") else "known client"]
-    links = [("Usedesk: client", f"{web}/clients/{record['client_id']}")]
+    words = CARD_WORDS[rt.settings.language]
+    name = record.get("client_name") or ""
+    lines = [f"{name} ({words['new'] if record.get('client_new') else words['known']})"]
+    links = [(words["client"], f"{web}/clients/{record['client_id']}")]
     if record.get("ticket_id"):
-        ticket = f"#{record['ticket_id']}" + (" (new)" if record.get("ticket_new") else "")
-        lines.append(f"ticket {ticket}")
-        links.append(("Usedesk: ticket", f"{web}/tickets/{record['ticket_id']}"))
+        new = f" ({words['new_ticket']})" if record.get("ticket_new") else ""
+        status = STATUS_NAMES.get(record.get("ticket_status") or 0, "")
+        owner = record.get("ticket_assignee")
+        details = " · ".join(
+            x
+            for x in (
+                record.get("ticket_subject"),
+                status,
+                f"{words['owner']} {owner}" if owner else "",
+            )
+            if x
+        )
+        lines.append(f"{words['ticket']} #{record['ticket_id']}{new}: {details}")
+        links.append((words["ticket"], f"{web}/tickets/{record['ticket_id']}"))
     return CardPart(title="Usedesk", lines=lines, links=links)
+
+
+CARD_WORDS = {
+    "ru": {
+        "new": "новый клиент",
+        "known": "известный клиент",
+        "client": "Клиент",
+        "ticket": "Тикет",
+        "new_ticket": "новый",
+        "owner": "агент",
+    },
+    "en": {
+        "new": "new client",
+        "known": "known client",
+        "client": "Client",
+        "ticket": "Ticket",
+        "owner": "agent",
+        "new_ticket": "new",
+    },
+}
+STATUS_NAMES = {
+    1: "Открыт",
+    2: "Выполнен",
+    3: "Закрыт",
+    5: "На удержании",
+    6: "В ожидании",
+    8: "Новый",
+}

@@ -171,9 +171,12 @@ async def test_query_and_body_are_merged_and_the_body_wins(service) -> None:
 # --- authentication --------------------------------------------------------------------------
 
 
-async def test_unknown_token_is_not_found(service) -> None:
+@pytest.mark.parametrize(
+    "token", ["no-such-token-at-all", "x", "тест-токен-0123456789", TOKEN[:-1], TOKEN + "0"]
+)
+async def test_unknown_token_is_not_found(service, token: str) -> None:
     app, client = service
-    response = await client.get("/sipuni/no-such-token-at-all", params=RING)
+    response = await client.get(f"/sipuni/{token}", params=RING)
     assert response.status == 404
     assert await response.json() == NOT_FOUND
     assert await inbox(app) == []

@@ -184,7 +184,7 @@ def test_unknown_template_name_is_refused(types: dict) -> None:
 
 def test_an_extension_mapped_twice_is_refused(types: dict) -> None:
     lines = errors(types, TWICE)
-    assert any("extension 101 is mapped twice in users" in line for line in lines), lines
+    assert any("extension 101 is mapped twice" in line for line in lines), lines
     assert all(line.startswith(TABLE) for line in lines)
 
 
