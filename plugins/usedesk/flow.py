@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from connector_core import templates
-from connector_core.callstate import CallState
+from connector_core.callstate import CallState, Outcome
 from connector_core.integrations import CardPart, Integration
 from connector_core.phones import digits_only
 
@@ -62,6 +62,7 @@ class UsedeskRuntime:
             phone_format=self.settings.phone_format,
             language=self.settings.language,
             timezone=self.settings.timezone,
+            answered_owner=self.integration.answered_owner,
         )
 
     def render(self, name: str, call: CallState, *, html: bool = False) -> str:
@@ -239,11 +240,15 @@ async def finish(integration: Integration, call: CallState) -> None:
         # Another call on the same ticket (the same client calling twice at once) may have
         # set its owner since this call looked the ticket up: that owner stays.
         owner = await effects.get(f"ticket_owner:{ticket_id}")
+        current = owner["agent"] if owner else record.get("ticket_assignee")
+        if current is None and not record.get("ticket_new") and call.outcome is not Outcome.MISSED:
+            # Unowned when the phone rang: a person may have taken it since. Ask again.
+            current = (await rt.client.get_ticket(ticket_id)).assignee_id
         decision = scenario.assignment(
             call,
             rt.settings,
             ticket_is_new=bool(record.get("ticket_new")) and owner is None,
-            ticket_assignee=owner["agent"] if owner else record.get("ticket_assignee"),
+            ticket_assignee=current,
             agents=agents.by_extension,
             on_duty=agents.on_duty,
             known_agents=agents.known,

@@ -11,11 +11,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
     field_validator,
-    model_validator,
 )
 
 from connector_core import templates
@@ -51,7 +51,19 @@ DEFAULT_TEMPLATES = {
 }
 
 Email = Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
-Agent = int | Email  # a Usedesk agent id, or an e-mail resolved through /users
+
+
+def _agent(value: object) -> object:
+    # pydantic's lax int takes true/false as 1/0: `agent = true` would map to agent 1.
+    if isinstance(value, bool):
+        raise ValueError("expected a Usedesk agent id (a number) or the agent's e-mail")
+    if isinstance(value, str) and not value.strip().isdigit() and "@" not in value:
+        raise ValueError(f"expected a Usedesk agent id (a number) or an e-mail, got {value!r}")
+    return value
+
+
+# A Usedesk agent id, or an e-mail resolved through /users.
+Agent = Annotated[int | Email, BeforeValidator(_agent)]
 
 
 class UserMapping(BaseModel):
@@ -164,14 +176,18 @@ class UsedeskSettings(BaseModel):
             raise ValueError(f"unknown time zone {value!r} (e.g. Europe/Moscow)") from None
         return value
 
-    @model_validator(mode="after")
-    def _unique_extensions(self) -> UsedeskSettings:
-        seen: set[str] = set()
-        for user in self.users:
-            if user.extension in seen:
-                raise ValueError(f"extension {user.extension} is mapped twice in users")
-            seen.add(user.extension)
-        return self
+    @field_validator("users")
+    @classmethod
+    def _unique_extensions(cls, value: list[UserMapping]) -> list[UserMapping]:
+        first: dict[str, int] = {}
+        for i, user in enumerate(value):
+            if user.extension in first:
+                raise ValueError(
+                    f"extension {user.extension} is mapped twice: "
+                    f"users[{first[user.extension]}] and users[{i}]"
+                )
+            first[user.extension] = i
+        return value
 
     def template(self, name: str) -> str:
         return getattr(self.templates, name) or DEFAULT_TEMPLATES[self.language][name]

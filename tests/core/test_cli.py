@@ -148,6 +148,13 @@ def test_check_with_a_disabled_failing_integration_passes(
     assert "sab" not in out
 
 
+def test_check_with_no_enabled_integration_says_so(workdir: Path, capsys) -> None:
+    config = write_config(workdir, "")
+    code, out, err = run(capsys, "check", "--config", str(config))
+    assert code == EXIT_OK, err
+    assert out == "configuration: ok\nno enabled integrations\n"
+
+
 THREE_MISTAKES = """
 [server]
 port = 99999
@@ -298,6 +305,39 @@ def test_plugins_json(test_plugins_dir: Path, capsys) -> None:
         "raise",
         "hang",
     ]
+
+
+@pytest.fixture
+def broken_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An installed plugin whose module cannot be imported."""
+    root = tmp_path / "site"
+    dist = root / "connector_broken_plugin-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: connector-broken-plugin\nVersion: 0.1\n"
+    )
+    (dist / "entry_points.txt").write_text(
+        "[connector_core]\nbroken = connector_broken_plugin_missing_module\n"
+    )
+    monkeypatch.syspath_prepend(str(root))
+    return "broken"
+
+
+def test_plugins_reports_a_broken_plugin_and_lists_the_others(broken_plugin: str, capsys) -> None:
+    code, out, _ = run(capsys, "plugins")
+    assert code == EXIT_OK
+    found = sections(out)
+    assert found[broken_plugin][0] == "broken 0.1  (connector_broken_plugin_missing_module)"
+    assert found[broken_plugin][1].startswith(
+        "error: cannot import connector_broken_plugin_missing_module: "
+    )
+    assert "integration type 'usedesk', settings:" in found["usedesk"]
+
+    code, out, _ = run(capsys, "plugins", "--json")
+    entries = {entry["name"]: entry for entry in json.loads(out)}
+    assert entries[broken_plugin]["error"].startswith("cannot import")
+    assert entries[broken_plugin]["hooks"] == []
+    assert entries["usedesk"]["error"] is None
 
 
 def test_schema_is_json_with_plugin_settings_and_no_secrets(
@@ -530,8 +570,13 @@ def test_serve_answers_and_exits_0_on_sigterm(workdir: Path, test_plugins_dir: P
             url = f"{service.url}/sipuni/{TOKEN}/?{urllib.parse.urlencode(params)}"
             with urllib.request.urlopen(url, timeout=10) as response:
                 assert json.loads(response.read()) == {"success": True}
+        # Every event processed and every hook call run (none pending, none dead).
         stats = service.wait_until(
-            lambda s: s.get("calls_total") == 1 and s.get("inbox_pending") == 0
+            lambda s: (
+                s.get("calls_total") == 1
+                and s.get("inbox_pending") == 0
+                and s.get("dispatches_pending") == 0
+            )
         )
         assert stats["dispatches_dead"] == 0
         status, ready = get_json(service.url + "/readyz")

@@ -10,6 +10,7 @@ was given, ignored ones (probes, unknown event types) leave no trace in either.
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
 import logging
 import re
@@ -22,8 +23,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
+from connector_core import ingest
 from connector_core.app import RedactingAccessLogger, check_authorization
-from connector_core.appkeys import HOST, INTEGRATIONS, STORE
+from connector_core.appkeys import HOST, INTEGRATIONS, STORE, AccountRuntime
 from connector_core.events import parse_event
 from connector_core.logcontext import FORMAT, ContextFilter
 from connector_core.simulator import scenarios
@@ -210,6 +212,22 @@ async def test_allowed_ips_refuses_other_addresses(start_service) -> None:
         "error": "this address may not send events for the account",
     }
     assert await inbox(app) == []
+
+
+def test_allow_list_fails_closed_when_the_address_is_unknown() -> None:
+    """A request whose peer address cannot be read (None, a unix socket) is refused."""
+    account = AccountRuntime(
+        number=ACCOUNT,
+        token=TOKEN,
+        region="RU",
+        allowed_networks=[ipaddress.ip_network("127.0.0.0/8")],
+        integrations=[],
+    )
+    assert ingest._allowed(account, "127.0.0.1") is True
+    assert ingest._allowed(account, None) is False
+    assert ingest._allowed(account, "") is False
+    open_account = AccountRuntime(ACCOUNT, TOKEN, "RU", [], [])
+    assert ingest._allowed(open_account, None) is True  # no allow-list: anyone
 
 
 # --- refused ---------------------------------------------------------------------------------

@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from connector_core.appkeys import WORKER
+from connector_core.clock import FakeClock
 from connector_core.simulator import scenarios
 from tests.e2e.usedesk_world import call_comments, world
+from tests.harness import settle
 
 pytestmark = pytest.mark.e2e
 NEW = "79160000001"
@@ -137,3 +140,44 @@ async def test_create_client_off_skips_unknown_numbers(tmp_path: Path):
     async with world(tmp_path, "create_client = false") as w:
         await w.call(scenarios.inbound_answered(client=NEW))
         assert w.writes() == []
+
+
+async def test_outbound_unanswered_is_not_missed_and_belongs_to_the_caller(tmp_path: Path):
+    async with world(tmp_path) as w:
+        await w.call(scenarios.outbound_unanswered(employee="101", client=NEW))
+        [client] = w.clients_with(NEW)
+        [ticket] = w.tickets_of(client["id"])
+        assert ticket["assignee_id"] == 2  # the agent of 101, who dialled (not on duty)
+        [comment] = call_comments(ticket)
+        assert "Исходящий звонок</b>: Не отвечен" in comment["message"]
+
+
+@pytest.mark.parametrize("spelling", ["8", "7", "+7"])
+async def test_every_spelling_of_a_number_finds_the_same_client(tmp_path: Path, spelling: str):
+    async with world(tmp_path) as w:
+        first = scenarios.inbound_answered(client=NEW, call_id="1717171700.31")
+        await w.call(first)
+        again = scenarios.with_number_spelling(
+            scenarios.inbound_missed(client=NEW, call_id="1717179000.32",
+                                     start=scenarios.START + 7300), spelling)
+        assert again.events[0]["src_num"].startswith(spelling)
+        await w.call(again)
+        [client] = w.clients_with(NEW)  # no second client for the other spelling
+        [ticket] = w.tickets_of(client["id"])
+        assert len(call_comments(ticket)) == 2
+
+
+async def test_a_call_whose_final_hang_up_is_lost_is_finished_by_the_timeout(tmp_path: Path):
+    clock = FakeClock()
+    async with world(tmp_path, clock=clock) as w:
+        lost = scenarios.without_final_hangup(scenarios.inbound_answered(client=NEW))
+        await w.call(lost)
+        [client] = w.clients_with(NEW)
+        [ticket] = w.tickets_of(client["id"])
+        assert call_comments(ticket) == []  # still talking, as far as anyone knows
+        clock.advance(7200 + 1)  # tracker.hangup_timeout_seconds
+        assert await w.app[WORKER].expire_idle() == 1
+        await settle(w.app)
+        [ticket] = w.tickets_of(client["id"])
+        [comment] = call_comments(ticket)
+        assert ticket["assignee_id"] == 2 and "Отвечен" in comment["message"]

@@ -309,12 +309,6 @@ async def test_english_default_templates(tmp_path: Path):
         assert ">Call recording</a>" in comment["message"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="flow.UsedeskRuntime.values() does not pass the integration's answered_owner to "
-    "templates.variables: {employee} names the last to answer even with "
-    'answered_owner = "first", while the ticket goes to the first (see report)',
-)
 async def test_employee_variable_follows_answered_owner(tmp_path: Path):
     async with world(
         tmp_path,
@@ -482,11 +476,6 @@ async def test_an_existing_unassigned_ticket_gets_the_agent_who_answered(tmp_pat
         assert ticket(w, open_ticket)["status_id"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="flow.finish decides from the assignee seen when the call started ringing: an owner "
-    "a person set in Usedesk during the call is overwritten at hang-up (see report)",
-)
 async def test_an_owner_set_in_usedesk_during_the_call_is_kept(tmp_path: Path):
     async with world(tmp_path) as w:
         open_ticket = give_ticket(w, KNOWN_CLIENT, status=1)  # unassigned when the phone rings

@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from connector_core.clock import Clock
 from connector_core.simulator import scenarios
 from plugins.usedesk.sandbox import UsedeskSandbox
 from tests.harness import TOKEN, app_for, make_config, settle
@@ -54,7 +55,16 @@ def call_comments(ticket: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @asynccontextmanager
-async def world(tmp_path: Path, settings: str = "", *, extra: str = "") -> AsyncIterator[World]:
+async def world(
+    tmp_path: Path,
+    settings: str = "",
+    *,
+    extra: str = "",
+    others: str = "",
+    clock: Clock | None = None,
+) -> AsyncIterator[World]:
+    """The service with a Usedesk integration (``settings`` added to its table), other
+    integrations' tables in ``others``, and top-level tables in ``extra``."""
     sandbox = UsedeskSandbox()
     async with sandbox.serve() as base_url:
         config, host = make_config(tmp_path, f"""
@@ -66,8 +76,9 @@ burst_per_second = 100
 users = {USERS}
 on_duty_user = 4
 {settings}
+{others}
 """, extra=extra)
-        app = app_for(config, host)
+        app = app_for(config, host, clock=clock)
         client = TestClient(TestServer(app))
         await client.start_server()
         try:

@@ -188,11 +188,6 @@ def test_an_extension_mapped_twice_is_refused(types: dict) -> None:
     assert all(line.startswith(TABLE) for line in lines)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the duplicate-extension error is reported on the integration table, not on its "
-    "`users` key (a model validator has no field path; see report)",
-)
 def test_an_extension_mapped_twice_is_reported_on_users(types: dict) -> None:
     [line] = errors(types, TWICE)
     assert line.startswith(f"{TABLE}.users: ")
@@ -232,10 +227,6 @@ def test_a_bad_email_for_the_on_duty_agent_is_refused(types: dict) -> None:
     assert line.startswith(f"{TABLE}.on_duty_user: ")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Agent is `int | Email` in lax mode: TOML `agent = true` becomes agent 1 (see report)",
-)
 def test_a_boolean_is_not_an_agent_id(types: dict) -> None:
     [line] = errors(types, 'users = [{ extension = "101", agent = true }]')
     assert line.startswith(f"{TABLE}.users[0].agent: ")
