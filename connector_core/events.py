@@ -156,12 +156,12 @@ def parse_event(params: Mapping[str, Any]) -> ParsedRequest:
         raise EventError(f"field 'event' must be a number, got {event_text[:40]!r}")
     event = int(event_text)
     if event not in EventType._value2member_map_:
-        if call_id is not None and not CALL_ID.match(call_id):
+        if call_id is not None and not CALL_ID.fullmatch(call_id):
             raise EventError("field 'call_id' must be 1-128 characters of [0-9A-Za-z._:-]")
         return UnknownEvent(event=event, call_id=call_id)
     if call_id is None:
         raise EventError("field 'call_id' is missing")
-    if not CALL_ID.match(call_id):
+    if not CALL_ID.fullmatch(call_id):
         raise EventError("field 'call_id' must be 1-128 characters of [0-9A-Za-z._:-]")
     timestamp = _timestamp(params, "timestamp")
     if timestamp is None:

@@ -39,7 +39,7 @@ def _reply(status: int = 200, error: str | None = None) -> web.Response:
 def loggable_call_id(value: object) -> str:
     """A refused request's call id, fit for a log line (it may be anything)."""
     text = str(value) if value is not None else "-"
-    return text if CALL_ID.match(text) else "(invalid)"
+    return text if CALL_ID.fullmatch(text) else "(invalid)"
 
 
 def find_account(accounts: list[AccountRuntime], token: str) -> AccountRuntime | None:
@@ -115,7 +115,7 @@ async def sipuni_webhook(request: web.Request) -> web.Response:
         parsed = parse_event(params)
     except BadRequest as exc:
         app[METRICS].events_rejected.labels(account.number).inc()
-        await store.record_rejected(account.number, {}, exc.reason, now)
+        await store.record_rejected(account.number, dict(request.query), exc.reason, now)
         with call_context(account.number, None):
             log.warning("webhook refused: %s", exc.reason)
         return _reply(exc.status, exc.reason)
