@@ -20,7 +20,13 @@ from aiohttp import web
 from connector_core import app as service
 from connector_core import demo
 from connector_core.appkeys import CLOCK, DISPATCHER, HOST, INTEGRATIONS, STORE, WORKER
-from connector_core.config import Config, config_json_schema, default_config, load_config
+from connector_core.config import (
+    Config,
+    config_json_schema,
+    default_config,
+    load_config,
+    scrub_secrets,
+)
 from connector_core.errors import ConfigError
 from connector_core.events import EventError, SipuniEvent, parse_event
 from connector_core.hooks import PluginHost
@@ -137,10 +143,11 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     host.load()
     entries = []
     for info in host.info():
-        types = {
-            name: host.types[name].settings_model.model_json_schema()
-            for name in info.integration_types
-        }
+        types = {}
+        for name in info.integration_types:
+            schema = host.types[name].settings_model.model_json_schema()
+            scrub_secrets(schema)  # a secret's default must not be printed
+            types[name] = schema
         entries.append(
             {
                 "name": info.name,

@@ -494,7 +494,7 @@ def config_json_schema(types: Mapping[str, IntegrationType]) -> dict[str, Any]:
         integrations["additionalProperties"] = {"anyOf": variants}
         if core_ref not in json.dumps(schema):
             del defs[IntegrationTable.__name__]
-    _scrub_secrets(schema)
+    scrub_secrets(schema)
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
 
@@ -812,14 +812,14 @@ def _has_secret(schema: Any) -> bool:
     return False
 
 
-def _scrub_secrets(schema: Any) -> None:
+def scrub_secrets(schema: Any) -> None:
     """Drop defaults and examples of every secret field, wherever it is in the schema."""
     if isinstance(schema, dict):
         if _has_secret(schema):
             schema.pop("default", None)
             schema.pop("examples", None)
         for value in schema.values():
-            _scrub_secrets(value)
+            scrub_secrets(value)
     elif isinstance(schema, list):
         for value in schema:
-            _scrub_secrets(value)
+            scrub_secrets(value)

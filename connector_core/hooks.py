@@ -69,13 +69,20 @@ class PluginHost:
             if entry is None:
                 self._errors[name] = f"no installed plugin named '{name}'"
                 continue
+            # A broken third-party package must not stop the others.
             try:
                 module = entry.load()
-            except Exception as exc:  # a broken third-party package must not stop the others
+            except Exception as exc:
                 self._errors[name] = f"cannot import {entry.value}: {exc}"
                 log.error("plugin %s failed to load: %s", name, exc)
                 continue
-            self.register(module, name)
+            try:
+                self.register(module, name)
+            except Exception as exc:  # a hook that does not match its spec, a type twice
+                if self.pm.has_plugin(name):
+                    self.pm.unregister(name=name)
+                self._errors[name] = f"cannot register {entry.value}: {exc}"
+                log.error("plugin %s failed to register: %s", name, exc)
 
     def register(self, plugin: ModuleType | object, name: str) -> None:
         """Register a plugin object and collect the integration types it provides."""

@@ -9,6 +9,10 @@ import pytest
 
 from tests.plugin_kit import install_test_plugins
 
+# pytester runs the contract kit against broken plugins (tests/contract); the kit itself is
+# loaded here, in the top-level conftest, so that pytest rewrites its asserts.
+pytest_plugins = ["pytester", "connector_core.testing"]
+
 
 @pytest.fixture(scope="session")
 def test_plugins_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:

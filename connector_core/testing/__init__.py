@@ -71,7 +71,8 @@ __all__ = [
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    if not config.pluginmanager.hasplugin("asyncio"):
+    loaded = {getattr(p, "__name__", "") for p in config.pluginmanager.get_plugins()}
+    if not any(name.startswith("pytest_asyncio") for name in loaded):
         raise pytest.UsageError(
             "connector_core.testing runs async tests: install pytest-asyncio "
             "(pip install pytest-asyncio); strict and auto mode both work"

@@ -4,13 +4,13 @@
 
     class TestMyCrmContract(PluginContract):
         plugin = "mycrm"                                   # entry-point name = type name
-        valid_settings = [{"api_key": "k-123456"}, {"api_key": "k-123456", "region": "eu"}]
-        invalid_settings = [({}, "api_key"), ({"api_key": "k", "region": "mars"}, "region")]
-        secret_settings = {"api_key": "k-very-secret-42"}
-        secrets = ["k-very-secret-42"]
+        valid_settings = ({"api_key": "k-123456"}, {"api_key": "k-123456", "region": "eu"})
+        invalid_settings = (({}, "api_key"), ({"api_key": "k-123456", "region": "mars"}, "region"))
+        secret_settings: ClassVar[dict[str, Any]] = {"api_key": "k-very-secret-42"}
+        secrets = ("k-very-secret-42",)
 
-Each test runs the real service in-process (``connector_core.testing.service``) with one
-integration of the plugin, and fails with the contract rule that was broken. Override
+Each test runs the real service in-process (``connector_core.testing.service``) with
+integrations of the plugin and fails naming the contract rule that was broken. Override
 ``environment`` (a working CRM or its sandbox), ``auth_cases`` and ``observe`` when the
 defaults do not fit; see docs/writing-plugins.md.
 """
@@ -62,11 +62,11 @@ from connector_core.testing.watch import ResourceWatch, plugin_paths
 CONTRACT = "contract"
 """Instance name of the integration the kit runs (``accounts.012345.integrations.contract``)."""
 TRANSFER = "contract_transfer"
-"""A second instance with ``transfer_schemes``: it gets ``connector_call_reached_transfer_scheme``."""
+"""A second instance, with ``transfer_schemes``: ``connector_call_reached_transfer_scheme``."""
 UNKNOWN_KEY = "contract_kit_unknown_key"
 NO_SCHEME = "contract-kit-no-such-scheme"  # routes no call to the authorisation instances
 AUTH_STATUSES = ("ok", "auth_failed", "cannot_connect")
-_RECORD_ATTRS = set(vars(logging.makeLogRecord({})))
+_RECORD_ATTRS = {*vars(logging.makeLogRecord({})), "message", "asctime"}
 MIN_SECRET = 4  # shorter "secrets" would match by accident
 
 
@@ -170,7 +170,7 @@ class PluginContract:
         problems = []
         for i, sample in enumerate(self.valid_settings):
             try:
-                config = parse_config(self._tables(sample), host, tmp_path)
+                config = parse_config(self._table(sample), host, tmp_path)
             except ConfigError as exc:
                 problems.append(f"valid_settings[{i}] was refused: " + "; ".join(exc.errors))
                 continue
@@ -184,14 +184,17 @@ class PluginContract:
         host = load_host([self._name()])
         base = dict(self.valid_settings[0]) if self.valid_settings else {}
         samples = [
-            *((dict(s), f, f"invalid_settings[{i}]") for i, (s, f) in enumerate(self.invalid_settings)),
-            ({**base, UNKNOWN_KEY: 1}, UNKNOWN_KEY, f"valid_settings[0] + an unknown key {UNKNOWN_KEY!r}"),
+            (dict(sample), fragment, f"invalid_settings[{i}]")
+            for i, (sample, fragment) in enumerate(self.invalid_settings)
         ]
+        samples.append(
+            ({**base, UNKNOWN_KEY: 1}, UNKNOWN_KEY, f"valid_settings[0] + the key {UNKNOWN_KEY!r}")
+        )
         prefix = f"accounts.{ACCOUNT}.integrations.{CONTRACT}"
         problems = []
         for sample, fragment, label in samples:
             try:
-                parse_config(self._tables(sample), host, tmp_path)
+                parse_config(self._table(sample), host, tmp_path)
             except ConfigError as exc:
                 lines = [line for line in exc.errors if line.startswith(prefix)]
                 if not any(fragment in line for line in lines):
@@ -215,7 +218,7 @@ class PluginContract:
         secrets = self._declared_secrets(kind)
         host = load_host([self._name()])
         try:
-            config = parse_config(self._tables(self.secret_settings), host, tmp_path)
+            config = parse_config(self._table(self.secret_settings), host, tmp_path)
         except ConfigError as exc:
             pytest.fail(f"secret_settings must be valid settings: {exc.errors}")
         item = config.accounts[ACCOUNT].integrations[CONTRACT]
@@ -253,7 +256,7 @@ class PluginContract:
         ]
         for label, table in wrong:
             try:
-                parse_config({CONTRACT: {"plugin": self.plugin, **table}}, host, tmp_path)
+                parse_config(self._table(table), host, tmp_path)
             except ConfigError as exc:
                 shown[f"ConfigError for secret_settings with {label}"] = "\n".join(
                     [str(exc), repr(exc), *exc.errors]
@@ -313,10 +316,9 @@ class PluginContract:
 
     @pytest.mark.asyncio
     async def test_authorization_check_reports_each_status(self, tmp_path: Path) -> None:
-        self._kind()
+        kind = self._kind()
         async with self._environment(tmp_path) as settings:
             cases = await self._auth_cases(settings)
-            kind = self._kind()
             secrets = set(self.secrets)
             for table in cases.values():
                 secrets |= _secret_values(kind.settings_model, table)
@@ -356,7 +358,7 @@ class PluginContract:
                             f"{result.status.value!r} ({result.reason})"
                         )
                     if status != "ok" and not result.reason.strip():
-                        problems.append(f"{status}: the check gives no reason an operator can act on")
+                        problems.append(f"{status}: the check gives no reason to act on")
                     for secret in secrets:
                         if secret in result.reason:
                             problems.append(
@@ -454,7 +456,8 @@ class PluginContract:
             after = await self._observe(service)
             stored = [
                 p["call_id"] for _, p in answers
-                if p.get("call_id") != first.call_id and await service.load_call(p["call_id"])
+                if p.get("call_id") not in (None, first.call_id)
+                and await service.load_call(p["call_id"])
             ]
             rows_after = await service.dispatches(first.call_id)
         refused = [
@@ -533,18 +536,21 @@ class PluginContract:
         async with self._environment(tmp_path) as settings:
             cases = await self._auth_cases(settings)
             tables = {**self._tables(settings), **self._auth_tables(cases)}
-            with ResourceWatch(plugin_paths(module)) as watch:
-                async with run_service(tmp_path, tables) as service:
-                    own = service.client.session
-                    for name in self._auth_tables(cases):
-                        await service.check_authorization(name)
-                    await self._send_calls(service, self.calls())
-                for _ in range(5):  # let cancelled tasks finish
-                    await asyncio.sleep(0)
-                await asyncio.sleep(0.01)
-                unclosed = watch.unclosed_sessions(exclude=[own])
-                pending = watch.pending_tasks()
-            await watch.release()
+            watch = ResourceWatch(plugin_paths(module))
+            try:
+                with watch:
+                    async with run_service(tmp_path, tables) as service:
+                        own = service.client.session
+                        for name in self._auth_tables(cases):
+                            await service.check_authorization(name)
+                        await self._send_calls(service, self.calls())
+                    for _ in range(5):  # let tasks cancelled at shutdown finish
+                        await asyncio.sleep(0)
+                    await asyncio.sleep(0.01)
+                    unclosed = watch.unclosed_sessions(exclude=[own])
+                    pending = watch.pending_tasks()
+            finally:
+                await watch.release()  # the verdict is taken; do not leak into other tests
         assert not unclosed, (
             f"{len(unclosed)} aiohttp.ClientSession(s) left open after the service stopped; "
             "give the runtime an async aclose() that closes them (the host awaits it at "
@@ -588,7 +594,12 @@ class PluginContract:
         assert not short, f"secrets must be at least {MIN_SECRET} characters to be looked for"
         return list(self.secrets)
 
+    def _table(self, settings: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """The config's one integration, for the settings tests."""
+        return {CONTRACT: {"plugin": self.plugin, **settings}}
+
     def _tables(self, settings: Mapping[str, Any], **core: Any) -> dict[str, dict[str, Any]]:
+        """The integrations the service runs: the contract one, and the transfer instance."""
         main = {"plugin": self.plugin, "hook_timeout_seconds": self.hook_timeout_seconds}
         main |= core
         main |= dict(settings)
@@ -807,10 +818,21 @@ def _excerpt(text: str, secret: str) -> str:
     return " ".join(snippet.split())
 
 
-def _diff(before: Any, after: Any, limit: int = 60) -> str:
-    def lines(value: Any) -> list[str]:
-        return json.dumps(value, indent=1, sort_keys=True, default=repr, ensure_ascii=False).splitlines()
+def _diff(before: Any, after: Any, limit: int = 40) -> str:
+    """A unified diff of two snapshots, one line per item (two levels deep)."""
 
-    changed = list(difflib.unified_diff(lines(before), lines(after), "before", "after", lineterm="", n=2))
+    def lines(value: Any, path: str = "", depth: int = 0) -> list[str]:
+        if depth < 3 and isinstance(value, Mapping) and value:
+            keys = sorted(value, key=str)
+            return [x for k in keys for x in lines(value[k], f"{path}.{k}", depth + 1)]
+        if depth < 3 and isinstance(value, list | tuple) and value:
+            return [x for i, v in enumerate(value) for x in lines(v, f"{path}[{i}]", depth + 1)]
+        text = json.dumps(value, default=repr, ensure_ascii=False, sort_keys=True)
+        return [f"{path or '.'}: {text[:300]}"]
+
+    changed = [
+        line for line in difflib.unified_diff(lines(before), lines(after), lineterm="", n=0)
+        if not line.startswith(("---", "+++", "@@"))
+    ]
     more = f"\n… {len(changed) - limit} more line(s)" if len(changed) > limit else ""
     return "\n".join(changed[:limit]) + more

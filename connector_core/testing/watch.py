@@ -35,7 +35,9 @@ def plugin_paths(module: ModuleType) -> list[str]:
 
 
 def _where(frame: FrameType | None) -> str:
-    return f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}" if frame else "?"
+    if frame is None:
+        return "?"
+    return f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
 
 
 class ResourceWatch:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from connector_core import hookimpl
 from connector_core.callstate import CallState, SchemeVisit
@@ -32,6 +32,9 @@ class AmoCrmStubSettings(BaseModel):
 
     subdomain: str = Field("example", pattern=r"^[a-z0-9-]{1,63}$",
                            description="the account's subdomain: <subdomain>.amocrm.ru")
+    # Unused by the stub; a real amoCRM plugin needs it. SecretStr keeps it out of reprs,
+    # logs, `connector check` and `connector schema`.
+    access_token: SecretStr | None = Field(None, description="amoCRM long-lived access token")
     pipeline_id: int | None = Field(None, description="funnel for new leads (default funnel)")
     users: dict[str, int] = Field(
         default_factory=dict, description="extension → amoCRM user id of the responsible"
