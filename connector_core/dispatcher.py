@@ -196,7 +196,10 @@ class Dispatcher:
                 "connector_call_reached_transfer_scheme", integration, call=call, scheme=scheme
             )
         elif kind == "transferred":
-            transfer = next(t for t in call.transfers if t.to_extension == arg)
+            # "transferred:102#2" is the second time the call was handed to 102.
+            extension, _, nth = arg.partition("#")
+            to_it = [t for t in call.transfers if t.to_extension == extension]
+            transfer = to_it[int(nth or 1) - 1]
             await self.host.call(
                 "connector_call_transferred", integration, call=call, transfer=transfer
             )
