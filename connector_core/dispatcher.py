@@ -9,6 +9,7 @@ same integration and call, and is retried on a backoff schedule stored with it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -118,10 +119,11 @@ class Dispatcher:
             while True:
                 self.wakeup.clear()
                 await self.dispatch_due()
-                try:
-                    await asyncio.wait_for(self.wakeup.wait(), poll_seconds)
-                except TimeoutError:
-                    pass
+                # Not asyncio.wait_for: on Python 3.11 it drops a cancellation that lands as
+                # the event is set, and shutdown would then wait for this loop forever.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(poll_seconds):
+                        await self.wakeup.wait()
         finally:
             await self.stop()
 

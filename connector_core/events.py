@@ -123,7 +123,7 @@ def _int(params: Mapping[str, Any], name: str) -> int | None:
     text = _text(params, name)
     if text is None:
         return None
-    if not re.fullmatch(r"-?\d{1,18}(\.\d+)?", text):
+    if not re.fullmatch(r"-?[0-9]{1,18}(\.[0-9]+)?", text):
         raise EventError(f"field '{name}' must be a whole number, got {text[:40]!r}")
     return int(text.partition(".")[0])  # exact for any length, unlike float
 
@@ -152,7 +152,7 @@ def parse_event(params: Mapping[str, Any]) -> ParsedRequest:
         return Probe()
     if event_text is None:
         raise EventError("field 'event' is missing")
-    if not event_text.isdigit() or len(event_text) > 4:
+    if not re.fullmatch(r"[0-9]{1,4}", event_text):
         raise EventError(f"field 'event' must be a number, got {event_text[:40]!r}")
     event = int(event_text)
     if event not in EventType._value2member_map_:
@@ -191,6 +191,10 @@ def parse_event(params: Mapping[str, Any]) -> ParsedRequest:
     extra_names = [name for name in params if name not in known]
     if len(extra_names) > MAX_EXTRA_FIELDS:
         raise EventError(f"too many unknown fields ({len(extra_names)} > {MAX_EXTRA_FIELDS})")
+    for name in extra_names:
+        if any(ord(c) < 32 or c == "\x7f" for c in name):
+            raise EventError(f"field name {name[:40]!r} contains control characters")
+    # Kept for inspection (roistat… and fields Sipuni may add); overlong names are cut.
     extra = {name[:64]: _text(params, name) or "" for name in extra_names}
 
     return SipuniEvent(

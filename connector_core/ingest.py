@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from connector_core.appkeys import ACCOUNTS, CLOCK, CONFIG, METRICS, STORE, WORKER, AccountRuntime
 from connector_core.events import CALL_ID, EventError, Probe, UnknownEvent, parse_event
@@ -29,7 +30,13 @@ class BadRequest(Exception):
         self.status, self.reason = status, reason
 
 
+# The answer to almost every request, encoded once: json.dumps per webhook showed up in profiles.
+_SUCCESS_BODY = json.dumps({"success": True}).encode()
+
+
 def _reply(status: int = 200, error: str | None = None) -> web.Response:
+    if error is None and status == 200:
+        return web.Response(body=_SUCCESS_BODY, content_type="application/json", charset="utf-8")
     body: dict[str, Any] = {"success": error is None}
     if error is not None:
         body["error"] = error
@@ -62,7 +69,11 @@ async def read_params(request: web.Request) -> dict[str, Any]:
     if request.method != "POST" or not request.can_read_body:
         return params
     try:
-        if request.content_type == "application/json":
+        content_type = request.content_type
+    except (ValueError, IndexError):  # the stdlib's header parser fails on e.g. ";0*"
+        raise BadRequest(415, "the Content-Type header cannot be read") from None
+    try:
+        if content_type == "application/json":
             # Numbers keep their exact digits: a JSON 1717171700.52010 is the call id
             # "1717171700.52010", not the float 1717171700.5201.
             body = json.loads(await request.text(), parse_float=str, parse_int=str)
@@ -71,22 +82,33 @@ async def read_params(request: web.Request) -> dict[str, Any]:
             for name, value in body.items():
                 if value is not None and not isinstance(value, str | bool):
                     raise BadRequest(400, f"field '{name}' must be a string or a number")
+                if _surrogates(name) or (isinstance(value, str) and _surrogates(value)):
+                    raise BadRequest(400, "the body has text that is not valid Unicode")
                 # Stored as Sipuni sends it everywhere else: text ("1" for true).
                 params[name] = str(int(value)) if isinstance(value, bool) else value
-        elif request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        elif content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
             params.update((k, v) for k, v in (await request.post()).items() if isinstance(v, str))
         else:
             raise BadRequest(
                 415,
-                f"unsupported content type {request.content_type!r}: send a query string,"
+                f"unsupported content type {content_type!r}: send a query string,"
                 " a form (application/x-www-form-urlencoded) or JSON",
             )
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[CONFIG].server.max_body_bytes
         raise BadRequest(413, f"the body is larger than {limit} bytes") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise BadRequest(400, "the body is not valid JSON") from None
+    except LookupError:
+        raise BadRequest(415, f"unknown charset {request.charset!r}") from None
+    except (ValueError, HttpProcessingError):  # a malformed form or multipart body
+        raise BadRequest(400, "the body is not a valid form") from None
     return params
+
+
+def _surrogates(text: str) -> bool:
+    """Lone surrogates (JSON's "\\ud800"): not Unicode text, and not storable as UTF-8."""
+    return not text.isascii() and any("\ud800" <= c <= "\udfff" for c in text)
 
 
 def _allowed(account: AccountRuntime, remote: str | None) -> bool:
@@ -108,7 +130,8 @@ async def sipuni_webhook(request: web.Request) -> web.Response:
     if not _allowed(account, request.remote):
         with call_context(account.number, None):
             log.warning("webhook refused from %s: not in allowed_ips", request.remote)
-        return _reply(403, "this address may not send events for the account")
+        # The same answer as a wrong token: an outsider cannot tell a right token from one.
+        return _reply(404, "not found")
     store, now = app[STORE], app[CLOCK].now()
     try:
         params = await read_params(request)
@@ -139,9 +162,9 @@ async def sipuni_webhook(request: web.Request) -> web.Response:
 
 def routes() -> list[web.RouteDef]:
     return [
-        web.get("/sipuni/{token}", sipuni_webhook),
-        web.post("/sipuni/{token}", sipuni_webhook),
+        web.get("/sipuni/{token:[^/]+}", sipuni_webhook),
+        web.post("/sipuni/{token:[^/]+}", sipuni_webhook),
         # Sipuni's own examples end the URL with a slash; accept both spellings.
-        web.get("/sipuni/{token}/", sipuni_webhook),
-        web.post("/sipuni/{token}/", sipuni_webhook),
+        web.get("/sipuni/{token:[^/]+}/", sipuni_webhook),
+        web.post("/sipuni/{token:[^/]+}/", sipuni_webhook),
     ]

@@ -8,6 +8,7 @@ tracker ignores events it has already merged, so reprocessing one changes nothin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -61,10 +62,11 @@ class Worker:
         while True:
             self.wakeup.clear()
             if not await self.drain():
-                try:
-                    await asyncio.wait_for(self.wakeup.wait(), poll_seconds)
-                except TimeoutError:
-                    pass
+                # Not asyncio.wait_for: on Python 3.11 it drops a cancellation that lands as
+                # the event is set, and shutdown would then wait for this loop forever.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(poll_seconds):
+                        await self.wakeup.wait()
 
     async def drain(self, batch: int = 200) -> int:
         """Process pending inbox items; returns how many were processed."""

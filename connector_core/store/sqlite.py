@@ -2,11 +2,21 @@
 
 Every method runs on one dedicated thread that owns the only connection, so SQLite's
 blocking I/O never stalls the event loop and no two writes interleave.
+
+Writes are group-committed: each write method queues its statements and waits; the queue is
+written by one transaction at a time, with everything that queued up while the previous one
+was being written, so one fsync serves every write of a batch (webhooks, worker commits,
+effect keys, dispatch results). Each write runs under a savepoint of its own, so one that
+fails is undone alone and raises for its caller only. No write method returns before the
+COMMIT that holds its statements has returned: with synchronous=FULL, before it is durable.
+A lone write is flushed at once: no timer, no added delay.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import json
 import sqlite3
 from collections.abc import Callable
@@ -71,6 +81,9 @@ CREATE TABLE IF NOT EXISTS effects (
 """
 # Refused webhooks are kept for inspection, but a flood of garbage must not fill the disk.
 MAX_REJECTED = 10_000
+# Writes in one group commit at most: bounds how long one transaction holds the writer
+# thread (and so the reads queued behind it) under a flood of webhooks.
+MAX_WRITE_BATCH = 512
 
 
 class SQLiteStore:
@@ -79,6 +92,9 @@ class SQLiteStore:
         self.clock = clock or SystemClock()
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
+        # Writes waiting for the next group commit; set while a transaction is being written.
+        self._writes: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._committing: asyncio.Future[None] | None = None
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -104,6 +120,8 @@ class SQLiteStore:
         self._db = await asyncio.get_running_loop().run_in_executor(self._executor, connect)
 
     async def close(self) -> None:
+        while self._committing is not None:  # let the writes already handed over finish
+            await asyncio.shield(self._committing)
         if self._db is not None:
             await self._run(lambda db: db.close())
             self._db = None
@@ -122,19 +140,90 @@ class SQLiteStore:
         except (sqlite3.Error, RuntimeError):
             return False
 
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in the next group-committed transaction; return once that is durable.
+
+        ``fn`` must not begin, commit or roll back: its statements run under a savepoint
+        inside the batch's transaction.
+        """
+        if self._executor is None or self._db is None:
+            raise RuntimeError("the store is not open")
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[T] = loop.create_future()
+        self._writes.append((fn, waiter))
+        if self._committing is None:
+            # Straight to the writer thread: no task to schedule first, so a lone write
+            # waits for nothing but its own transaction.
+            self._commit_next(loop)
+        return await waiter
+
+    def _commit_next(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Send the waiting writes (up to a batch) to the writer thread as one transaction."""
+        batch = self._writes[:MAX_WRITE_BATCH]
+        del self._writes[:MAX_WRITE_BATCH]
+        assert self._executor is not None and self._db is not None
+        commit = functools.partial(_commit_batch, self._db, [fn for fn, _ in batch])
+        try:
+            job = self._executor.submit(commit)
+        except RuntimeError as exc:  # the executor was shut down
+            self._committed(loop, batch, None, exc)
+            return
+        self._committing = loop.create_future()
+
+        def back_to_the_loop(done: concurrent.futures.Future[list[Any]]) -> None:
+            try:
+                loop.call_soon_threadsafe(self._committed, loop, batch, done, None)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
+
+        job.add_done_callback(back_to_the_loop)
+
+    def _committed(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]],
+        job: concurrent.futures.Future[list[Any]] | None,
+        error: BaseException | None,
+    ) -> None:
+        """Back on the loop: give each write its result, then send the next batch, if any."""
+        results: list[Any] = []
+        if job is not None:
+            try:
+                results = job.result()
+            except BaseException as exc:  # handed to every caller of the batch
+                error = exc
+        if error is not None:
+            results = [_Failed(error)] * len(batch)
+        for (_, waiter), result in zip(batch, results, strict=True):
+            if waiter.done():  # the caller went away; the write stands all the same
+                continue
+            if isinstance(result, _Failed):
+                waiter.set_exception(result.error)
+            else:
+                waiter.set_result(result)
+        committing, self._committing = self._committing, None
+        if committing is not None and not committing.done():
+            committing.set_result(None)
+        if self._writes:
+            self._commit_next(loop)
+
     # -- inbox ------------------------------------------------------------------------------
 
     async def append_event(self, account: str, params: dict[str, Any], received_at: float) -> int:
-        text = json.dumps(params, ensure_ascii=False)
+        """Store one webhook; returns its inbox id once the transaction holding it is durable.
+
+        Group commit (see the module doc): appends that arrive while a transaction is being
+        written go together into the next one, so one fsync serves many webhooks.
+        """
+        row = (account, received_at, json.dumps(params, ensure_ascii=False))
 
         def insert(db: sqlite3.Connection) -> int:
             cur = db.execute(
-                "INSERT INTO inbox (account, received_at, params) VALUES (?, ?, ?)",
-                (account, received_at, text),
+                "INSERT INTO inbox (account, received_at, params) VALUES (?, ?, ?)", row
             )
             return int(cur.lastrowid or 0)
 
-        return await self._run(insert)
+        return await self._write(insert)
 
     async def record_rejected(
         self, account: str | None, params: dict[str, Any], reason: str, received_at: float
@@ -151,7 +240,7 @@ class SQLiteStore:
                 db.execute("DELETE FROM rejected WHERE id <= ?", (row_id - MAX_REJECTED,))
             return row_id
 
-        return await self._run(insert)
+        return await self._write(insert)
 
     async def rejected(self, limit: int = 100) -> list[Rejected]:
         def select(db: sqlite3.Connection) -> list[Rejected]:
@@ -219,39 +308,34 @@ class SQLiteStore:
         )
 
         def write(db: sqlite3.Connection) -> None:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                if state_row is not None:
-                    db.execute(
-                        "INSERT INTO calls (account, call_id, state, finished, last_received_at)"
-                        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (account, call_id) DO UPDATE SET"
-                        " state = excluded.state, finished = excluded.finished,"
-                        " last_received_at = excluded.last_received_at",
-                        state_row,
-                    )
-                if item_id is not None:
-                    db.execute(
-                        "UPDATE inbox SET status = 'done', processed_at = ? WHERE id = ?",
-                        (now, item_id),
-                    )
-                if state is not None:
-                    db.executemany(
-                        # Only a repeated (integration, call, key) is ignored; any other
-                        # constraint failure must abort the transaction.
-                        "INSERT INTO dispatches"
-                        " (account, call_id, integration, key, not_before, created_at)"
-                        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                        [
-                            (state.account, state.call_id, d.integration, d.key, d.not_before, now)
-                            for d in dispatches
-                        ],
-                    )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            # All or nothing: a write runs under a savepoint of its own (see _commit_batch).
+            if state_row is not None:
+                db.execute(
+                    "INSERT INTO calls (account, call_id, state, finished, last_received_at)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (account, call_id) DO UPDATE SET"
+                    " state = excluded.state, finished = excluded.finished,"
+                    " last_received_at = excluded.last_received_at",
+                    state_row,
+                )
+            if item_id is not None:
+                db.execute(
+                    "UPDATE inbox SET status = 'done', processed_at = ? WHERE id = ?",
+                    (now, item_id),
+                )
+            if state is not None:
+                db.executemany(
+                    # Only a repeated (integration, call, key) is ignored; any other
+                    # constraint failure must abort the write.
+                    "INSERT INTO dispatches"
+                    " (account, call_id, integration, key, not_before, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    [
+                        (state.account, state.call_id, d.integration, d.key, d.not_before, now)
+                        for d in dispatches
+                    ],
+                )
 
-        await self._run(write)
+        await self._write(write)
 
     async def idle_open_calls(self, idle_before: float, limit: int) -> list[CallState]:
         def select(db: sqlite3.Connection) -> list[str]:
@@ -325,7 +409,7 @@ class SQLiteStore:
             )
             return cur.rowcount == 1
 
-        return await self._run(update)
+        return await self._write(update)
 
     async def drop_dispatch(self, dispatch_id: int) -> bool:
         """Give up on a dead-lettered row for good (it stays visible as ``dropped``)."""
@@ -337,11 +421,11 @@ class SQLiteStore:
             )
             return cur.rowcount == 1
 
-        return await self._run(update)
+        return await self._write(update)
 
     async def complete_dispatch(self, dispatch_id: int) -> None:
         now = self.clock.now()
-        await self._run(
+        await self._write(
             lambda db: db.execute(
                 "UPDATE dispatches SET status = 'done', done_at = ?, attempts = attempts + 1"
                 " WHERE id = ?",
@@ -362,7 +446,7 @@ class SQLiteStore:
                 " WHERE id = ?",
                 (error, retry_at, dispatch_id),
             )
-        await self._run(lambda db: db.execute(sql, args))
+        await self._write(lambda db: db.execute(sql, args))
 
     # -- effects ----------------------------------------------------------------------------
 
@@ -390,7 +474,7 @@ class SQLiteStore:
             )
             return cur.rowcount == 1
 
-        return await self._run(insert)
+        return await self._write(insert)
 
     async def effect_items(self, integration: str, prefix: str = "") -> list[tuple[str, dict]]:
         def select(db: sqlite3.Connection) -> list[tuple[str, str]]:
@@ -422,6 +506,49 @@ class SQLiteStore:
             }
 
         return await self._run(count)
+
+
+class _Failed:
+    """A write's exception, carried back from the writer thread as its result."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _commit_batch(db: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]]) -> list:
+    """Run the writes ``fns`` in one transaction, each under its own savepoint; one COMMIT.
+
+    Returns each write's result, or ``_Failed`` for a write that raised (its statements are
+    undone, the others stand) and for every write of a batch whose COMMIT failed.
+    """
+    results: list[Any] = []
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for fn in fns:
+            db.execute("SAVEPOINT write")
+            try:
+                result = fn(db)
+            except Exception as exc:
+                if not db.in_transaction:
+                    # SQLite gave up the whole transaction (an I/O error, a full disk):
+                    # nothing of this batch is stored.
+                    raise
+                db.execute("ROLLBACK TO write")
+                db.execute("RELEASE write")
+                results.append(_Failed(exc))
+            else:
+                db.execute("RELEASE write")
+                results.append(result)
+        db.execute("COMMIT")
+    except BaseException as exc:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        if not isinstance(exc, Exception):
+            raise
+        return [_Failed(exc)] * len(fns)
+    return results
 
 
 class SQLiteEffects:

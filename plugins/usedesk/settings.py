@@ -98,6 +98,18 @@ class Templates(BaseModel):
                 raise ValueError(str(exc)) from None
         return value
 
+    @field_validator("comment")
+    @classmethod
+    def _comment_names_the_call(cls, value: str | None) -> str | None:
+        # After a crash mid-request the connector finds its own comment by the call id;
+        # without it, the comment could be written twice.
+        if value is not None and "{call_id}" not in value:
+            raise ValueError(
+                "the comment template must contain {call_id}: it is how the "
+                "connector recognises its own comment after a crash"
+            )
+        return value
+
 
 class UsedeskSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -40,7 +40,7 @@ class TestUsedeskContract(PluginContract):
             "ticket_type": "task",
             "first_on_line_responsible": True,
             "language": "en",
-            "templates": {"comment": "{direction} call {phone}"},
+            "templates": {"comment": "{direction} call {phone} ({call_id})"},
             "timezone": "Asia/Almaty",
             "users": USERS,
             "on_duty_user": "duty@example.com",

@@ -273,8 +273,8 @@ phone_format = "+7XXXXXXXXXX"
 client_name = "Caller {phone}"
 ticket_subject = "{direction} call from {phone} to {line} <{scheme}>"
 ticket_tag = "phone, {direction_code}, line {line}"
-comment = "<p>{direction}: {result} by {employee} ({talk_duration}) {scheme}</p>{record_link}"
-"""
+comment = "<p>{direction}: {result} by {employee} ({talk_duration}) {scheme}</p>{record_link} {call_id}"
+"""  # noqa: E501
 
 
 async def test_overridden_templates_and_english(tmp_path: Path):
@@ -293,7 +293,7 @@ async def test_overridden_templates_and_english(tmp_path: Path):
         link = html.escape(call.expected["record_url"], quote=True)
         assert comment["message"] == (
             "<p>Inbound: Answered by 102 (3:06) VIP &amp; Co</p>"
-            f'<a href="{link}">Call recording</a>'
+            f'<a href="{link}">Call recording</a> {call.call_id}'
         )
 
 
@@ -312,15 +312,16 @@ async def test_english_default_templates(tmp_path: Path):
 async def test_employee_variable_follows_answered_owner(tmp_path: Path):
     async with world(
         tmp_path,
-        'templates = { comment = "owner {employee}" }',
+        'templates = { comment = "owner {employee} {call_id}" }',
         extra='answered_owner = "first"',
     ) as w:
-        await w.call(scenarios.inbound_transferred(first="101", to="102", client=NEW))
+        call = scenarios.inbound_transferred(first="101", to="102", client=NEW)
+        await w.call(call)
         [client] = w.clients_with(NEW)
         [made] = w.tickets_of(client["id"])
         assert made["assignee_id"] == 2  # 101's agent: the first to answer
         [comment] = call_comments(made)
-        assert comment["message"] == "owner 101"
+        assert comment["message"] == f"owner 101 {call.call_id}"
 
 
 # --- «Пользователи» and «Дежурный» ------------------------------------------------------------

@@ -96,7 +96,7 @@ phone_format = "+7XXXXXXXXXX"
 channel_id = 102
 on_duty_user = "gleb@example.com"
 users = [{ extension = "101", agent = 2 }, { extension = "102", agent = "vera@example.com" }]
-templates = { client_name = "Caller {phone}", comment = "{result} {record_link}" }
+templates = { client_name = "Caller {phone}", comment = "{result} {record_link} {call_id}" }
 """,
     )
     assert s.search_statuses == [1]
