@@ -63,10 +63,13 @@ class Breaker:
     def is_open(self) -> bool:
         return self.failures >= self.policy.breaker_threshold
 
+    def may_probe(self, now: float) -> bool:
+        return now >= self.open_until and not self.probing
+
     def allow(self, now: float) -> bool:
         if not self.is_open:
             return True
-        if now < self.open_until or self.probing:
+        if not self.may_probe(now):
             return False
         self.probing = True
         return True
@@ -134,21 +137,26 @@ class Dispatcher:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def dispatch_due(self, limit: int = 1000) -> int:
-        """Start a task per (integration, call) whose next row is due; returns how many."""
+        """Start a task per (integration, call) whose next row is due; returns how many.
+
+        Each integration gets its own batch of up to ``limit`` calls, so a stalled CRM's
+        backlog never holds up another; an open circuit is not even asked for (one probe
+        when its cooldown is over).
+        """
         now = self.clock.now()
-        groups: dict[tuple[str, str, str], list[Dispatch]] = {}
-        for row in await self.store.pending_dispatches(limit):
-            groups.setdefault((row.integration, row.account, row.call_id), []).append(row)
         started = 0
-        for group, rows in groups.items():
-            if group in self._running or rows[0].not_before > now:
+        for key in self.integrations:
+            breaker = self.breaker(key)
+            if breaker.is_open and not breaker.may_probe(now):
                 continue
-            if not self.breaker(group[0]).allow(now):
-                continue
-            task = asyncio.create_task(self._run_group(rows), name=f"dispatch {group}")
-            self._running[group] = task
-            task.add_done_callback(lambda _t, g=group: self._done(g))
-            started += 1
+            for head in await self.store.due_heads(key, now, 1 if breaker.is_open else limit):
+                group = (head.integration, head.account, head.call_id)
+                if group in self._running or not breaker.allow(now):
+                    continue
+                task = asyncio.create_task(self._run_group(group), name=f"dispatch {group}")
+                self._running[group] = task
+                task.add_done_callback(lambda _t, g=group: self._done(g))
+                started += 1
         return started
 
     def _done(self, group: tuple[str, str, str]) -> None:
@@ -160,8 +168,8 @@ class Dispatcher:
         while self._running:
             await asyncio.gather(*self._running.values(), return_exceptions=True)
 
-    async def _run_group(self, rows: list[Dispatch]) -> None:
-        for row in rows:
+    async def _run_group(self, group: tuple[str, str, str]) -> None:
+        for row in await self.store.pending_in_group(*group):
             if row.not_before > self.clock.now():
                 return
             with call_context(row.account, row.call_id):
@@ -170,13 +178,9 @@ class Dispatcher:
 
     async def _run_one(self, row: Dispatch) -> bool:
         """Run one row; ``True`` if the rows behind it may run now."""
-        integration = self.integrations.get(row.integration)
-        if integration is None:
-            # The integration was removed from the config: keep the row for when it returns.
-            await self.store.fail_dispatch(
-                row.id, "integration not configured", self.clock.now() + 3600
-            )
-            return False
+        # Only configured integrations are dispatched (dispatch_due asks per integration):
+        # rows of one removed from the config wait, pending, for it to come back.
+        integration = self.integrations[row.integration]
         call = await self.store.load_call(row.account, row.call_id)
         if call is None:
             await self.store.fail_dispatch(row.id, "call state missing", None)

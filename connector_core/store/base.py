@@ -96,8 +96,14 @@ class Store(Protocol):
         """Unfinished calls whose last event was received before ``idle_before``."""
         ...
 
-    async def pending_dispatches(self, limit: int) -> list[Dispatch]:
-        """Pending dispatch rows in id order (the dispatcher decides which are due)."""
+    async def due_heads(self, integration: str, now: float, limit: int) -> list[Dispatch]:
+        """The first pending row of each of ``integration``'s (call) groups, if due."""
+        ...
+
+    async def pending_in_group(
+        self, integration: str, account: str, call_id: str
+    ) -> list[Dispatch]:
+        """A group's pending rows, in the order they must run."""
         ...
 
     async def complete_dispatch(self, dispatch_id: int) -> None: ...

@@ -71,6 +71,8 @@ CREATE TABLE IF NOT EXISTS dispatches (
     UNIQUE (integration, account, call_id, key)
 );
 CREATE INDEX IF NOT EXISTS dispatches_pending ON dispatches(id) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS dispatches_groups
+    ON dispatches(integration, account, call_id, id) WHERE status = 'pending';
 CREATE TABLE IF NOT EXISTS effects (
     integration TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -361,6 +363,38 @@ class SQLiteStore:
                 f"SELECT {self._DISPATCH_COLUMNS} FROM dispatches"
                 " WHERE status = 'pending' ORDER BY id LIMIT ?",
                 (limit,),
+            ).fetchall()
+            return [Dispatch(*r) for r in rows]
+
+        return await self._run(select)
+
+    async def due_heads(self, integration: str, now: float, limit: int) -> list[Dispatch]:
+        """The first pending row of each of ``integration``'s calls whose turn has come.
+
+        Only a group's first row can run (the rest wait behind it); asking per integration
+        means one stalled integration's backlog cannot crowd the others out of a batch.
+        """
+
+        def select(db: sqlite3.Connection) -> list[Dispatch]:
+            rows = db.execute(
+                f"SELECT {self._DISPATCH_COLUMNS} FROM dispatches WHERE id IN ("
+                "  SELECT min(id) FROM dispatches WHERE status = 'pending' AND integration = ?"
+                "  GROUP BY account, call_id)"
+                " AND not_before <= ? ORDER BY id LIMIT ?",
+                (integration, now, limit),
+            ).fetchall()
+            return [Dispatch(*r) for r in rows]
+
+        return await self._run(select)
+
+    async def pending_in_group(
+        self, integration: str, account: str, call_id: str
+    ) -> list[Dispatch]:
+        def select(db: sqlite3.Connection) -> list[Dispatch]:
+            rows = db.execute(
+                f"SELECT {self._DISPATCH_COLUMNS} FROM dispatches WHERE status = 'pending'"
+                " AND integration = ? AND account = ? AND call_id = ? ORDER BY id",
+                (integration, account, call_id),
             ).fetchall()
             return [Dispatch(*r) for r in rows]
 

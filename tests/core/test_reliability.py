@@ -260,3 +260,34 @@ def test_parse_since() -> None:
 def test_integration_keys(service) -> None:
     app = service[0]
     assert list(app[INTEGRATIONS]) == [f"{ACCOUNT}/crm"]
+
+
+async def test_a_stalled_integrations_backlog_does_not_starve_the_others(
+    tmp_path: Path, flaky, aiohttp_client
+) -> None:
+    config, host = make_config(tmp_path, """
+[accounts.012345.integrations.crm]
+plugin = "flaky"
+[accounts.012345.integrations.ok]
+plugin = "recorder"
+""")
+    clock = FakeClock()
+    app = app_for(config, host, clock=clock)
+    client = await aiohttp_client(app)
+    flaky.FAILURES.extend([TransientError("down")] * 100)
+    early = [scenarios.inbound_answered(call_id=f"1717171700.{i}") for i in range(8)]
+    for call in early:
+        await client.get(f"/sipuni/{TOKEN}", params=call.events[0])
+    await app[WORKER].drain()
+    await app[DISPATCHER].dispatch_due()
+    await app[DISPATCHER].wait_idle()
+    assert app[DISPATCHER].breaker(f"{ACCOUNT}/crm").is_open
+    later = scenarios.inbound_answered(call_id="1717179999.1")
+    await client.get(f"/sipuni/{TOKEN}", params=later.events[0])
+    await app[WORKER].drain()
+    clock.advance(RetryPolicy().max_delay_seconds)  # the stalled rows are all due again
+    # A batch smaller than the stalled backlog: the healthy integration still gets its turn.
+    await app[DISPATCHER].dispatch_due(limit=4)
+    await app[DISPATCHER].wait_idle()
+    ok_rows = [r for r in await rows(app, later) if r.integration.endswith("/ok")]
+    assert [(r.key, r.status) for r in ok_rows] == [("started", "done")]
