@@ -99,11 +99,18 @@ class _Held:
     async def __aenter__(self) -> None:
         lock, users = self._owner._locks.get(self._key, (asyncio.Lock(), 0))
         self._owner._locks[self._key] = (lock, users + 1)
-        await lock.acquire()
+        try:
+            await lock.acquire()
+        except BaseException:  # cancelled while waiting (a card part's timeout): let go
+            self._leave()
+            raise
 
     async def __aexit__(self, *exc: object) -> None:
+        self._owner._locks[self._key][0].release()
+        self._leave()
+
+    def _leave(self) -> None:
         lock, users = self._owner._locks[self._key]
-        lock.release()
         if users == 1:
             del self._owner._locks[self._key]
         else:

@@ -1,0 +1,162 @@
+"""The Usedesk side of the end-to-end benches: the sandbox in the bench's process, and what
+its request log says about each call.
+
+The service (its own process) talks to the sandbox over loopback HTTP exactly as it would to
+Usedesk. The sandbox records when each API request arrived (``t``, ``time.monotonic()``) and,
+here, when its handler had run (``done_at``: the moment the ticket was changed or the comment
+written, before the answer travels back), on the same clock the bench reads when it sends
+webhooks, so "hang-up sent → comment written" is a difference of two readings of one clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections import Counter, defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from plugins.usedesk.sandbox import LoggedRequest, UsedeskSandbox
+
+from .calls import BenchCall
+
+_CALL_ID_IN_COMMENT = re.compile(r"ID: ([0-9A-Za-z._:-]+)")
+
+
+@dataclass(eq=False)
+class TimedSandbox(UsedeskSandbox):
+    """The sandbox, plus when each request's handler finished (by request ``seq``)."""
+
+    done_at: dict[int, float] = field(default_factory=dict, init=False, repr=False)
+
+    def dispatch(self, entry: LoggedRequest, params: Mapping[str, Any]) -> tuple[int, Any]:
+        try:
+            return super().dispatch(entry, params)
+        finally:
+            self.done_at[entry.seq] = time.monotonic()
+
+
+def _last10(value: Any) -> str:
+    digits = re.sub(r"\D", "", str(value or ""))
+    return digits[-10:]
+
+
+@dataclass
+class Attribution:
+    """Each API request assigned to the call it was made for (or to none: ``/users``)."""
+
+    by_call: dict[str, list[LoggedRequest]]
+    shared: list[LoggedRequest]
+    unknown: list[LoggedRequest]
+
+
+def attribute(
+    sandbox: UsedeskSandbox, calls: list[BenchCall], entries: list[LoggedRequest] | None = None
+) -> Attribution:
+    """Match requests (``entries``, default: the whole log) to calls through the phone,
+    client, ticket and call id they carry.
+
+    Within ``calls`` every call has its own client number, so the phone identifies the call;
+    clients and tickets are traced from the sandbox's state and the replies that made them.
+    """
+    by_phone = {_last10(c.scenario.expected["client_number"]): c.call_id for c in calls}
+    call_ids = {c.call_id for c in calls}
+    by_client: dict[int, str] = {}
+    by_ticket: dict[int, str] = {}
+    # Seeded clients and tickets of repeat callers.
+    for client in sandbox.state.clients.values():
+        for phone in client.phones:
+            if (cid := by_phone.get(_last10(phone.phone))) is not None:
+                by_client[client.id] = cid
+    for ticket in sandbox.state.tickets.values():
+        if ticket.additional_id in call_ids:
+            by_ticket[ticket.id] = ticket.additional_id
+        elif ticket.client_id in by_client:
+            by_ticket.setdefault(ticket.id, by_client[ticket.client_id])
+    result = Attribution(defaultdict(list), [], [])
+    for entry in sandbox.log if entries is None else entries:
+        p, owner = entry.params, None
+        if entry.path == "/users":
+            result.shared.append(entry)
+            continue
+        if entry.path == "/clients":
+            owner = by_phone.get(_last10(p.get("query")))
+        elif entry.path == "/create/client":
+            owner = by_phone.get(_last10(p.get("phone")))
+            response = entry.response if isinstance(entry.response, dict) else {}
+            if owner and response.get("client_id"):
+                by_client[int(response["client_id"])] = owner
+        elif entry.path == "/tickets":
+            owner = by_client.get(int(p.get("client_id", 0) or 0))
+        elif entry.path == "/create/ticket":
+            owner = p.get("additional_id")
+            response = entry.response if isinstance(entry.response, dict) else {}
+            if owner and response.get("ticket_id"):
+                by_ticket[int(response["ticket_id"])] = owner
+        elif entry.path in ("/update/ticket", "/ticket"):
+            owner = by_ticket.get(int(p.get("ticket_id", 0) or 0))
+        elif entry.path == "/create/comment":
+            found = _CALL_ID_IN_COMMENT.search(str(p.get("message", "")))
+            owner = found.group(1) if found else by_ticket.get(int(p.get("ticket_id", 0) or 0))
+        if owner in call_ids:
+            result.by_call[owner].append(entry)
+        else:
+            result.unknown.append(entry)
+    return result
+
+
+def requests_by_kind(calls: list[BenchCall], attribution: Attribution) -> dict[str, Any]:
+    """Per kind of call: mean, min and max API requests per call, and which endpoints."""
+    per_kind: dict[str, list[int]] = defaultdict(list)
+    paths: dict[str, Counter[str]] = defaultdict(Counter)
+    for call in calls:
+        entries = attribution.by_call.get(call.call_id, [])
+        per_kind[call.kind].append(len(entries))
+        paths[call.kind].update(e.path for e in entries)
+    out: dict[str, Any] = {}
+    for kind, counts in per_kind.items():
+        out[kind] = {
+            "calls": len(counts),
+            "mean": round(sum(counts) / len(counts), 2),
+            "min": min(counts),
+            "max": max(counts),
+            "per_call": {p: round(n / len(counts), 2) for p, n in sorted(paths[kind].items())},
+        }
+    total = sum(sum(v) for v in per_kind.values())
+    out["all"] = {
+        "calls": len(calls),
+        "mean": round(total / len(calls), 2) if calls else 0.0,
+        "shared_users_requests": len(attribution.shared),
+        "unattributed": len(attribution.unknown),
+    }
+    return out
+
+
+def comment_done(sandbox: TimedSandbox, attribution: Attribution, call_id: str) -> float | None:
+    """When the call's comment was written (monotonic), or None if it never was."""
+    for entry in attribution.by_call.get(call_id, []):
+        if entry.path == "/create/comment" and entry.status == 200 and not entry.error:
+            return sandbox.done_at.get(entry.seq)
+    return None
+
+
+async def stats(session: aiohttp.ClientSession, url: str) -> dict[str, int]:
+    async with session.get(url + "/readyz") as response:
+        return (await response.json()).get("stats", {})
+
+
+async def wait_for(
+    session: aiohttp.ClientSession, url: str, predicate: Any, within: float
+) -> dict[str, int]:
+    deadline = time.monotonic() + within
+    current: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        current = await stats(session, url)
+        if predicate(current):
+            return current
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"the service did not finish in {within} s: {current}")
