@@ -25,6 +25,10 @@ from connector_core.router import TRANSFER_SCHEME_PREFIX
 from connector_core.store.base import Dispatch, Store
 
 log = logging.getLogger(__name__)
+BUSY_SCAN_ROWS = 200  # pending rows a scan found above which notifications are coalesced
+# Calls of one integration whose hooks run at once, at most: more cannot go faster than the
+# CRM's rate limit lets them, and each waiting one holds its call's state.
+MAX_GROUPS_PER_INTEGRATION = 100
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,7 @@ class Dispatcher:
         self.on_result = on_result
         self.wakeup = asyncio.Event()
         self._running: dict[tuple[str, str, str], asyncio.Task[None]] = {}
+        self.last_scan_rows = 0
         self.breakers: dict[str, Breaker] = {}
 
     def breaker(self, integration: str) -> Breaker:
@@ -117,7 +122,7 @@ class Dispatcher:
     def notify(self) -> None:
         self.wakeup.set()
 
-    async def run(self, poll_seconds: float = 0.5) -> None:
+    async def run(self, poll_seconds: float = 0.5, coalesce_seconds: float = 0.02) -> None:
         try:
             while True:
                 self.wakeup.clear()
@@ -127,6 +132,11 @@ class Dispatcher:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(poll_seconds):
                         await self.wakeup.wait()
+                if self.last_scan_rows >= BUSY_SCAN_ROWS:
+                    # A backlog (a slow CRM): one scan for a burst of notifications, not one
+                    # each. A scan then reads up to 1000 rows per integration, and every
+                    # event paying for one starved the worker.
+                    await asyncio.sleep(coalesce_seconds)
         finally:
             await self.stop()
 
@@ -144,19 +154,31 @@ class Dispatcher:
         when its cooldown is over).
         """
         now = self.clock.now()
-        started = 0
+        started = scanned = 0
         for key in self.integrations:
             breaker = self.breaker(key)
             if breaker.is_open and not breaker.may_probe(now):
                 continue
-            for head in await self.store.due_heads(key, now, 1 if breaker.is_open else limit):
+            running = sum(1 for g in self._running if g[0] == key)
+            room = MAX_GROUPS_PER_INTEGRATION - running
+            if room <= 0:
+                continue
+            heads = await self.store.due_heads(key, now, 1 if breaker.is_open else limit)
+            scanned += len(heads)
+            for head in heads:
                 group = (head.integration, head.account, head.call_id)
-                if group in self._running or not breaker.allow(now):
+                if group in self._running:
                     continue
+                if room <= 0:  # before allow(): a half-open breaker must not mark a probe
+                    break
+                if not breaker.allow(now):
+                    continue
+                room -= 1
                 task = asyncio.create_task(self._run_group(group), name=f"dispatch {group}")
                 self._running[group] = task
                 task.add_done_callback(lambda _t, g=group: self._done(g))
                 started += 1
+        self.last_scan_rows = scanned
         return started
 
     def _done(self, group: tuple[str, str, str]) -> None:

@@ -21,6 +21,10 @@ from connector_core.hooks import PluginHost
 from connector_core.integrations import CardPart, Integration
 
 log = logging.getLogger(__name__)
+# Card parts being fetched at once, at most. Past it a card goes out with what the tracker
+# knows only: with a CRM slower than the calls, fetches waiting for it would pile up (each
+# holding its call's state) and no agent would see them in time anyway.
+MAX_PART_FETCHES = 100
 
 
 class Sink(Protocol):
@@ -74,6 +78,7 @@ class Notifier:
         self.part_timeout = part_timeout
         self._sent: dict[tuple[str, str, str], str] = {}  # (account, call, ext) -> state
         self._tasks: set[asyncio.Task[None]] = set()
+        self._fetching = 0
 
     def on_call(self, call: CallState) -> None:
         """Called by the worker after each event; sends what changed, in the background."""
@@ -105,7 +110,15 @@ class Notifier:
         await self._deliver(call.account, extension, card)
         if state == "ended":
             return
-        parts = await self._parts(call, extension)
+        if self._fetching >= MAX_PART_FETCHES:
+            log.warning("too many card parts waiting for the CRM: card without parts")
+            await self._deliver(call.account, extension, {**card, "complete": True})
+            return
+        self._fetching += 1
+        try:
+            parts = await self._parts(call, extension)
+        finally:
+            self._fetching -= 1
         await self._deliver(call.account, extension, {**card, "parts": parts, "complete": True})
 
     async def _parts(self, call: CallState, extension: str) -> list[dict[str, Any]]:

@@ -69,11 +69,29 @@ class Worker:
                         await self.wakeup.wait()
 
     async def drain(self, batch: int = 200) -> int:
-        """Process pending inbox items; returns how many were processed."""
+        """Process pending inbox items; returns how many were processed.
+
+        Items of one call are processed one after another, in inbox order; different calls
+        concurrently, so the store can commit many of them with one fsync (group commit).
+        """
         async with self._draining:
             items = await self.store.pending_events(batch)
+            chains: dict[tuple[str, str], list[InboxItem]] = {}
             for item in items:
-                await self.process(item)
+                # As parse_event reads it; an item without one runs alone.
+                call_id = str(item.params.get("call_id") or "").strip() or f"#{item.id}"
+                chains.setdefault((item.account, call_id), []).append(item)
+
+            async def run(chain: list[InboxItem]) -> None:
+                for item in chain:
+                    await self.process(item)
+
+            results = await asyncio.gather(
+                *(run(chain) for chain in chains.values()), return_exceptions=True
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
             return len(items)
 
     async def process(self, item: InboxItem) -> None:

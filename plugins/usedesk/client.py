@@ -313,6 +313,7 @@ class UsedeskClient:
         sleep: Sleep | None = None,
         burst_per_second: int = DEFAULT_BURST_PER_SECOND,
         on_request: OnRequest | None = None,
+        window_margin: float = 0.0,
     ) -> None:
         if not api_token or not api_token.strip():
             raise ValueError("Usedesk api_token must not be empty")
@@ -329,7 +330,11 @@ class UsedeskClient:
         self._wall_clock: Clock = clock or SystemClock()
         self._on_request = on_request
         self.limiter = SlidingWindowLimiter(
-            rate_limit_per_minute, burst_per_second=burst_per_second, clock=clock, sleep=sleep
+            rate_limit_per_minute,
+            burst_per_second=burst_per_second,
+            clock=clock,
+            sleep=sleep,
+            margin=window_margin,
         )
 
     @property

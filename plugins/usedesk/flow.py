@@ -50,6 +50,7 @@ class UsedeskRuntime:
             burst_per_second=self.settings.burst_per_second,
             timeout=self.settings.request_timeout_seconds,
             on_request=integration.on_crm_request,
+            window_margin=0.25,  # delivery jitter: Usedesk counts arrivals, we count sends
         )
         self._agents: Agents | None = None
 

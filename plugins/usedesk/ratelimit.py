@@ -76,6 +76,7 @@ class SlidingWindowLimiter:
         burst_per_second: int = DEFAULT_BURST_PER_SECOND,
         clock: Clock | None = None,
         sleep: Sleep | None = None,
+        margin: float = 0.0,
     ) -> None:
         if per_minute < 1:
             raise ValueError(f"per_minute must be at least 1, got {per_minute}")
@@ -84,6 +85,10 @@ class SlidingWindowLimiter:
         self.per_minute = per_minute
         # A burst larger than the minute budget would be meaningless; clamp so the docs stay true.
         self.burst_per_second = min(burst_per_second, per_minute)
+        # Requests reach the server a few ms after they are let through, not all equally
+        # late: a window exactly 60 s wide here can be 59.99 s wide there. The margin
+        # widens both windows so the server never counts N + 1.
+        self.margin = margin
         self._clock: Clock = clock or MonotonicClock()
         self._sleep: Sleep = sleep or asyncio.sleep
         # Only the last N grant times can ever decide a wait, so bounded deques are enough.
@@ -104,9 +109,9 @@ class SlidingWindowLimiter:
         """The earliest clock time at which the next acquisition may go through."""
         ready = self._paused_until
         if len(self._minute) == self.per_minute:
-            ready = max(ready, self._minute[0] + self.MINUTE)
+            ready = max(ready, self._minute[0] + self.MINUTE + self.margin)
         if len(self._second) == self.burst_per_second:
-            ready = max(ready, self._second[0] + self.SECOND)
+            ready = max(ready, self._second[0] + self.SECOND + self.margin)
         return ready
 
     def delay(self) -> float:
