@@ -32,6 +32,12 @@ from .common import Service, latency_summary, machine, ms, report, table, usedes
 from .crm import TimedSandbox, attribute, comment_done, requests_by_kind, wait_for
 
 
+async def calibrate() -> dict:
+    """A quick run of the mix without limits: how many Usedesk requests a call costs."""
+    return await run_calls(10, 10.0, per_minute=1000, burst=100, latency_ms=0, run=8,
+                           ring_seconds=0.1, talk_seconds=0.5)
+
+
 async def run_calls(
     n: int,
     rate: float,
@@ -124,18 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.rate:
             rate = args.rate
         else:
-            calibration = asyncio.run(
-                run_calls(
-                    10,
-                    10.0,
-                    per_minute=1000,
-                    burst=100,
-                    latency_ms=0,
-                    run=8,
-                    ring_seconds=0.1,
-                    talk_seconds=0.5,
-                )
-            )
+            calibration = asyncio.run(calibrate())
             per_call = calibration["usedesk_requests"]["all"]["mean"]
             rate = per_minute / 60 / per_call
     result = asyncio.run(

@@ -28,21 +28,12 @@ import aiohttp
 from . import calls as calls_mod
 from .common import STUB_INTEGRATION, Service, machine, report, table, usedesk_integration
 from .crm import TimedSandbox, attribute, requests_by_kind, stats, wait_for
-from .hangup import run_calls
+from .hangup import calibrate
 
 
 async def usedesk(limit: int, seconds: float, overload: float, latency_ms: float) -> dict:
     burst = 5 if limit <= 100 else 100
-    calibration = await run_calls(
-        10,
-        10.0,
-        per_minute=1000,
-        burst=100,
-        latency_ms=0,
-        run=8,
-        ring_seconds=0.1,
-        talk_seconds=0.5,
-    )
+    calibration = await calibrate()
     per_call = calibration["usedesk_requests"]["all"]["mean"]
     capacity = limit / 60 / per_call
     rate = capacity * overload
