@@ -141,14 +141,9 @@ class ClientSummary:
 
 
 @dataclass(frozen=True, slots=True)
-class ClientCard:
+class ClientCard(ClientSummary):
     """The full card from ``/client``: phones/emails flattened from their objects to strings."""
 
-    id: int
-    name: str
-    phones: list[str] = field(default_factory=list)
-    emails: list[str] = field(default_factory=list)
-    ticket_ids: list[int] = field(default_factory=list)
     note: str | None = None
     vip: bool = False
     spammer: bool = False
@@ -184,20 +179,10 @@ class TicketComment:
 
 
 @dataclass(frozen=True, slots=True)
-class TicketDetail:
+class TicketDetail(TicketSummary):
     """``/ticket``: the ticket itself plus its tags and comments (history is not kept)."""
 
-    id: int
-    subject: str
-    status_id: int | None
-    client_id: int | None = None
-    assignee_id: int | None = None
-    group_id: int | None = None
-    channel_id: int | None = None
-    type: str | None = None
-    priority: str | None = None
     additional_id: str | None = None
-    last_updated_at: str | None = None
     tags: list[str] = field(default_factory=list)
     comments: list[TicketComment] = field(default_factory=list)
 
