@@ -50,6 +50,15 @@ def _summary(latencies: list[float], elapsed: float, failures: int, **extra: obj
     }
 
 
+async def _acknowledged(session: aiohttp.ClientSession, path: str) -> bool:
+    """One webhook; ``True`` when the service answered exactly ``{"success": true}``."""
+    try:
+        async with session.get(path) as response:
+            return response.status == 200 and await response.read() == OK_BODY
+    except aiohttp.ClientError:
+        return False
+
+
 async def closed_loop(
     base: str,
     paths: list[str],
@@ -76,12 +85,7 @@ async def closed_loop(
                 path = paths[index % len(paths)]
                 index += 1
                 sent = time.perf_counter()
-                try:
-                    async with session.get(path) as response:
-                        body = await response.read()
-                        ok = response.status == 200 and body == OK_BODY
-                except aiohttp.ClientError:
-                    ok = False
+                ok = await _acknowledged(session, path)
                 done = time.perf_counter()
                 if sent >= measure_from:
                     if ok:
@@ -105,12 +109,7 @@ async def open_loop(base: str, paths: list[str], rate: float, duration: float) -
         async def one(path: str, due: float) -> None:
             nonlocal failures
             sent = time.perf_counter()
-            try:
-                async with session.get(path) as response:
-                    body = await response.read()
-                    ok = response.status == 200 and body == OK_BODY
-            except aiohttp.ClientError:
-                ok = False
+            ok = await _acknowledged(session, path)
             done = time.perf_counter()
             if ok:
                 latencies.append(done - due)
