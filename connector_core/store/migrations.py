@@ -1,0 +1,133 @@
+"""Versions of the SQLite store's schema, and the steps from each to the next.
+
+The version lives in SQLite's ``PRAGMA user_version``. A database is brought to the newest
+version when the store opens, one step per transaction, so a database made by any earlier
+release opens in this one; a database made by a newer release is refused with a message
+that says so, rather than written to by code that does not know its tables.
+
+To change the schema, append a step to ``STEPS``: never edit one that has shipped. A test
+(``tests/core/test_store_migrations.py``) opens the schema of release 0.1.0 and checks that
+every step applies and the store works on the result.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+
+class SchemaError(RuntimeError):
+    """The database cannot be used by this release (made by a newer one, or damaged)."""
+
+
+@dataclass(frozen=True)
+class Step:
+    version: int  # the version the database has after this step
+    why: str
+    sql: str
+
+
+# Version 1 is the schema of release 0.1.0, which did not yet set user_version: a database
+# with its tables and user_version 0 is at version 1.
+STEPS: tuple[Step, ...] = (
+    Step(
+        1,
+        "the first release: inbox, rejected webhooks, calls, dispatch outbox, effect keys",
+        """
+CREATE TABLE IF NOT EXISTS inbox (
+    id INTEGER PRIMARY KEY,
+    account TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    params TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    processed_at REAL
+);
+CREATE INDEX IF NOT EXISTS inbox_pending ON inbox(id) WHERE status = 'pending';
+CREATE TABLE IF NOT EXISTS rejected (
+    id INTEGER PRIMARY KEY,
+    account TEXT,
+    received_at REAL NOT NULL,
+    reason TEXT NOT NULL,
+    params TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS calls (
+    account TEXT NOT NULL,
+    call_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    finished INTEGER NOT NULL,
+    last_received_at REAL NOT NULL,
+    PRIMARY KEY (account, call_id)
+);
+CREATE INDEX IF NOT EXISTS calls_open ON calls(last_received_at) WHERE finished = 0;
+CREATE TABLE IF NOT EXISTS dispatches (
+    id INTEGER PRIMARY KEY,
+    account TEXT NOT NULL,
+    call_id TEXT NOT NULL,
+    integration TEXT NOT NULL,
+    key TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    created_at REAL NOT NULL,
+    done_at REAL,
+    UNIQUE (integration, account, call_id, key)
+);
+CREATE INDEX IF NOT EXISTS dispatches_pending ON dispatches(id) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS dispatches_groups
+    ON dispatches(integration, account, call_id, id) WHERE status = 'pending';
+CREATE TABLE IF NOT EXISTS effects (
+    integration TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (integration, key)
+);
+""",
+    ),
+)
+LATEST = STEPS[-1].version
+
+
+def version_of(db: sqlite3.Connection) -> int:
+    """The schema version of ``db``: 0 for an empty database."""
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if (
+        version == 0
+        and db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'inbox'"
+        ).fetchone()
+    ):
+        return 1  # made by release 0.1.0, before versions were recorded
+    return version
+
+
+def migrate(db: sqlite3.Connection) -> int:
+    """Bring ``db`` (autocommit mode) to ``LATEST``; returns the version it had before."""
+    before = version_of(db)
+    if before > LATEST:
+        raise SchemaError(
+            f"the database is at schema version {before}, made by a newer release of connector;"
+            f" this release knows versions up to {LATEST}: upgrade connector to open it"
+        )
+    if before and not int(db.execute("PRAGMA user_version").fetchone()[0]):
+        db.execute(f"PRAGMA user_version = {before}")  # record what release 0.1.0 did not
+    for step in STEPS:
+        if step.version <= before:
+            continue
+        # One transaction per step: a crash mid-upgrade leaves the previous version whole.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(step.sql):
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {step.version}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    return before
+
+
+def _statements(sql: str) -> list[str]:
+    # executescript() would commit the step's transaction; the steps hold no ';' in literals.
+    return [part.strip() for part in sql.split(";") if part.strip()]
