@@ -34,8 +34,16 @@ from .crm import TimedSandbox, attribute, comment_done, requests_by_kind, wait_f
 
 async def calibrate() -> dict:
     """A quick run of the mix without limits: how many Usedesk requests a call costs."""
-    return await run_calls(10, 10.0, per_minute=1000, burst=100, latency_ms=0, run=8,
-                           ring_seconds=0.1, talk_seconds=0.5)
+    return await run_calls(
+        10,
+        10.0,
+        per_minute=1000,
+        burst=100,
+        latency_ms=0,
+        run=8,
+        ring_seconds=0.1,
+        talk_seconds=0.5,
+    )
 
 
 async def run_calls(

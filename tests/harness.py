@@ -21,7 +21,7 @@ def make_config(tmp_path: Path, integrations: str, *, extra: str = "") -> tuple[
     host.load()
     text = f"""
 [storage]
-path = "{tmp_path / 'connector.db'}"
+path = "{tmp_path / "connector.db"}"
 [tracker]
 finish_settle_seconds = 0
 {extra}

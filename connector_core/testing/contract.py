@@ -139,7 +139,7 @@ class PluginContract:
         owned = [t for info in host.info() if info.name == name for t in info.integration_types]
         assert kind is not None, (
             f"the entry point {name!r} ({found[name].value}) registered integration type(s) "
-            f"{owned or 'none'}, not one named {name!r}: operators write plugin = \"{name}\" "
+            f'{owned or "none"}, not one named {name!r}: operators write plugin = "{name}" '
             "and the service loads the entry point of that name, so the two must match"
         )
         assert isinstance(kind, IntegrationType), f"register() got {type(kind).__name__}"
@@ -157,7 +157,7 @@ class PluginContract:
         extra = model.model_config.get("extra")
         assert extra == "forbid", (
             f"{model.__name__} must forbid unknown keys (model_config = "
-            f"ConfigDict(extra=\"forbid\"); it has extra={extra!r}): a misspelt setting in the "
+            f'ConfigDict(extra="forbid"); it has extra={extra!r}): a misspelt setting in the '
             "operator's file must be an error, not silently ignored"
         )
 
@@ -262,9 +262,7 @@ class PluginContract:
                     [str(exc), repr(exc), *exc.errors]
                 )
             except Exception as exc:
-                shown[f"{type(exc).__name__} for secret_settings with {label}"] = (
-                    f"{exc}\n{exc!r}"
-                )
+                shown[f"{type(exc).__name__} for secret_settings with {label}"] = f"{exc}\n{exc!r}"
         leaks = [
             f"{where} shows the secret {_masked(secret)}"
             for where, text in shown.items()
@@ -434,7 +432,8 @@ class PluginContract:
                             "lines: list[str], links: list[(label, url)])"
                         )
         problems += [
-            f"while {r.getMessage()}" for r in caplog.records
+            f"while {r.getMessage()}"
+            for r in caplog.records
             if r.name == "connector_core.notifications"
         ]
         assert not problems, "the agent card part must never fail:\n" + "\n".join(problems)
@@ -455,7 +454,8 @@ class PluginContract:
             await service.settle()
             after = await self._observe(service)
             stored = [
-                p["call_id"] for _, p in answers
+                p["call_id"]
+                for _, p in answers
                 if p.get("call_id") not in (None, first.call_id)
                 and await service.load_call(p["call_id"])
             ]
@@ -466,7 +466,7 @@ class PluginContract:
             if answer != (200, {"success": True})
         ]
         assert not refused, (
-            "probes and unknown event types must be acknowledged with 200 {\"success\": true}:\n"
+            'probes and unknown event types must be acknowledged with 200 {"success": true}:\n'
             + "\n".join(refused)
         )
         assert not stored and rows_after == rows, (
@@ -517,8 +517,8 @@ class PluginContract:
                         )
             after_hooks = await self._observe(service)
         assert rows_again == rows, "repeated webhooks made new hook calls (a core problem)"
-        assert after_webhooks == before, (
-            "webhooks sent again changed the CRM:\n" + _diff(before, after_webhooks)
+        assert after_webhooks == before, "webhooks sent again changed the CRM:\n" + _diff(
+            before, after_webhooks
         )
         assert not problems, "\n".join(problems)
         assert after_hooks == before, (
@@ -564,7 +564,7 @@ class PluginContract:
     # -- helpers -------------------------------------------------------------------------------
 
     def _name(self) -> str:
-        assert self.plugin, f"{type(self).__name__} must set plugin = \"<entry-point name>\""
+        assert self.plugin, f'{type(self).__name__} must set plugin = "<entry-point name>"'
         return self.plugin
 
     def _kind(self) -> IntegrationType:
@@ -683,8 +683,9 @@ class PluginContract:
         main = service.integrations[CONTRACT].key
         missing = []
         for scenario in calls:
-            keys = {r.key for r in await service.dispatches(scenario.call_id)
-                    if r.integration == main}
+            keys = {
+                r.key for r in await service.dispatches(scenario.call_id) if r.integration == main
+            }
             for key in scenario.expected.get("lifecycle", []):
                 if key not in keys:
                     missing.append(f"{scenario.name}: {key} was never dispatched to {main}")
@@ -735,7 +736,8 @@ def _valid_card(part: Any) -> bool:
         and isinstance(part.title, str)
         and all(isinstance(line, str) for line in part.lines)
         and all(
-            isinstance(link, tuple | list) and len(link) == 2
+            isinstance(link, tuple | list)
+            and len(link) == 2
             and all(isinstance(x, str) for x in link)
             for link in part.links
         )
@@ -831,7 +833,8 @@ def _diff(before: Any, after: Any, limit: int = 40) -> str:
         return [f"{path or '.'}: {text[:300]}"]
 
     changed = [
-        line for line in difflib.unified_diff(lines(before), lines(after), lineterm="", n=0)
+        line
+        for line in difflib.unified_diff(lines(before), lines(after), lineterm="", n=0)
         if not line.startswith(("---", "+++", "@@"))
     ]
     more = f"\n… {len(changed) - limit} more line(s)" if len(changed) > limit else ""

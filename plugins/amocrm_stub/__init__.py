@@ -30,8 +30,11 @@ NAME = "amocrm_stub"
 class AmoCrmStubSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    subdomain: str = Field("example", pattern=r"^[a-z0-9-]{1,63}$",
-                           description="the account's subdomain: <subdomain>.amocrm.ru")
+    subdomain: str = Field(
+        "example",
+        pattern=r"^[a-z0-9-]{1,63}$",
+        description="the account's subdomain: <subdomain>.amocrm.ru",
+    )
     # Unused by the stub; a real amoCRM plugin needs it. SecretStr keeps it out of reprs,
     # logs, `connector check` and `connector schema`.
     access_token: SecretStr | None = Field(None, description="amoCRM long-lived access token")
@@ -64,9 +67,14 @@ async def _contact_and_lead(integration: Integration, call: CallState) -> None:
     if phone is None:
         return
     await _record(integration, f"contact:{phone}", "contact_find_or_create", phone=phone)
-    await _record(integration, f"lead:{call.call_id}", "lead_create", phone=phone,
-                  call_id=call.call_id,
-                  pipeline_id=integration.settings.pipeline_id)  # type: ignore[attr-defined]
+    await _record(
+        integration,
+        f"lead:{call.call_id}",
+        "lead_create",
+        phone=phone,
+        call_id=call.call_id,
+        pipeline_id=integration.settings.pipeline_id,
+    )  # type: ignore[attr-defined]
 
 
 @hookimpl
@@ -89,12 +97,25 @@ async def connector_call_finished(integration: Integration, call: CallState) -> 
     settings: AmoCrmStubSettings = integration.settings  # type: ignore[assignment]
     owner = call.owner()
     responsible = settings.users.get(owner) if owner else settings.default_responsible
-    await _record(integration, f"note:{call.call_id}", "call_note", call_id=call.call_id,
-                  direction=call.direction.value, outcome=call.outcome.value,
-                  duration=call.duration_seconds, talk=call.talk_seconds,
-                  record_url=call.record_url)
-    await _record(integration, f"responsible:{call.call_id}", "set_responsible",
-                  call_id=call.call_id, extension=owner, user_id=responsible)
+    await _record(
+        integration,
+        f"note:{call.call_id}",
+        "call_note",
+        call_id=call.call_id,
+        direction=call.direction.value,
+        outcome=call.outcome.value,
+        duration=call.duration_seconds,
+        talk=call.talk_seconds,
+        record_url=call.record_url,
+    )
+    await _record(
+        integration,
+        f"responsible:{call.call_id}",
+        "set_responsible",
+        call_id=call.call_id,
+        extension=owner,
+        user_id=responsible,
+    )
 
 
 @hookimpl
@@ -105,5 +126,6 @@ def connector_agent_card(
         return None
     subdomain = integration.settings.subdomain  # type: ignore[attr-defined]
     link = f"https://{subdomain}.amocrm.ru/contacts/list/?term={call.client_number.lstrip('+')}"
-    return CardPart(title="amoCRM", lines=["contact looked up by phone"],
-                    links=[("amoCRM contact", link)])
+    return CardPart(
+        title="amoCRM", lines=["contact looked up by phone"], links=[("amoCRM contact", link)]
+    )

@@ -20,9 +20,16 @@ import aiohttp
 from tests.e2e.process import free_port
 
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--window-size=900,620", "--hide-scrollbars",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=900,620",
+    "--hide-scrollbars",
 ]
 
 
@@ -44,9 +51,15 @@ class Browser:
         if binary is None:
             raise RuntimeError("chromium is not installed (apt-get install chromium)")
         self._proc = subprocess.Popen(
-            [binary, *FLAGS, f"--user-data-dir={self._profile.name}",
-             f"--remote-debugging-port={self.port}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                binary,
+                *FLAGS,
+                f"--user-data-dir={self._profile.name}",
+                f"--remote-debugging-port={self.port}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         self._session = aiohttp.ClientSession()
         async with asyncio.timeout(30):
@@ -59,8 +72,7 @@ class Browser:
                 except aiohttp.ClientError:
                     pass
                 await asyncio.sleep(0.1)
-        self._ws = await self._session.ws_connect(pages[0]["webSocketDebuggerUrl"],
-                                                  max_msg_size=0)
+        self._ws = await self._session.ws_connect(pages[0]["webSocketDebuggerUrl"], max_msg_size=0)
         await self.send("Page.enable")
         return self
 

@@ -56,8 +56,9 @@ async def test_card_pops_up_while_101_rings_and_clears_at_hang_up(
         async with TestClient(TestServer(app, host="127.0.0.1")) as client, Browser() as browser:
             page = client.make_url(f"/agent/?account=012345&extension=101&token={TOKEN_101}")
             await browser.goto(str(page))
-            await browser.wait_for("document.getElementById('status').textContent"
-                                   " === 'Нет звонков'")
+            await browser.wait_for(
+                "document.getElementById('status').textContent === 'Нет звонков'"
+            )
 
             call = scenarios.inbound_missed(ring=["101", "102"], client=CLIENT)
             *ringing, hang_up = call.events
@@ -66,10 +67,12 @@ async def test_card_pops_up_while_101_rings_and_clears_at_hang_up(
             await settle(app)
             caller = await browser.wait_for(
                 "getComputedStyle(document.getElementById('card')).display === 'block'"
-                " && document.getElementById('caller').textContent")
+                " && document.getElementById('caller').textContent"
+            )
             assert caller == f"+{CLIENT}"
             links = await browser.wait_for(
-                "[...document.querySelectorAll('#parts a')].map(a => a.href).join(' ')")
+                "[...document.querySelectorAll('#parts a')].map(a => a.href).join(' ')"
+            )
             [ticket] = [t for t in sandbox.snapshot()["tickets"] if "sipuni" in t["tags"]]
             assert f"https://secure.usedesk.ru/tickets/{ticket['id']}" in links
             text = await browser.evaluate("document.getElementById('card').innerText")
@@ -83,7 +86,8 @@ async def test_card_pops_up_while_101_rings_and_clears_at_hang_up(
             assert (await client.get(f"/sipuni/{TOKEN}", params=hang_up)).status == 200
             await settle(app)
             await browser.wait_for(
-                "getComputedStyle(document.getElementById('card')).display === 'none'")
+                "getComputedStyle(document.getElementById('card')).display === 'none'"
+            )
 
 
 async def test_another_agents_token_cannot_open_101s_stream(tmp_path: Path) -> None:
@@ -91,14 +95,22 @@ async def test_another_agents_token_cannot_open_101s_stream(tmp_path: Path) -> N
     async with sandbox.serve() as sandbox_url:
         config, host = make_config(tmp_path, agents_config(sandbox_url, sandbox.token))
         async with TestClient(TestServer(app_for(config, host))) as client:
-            for token, extension in [(TOKEN_102, "101"), ("", "101"), (TOKEN_101, "103"),
-                                     (TOKEN_101[:-1], "101")]:
-                response = await client.get("/agent/events", params={
-                    "account": "012345", "extension": extension, "token": token})
+            for token, extension in [
+                (TOKEN_102, "101"),
+                ("", "101"),
+                (TOKEN_101, "103"),
+                (TOKEN_101[:-1], "101"),
+            ]:
+                response = await client.get(
+                    "/agent/events",
+                    params={"account": "012345", "extension": extension, "token": token},
+                )
                 assert response.status == 404, (token, extension)
                 assert await response.json() == {"success": False, "error": "not found"}
-            own = await client.get("/agent/events", params={
-                "account": "012345", "extension": "101", "token": TOKEN_101})
+            own = await client.get(
+                "/agent/events",
+                params={"account": "012345", "extension": "101", "token": TOKEN_101},
+            )
             assert own.status == 200
             assert own.headers["Content-Type"] == "text/event-stream"
             assert await own.content.readuntil(b"\n\n") == b"event: clear\ndata: {}\n\n"
@@ -111,13 +123,18 @@ async def test_no_cards_with_notifications_off_and_nothing_queued_for_absent_age
     sandbox = UsedeskSandbox()
     async with sandbox.serve() as sandbox_url:
         for notifications in (False, True):
-            config, host = make_config(tmp_path / str(notifications),
-                                       agents_config(sandbox_url, sandbox.token, notifications))
+            config, host = make_config(
+                tmp_path / str(notifications),
+                agents_config(sandbox_url, sandbox.token, notifications),
+            )
             app = app_for(config, host)
             async with TestClient(TestServer(app)) as client:
-                calls = [scenarios.inbound_answered(client=CLIENT, call_id=f"1717171700.{i}",
-                                                    start=scenarios.START + i * 600)
-                         for i in range(3)]
+                calls = [
+                    scenarios.inbound_answered(
+                        client=CLIENT, call_id=f"1717171700.{i}", start=scenarios.START + i * 600
+                    )
+                    for i in range(3)
+                ]
                 for call in calls:
                     *ringing, end = call.events
                     for params in ringing:

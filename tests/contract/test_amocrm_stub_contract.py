@@ -21,6 +21,7 @@ class TestAmoCrmStubContract(PluginContract):
         ({"users": ["101"]}, "users"),
     )
     secret_settings: ClassVar[dict[str, object]] = {
-        "subdomain": "acme", "access_token": "amo-secret-token-123456"
+        "subdomain": "acme",
+        "access_token": "amo-secret-token-123456",
     }
     secrets = ("amo-secret-token-123456",)

@@ -341,8 +341,9 @@ def test_kit_fails_every_broken_plugin_and_passes_the_unbroken_one(
     pytester: pytest.Pytester,
 ) -> None:
     write_variants(pytester.path)
-    pytester.makeini("[pytest]\nasyncio_mode = strict\n"
-                     "asyncio_default_fixture_loop_scope = function\n")
+    pytester.makeini(
+        "[pytest]\nasyncio_mode = strict\nasyncio_default_fixture_loop_scope = function\n"
+    )
     junit = pytester.path / "junit.xml"
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", f"--junitxml={junit}", "-q", timeout=300

@@ -88,7 +88,7 @@ async def connector_call_finished(integration, call):
     await _journal(integration, call, "finished")
 '''
 
-PYPROJECT = '''
+PYPROJECT = """
 [build-system]
 {build_system}
 
@@ -101,14 +101,16 @@ dependencies = ["connector"]
 
 [project.entry-points.connector_core]
 throwaway_crm = "throwaway_crm"
-'''
+"""
 
-SETUPTOOLS = 'requires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n' \
-             '\n[tool.setuptools]\npackages = ["throwaway_crm"]'
+SETUPTOOLS = (
+    'requires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n'
+    '\n[tool.setuptools]\npackages = ["throwaway_crm"]'
+)
 IN_TREE = 'requires = []\nbuild-backend = "wheel_backend"\nbackend-path = ["."]'
 
 # A PEP 517 backend that is enough for pip: a pure-Python wheel of the throwaway_crm package.
-WHEEL_BACKEND = '''
+WHEEL_BACKEND = """
 import base64
 import hashlib
 import tomllib
@@ -151,9 +153,9 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
         for path, data in files.items():
             archive.writestr(path, data)
     return wheel
-'''
+"""
 
-CONFIG = '''
+CONFIG = """
 [server]
 host = "127.0.0.1"
 port = {port}
@@ -166,7 +168,7 @@ token = "{token}"
 [accounts.012345.integrations.throwaway]
 plugin = "throwaway_crm"
 {settings}
-'''
+"""
 
 
 def setuptools_builds_wheels() -> bool:
@@ -201,7 +203,11 @@ def connector(site: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
     return subprocess.run(
         [sys.executable, "-m", "connector_core", *args],
-        capture_output=True, text=True, env=env, cwd=cwd, timeout=60,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=60,
     )
 
 
@@ -209,10 +215,23 @@ def test_an_installed_plugin_package_is_discovered_validated_and_called(tmp_path
     package, backend = write_package(tmp_path)
     site = tmp_path / "site"
     pip = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
-         "--no-index", "--disable-pip-version-check", "--no-cache-dir",
-         "--target", str(site), str(package)],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--disable-pip-version-check",
+            "--no-cache-dir",
+            "--target",
+            str(site),
+            str(package),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert pip.returncode == 0, f"pip ({backend} backend) failed:\n{pip.stdout}\n{pip.stderr}"
     dist = site / f"connector_throwaway_crm-{VERSION}.dist-info"
@@ -235,9 +254,17 @@ def test_an_installed_plugin_package_is_discovered_validated_and_called(tmp_path
     # Validated: bad settings are refused with their TOML paths (exit 2), good ones accepted.
     db = tmp_path / "connector.db"
     bad = tmp_path / "bad.toml"
-    bad.write_text(CONFIG.format(port=free_port(), db=db, token=TOKEN, settings=(
-        'api_key = "tw-key-123456"\nboard = "Sales Board"\npriority = "urgent"\ncolour = "red"'
-    )))
+    bad.write_text(
+        CONFIG.format(
+            port=free_port(),
+            db=db,
+            token=TOKEN,
+            settings=(
+                'api_key = "tw-key-123456"\nboard = "Sales Board"\n'
+                'priority = "urgent"\ncolour = "red"'
+            ),
+        )
+    )
     refused = connector(site, "check", "--config", str(bad), cwd=tmp_path)
     assert refused.returncode == 2, refused.stdout + refused.stderr
     where = "accounts.012345.integrations.throwaway"
@@ -247,9 +274,14 @@ def test_an_installed_plugin_package_is_discovered_validated_and_called(tmp_path
 
     port = free_port()
     good = tmp_path / "connector.toml"
-    good.write_text(CONFIG.format(port=port, db=db, token=TOKEN, settings=(
-        'api_key = "tw-key-123456"\nboard = "sales"\npriority = "high"'
-    )))
+    good.write_text(
+        CONFIG.format(
+            port=port,
+            db=db,
+            token=TOKEN,
+            settings=('api_key = "tw-key-123456"\nboard = "sales"\npriority = "high"'),
+        )
+    )
     accepted = connector(site, "check", "--config", str(good), cwd=tmp_path)
     assert accepted.returncode == 0, accepted.stdout + accepted.stderr
     assert f"012345/throwaway [{PLUGIN}]: ok (board sales reachable)" in accepted.stdout
@@ -263,8 +295,13 @@ def test_an_installed_plugin_package_is_discovered_validated_and_called(tmp_path
             url = f"{service.url}/sipuni/{TOKEN}?{urllib.parse.urlencode(params)}"
             with urllib.request.urlopen(url, timeout=5) as response:
                 assert json.loads(response.read()) == {"success": True}
-        service.wait_until(lambda s: s.get("calls_total") == 1 and s.get("inbox_pending") == 0
-                           and s.get("dispatches_pending") == 0)
+        service.wait_until(
+            lambda s: (
+                s.get("calls_total") == 1
+                and s.get("inbox_pending") == 0
+                and s.get("dispatches_pending") == 0
+            )
+        )
     finally:
         assert service.stop() == 0, service.log_path.read_text()[-3000:]
 

@@ -15,8 +15,11 @@ from connector_core.testing import PluginContract
 from plugins.usedesk.sandbox import UsedeskSandbox
 
 SECRET = "ud-secret-token-7f3a9c"
-USERS = [{"extension": "101", "agent": 2}, {"extension": "102", "agent": 3},
-         {"extension": "103", "agent": "anna@example.com"}]
+USERS = [
+    {"extension": "101", "agent": 2},
+    {"extension": "102", "agent": 3},
+    {"extension": "103", "agent": "anna@example.com"},
+]
 
 
 def closed_port() -> int:
@@ -55,12 +58,18 @@ class TestUsedeskContract(PluginContract):
         ({"api_token": SECRET, "search_statuses": [42]}, "1-10"),
         ({"api_token": SECRET, "search_statuses": []}, "search_statuses"),
         ({"api_token": SECRET, "timezone": "Mars/Olympus"}, "unknown time zone"),
-        ({"api_token": SECRET, "users": [{"extension": "abc", "agent": 2}]},
-         "users[0].extension"),
-        ({"api_token": SECRET, "users": [{"extension": "101", "agent": 2},
-                                         {"extension": "101", "agent": 3}]}, "mapped twice"),
-        ({"api_token": SECRET, "templates": {"comment": "{no_such_variable}"}},
-         "templates.comment"),
+        ({"api_token": SECRET, "users": [{"extension": "abc", "agent": 2}]}, "users[0].extension"),
+        (
+            {
+                "api_token": SECRET,
+                "users": [{"extension": "101", "agent": 2}, {"extension": "101", "agent": 3}],
+            },
+            "mapped twice",
+        ),
+        (
+            {"api_token": SECRET, "templates": {"comment": "{no_such_variable}"}},
+            "templates.comment",
+        ),
         ({"api_token": SECRET, "ticket_type": "bug"}, "ticket_type"),
         ({"api_token": SECRET, "rate_limit_per_minute": 0}, "rate_limit_per_minute"),
     )

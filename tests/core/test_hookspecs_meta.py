@@ -16,9 +16,9 @@ from connector_core import hookspecs
 
 ROOT = Path(__file__).resolve().parents[2]
 HOOKS = sorted(
-    name for name, fn in vars(hookspecs).items()
-    if name.startswith("connector_") and callable(fn)
-    and hasattr(fn, "connector_core_spec")
+    name
+    for name, fn in vars(hookspecs).items()
+    if name.startswith("connector_") and callable(fn) and hasattr(fn, "connector_core_spec")
 )
 
 
@@ -48,7 +48,8 @@ def test_hook_is_documented_in_docs(name: str) -> None:
 def test_hook_has_a_test(name: str) -> None:
     wanted = f"def test_hook_{name.removeprefix('connector_')}"
     found = [
-        path for path in (ROOT / "tests").rglob("test_*.py")
+        path
+        for path in (ROOT / "tests").rglob("test_*.py")
         if wanted in path.read_text(encoding="utf-8")
     ]
     assert found, f"no test named {wanted.removeprefix('def ')}(…) for hook {name}"

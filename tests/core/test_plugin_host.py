@@ -38,22 +38,28 @@ def test_unknown_or_broken_plugins_are_reported_not_fatal(test_plugins_dir: Path
     assert "recorder" in host.types
 
 
-async def test_hook_check_authorization(tmp_path: Path, test_plugins_dir: Path,
-                                        aiohttp_client) -> None:
-    config, host = make_config(tmp_path, """
+async def test_hook_check_authorization(
+    tmp_path: Path, test_plugins_dir: Path, aiohttp_client
+) -> None:
+    config, host = make_config(
+        tmp_path,
+        """
 [accounts.012345.integrations.good]
 plugin = "recorder"
 [accounts.012345.integrations.bad]
 plugin = "saboteur"
-""")
+""",
+    )
     app = app_for(config, host)
     client = await aiohttp_client(app)
     good, bad = app[INTEGRATIONS]["012345/good"], app[INTEGRATIONS]["012345/bad"]
     assert (await check_authorization(host, good)).status is AuthStatus.OK
     result = await check_authorization(host, bad)
     # A raising check is reported by exception type only: its text could hold a secret.
-    assert (result.status, result.reason) == (AuthStatus.CANNOT_CONNECT,
-                                              "the check raised RuntimeError")
+    assert (result.status, result.reason) == (
+        AuthStatus.CANNOT_CONNECT,
+        "the check raised RuntimeError",
+    )
     body = await (await client.get("/readyz")).json()
     assert body["integrations"]["012345/bad"]["auth"] == "cannot_connect"
     assert body["degraded"] is True and body["ready"] is True
@@ -63,18 +69,21 @@ class EntrySchemeCounts:
     """A plugin that widens transfer-scheme processing to the scheme a call enters first."""
 
     @hookimpl
-    def connector_transfer_scheme(self, integration: Integration,
-                                  call: CallState) -> SchemeVisit | None:
+    def connector_transfer_scheme(
+        self, integration: Integration, call: CallState
+    ) -> SchemeVisit | None:
         return call.schemes[0] if call.schemes else None
 
 
-async def test_hook_transfer_scheme(tmp_path: Path, test_plugins_dir: Path,
-                                    aiohttp_client) -> None:
-    config, host = make_config(tmp_path, """
+async def test_hook_transfer_scheme(tmp_path: Path, test_plugins_dir: Path, aiohttp_client) -> None:
+    config, host = make_config(
+        tmp_path,
+        """
 [accounts.012345.integrations.gated]
 plugin = "recorder"
 transfer_schemes = ["000-100"]
-""")
+""",
+    )
     host.register(EntrySchemeCounts(), "entry_scheme_counts")
     app = app_for(config, host)
     client = await aiohttp_client(app)
@@ -107,13 +116,16 @@ class SinkPlugin:
 
 @pytest.fixture
 async def notifying(tmp_path: Path, test_plugins_dir: Path, aiohttp_client):
-    config, host = make_config(tmp_path, """
+    config, host = make_config(
+        tmp_path,
+        """
 [accounts.012345.integrations.crm]
 plugin = "recorder"
 notifications = true
 [accounts.012345.integrations.quiet]
 plugin = "recorder"
-""")
+""",
+    )
     sink = Collector()
     host.register(SinkPlugin(sink), "sink")
     app = app_for(config, host)
@@ -127,8 +139,14 @@ async def test_hook_register_notification_sinks(notifying) -> None:
         await client.get(f"/sipuni/{TOKEN}", params=params)
         await settle(app)
     states = {(ext, c["state"]) for _, ext, c in sink.cards}
-    assert {("101", "ringing"), ("102", "ringing"), ("101", "answered"),
-            ("102", "answered_elsewhere"), ("101", "ended"), ("102", "ended")} <= states
+    assert {
+        ("101", "ringing"),
+        ("102", "ringing"),
+        ("101", "answered"),
+        ("102", "answered_elsewhere"),
+        ("101", "ended"),
+        ("102", "ended"),
+    } <= states
     # The board keeps only live cards: the call is over, so nothing is left to show.
     assert app[BOARD].cards == {}
 
@@ -142,22 +160,34 @@ async def test_hook_agent_card(notifying) -> None:
     # At once: the caller, no CRM parts yet; then the same card with the parts.
     assert (first["caller"], first["parts"], first["complete"]) == ("+79161234567", [], False)
     assert complete["complete"] is True
-    assert complete["parts"] == [{"title": "recorder crm", "lines": ["rings 101"],
-                                  "links": [["call", f"https://crm.example/calls/{call.call_id}"]]}
-                                 ] or complete["parts"] == [
-        {"title": "recorder crm", "lines": ["rings 101"],
-         "links": [("call", f"https://crm.example/calls/{call.call_id}")]}]
+    assert complete["parts"] == [
+        {
+            "title": "recorder crm",
+            "lines": ["rings 101"],
+            "links": [["call", f"https://crm.example/calls/{call.call_id}"]],
+        }
+    ] or complete["parts"] == [
+        {
+            "title": "recorder crm",
+            "lines": ["rings 101"],
+            "links": [("call", f"https://crm.example/calls/{call.call_id}")],
+        }
+    ]
     # The integration without notifications added no part.
     assert all(p["title"] != "recorder quiet" for _, _, c in sink.cards for p in c["parts"])
     assert app[BOARD].cards[("012345", "101")]["state"] == "ringing"
 
 
-async def test_no_cards_when_notifications_are_off(tmp_path: Path, test_plugins_dir: Path,
-                                                   aiohttp_client) -> None:
-    config, host = make_config(tmp_path, """
+async def test_no_cards_when_notifications_are_off(
+    tmp_path: Path, test_plugins_dir: Path, aiohttp_client
+) -> None:
+    config, host = make_config(
+        tmp_path,
+        """
 [accounts.012345.integrations.quiet]
 plugin = "recorder"
-""")
+""",
+    )
     sink = Collector()
     host.register(SinkPlugin(sink), "sink")
     app = app_for(config, host)

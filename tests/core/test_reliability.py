@@ -64,10 +64,13 @@ async def run_due(app) -> None:
 
 @pytest.fixture
 async def service(tmp_path: Path, flaky, aiohttp_client):
-    config, host = make_config(tmp_path, """
+    config, host = make_config(
+        tmp_path,
+        """
 [accounts.012345.integrations.crm]
 plugin = "flaky"
-""")
+""",
+    )
     clock = FakeClock()
     app = app_for(config, host, clock=clock)
     client = await aiohttp_client(app)
@@ -104,7 +107,9 @@ async def test_invalid_requests_are_dead_lettered_at_once(service, flaky) -> Non
     await run_due(app)
     [row] = await rows(app, call)
     assert (row.status, row.last_error) == (
-        "dead", "InvalidRequestError: Usedesk: client_id does not exist")
+        "dead",
+        "InvalidRequestError: Usedesk: client_id does not exist",
+    )
 
 
 async def test_auth_failures_keep_work_queued_and_show_in_readyz(service, flaky) -> None:
@@ -117,7 +122,9 @@ async def test_auth_failures_keep_work_queued_and_show_in_readyz(service, flaky)
     assert row.status == "pending"  # 50 refusals later, still waiting for new credentials
     body = await (await client.get("/readyz")).json()
     assert body["integrations"][f"{ACCOUNT}/crm"] == {
-        "auth": "auth_failed", "reason": "AuthError: the API key was refused"}
+        "auth": "auth_failed",
+        "reason": "AuthError: the API key was refused",
+    }
 
 
 async def test_work_past_the_retry_horizon_goes_to_the_dead_letters(service, flaky) -> None:
@@ -185,8 +192,10 @@ async def test_metrics_count_events_hook_calls_and_queue_depth(service, flaky) -
     assert f'connector_events_received_total{{account="{ACCOUNT}",event="1"}} 1.0' in text
     assert f'connector_events_rejected_total{{account="{ACCOUNT}"}} 1.0' in text
     assert "connector_events_processed_total 1.0" in text
-    assert f'connector_hook_calls_total{{hook="started",integration="{ACCOUNT}/crm",' \
-           f'outcome="done"}} 1.0' in text
+    assert (
+        f'connector_hook_calls_total{{hook="started",integration="{ACCOUNT}/crm",'
+        f'outcome="done"}} 1.0' in text
+    )
     assert "connector_inbox_pending 0.0" in text and "connector_dispatches_dead 0.0" in text
 
 
@@ -209,8 +218,9 @@ def test_dlq_list_show_retry_drop(tmp_path: Path, flaky, capsys, monkeypatch) ->
     config = write_config(tmp_path, '[accounts.012345.integrations.crm]\nplugin = "flaky"\n')
     recording = tmp_path / "calls.txt"
     calls = [scenarios.inbound_missed(call_id=f"1717171700.{i}") for i in range(2)]
-    recording.write_text("\n".join(json.dumps({"account": ACCOUNT, "params": e})
-                                   for c in calls for e in c.events))
+    recording.write_text(
+        "\n".join(json.dumps({"account": ACCOUNT, "params": e}) for c in calls for e in c.events)
+    )
     flaky.FAILURES.extend([InvalidRequestError("refused"), InvalidRequestError("refused")])
     assert main(["replay", str(recording), "--config", str(config)]) == 0
     capsys.readouterr()
@@ -239,12 +249,16 @@ def test_replay_since_gives_a_new_integration_the_calls_it_missed(
     monkeypatch.chdir(tmp_path)
     recording = tmp_path / "calls.txt"
     call = scenarios.inbound_answered()
-    recording.write_text("\n".join(json.dumps({"account": ACCOUNT, "params": e})
-                                   for e in call.events))
+    recording.write_text(
+        "\n".join(json.dumps({"account": ACCOUNT, "params": e}) for e in call.events)
+    )
     before = write_config(tmp_path, '[accounts.012345.integrations.old]\nplugin = "recorder"\n')
     assert main(["replay", str(recording), "--config", str(before)]) == 0
-    after = write_config(tmp_path, '[accounts.012345.integrations.old]\nplugin = "recorder"\n'
-                                   '[accounts.012345.integrations.new]\nplugin = "flaky"\n')
+    after = write_config(
+        tmp_path,
+        '[accounts.012345.integrations.old]\nplugin = "recorder"\n'
+        '[accounts.012345.integrations.new]\nplugin = "flaky"\n',
+    )
     assert main(["replay", "--since", "2h", "--config", str(after)]) == 0
     assert f"replayed {len(call.events)} stored event(s)" in capsys.readouterr().out
     assert flaky.CALLS == [call.call_id]
@@ -265,12 +279,15 @@ def test_integration_keys(service) -> None:
 async def test_a_stalled_integrations_backlog_does_not_starve_the_others(
     tmp_path: Path, flaky, aiohttp_client
 ) -> None:
-    config, host = make_config(tmp_path, """
+    config, host = make_config(
+        tmp_path,
+        """
 [accounts.012345.integrations.crm]
 plugin = "flaky"
 [accounts.012345.integrations.ok]
 plugin = "recorder"
-""")
+""",
+    )
     clock = FakeClock()
     app = app_for(config, host, clock=clock)
     client = await aiohttp_client(app)

@@ -56,12 +56,12 @@ async def send(client, scenario: scenarios.Scenario, method: str = "GET") -> Non
         assert await response.json() == {"success": True}
 
 
-
 def calls(distributed: bool) -> tuple[scenarios.Scenario, scenarios.Scenario]:
     """A call that stays in the distributor scheme and one transferred into sales."""
     stays = scenarios.scheme_transfer(transferred=False, call_id="1717171700.1")
-    moves = scenarios.scheme_transfer(transferred=True, call_id="1717171800.2",
-                                      start=scenarios.START + 100)
+    moves = scenarios.scheme_transfer(
+        transferred=True, call_id="1717171800.2", start=scenarios.START + 100
+    )
     return stays, moves
 
 
@@ -159,7 +159,9 @@ async def test_a_raising_or_hanging_plugin_does_not_stop_the_others(service) -> 
     await settle(app)
     assert len(saboteur.ATTEMPTS) - before >= 2  # both saboteurs were really called
     assert keys(await seen(app, "all_calls"), call.call_id) == [
-        "started:", "answered:101", "finished:answered"
+        "started:",
+        "answered:101",
+        "finished:answered",
     ]
     rows = await app[STORE].dispatches_for(ACCOUNT, call.call_id)
     errors = {r.integration: r.last_error for r in rows if r.last_error}
@@ -172,28 +174,63 @@ async def test_a_raising_or_hanging_plugin_does_not_stop_the_others(service) -> 
 async def test_a_call_handed_back_and_forth_gets_every_transfer_hook_once(service) -> None:
     app, client = service
     call_id, t0 = "1717171700.77", 1717171700
-    base = {"call_id": call_id, "src_num": "79161234567", "src_type": "1",
-            "dst_type": "2", "treeName": "Входящая", "treeNumber": "000-913898"}
+    base = {
+        "call_id": call_id,
+        "src_num": "79161234567",
+        "src_type": "1",
+        "dst_type": "2",
+        "treeName": "Входящая",
+        "treeNumber": "000-913898",
+    }
 
     def leg(event: int, ext: str, at: int, **extra: str) -> dict[str, str]:
-        return {**base, "event": str(event), "dst_num": f"012345{ext}", "short_dst_num": ext,
-                "timestamp": str(at), **extra}
+        return {
+            **base,
+            "event": str(event),
+            "dst_num": f"012345{ext}",
+            "short_dst_num": ext,
+            "timestamp": str(at),
+            **extra,
+        }
 
-    events = [leg(1, "101", t0), leg(3, "101", t0 + 5),
-              leg(1, "102", t0 + 20, transfer_from="101"), leg(3, "102", t0 + 25),
-              leg(1, "101", t0 + 40, transfer_from="102"), leg(3, "101", t0 + 45),
-              leg(1, "102", t0 + 60, transfer_from="101"), leg(3, "102", t0 + 65),
-              leg(2, "102", t0 + 90, status="ANSWER", call_start_timestamp=str(t0),
-                  call_answer_timestamp=str(t0 + 5), last_called="102")]
+    events = [
+        leg(1, "101", t0),
+        leg(3, "101", t0 + 5),
+        leg(1, "102", t0 + 20, transfer_from="101"),
+        leg(3, "102", t0 + 25),
+        leg(1, "101", t0 + 40, transfer_from="102"),
+        leg(3, "101", t0 + 45),
+        leg(1, "102", t0 + 60, transfer_from="101"),
+        leg(3, "102", t0 + 65),
+        leg(
+            2,
+            "102",
+            t0 + 90,
+            status="ANSWER",
+            call_start_timestamp=str(t0),
+            call_answer_timestamp=str(t0 + 5),
+            last_called="102",
+        ),
+    ]
     for params in events:
         assert (await client.get(f"/sipuni/{TOKEN}", params=params)).status == 200
     await settle(app)
     got = keys(await seen(app, "all_calls"), call_id)
     # The recorder journals by target; the second hand-over to 102 is its own hook call.
-    assert got == ["started:", "answered:101", "transferred:102", "transferred:101",
-                   "finished:answered"]
+    assert got == [
+        "started:",
+        "answered:101",
+        "transferred:102",
+        "transferred:101",
+        "finished:answered",
+    ]
     rows = await app[STORE].dispatches_for(ACCOUNT, call_id)
     assert [r.key for r in rows if r.integration.endswith("/all_calls")] == [
-        "started", "answered", "transferred:102", "transferred:101", "transferred:102#2",
-        "finished"]
+        "started",
+        "answered",
+        "transferred:102",
+        "transferred:101",
+        "transferred:102#2",
+        "finished",
+    ]
     assert {r.status for r in rows if r.integration.endswith("/all_calls")} == {"done"}

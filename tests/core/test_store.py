@@ -67,8 +67,9 @@ async def test_failed_commit_leaves_the_item_pending(store: SQLiteStore) -> None
 
 async def test_dispatch_retry_and_dead_letter(store: SQLiteStore) -> None:
     state = CallState(account="012345", call_id="c1")
-    await store.commit_event(None, state, [NewDispatch("012345/x", "started"),
-                                           NewDispatch("012345/x", "finished")])
+    await store.commit_event(
+        None, state, [NewDispatch("012345/x", "started"), NewDispatch("012345/x", "finished")]
+    )
     first, second = await store.pending_dispatches(10)
     await store.fail_dispatch(first.id, "boom", retry_at=50.0)
     await store.fail_dispatch(second.id, "refused", retry_at=None)

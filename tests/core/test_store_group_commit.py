@@ -66,8 +66,9 @@ async def test_a_failing_write_fails_alone_within_its_batch(store: SQLiteStore) 
 async def test_close_waits_for_writes_in_flight(tmp_path: Path) -> None:
     s = SQLiteStore(tmp_path / "c.db")
     await s.open()
-    writes = [asyncio.ensure_future(s.append_event("012345", {"n": str(i)}, 1.0))
-              for i in range(50)]
+    writes = [
+        asyncio.ensure_future(s.append_event("012345", {"n": str(i)}, 1.0)) for i in range(50)
+    ]
     await asyncio.sleep(0)
     await asyncio.gather(*writes)
     await s.close()

@@ -37,15 +37,20 @@ class ServiceProcess:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = config.with_suffix(".log")
-        self.env = {**os.environ,
-                    "PYTHONPATH": os.pathsep.join([str(p) for p in pythonpath] + [str(ROOT)])}
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(p) for p in pythonpath] + [str(ROOT)]),
+        }
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20.0) -> None:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "connector_core", "serve", "--config", str(self.config)],
-            stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.config.parent,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=self.config.parent,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -85,5 +90,6 @@ class ServiceProcess:
             if status == 200 and predicate(stats):
                 return stats
             time.sleep(0.1)
-        raise AssertionError(f"timed out; last stats {stats}; log: "
-                             f"{self.log_path.read_text()[-3000:]}")
+        raise AssertionError(
+            f"timed out; last stats {stats}; log: {self.log_path.read_text()[-3000:]}"
+        )

@@ -48,7 +48,8 @@ def send(url: str, params: dict[str, str], method: str) -> dict:
         request = urllib.request.Request(f"{url}/sipuni/{TOKEN}?{query.decode()}")
     else:
         request = urllib.request.Request(
-            f"{url}/sipuni/{TOKEN}/", data=query,
+            f"{url}/sipuni/{TOKEN}/",
+            data=query,
             headers={"Content-Type": "application/x-www-form-urlencoded"},
         )
     with urllib.request.urlopen(request, timeout=10) as response:
@@ -56,11 +57,16 @@ def send(url: str, params: dict[str, str], method: str) -> dict:
 
 
 def many_calls(count: int) -> list[scenarios.Scenario]:
-    builders = [scenarios.inbound_answered, scenarios.inbound_missed,
-                scenarios.inbound_transferred, scenarios.outbound_answered]
+    builders = [
+        scenarios.inbound_answered,
+        scenarios.inbound_missed,
+        scenarios.inbound_transferred,
+        scenarios.outbound_answered,
+    ]
     return [
-        builders[i % len(builders)](call_id=f"{1717171700 + i}.{1000 + i}",
-                                    start=scenarios.START + 10 * i)
+        builders[i % len(builders)](
+            call_id=f"{1717171700 + i}.{1000 + i}", start=scenarios.START + 10 * i
+        )
         for i in range(count)
     ]
 
@@ -78,8 +84,7 @@ def test_sigkill_after_acknowledged_events_loses_and_doubles_nothing(
     tmp_path: Path, test_plugins_dir: Path
 ) -> None:
     port = free_port()
-    service = ServiceProcess(write_config(tmp_path, port), pythonpath=[test_plugins_dir],
-                             port=port)
+    service = ServiceProcess(write_config(tmp_path, port), pythonpath=[test_plugins_dir], port=port)
     service.start()
     calls = many_calls(24)
     acknowledged = 0
@@ -92,9 +97,7 @@ def test_sigkill_after_acknowledged_events_loses_and_doubles_nothing(
         service.kill()  # straight after the last acknowledgement, mid-processing
 
         service.start()
-        service.wait_until(
-            lambda s: s["inbox_pending"] == 0 and s["dispatches_pending"] == 0
-        )
+        service.wait_until(lambda s: s["inbox_pending"] == 0 and s["dispatches_pending"] == 0)
     finally:
         service.stop()
 
@@ -103,8 +106,9 @@ def test_sigkill_after_acknowledged_events_loses_and_doubles_nothing(
     assert statuses == [("done", acknowledged)]
     assert acknowledged == sum(len(c.events) for c in calls)
     for call in calls:
-        (text,) = db.execute("SELECT state FROM calls WHERE call_id = ?", (call.call_id,)
-                             ).fetchone()
+        (text,) = db.execute(
+            "SELECT state FROM calls WHERE call_id = ?", (call.call_id,)
+        ).fetchone()
         state = json.loads(text)
         # Each distinct event merged once, each lifecycle event emitted once.
         assert len(state["events"]) == len({json.dumps(e) for e in map(dict, call.events)})

@@ -12,8 +12,9 @@ pytestmark = pytest.mark.e2e
 
 
 async def test_demo_turns_simulated_calls_into_usedesk_tickets(capsys) -> None:
-    table = await demo.run(port=free_port(), sandbox_port=free_port(), speed=100,
-                           keep_running=False)
+    table = await demo.run(
+        port=free_port(), sandbox_port=free_port(), speed=100, keep_running=False
+    )
     printed = capsys.readouterr().out
     assert table in printed and "connector is serving on http://127.0.0.1:" in printed
     tickets = table.split("Tickets\n")[1].split("\n\n")[0]
@@ -44,8 +45,21 @@ async def test_simulate_sends_every_kind_of_call(aiohttp_server, capsys) -> None
     import asyncio
 
     code = await asyncio.to_thread(
-        main, ["simulate", "--url", str(server.make_url("")), "--token", "tok-0123456789abcdef",
-               "--count", "7", "--speed", "1000", "--method", "POST"])
+        main,
+        [
+            "simulate",
+            "--url",
+            str(server.make_url("")),
+            "--token",
+            "tok-0123456789abcdef",
+            "--count",
+            "7",
+            "--speed",
+            "1000",
+            "--method",
+            "POST",
+        ],
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert f"sent 7 call(s), {len(seen)} webhook(s): {len(seen)} acknowledged, 0 refused" in out

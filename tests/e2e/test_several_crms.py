@@ -22,10 +22,12 @@ users = { "101" = 501, "102" = 502 }
 
 
 def distributor_calls() -> tuple[scenarios.Scenario, scenarios.Scenario]:
-    stays = scenarios.scheme_transfer(transferred=False, client="79160000011",
-                                      call_id="1717171700.21")
-    moves = scenarios.scheme_transfer(transferred=True, client="79160000012",
-                                      call_id="1717171800.22", start=scenarios.START + 100)
+    stays = scenarios.scheme_transfer(
+        transferred=False, client="79160000011", call_id="1717171700.21"
+    )
+    moves = scenarios.scheme_transfer(
+        transferred=True, client="79160000012", call_id="1717171800.22", start=scenarios.START + 100
+    )
     return stays, moves
 
 
@@ -44,7 +46,9 @@ async def check(w, stays: scenarios.Scenario, moves: scenarios.Scenario) -> None
     # amoCRM stub: only the transferred call, each action once.
     actions = await journal(w)
     assert set(actions) == {
-        "contact:+79160000012", f"lead:{moves.call_id}", f"note:{moves.call_id}",
+        "contact:+79160000012",
+        f"lead:{moves.call_id}",
+        f"note:{moves.call_id}",
         f"responsible:{moves.call_id}",
     }
     assert actions[f"responsible:{moves.call_id}"]["user_id"] == 501

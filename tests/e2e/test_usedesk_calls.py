@@ -34,14 +34,20 @@ async def test_inbound_answered_creates_client_ticket_owner_and_one_comment(tmp_
         assert comment["type"] == "private" and comment["user_id"] == 2
         link = html.escape(call.expected["record_url"], quote=True)
         assert f'<a href="{link}">Запись звонка</a>' in comment["message"]
-        for text in ("Входящий звонок</b>: Отвечен", f"Клиент: {NEW}", "Сотрудник: 101",
-                     "Длительность: 3:15, разговор: 3:06", call.call_id):
+        for text in (
+            "Входящий звонок</b>: Отвечен",
+            f"Клиент: {NEW}",
+            "Сотрудник: 101",
+            "Длительность: 3:15, разговор: 3:06",
+            call.call_id,
+        ):
             assert text in comment["message"], text
 
 
 @pytest.mark.parametrize(("first_on_line", "owner"), [(False, 4), (True, 3)])
-async def test_missed_call_goes_to_on_duty_or_first_on_the_line(tmp_path: Path,
-                                                                first_on_line: bool, owner: int):
+async def test_missed_call_goes_to_on_duty_or_first_on_the_line(
+    tmp_path: Path, first_on_line: bool, owner: int
+):
     setting = f"first_on_line_responsible = {str(first_on_line).lower()}"
     async with world(tmp_path, setting) as w:
         # 102 rang first, 101 a second later; nobody answered.
@@ -77,8 +83,11 @@ async def test_repeat_caller_reuses_client_and_ticket_with_two_requests(tmp_path
     async with world(tmp_path) as w:
         await w.call(scenarios.inbound_answered(client=NEW, call_id="1717171700.1"))
         before = len(w.sandbox.requests())
-        await w.call(scenarios.inbound_answered(client=NEW, call_id="1717179999.2",
-                                                start=scenarios.START + 8000))
+        await w.call(
+            scenarios.inbound_answered(
+                client=NEW, call_id="1717179999.2", start=scenarios.START + 8000
+            )
+        )
         repeat = [r.path for r in w.sandbox.requests()][before:]
         [client] = w.clients_with(NEW)
         [ticket] = w.tickets_of(client["id"])
@@ -90,9 +99,17 @@ async def test_repeat_caller_reuses_client_and_ticket_with_two_requests(tmp_path
 async def test_existing_assigned_ticket_keeps_its_owner(tmp_path: Path):
     async with world(tmp_path) as w:
         # Client 1002 is stored with 84951234567 in the sandbox's seed; give it an open ticket.
-        status, body = w.sandbox.call("/create/ticket", {
-            "api_token": w.sandbox.token, "subject": "Заказ", "message": "…",
-            "client_id": 1002, "assignee_id": 3, "status": 1})
+        status, body = w.sandbox.call(
+            "/create/ticket",
+            {
+                "api_token": w.sandbox.token,
+                "subject": "Заказ",
+                "message": "…",
+                "client_id": 1002,
+                "assignee_id": 3,
+                "status": 1,
+            },
+        )
         assert status == 200
         await w.call(scenarios.inbound_answered(answered_by="101", client="+74951234567"))
         assert w.clients_with("74951234567") == []  # no new client
@@ -119,12 +136,15 @@ async def test_calls_outside_the_schemes_create_nothing(tmp_path: Path):
 async def test_replaying_everything_twice_and_shuffled_changes_nothing(tmp_path: Path, seed: int):
     calls = [
         scenarios.inbound_answered(client=NEW, call_id="1717171700.11"),
-        scenarios.inbound_missed(client="79160000002", call_id="1717171800.12",
-                                 start=scenarios.START + 100),
-        scenarios.outbound_answered(client="79160000003", call_id="1717171900.13",
-                                    start=scenarios.START + 200),
-        scenarios.inbound_transferred(client="79160000004", call_id="1717172000.14",
-                                      start=scenarios.START + 300),
+        scenarios.inbound_missed(
+            client="79160000002", call_id="1717171800.12", start=scenarios.START + 100
+        ),
+        scenarios.outbound_answered(
+            client="79160000003", call_id="1717171900.13", start=scenarios.START + 200
+        ),
+        scenarios.inbound_transferred(
+            client="79160000004", call_id="1717172000.14", start=scenarios.START + 300
+        ),
     ]
     async with world(tmp_path) as w:
         for call in calls:
@@ -158,8 +178,11 @@ async def test_every_spelling_of_a_number_finds_the_same_client(tmp_path: Path, 
         first = scenarios.inbound_answered(client=NEW, call_id="1717171700.31")
         await w.call(first)
         again = scenarios.with_number_spelling(
-            scenarios.inbound_missed(client=NEW, call_id="1717179000.32",
-                                     start=scenarios.START + 7300), spelling)
+            scenarios.inbound_missed(
+                client=NEW, call_id="1717179000.32", start=scenarios.START + 7300
+            ),
+            spelling,
+        )
         assert again.events[0]["src_num"].startswith(spelling)
         await w.call(again)
         [client] = w.clients_with(NEW)  # no second client for the other spelling

@@ -16,8 +16,10 @@ from connector_core.simulator import scenarios
 from plugins.usedesk.sandbox import UsedeskSandbox
 from tests.harness import TOKEN, app_for, make_config, settle
 
-USERS = '[{extension = "101", agent = 2}, {extension = "102", agent = 3},' \
-        ' {extension = "103", agent = "anna@example.com"}]'
+USERS = (
+    '[{extension = "101", agent = 2}, {extension = "102", agent = 3},'
+    ' {extension = "103", agent = "anna@example.com"}]'
+)
 
 
 @dataclass
@@ -39,8 +41,9 @@ class World:
         return self.sandbox.snapshot()
 
     def clients_with(self, digits: str) -> list[dict[str, Any]]:
-        return [c for c in self.state()["clients"]
-                if any(p["phone"] == digits for p in c["phones"])]
+        return [
+            c for c in self.state()["clients"] if any(p["phone"] == digits for p in c["phones"])
+        ]
 
     def tickets_of(self, client_id: int) -> list[dict[str, Any]]:
         return [t for t in self.state()["tickets"] if t["client_id"] == client_id]
@@ -67,7 +70,9 @@ async def world(
     integrations' tables in ``others``, and top-level tables in ``extra``."""
     sandbox = UsedeskSandbox()
     async with sandbox.serve() as base_url:
-        config, host = make_config(tmp_path, f"""
+        config, host = make_config(
+            tmp_path,
+            f"""
 [accounts.012345.integrations.usedesk]
 api_token = "{sandbox.token}"
 base_url = "{base_url}"
@@ -77,7 +82,9 @@ users = {USERS}
 on_duty_user = 4
 {settings}
 {others}
-""", extra=extra)
+""",
+            extra=extra,
+        )
         app = app_for(config, host, clock=clock)
         client = TestClient(TestServer(app))
         await client.start_server()

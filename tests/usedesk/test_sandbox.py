@@ -82,8 +82,10 @@ def api(client: TestClient, sandbox: UsedeskSandbox) -> ApiCall:
 
 def many_clients_seed(count: int) -> dict[str, Any]:
     return {
-        "clients": [{"id": i, "name": f"Client {i:03d}", "phones": [f"7900000{i:04d}"]}
-                    for i in range(1, count + 1)],
+        "clients": [
+            {"id": i, "name": f"Client {i:03d}", "phones": [f"7900000{i:04d}"]}
+            for i in range(1, count + 1)
+        ],
     }
 
 
@@ -106,10 +108,16 @@ async def test_token_in_query_string_is_accepted(client: TestClient) -> None:
 async def test_form_encoded_body_with_php_arrays(
     client: TestClient, sandbox: UsedeskSandbox
 ) -> None:
-    resp = await client.post("/create/client", data=[
-        ("api_token", sandbox.token), ("name", "Form Client"), ("phone", "79990001122"),
-        ("emails[]", "a@example.com"), ("emails[]", "b@example.com"),
-    ])
+    resp = await client.post(
+        "/create/client",
+        data=[
+            ("api_token", sandbox.token),
+            ("name", "Form Client"),
+            ("phone", "79990001122"),
+            ("emails[]", "a@example.com"),
+            ("emails[]", "b@example.com"),
+        ],
+    )
     body = await resp.json()
     assert body["status"] is True
     created = sandbox.state.clients[body["client_id"]]
@@ -118,10 +126,21 @@ async def test_form_encoded_body_with_php_arrays(
 
 
 def test_decode_form_nests_brackets_and_keeps_last_plain_value() -> None:
-    decoded = decode_form([("a", "1"), ("a", "2"), ("f[assignee_id]", "5"), ("f[group_id]", "1"),
-                           ("l[0][x]", "p"), ("l[1][x]", "q")])
-    assert decoded == {"a": "2", "f": {"assignee_id": "5", "group_id": "1"},
-                       "l": [{"x": "p"}, {"x": "q"}]}
+    decoded = decode_form(
+        [
+            ("a", "1"),
+            ("a", "2"),
+            ("f[assignee_id]", "5"),
+            ("f[group_id]", "1"),
+            ("l[0][x]", "p"),
+            ("l[1][x]", "q"),
+        ]
+    )
+    assert decoded == {
+        "a": "2",
+        "f": {"assignee_id": "5", "group_id": "1"},
+        "l": [{"x": "p"}, {"x": "q"}],
+    }
 
 
 async def test_get_with_query_params_is_allowed_only_on_read_methods(
@@ -143,8 +162,9 @@ async def test_get_with_query_params_is_allowed_only_on_read_methods(
 
 
 async def test_malformed_json_is_http_400(client: TestClient) -> None:
-    resp = await client.post("/clients", data=b"{not json",
-                             headers={"Content-Type": "application/json"})
+    resp = await client.post(
+        "/clients", data=b"{not json", headers={"Content-Type": "application/json"}
+    )
     assert resp.status == 400
     assert "error" in await resp.json()
 
@@ -155,8 +175,14 @@ async def test_malformed_json_is_http_400(client: TestClient) -> None:
 async def test_create_client_returns_id_and_true_status(
     api: ApiCall, sandbox: UsedeskSandbox
 ) -> None:
-    status, body = await api("/create/client", name="Пётр", phone="79161112233",
-                             phone_type="mobile", emails=["petr@example.com"], note="VIP")
+    status, body = await api(
+        "/create/client",
+        name="Пётр",
+        phone="79161112233",
+        phone_type="mobile",
+        emails=["petr@example.com"],
+        note="VIP",
+    )
     assert status == 200
     assert body == {"client_id": 1004, "status": True}
     created = sandbox.state.clients[1004]
@@ -186,8 +212,14 @@ async def test_create_client_accepts_numeric_json_phone(
 async def test_update_client_appends_phones_and_emails_and_replaces_name(
     api: ApiCall, sandbox: UsedeskSandbox
 ) -> None:
-    status, body = await api("/update/client", client_id=1001, name="Иван П.",
-                             phone="79035550000", emails=["ivan2@example.com"], note="second")
+    status, body = await api(
+        "/update/client",
+        client_id=1001,
+        name="Иван П.",
+        phone="79035550000",
+        emails=["ivan2@example.com"],
+        note="second",
+    )
     assert (status, body) == (200, {"client_id": 1001, "status": True})
     card = sandbox.state.clients[1001]
     assert card.name == "Иван П."
@@ -200,9 +232,7 @@ async def test_update_client_appends_phones_and_emails_and_replaces_name(
     assert card.note == "fresh"
 
 
-async def test_update_client_refusals_change_nothing(
-    api: ApiCall, sandbox: UsedeskSandbox
-) -> None:
+async def test_update_client_refusals_change_nothing(api: ApiCall, sandbox: UsedeskSandbox) -> None:
     assert "error" in (await api("/update/client", name="nobody"))[1]
     assert "error" in (await api("/update/client", client_id=999, name="ghost"))[1]
     status, body = await api("/update/client", client_id=1001, name="New", phone="+7916")
@@ -213,8 +243,15 @@ async def test_update_client_refusals_change_nothing(
 async def test_clients_is_a_bare_array_with_flat_phone_and_email_strings(api: ApiCall) -> None:
     status, body = await api("/clients", query="Сидорова")
     assert status == 200
-    assert body == [{"id": 1002, "name": "Мария Сидорова", "emails": None,
-                     "phone": "84951234567, 79035550011", "tickets": [5002]}]
+    assert body == [
+        {
+            "id": 1002,
+            "name": "Мария Сидорова",
+            "emails": None,
+            "phone": "84951234567, 79035550011",
+            "tickets": [5002],
+        }
+    ]
 
 
 async def test_clients_partial_match_is_like_on_the_stored_spelling(api: ApiCall) -> None:
@@ -251,8 +288,12 @@ async def test_offset_is_a_page_index_of_100(aiohttp_client: Any) -> None:
         resp = await client.post("/clients", json={"api_token": sandbox.token, **extra})
         return await resp.json()
 
-    first, second, third, past = (await page(), await page(offset=1), await page(offset=2),
-                                  await page(offset=3))
+    first, second, third, past = (
+        await page(),
+        await page(offset=1),
+        await page(offset=2),
+        await page(offset=3),
+    )
     assert [len(first), len(second), len(third), past] == [100, 100, 50, []]
     assert second[0]["id"] == 101 and second[-1]["id"] == 200
     assert "error" in await page(offset=None)
@@ -264,7 +305,9 @@ async def test_client_card_is_a_one_element_array(api: ApiCall) -> None:
     assert status == 200 and isinstance(body, list) and len(body) == 1
     card = body[0]["client"]
     assert [(p["phone"], p["client_id"]) for p in card["phones"]] == [
-        ("84951234567", 1002), ("79035550011", 1002)]
+        ("84951234567", 1002),
+        ("79035550011", 1002),
+    ]
     assert card["tickets"] == [5002] and card["emails"] == []
     assert body[0]["phones"] == card["phones"]
     assert "error" in (await api("/client", client_id=424242))[1]
@@ -275,8 +318,14 @@ async def test_client_card_is_a_one_element_array(api: ApiCall) -> None:
 
 
 async def test_create_ticket_defaults_and_tag_string(api: ApiCall, sandbox: UsedeskSandbox) -> None:
-    status, body = await api("/create/ticket", subject="Звонок", message="<p>call</p>",
-                             client_id=1001, tag="sipuni, missed", additional_id="call-1")
+    status, body = await api(
+        "/create/ticket",
+        subject="Звонок",
+        message="<p>call</p>",
+        client_id=1001,
+        tag="sipuni, missed",
+        additional_id="call-1",
+    )
     assert status == 200
     assert body == {"status": "success", "ticket_id": 5003, "message_status": "delivered"}
     ticket = sandbox.state.tickets[5003]
@@ -298,14 +347,23 @@ async def test_create_ticket_requires_subject_and_message(
 
 
 @pytest.mark.parametrize(
-    "params", [{"type": "bug"}, {"priority": "high"}, {"status": 11}, {"client_id": 99},
-               {"group_id": 9}, {"channel_id": 999}, {"client_id": "abc"}]
+    "params",
+    [
+        {"type": "bug"},
+        {"priority": "high"},
+        {"status": 11},
+        {"client_id": 99},
+        {"group_id": 9},
+        {"channel_id": 999},
+        {"client_id": "abc"},
+    ],
 )
 async def test_create_ticket_bad_parameters_are_http_200_errors(
     api: ApiCall, sandbox: UsedeskSandbox, params: dict[str, Any]
 ) -> None:
-    status, body = await api("/create/ticket", **{"subject": "s", "message": "m",
-                                                  "client_id": 1001, **params})
+    status, body = await api(
+        "/create/ticket", **{"subject": "s", "message": "m", "client_id": 1001, **params}
+    )
     assert status == 200 and "error" in body
     assert len(sandbox.state.tickets) == 2 and len(sandbox.state.clients) == 3
 
@@ -313,8 +371,9 @@ async def test_create_ticket_bad_parameters_are_http_200_errors(
 async def test_create_ticket_checks_assignee_and_defaults_group(
     api: ApiCall, sandbox: UsedeskSandbox
 ) -> None:
-    status, body = await api("/create/ticket", subject="s", message="m", client_id=1001,
-                             assignee_id=77)
+    status, body = await api(
+        "/create/ticket", subject="s", message="m", client_id=1001, assignee_id=77
+    )
     assert status == 200 and "assignee_id" in body["error"]
     assert len(sandbox.state.tickets) == 2
     _, ok = await api("/create/ticket", subject="s", message="m", client_id=1001, assignee_id=3)
@@ -325,12 +384,24 @@ async def test_create_ticket_checks_assignee_and_defaults_group(
 async def test_create_ticket_client_phone_only_for_new_clients(
     api: ApiCall, sandbox: UsedeskSandbox
 ) -> None:
-    await api("/create/ticket", subject="s", message="m", client_id=1001,
-              client_phone="79990000000", client_name="Other")
+    await api(
+        "/create/ticket",
+        subject="s",
+        message="m",
+        client_id=1001,
+        client_phone="79990000000",
+        client_name="Other",
+    )
     assert [p.phone for p in sandbox.state.clients[1001].phones] == ["+7 916 123-45-67"]
     assert sandbox.state.clients[1001].name == "Иван Петров"
-    _, body = await api("/create/ticket", subject="s", message="m", client_id="new_client",
-                        client_phone="79990000000", client_name="Новый")
+    _, body = await api(
+        "/create/ticket",
+        subject="s",
+        message="m",
+        client_id="new_client",
+        client_phone="79990000000",
+        client_name="Новый",
+    )
     new_client = sandbox.state.clients[sandbox.state.tickets[body["ticket_id"]].client_id]
     assert new_client.id == 1004 and new_client.name == "Новый"
     assert [p.phone for p in new_client.phones] == ["79990000000"]
@@ -339,19 +410,25 @@ async def test_create_ticket_client_phone_only_for_new_clients(
 async def test_create_ticket_without_client_id_matches_email_not_phone(
     api: ApiCall, sandbox: UsedeskSandbox
 ) -> None:
-    _, by_email = await api("/create/ticket", subject="s", message="m",
-                            client_email="IVAN@example.com")
+    _, by_email = await api(
+        "/create/ticket", subject="s", message="m", client_email="IVAN@example.com"
+    )
     assert sandbox.state.tickets[by_email["ticket_id"]].client_id == 1001
-    _, by_phone = await api("/create/ticket", subject="s", message="m",
-                            client_phone="84951234567")
+    _, by_phone = await api("/create/ticket", subject="s", message="m", client_phone="84951234567")
     assert sandbox.state.tickets[by_phone["ticket_id"]].client_id not in (1001, 1002)
 
 
 async def test_private_comment_flag_makes_the_first_message_private(
     api: ApiCall, sandbox: UsedeskSandbox
 ) -> None:
-    _, body = await api("/create/ticket", subject="s", message="note", client_id=1001,
-                        private_comment=True, user_id=2)
+    _, body = await api(
+        "/create/ticket",
+        subject="s",
+        message="note",
+        client_id=1001,
+        private_comment=True,
+        user_id=2,
+    )
     first = sandbox.state.tickets[body["ticket_id"]].comments[0]
     assert (first.type, first.from_, first.user_id) == ("private", "user", 2)
 
@@ -359,10 +436,13 @@ async def test_private_comment_flag_makes_the_first_message_private(
 async def test_update_ticket_flips_new_to_open_unless_silent(
     api: ApiCall, sandbox: UsedeskSandbox
 ) -> None:
-    ids = [(await api("/create/ticket", subject="s", message="m", client_id=1001))[1]["ticket_id"]
-           for _ in range(5)]
+    ids = [
+        (await api("/create/ticket", subject="s", message="m", client_id=1001))[1]["ticket_id"]
+        for _ in range(5)
+    ]
     assert (await api("/update/ticket", ticket_id=ids[0], priority="urgent"))[1] == {
-        "status": "success"}
+        "status": "success"
+    }
     await api("/update/ticket", ticket_id=ids[1], priority="urgent", silent=True)
     await api("/update/ticket", ticket_id=ids[2], tag="x", silent="1")
     await api("/update/ticket", ticket_id=ids[3], status=5)
@@ -370,8 +450,11 @@ async def test_update_ticket_flips_new_to_open_unless_silent(
     tickets = sandbox.state.tickets
     assert [tickets[i].status_id for i in ids] == [1, 8, 8, 5, 1]
     assert tickets[ids[1]].priority == "urgent"
-    assert [c.target for c in tickets[ids[0]].changes] == ["ticket_created", "priority",
-                                                           "status_id"]
+    assert [c.target for c in tickets[ids[0]].changes] == [
+        "ticket_created",
+        "priority",
+        "status_id",
+    ]
 
 
 async def test_update_ticket_does_not_touch_status_of_non_new_tickets(
@@ -403,16 +486,40 @@ async def test_update_ticket_needs_an_existing_ticket(api: ApiCall) -> None:
 async def test_tickets_filters_sorting_and_item_shape(
     api: ApiCall, sandbox: UsedeskSandbox
 ) -> None:
-    made = [(await api("/create/ticket", subject=f"t{i}", message="m", client_id=1001,
-                       tag="sipuni" if i % 2 else "other", priority="urgent" if i == 2 else "low",
-                       type="task" if i == 1 else "question", assignee_id=2 if i else None))
-            [1]["ticket_id"] for i in range(3)]
+    made = [
+        (
+            await api(
+                "/create/ticket",
+                subject=f"t{i}",
+                message="m",
+                client_id=1001,
+                tag="sipuni" if i % 2 else "other",
+                priority="urgent" if i == 2 else "low",
+                type="task" if i == 1 else "question",
+                assignee_id=2 if i else None,
+            )
+        )[1]["ticket_id"]
+        for i in range(3)
+    ]
     status, listed = await api("/tickets", client_id=1001, fstatus="1,5,8")
     assert status == 200 and isinstance(listed, list)
     assert [t["id"] for t in listed] == [*reversed(made), 5001]  # id desc by default
     item = listed[0]
-    assert {"id", "subject", "status_id", "status", "client_id", "client_name", "assignee_id",
-            "type", "priority", "tags", "created_at", "last_updated_at", "channel_id"} <= set(item)
+    assert {
+        "id",
+        "subject",
+        "status_id",
+        "status",
+        "client_id",
+        "client_name",
+        "assignee_id",
+        "type",
+        "priority",
+        "tags",
+        "created_at",
+        "last_updated_at",
+        "channel_id",
+    } <= set(item)
     assert item["status"] == {"id": 8, "name": "Новый"} and item["client_name"] == "Иван Петров"
     assert item["tags"] == [{"name": "other"}]
 
@@ -424,8 +531,7 @@ async def test_tickets_filters_sorting_and_item_shape(
     assert await ids(ftype="task") == [made[1]]
     assert await ids(client_id=1001, sort="id", order="asc") == [5001, *made]
     assert await ids(fassigned={"assignee_id": 2}) == [made[2], made[1], 5001]
-    assert await ids(fassigned={"assignee_id": "unassigned", "group_id": "unassigned"}) == [
-        made[0]]
+    assert await ids(fassigned={"assignee_id": "unassigned", "group_id": "unassigned"}) == [made[0]]
     assert await ids(query="t2") == [made[2]]
     assert "error" in (await api("/tickets", sort="nonsense"))[1]
 
@@ -449,7 +555,11 @@ async def test_ticket_detail_shape(api: ApiCall) -> None:
     assert set(body) == {"ticket", "comments", "tags", "changes", "custom_fields"}
     ticket = body["ticket"]
     assert (ticket["id"], ticket["status_id"], ticket["group"], ticket["assignee_id"]) == (
-        5001, 1, 1, 2)
+        5001,
+        1,
+        1,
+        2,
+    )
     assert [c["message"] for c in body["comments"]] == ["Где мой заказ?"]
     assert [t["name"] for t in body["tags"]] == ["доставка"]
     assert "error" in (await api("/ticket", ticket_id=1))[1]
@@ -475,14 +585,20 @@ async def test_comments_default_to_private_from_the_first_agent(
     assert comment.id == body["comment_id"]
     assert (comment.type, comment.from_, comment.user_id) == ("private", "user", 1)
     await api("/create/comment", ticket_id=5001, message="hi", type="public", user_id=2)
-    assert (sandbox.state.tickets[5001].comments[-1].type,
-            sandbox.state.tickets[5001].comments[-1].user_id) == ("public", 2)
+    assert (
+        sandbox.state.tickets[5001].comments[-1].type,
+        sandbox.state.tickets[5001].comments[-1].user_id,
+    ) == ("public", 2)
 
 
 async def test_comment_refusals(api: ApiCall, sandbox: UsedeskSandbox) -> None:
     before = len(sandbox.state.tickets[5001].comments)
-    for params in ({"message": "m", "user_id": 99}, {"message": "m", "type": "internal"},
-                   {"message": ""}, {"message": "m", "from": "trigger"}):
+    for params in (
+        {"message": "m", "user_id": 99},
+        {"message": "m", "type": "internal"},
+        {"message": ""},
+        {"message": "m", "from": "trigger"},
+    ):
         status, body = await api("/create/comment", ticket_id=5001, **params)
         assert status == 200 and "error" in body
     assert "error" in (await api("/create/comment", ticket_id=1, message="m"))[1]
@@ -512,8 +628,10 @@ async def test_users_default_to_employees_and_hide_admins(api: ApiCall) -> None:
 
 async def test_groups_and_channels(api: ApiCall) -> None:
     _, groups = await api("/groups")
-    assert [(g["id"], [u["id"] for u in g["users"]]) for g in groups] == [(1, [1, 2, 4]),
-                                                                           (2, [1, 3])]
+    assert [(g["id"], [u["id"] for u in g["users"]]) for g in groups] == [
+        (1, [1, 2, 4]),
+        (2, [1, 3]),
+    ]
     _, channels = await api("/channels", channel_type="api")
     assert channels == [{"channel_id": 101, "channel_name": "Sipuni API", "channel_type": "api"}]
 
@@ -538,9 +656,7 @@ async def test_request_log_redacts_the_token(client: TestClient, sandbox: Usedes
     assert body["rate"]["total"] == 2
 
 
-async def test_state_endpoint_shows_tickets_with_comments(
-    client: TestClient, api: ApiCall
-) -> None:
+async def test_state_endpoint_shows_tickets_with_comments(client: TestClient, api: ApiCall) -> None:
     await api("/create/comment", ticket_id=5001, message="call log")
     state = await (await client.get("/_sandbox/state")).json()
     ticket = next(t for t in state["tickets"] if t["id"] == 5001)
@@ -556,8 +672,9 @@ async def test_state_endpoint_shows_tickets_with_comments(
 async def test_fault_429_with_retry_after_then_recovers(
     client: TestClient, sandbox: UsedeskSandbox
 ) -> None:
-    set_resp = await client.post("/_sandbox/faults", json={"mode": "429", "retry_after": 2,
-                                                           "count": 3})
+    set_resp = await client.post(
+        "/_sandbox/faults", json={"mode": "429", "retry_after": 2, "count": 3}
+    )
     assert (await set_resp.json())["count"] == 3
     statuses = []
     for _ in range(4):
@@ -587,8 +704,10 @@ async def test_fault_apply_changes_state_although_the_client_sees_a_failure(
 ) -> None:
     sandbox.set_faults(mode="500", count=1, apply=True, paths=["/create/ticket"])
     assert (await client.post("/groups", json={"api_token": sandbox.token})).status == 200
-    resp = await client.post("/create/ticket", json={"api_token": sandbox.token, "subject": "s",
-                                                     "message": "m", "client_id": 1001})
+    resp = await client.post(
+        "/create/ticket",
+        json={"api_token": sandbox.token, "subject": "s", "message": "m", "client_id": 1001},
+    )
     assert resp.status == 500
     assert 5003 in sandbox.state.tickets
     entry = sandbox.requests("/create/ticket")[0]
@@ -623,8 +742,9 @@ async def test_fault_hang_ends_when_the_client_gives_up(
 ) -> None:
     sandbox.set_faults(mode="hang", count=1)
     with pytest.raises(asyncio.TimeoutError):
-        await client.post("/groups", json={"api_token": sandbox.token},
-                          timeout=aiohttp.ClientTimeout(total=0.2))
+        await client.post(
+            "/groups", json={"api_token": sandbox.token}, timeout=aiohttp.ClientTimeout(total=0.2)
+        )
     for _ in range(100):
         if sandbox.faults.hanging == 0:
             break
@@ -653,7 +773,8 @@ async def test_fault_hang_does_not_block_shutdown() -> None:
         async with sandbox.serve() as base_url:
             assert base_url.startswith("http://127.0.0.1:")
             pending = asyncio.ensure_future(
-                session.post(f"{base_url}/groups", json={"api_token": sandbox.token}))
+                session.post(f"{base_url}/groups", json={"api_token": sandbox.token})
+            )
             async with asyncio.timeout(5):
                 await sandbox.faults.wait_hanging()
             stop = time.monotonic()
@@ -689,8 +810,10 @@ def brute_force_max(times: list[float], window: float) -> int:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.floats(min_value=0, max_value=10, allow_nan=False), max_size=40),
-       st.sampled_from([0.5, 1.0, 2.5]))
+@given(
+    st.lists(st.floats(min_value=0, max_value=10, allow_nan=False), max_size=40),
+    st.sampled_from([0.5, 1.0, 2.5]),
+)
 def test_rate_window_matches_brute_force(times: list[float], window: float) -> None:
     clock = iter(times)
     observer = RateObserver(monotonic=lambda: next(clock))
@@ -718,29 +841,38 @@ async def test_rate_windows_over_http(aiohttp_client: Any) -> None:
 
 
 def test_seed_files_json_and_toml(tmp_path: Path) -> None:
-    seed = {"api_token": "t1", "agents": [{"id": 7, "name": "A", "email": "a@x"}],
-            "clients": [{"id": 40, "name": "C", "phones": ["8 (916) 000-11-22"]}]}
+    seed = {
+        "api_token": "t1",
+        "agents": [{"id": 7, "name": "A", "email": "a@x"}],
+        "clients": [{"id": 40, "name": "C", "phones": ["8 (916) 000-11-22"]}],
+    }
     json_file = tmp_path / "seed.json"
     json_file.write_text(json.dumps(seed), encoding="utf-8")
     toml_file = tmp_path / "seed.toml"
-    toml_file.write_text('api_token = "t2"\n[[clients]]\nid = 5\nname = "T"\n'
-                         'phones = ["+7 916 000-11-22"]\n', encoding="utf-8")
+    toml_file.write_text(
+        'api_token = "t2"\n[[clients]]\nid = 5\nname = "T"\nphones = ["+7 916 000-11-22"]\n',
+        encoding="utf-8",
+    )
     from_json = UsedeskSandbox.from_file(json_file)
     assert from_json.token == "t1" and from_json.state.clients[40].phones[0].phone == (
-        "8 (916) 000-11-22")
+        "8 (916) 000-11-22"
+    )
     assert from_json.call("/create/client", {"phone": "79160000000"})[1]["client_id"] == 41
     from_toml = UsedeskSandbox(seed=toml_file, api_token="override")
     assert from_toml.token == "override" and 5 in from_toml.state.clients
     assert load_seed(None)["api_token"] == DEFAULT_TOKEN
 
 
-@pytest.mark.parametrize("seed", [
-    {"tickets": [{"id": 1, "subject": "s", "client_id": 9}]},
-    {"agents": [{"id": 1, "name": "a", "email": "e", "groups": [5]}]},
-    {"clients": [{"id": 1, "name": "a"}, {"id": 1, "name": "b"}]},
-    {"client": []},
-    {"clients": [{"name": "no id"}]},
-])
+@pytest.mark.parametrize(
+    "seed",
+    [
+        {"tickets": [{"id": 1, "subject": "s", "client_id": 9}]},
+        {"agents": [{"id": 1, "name": "a", "email": "e", "groups": [5]}]},
+        {"clients": [{"id": 1, "name": "a"}, {"id": 1, "name": "b"}]},
+        {"client": []},
+        {"clients": [{"name": "no id"}]},
+    ],
+)
 def test_inconsistent_seeds_are_refused(seed: dict[str, Any]) -> None:
     with pytest.raises(SeedError):
         UsedeskSandbox(seed=seed)
@@ -761,8 +893,9 @@ async def test_reset_restores_or_replaces_the_seed(
 
 def test_in_process_call_checks_the_token_and_logs(sandbox: UsedeskSandbox) -> None:
     assert sandbox.call("/groups", {"api_token": "bad"}, with_token=False)[0] == 401
-    status, body = sandbox.call("/create/ticket", {"subject": "s", "message": "m",
-                                                   "client_id": 1002})
+    status, body = sandbox.call(
+        "/create/ticket", {"subject": "s", "message": "m", "client_id": 1002}
+    )
     assert (status, body["ticket_id"]) == (200, 5003)
     assert [e.method for e in sandbox.log] == ["CALL", "CALL"]
     assert sandbox.rate.summary()["total"] == 0
@@ -780,20 +913,29 @@ def _free_port() -> int:
 @pytest.mark.e2e
 async def test_standalone_module_serves_a_seed_file(tmp_path: Path) -> None:
     seed_file = tmp_path / "seed.json"
-    seed_file.write_text(json.dumps({"api_token": "cli-token", **many_clients_seed(3)}),
-                         encoding="utf-8")
+    seed_file.write_text(
+        json.dumps({"api_token": "cli-token", **many_clients_seed(3)}), encoding="utf-8"
+    )
     port = _free_port()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "plugins.usedesk.sandbox", "--port", str(port),
-        "--seed", str(seed_file),
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "plugins.usedesk.sandbox",
+        "--port",
+        str(port),
+        "--seed",
+        str(seed_file),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         async with aiohttp.ClientSession() as session:
             for _ in range(200):
                 try:
-                    resp = await session.post(f"http://127.0.0.1:{port}/clients",
-                                              json={"api_token": "cli-token"})
+                    resp = await session.post(
+                        f"http://127.0.0.1:{port}/clients", json={"api_token": "cli-token"}
+                    )
                     break
                 except aiohttp.ClientConnectionError:
                     await asyncio.sleep(0.05)

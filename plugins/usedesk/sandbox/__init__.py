@@ -1,9 +1,9 @@
 """A faithful in-memory Usedesk REST API for tests and demos (see docs/usedesk-sandbox.md).
 
-    sandbox = UsedeskSandbox()                       # default seed, token "sandbox-token"
-    async with sandbox.serve() as base_url:          # http://127.0.0.1:<port>
-        ...
-    client = await aiohttp_client(create_app(sandbox))  # pytest-aiohttp
+sandbox = UsedeskSandbox()                       # default seed, token "sandbox-token"
+async with sandbox.serve() as base_url:          # http://127.0.0.1:<port>
+    ...
+client = await aiohttp_client(create_app(sandbox))  # pytest-aiohttp
 """
 
 from .app import SANDBOX_KEY, create_app

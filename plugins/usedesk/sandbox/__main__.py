@@ -12,8 +12,9 @@ from .core import UsedeskSandbox
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m plugins.usedesk.sandbox",
-                                     description="In-memory Usedesk API sandbox")
+    parser = argparse.ArgumentParser(
+        prog="python -m plugins.usedesk.sandbox", description="In-memory Usedesk API sandbox"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8091)
     parser.add_argument("--seed", help="seed file (.json or .toml); default: built-in seed")
@@ -23,8 +24,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO)
     sandbox = UsedeskSandbox(seed=args.seed, api_token=args.token, phone_search=args.phone_search)
     print(f"Usedesk sandbox: http://{args.host}:{args.port}  api_token={sandbox.token}", flush=True)
-    web.run_app(create_app(sandbox), host=args.host, port=args.port, shutdown_timeout=2.0,
-                print=None)
+    web.run_app(
+        create_app(sandbox), host=args.host, port=args.port, shutdown_timeout=2.0, print=None
+    )
 
 
 if __name__ == "__main__":

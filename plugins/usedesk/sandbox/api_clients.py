@@ -99,8 +99,14 @@ def list_clients(state: SandboxState, p: Params) -> list[dict[str, Any]]:
 
 def client_card(state: SandboxState, client: Client) -> dict[str, Any]:
     phones = [
-        {"id": ph.id, "phone": ph.phone, "type": ph.type, "client_id": client.id,
-         "created_at": fmt_time(ph.created_at), "updated_at": fmt_time(ph.created_at)}
+        {
+            "id": ph.id,
+            "phone": ph.phone,
+            "type": ph.type,
+            "client_id": client.id,
+            "created_at": fmt_time(ph.created_at),
+            "updated_at": fmt_time(ph.created_at),
+        }
         for ph in client.phones
     ]
     emails = [{"id": e.id, "email": e.email, "client_id": client.id} for e in client.emails]
@@ -129,8 +135,18 @@ def client_card(state: SandboxState, client: Client) -> dict[str, Any]:
 def get_client(state: SandboxState, p: Params) -> list[dict[str, Any]]:
     card = client_card(state, _client(state, p))
     # The documented response repeats the collections next to "client" inside a 1-item array.
-    outer = {key: card[key] for key in ("emails", "phones", "social_networks", "messengers",
-                                        "addresses", "sites", "client_company")}
+    outer = {
+        key: card[key]
+        for key in (
+            "emails",
+            "phones",
+            "social_networks",
+            "messengers",
+            "addresses",
+            "sites",
+            "client_company",
+        )
+    }
     return [{"client": card, **outer}]
 
 

@@ -156,9 +156,14 @@ def list_tickets(state: SandboxState, p: Params) -> list[dict[str, Any]]:
 
 
 def _group_ref(state: SandboxState, agent: Agent, gid: int) -> dict[str, Any]:
-    return {"id": gid, "name": state.groups[gid].name, "company_id": state.company_id,
-            "deleted": 0, "deleted_at": None,
-            "pivot": {"user_id": agent.id, "user_group_id": gid}}
+    return {
+        "id": gid,
+        "name": state.groups[gid].name,
+        "company_id": state.company_id,
+        "deleted": 0,
+        "deleted_at": None,
+        "pivot": {"user_id": agent.id, "user_group_id": gid},
+    }
 
 
 def agent_view(state: SandboxState, agent: Agent) -> dict[str, Any]:
@@ -185,7 +190,8 @@ def list_users(state: SandboxState, p: Params) -> list[dict[str, Any]]:
     group_id = p.opt_int("group_id")
     query = (p.opt_str("query") or "").lower()
     found = [
-        a for a in agents
+        a
+        for a in agents
         if a.user_type == user_type
         and (group_id is None or group_id in a.group_ids)
         and (query in a.name.lower() or query in a.email.lower())
@@ -197,11 +203,22 @@ def list_groups(state: SandboxState, p: Params) -> list[dict[str, Any]]:
     groups = sorted(state.groups.values(), key=lambda g: g.id)
     return [
         {
-            "id": g.id, "name": g.name, "company_id": state.company_id, "deleted": 0,
-            "deleted_at": None, "custom_working_time": 0, "timezone": None,
+            "id": g.id,
+            "name": g.name,
+            "company_id": state.company_id,
+            "deleted": 0,
+            "deleted_at": None,
+            "custom_working_time": 0,
+            "timezone": None,
             "users": [
-                {"id": a.id, "name": a.name, "email": a.email, "role": a.user_type,
-                 "phone": a.phone, "pivot": {"user_id": a.id, "user_group_id": g.id}}
+                {
+                    "id": a.id,
+                    "name": a.name,
+                    "email": a.email,
+                    "role": a.user_type,
+                    "phone": a.phone,
+                    "pivot": {"user_id": a.id, "user_group_id": g.id},
+                }
                 for a in sorted(state.agents.values(), key=lambda a: a.id)
                 if g.id in a.group_ids
             ],

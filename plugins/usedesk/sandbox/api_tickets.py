@@ -44,9 +44,7 @@ def find_ticket(state: SandboxState, p: Params) -> Ticket:
     return ticket
 
 
-def _ref(
-    p: Params, key: str, known: dict[int, Any], *, nullable: bool
-) -> tuple[bool, int | None]:
+def _ref(p: Params, key: str, known: dict[int, Any], *, nullable: bool) -> tuple[bool, int | None]:
     """(given, id) for a reference field; "null" (or JSON null) clears it where allowed."""
     if key not in p or (isinstance(p.raw(key), str) and p.raw(key).strip() == ""):
         return False, None
@@ -73,8 +71,9 @@ def _status(p: Params) -> int | None:
 def _change(
     state: SandboxState, ticket: Ticket, target: str, old: Any, new: Any, user_id: int | None
 ) -> None:
-    ticket.changes.append(Change(state.next_id("change"), ticket.id, target, old, new,
-                                 state.now(), user_id))
+    ticket.changes.append(
+        Change(state.next_id("change"), ticket.id, target, old, new, state.now(), user_id)
+    )
 
 
 def _default_group(state: SandboxState, assignee_id: int | None, current: int | None) -> int | None:
@@ -144,18 +143,20 @@ def create_ticket(state: SandboxState, p: Params) -> dict[str, Any]:
     )
     for tag in ticket.tags:
         state.tag_id(tag)
-    ticket.comments.append(Comment(
-        id=state.next_id("comment"),
-        ticket_id=ticket.id,
-        message=message,
-        type="private" if private else "public",
-        from_=author,
-        published_at=now,
-        user_id=user_id if author == "user" else None,
-        client_id=client.id if author == "client" else None,
-        trigger_id=trigger_id if author == "trigger" else None,
-        is_first=True,
-    ))
+    ticket.comments.append(
+        Comment(
+            id=state.next_id("comment"),
+            ticket_id=ticket.id,
+            message=message,
+            type="private" if private else "public",
+            from_=author,
+            published_at=now,
+            user_id=user_id if author == "user" else None,
+            client_id=client.id if author == "client" else None,
+            trigger_id=trigger_id if author == "trigger" else None,
+            is_first=True,
+        )
+    )
     state.tickets[ticket.id] = ticket
     _change(state, ticket, "ticket_created", None, ticket.id, user_id)
     return {"status": "success", "ticket_id": ticket.id, "message_status": "delivered"}
@@ -231,7 +232,8 @@ def create_comment(state: SandboxState, p: Params) -> dict[str, Any]:
     ticket.comments.append(comment)
     # Deliberately no New→Open flip here: the docs state it only for update/ticket.
     target = {"user": "comment_from_agent", "client": "message_from_client"}.get(
-        author, "message_from_bot")
+        author, "message_from_bot"
+    )
     _change(state, ticket, target, None, comment.id, comment.user_id)
     ticket.last_updated_at = comment.published_at
     return {"status": "success", "comment_id": comment.id}
@@ -255,8 +257,10 @@ def comment_view(comment: Comment) -> dict[str, Any]:
 
 def _stringify(record: dict[str, Any]) -> dict[str, Any]:
     # The D-ticket example quotes every number; opt-in so clients can be tested against it.
-    return {k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v
-            for k, v in record.items()}
+    return {
+        k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+        for k, v in record.items()
+    }
 
 
 def get_ticket(state: SandboxState, p: Params) -> dict[str, Any]:
@@ -284,9 +288,16 @@ def get_ticket(state: SandboxState, p: Params) -> dict[str, Any]:
         "comments": comments,
         "tags": [{"id": state.tag_id(t), "name": t} for t in ticket.tags],
         "changes": [
-            {"id": c.id, "ticket_id": c.ticket_id, "user_id": c.user_id, "trigger_id": None,
-             "target": c.target, "old_value": c.old_value, "value": c.value,
-             "changed_at": fmt_time(c.changed_at)}
+            {
+                "id": c.id,
+                "ticket_id": c.ticket_id,
+                "user_id": c.user_id,
+                "trigger_id": None,
+                "target": c.target,
+                "old_value": c.old_value,
+                "value": c.value,
+                "changed_at": fmt_time(c.changed_at),
+            }
             for c in ticket.changes
         ],
         "custom_fields": [],

@@ -77,8 +77,11 @@ async def _faulty(
         return web.json_response(entry.response, status=429, headers=headers)
     if plan.mode == "500":
         entry.status = plan.status
-        return web.Response(status=plan.status, content_type="text/html",
-                            text=_SERVER_ERROR_PAGE.format(status=plan.status))
+        return web.Response(
+            status=plan.status,
+            content_type="text/html",
+            text=_SERVER_ERROR_PAGE.format(status=plan.status),
+        )
     if plan.mode == "error":
         entry.status, entry.response = 200, {"error": plan.message}
         return web.json_response(entry.response)
@@ -134,10 +137,12 @@ async def state_view(request: web.Request) -> web.Response:
 
 async def requests_view(request: web.Request) -> web.Response:
     sandbox = request.app[SANDBOX_KEY]
-    entries = sandbox.requests(request.query.get("path"),
-                               writes_only=request.query.get("writes") in ("1", "true"))
-    return web.json_response({"requests": [e.to_json() for e in entries],
-                              "rate": sandbox.rate.summary()})
+    entries = sandbox.requests(
+        request.query.get("path"), writes_only=request.query.get("writes") in ("1", "true")
+    )
+    return web.json_response(
+        {"requests": [e.to_json() for e in entries], "rate": sandbox.rate.summary()}
+    )
 
 
 async def rate_view(request: web.Request) -> web.Response:
@@ -148,8 +153,9 @@ async def rate_view(request: web.Request) -> web.Response:
         peak = sandbox.max_requests_in_window(window, path)
     except ValueError as exc:
         return _bad_request(f"window: {exc}")
-    return web.json_response({"window_s": window, "path": path, "max": peak,
-                              "total": len(sandbox.rate.timestamps(path))})
+    return web.json_response(
+        {"window_s": window, "path": path, "max": peak, "total": len(sandbox.rate.timestamps(path))}
+    )
 
 
 async def reset_view(request: web.Request) -> web.Response:
@@ -158,8 +164,13 @@ async def reset_view(request: web.Request) -> web.Response:
         sandbox.reset(await _json_body(request))
     except (ValueError, SeedError) as exc:
         return _bad_request(str(exc))
-    return web.json_response({"status": "reset", "clients": len(sandbox.state.clients),
-                              "tickets": len(sandbox.state.tickets)})
+    return web.json_response(
+        {
+            "status": "reset",
+            "clients": len(sandbox.state.clients),
+            "tickets": len(sandbox.state.tickets),
+        }
+    )
 
 
 async def faults_view(request: web.Request) -> web.Response:

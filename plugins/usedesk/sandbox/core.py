@@ -170,8 +170,9 @@ class UsedeskSandbox:
             entry.error = body["error"]
         return status, body
 
-    def call(self, path: str, params: Mapping[str, Any] | None = None, *,
-             with_token: bool = True) -> tuple[int, Any]:
+    def call(
+        self, path: str, params: Mapping[str, Any] | None = None, *, with_token: bool = True
+    ) -> tuple[int, Any]:
         """Call an endpoint in-process (no HTTP, no faults): returns (HTTP status, body)."""
         data = dict(params or {})
         if with_token:
@@ -195,8 +196,9 @@ class UsedeskSandbox:
     def requests(
         self, path: str | None = None, *, writes_only: bool = False
     ) -> list[LoggedRequest]:
-        return [e for e in self.log
-                if (path is None or e.path == path) and (e.write or not writes_only)]
+        return [
+            e for e in self.log if (path is None or e.path == path) and (e.write or not writes_only)
+        ]
 
     def max_requests_in_window(self, window_s: float, path: str | None = None) -> int:
         return self.rate.max_in_window(window_s, path)
@@ -206,16 +208,28 @@ class UsedeskSandbox:
         return {
             "company_id": state.company_id,
             "api_channel_id": state.api_channel_id,
-            "clients": [_client_dump(state, c.id) for c in sorted(state.clients.values(),
-                                                                    key=lambda c: c.id)],
-            "tickets": [_ticket_dump(t) for t in sorted(state.tickets.values(),
-                                                        key=lambda t: t.id)],
-            "agents": [{"id": a.id, "name": a.name, "email": a.email, "user_type": a.user_type,
-                        "groups": a.group_ids, "phone": a.phone}
-                       for a in sorted(state.agents.values(), key=lambda a: a.id)],
+            "clients": [
+                _client_dump(state, c.id)
+                for c in sorted(state.clients.values(), key=lambda c: c.id)
+            ],
+            "tickets": [
+                _ticket_dump(t) for t in sorted(state.tickets.values(), key=lambda t: t.id)
+            ],
+            "agents": [
+                {
+                    "id": a.id,
+                    "name": a.name,
+                    "email": a.email,
+                    "user_type": a.user_type,
+                    "groups": a.group_ids,
+                    "phone": a.phone,
+                }
+                for a in sorted(state.agents.values(), key=lambda a: a.id)
+            ],
             "groups": [{"id": g.id, "name": g.name} for g in state.groups.values()],
-            "channels": [{"id": c.id, "name": c.name, "type": c.type}
-                         for c in state.channels.values()],
+            "channels": [
+                {"id": c.id, "name": c.name, "type": c.type} for c in state.channels.values()
+            ],
             "faults": self.faults.plan.to_json(),
             "rate": self.rate.summary(),
         }
@@ -266,7 +280,14 @@ def _ticket_dump(t: Ticket) -> dict[str, Any]:
         "published_at": fmt_time(t.published_at),
         "last_updated_at": fmt_time(t.last_updated_at),
         "comments": [comment_view(c) for c in t.comments],
-        "changes": [{"target": ch.target, "old_value": ch.old_value, "value": ch.value,
-                     "user_id": ch.user_id, "changed_at": fmt_time(ch.changed_at)}
-                    for ch in t.changes],
+        "changes": [
+            {
+                "target": ch.target,
+                "old_value": ch.old_value,
+                "value": ch.value,
+                "user_id": ch.user_id,
+                "changed_at": fmt_time(ch.changed_at),
+            }
+            for ch in t.changes
+        ],
     }

@@ -14,8 +14,17 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 FAULT_MODES = ("none", "429", "500", "hang", "drop", "error")
-_KEYS = {"mode", "count", "retry_after", "status", "paths", "latency_ms", "apply", "message",
-         "hang_max_s"}
+_KEYS = {
+    "mode",
+    "count",
+    "retry_after",
+    "status",
+    "paths",
+    "latency_ms",
+    "apply",
+    "message",
+    "hang_max_s",
+}
 
 
 class FaultConfigError(ValueError):
@@ -77,13 +86,15 @@ def merge_plan(current: FaultPlan, body: Mapping[str, Any]) -> FaultPlan:
     changes: dict[str, Any] = {"mode": mode}
     if "count" in body:
         count = body["count"]
-        if count is not None and (isinstance(count, bool) or not isinstance(count, int)
-                                  or count < 1):
+        if count is not None and (
+            isinstance(count, bool) or not isinstance(count, int) or count < 1
+        ):
             raise FaultConfigError("count must be a positive integer or null")
         changes["count"] = count
     if "retry_after" in body:
-        changes["retry_after"] = (None if body["retry_after"] is None
-                                  else _number(body, "retry_after", minimum=0))
+        changes["retry_after"] = (
+            None if body["retry_after"] is None else _number(body, "retry_after", minimum=0)
+        )
     if "status" in body:
         status = body["status"]
         if isinstance(status, bool) or not isinstance(status, int) or not 500 <= status <= 599:
@@ -91,8 +102,9 @@ def merge_plan(current: FaultPlan, body: Mapping[str, Any]) -> FaultPlan:
         changes["status"] = status
     if "paths" in body:
         paths = body["paths"]
-        if paths is not None and (not isinstance(paths, list)
-                                  or not all(isinstance(x, str) for x in paths)):
+        if paths is not None and (
+            not isinstance(paths, list) or not all(isinstance(x, str) for x in paths)
+        ):
             raise FaultConfigError("paths must be a list of strings or null")
         changes["paths"] = tuple(paths) if paths is not None else None
     if "latency_ms" in body:
@@ -136,8 +148,11 @@ class FaultInjector:
             return None
         if plan.count is not None:
             remaining = plan.count - 1
-            self.plan = (replace(plan, count=remaining) if remaining else
-                         FaultPlan(latency_ms=plan.latency_ms))
+            self.plan = (
+                replace(plan, count=remaining)
+                if remaining
+                else FaultPlan(latency_ms=plan.latency_ms)
+            )
         return plan
 
     async def hang(self, plan: FaultPlan, client_gone: Callable[[], bool]) -> None:

@@ -57,14 +57,38 @@ DEFAULT_SEED: dict[str, Any] = {
         {"id": 2, "name": "Продажи"},
     ],
     "agents": [
-        {"id": 1, "name": "Анна Админова", "email": "anna@example.com", "user_type": "admin",
-         "groups": [1, 2], "phone": "201"},
-        {"id": 2, "name": "Борис Операторов", "email": "boris@example.com",
-         "user_type": "employee", "groups": [1], "phone": "202"},
-        {"id": 3, "name": "Вера Продажина", "email": "vera@example.com", "user_type": "employee",
-         "groups": [2], "phone": "203"},
-        {"id": 4, "name": "Глеб Саппортов", "email": "gleb@example.com", "user_type": "support",
-         "groups": [1], "phone": "204"},
+        {
+            "id": 1,
+            "name": "Анна Админова",
+            "email": "anna@example.com",
+            "user_type": "admin",
+            "groups": [1, 2],
+            "phone": "201",
+        },
+        {
+            "id": 2,
+            "name": "Борис Операторов",
+            "email": "boris@example.com",
+            "user_type": "employee",
+            "groups": [1],
+            "phone": "202",
+        },
+        {
+            "id": 3,
+            "name": "Вера Продажина",
+            "email": "vera@example.com",
+            "user_type": "employee",
+            "groups": [2],
+            "phone": "203",
+        },
+        {
+            "id": 4,
+            "name": "Глеб Саппортов",
+            "email": "gleb@example.com",
+            "user_type": "support",
+            "groups": [1],
+            "phone": "204",
+        },
     ],
     "channels": [
         {"id": 101, "name": "Sipuni API", "type": "api"},
@@ -72,23 +96,50 @@ DEFAULT_SEED: dict[str, Any] = {
         {"id": 103, "name": "WhatsApp", "type": "whatsapp"},
     ],
     "clients": [
-        {"id": 1001, "name": "Иван Петров", "phones": ["+7 916 123-45-67"],
-         "emails": ["ivan@example.com"], "created_at": "2024-01-10 09:00:00"},
-        {"id": 1002, "name": "Мария Сидорова",
-         "phones": ["84951234567", {"phone": "79035550011", "type": "mobile"}],
-         "created_at": "2024-02-01 12:00:00"},
-        {"id": 1003, "name": "ООО Ромашка", "emails": ["office@romashka.example"],
-         "created_at": "2024-03-05 15:30:00"},
+        {
+            "id": 1001,
+            "name": "Иван Петров",
+            "phones": ["+7 916 123-45-67"],
+            "emails": ["ivan@example.com"],
+            "created_at": "2024-01-10 09:00:00",
+        },
+        {
+            "id": 1002,
+            "name": "Мария Сидорова",
+            "phones": ["84951234567", {"phone": "79035550011", "type": "mobile"}],
+            "created_at": "2024-02-01 12:00:00",
+        },
+        {
+            "id": 1003,
+            "name": "ООО Ромашка",
+            "emails": ["office@romashka.example"],
+            "created_at": "2024-03-05 15:30:00",
+        },
     ],
     "tickets": [
-        {"id": 5001, "subject": "Не работает доставка", "client_id": 1001, "status_id": 1,
-         "assignee_id": 2, "group_id": 1, "channel_id": 102, "tags": ["доставка"],
-         "published_at": "2024-04-01 10:00:00",
-         "comments": [{"message": "Где мой заказ?", "type": "public", "from": "client"}]},
-        {"id": 5002, "subject": "Счёт на оплату", "client_id": 1002, "status_id": 3,
-         "assignee_id": 3, "group_id": 2, "channel_id": 102,
-         "published_at": "2024-04-02 11:00:00",
-         "comments": [{"message": "Пришлите счёт", "type": "public", "from": "client"}]},
+        {
+            "id": 5001,
+            "subject": "Не работает доставка",
+            "client_id": 1001,
+            "status_id": 1,
+            "assignee_id": 2,
+            "group_id": 1,
+            "channel_id": 102,
+            "tags": ["доставка"],
+            "published_at": "2024-04-01 10:00:00",
+            "comments": [{"message": "Где мой заказ?", "type": "public", "from": "client"}],
+        },
+        {
+            "id": 5002,
+            "subject": "Счёт на оплату",
+            "client_id": 1002,
+            "status_id": 3,
+            "assignee_id": 3,
+            "group_id": 2,
+            "channel_id": 102,
+            "published_at": "2024-04-02 11:00:00",
+            "comments": [{"message": "Пришлите счёт", "type": "public", "from": "client"}],
+        },
     ],
 }
 
@@ -143,8 +194,10 @@ def build_state(
     if api_channel is not None and int(api_channel) not in state.channels:
         raise SeedError(f"api_channel_id {api_channel} is not a seeded channel")
     # Tickets created through an API channel's token land in that channel, so default to it.
-    state.api_channel_id = int(api_channel) if api_channel is not None else next(
-        (c.id for c in state.channels.values() if c.type == "api"), None
+    state.api_channel_id = (
+        int(api_channel)
+        if api_channel is not None
+        else next((c.id for c in state.channels.values() if c.type == "api"), None)
     )
     return state
 
@@ -196,8 +249,9 @@ def _add_client(state: SandboxState, raw: Mapping[str, Any]) -> None:
     created = _time(raw, "created_at", state.now())
     client = Client(id=cid, name=raw.get("name"), created_at=created, note=raw.get("note"))
     for item in raw.get("phones", []):
-        number, kind = (item, "other") if isinstance(item, str) else (item["phone"], item.get(
-            "type", "other"))
+        number, kind = (
+            (item, "other") if isinstance(item, str) else (item["phone"], item.get("type", "other"))
+        )
         if kind not in PHONE_TYPES:
             raise SeedError(f"client {cid}: phone type must be one of {PHONE_TYPES}")
         client.phones.append(Phone(state.next_id("phone"), str(number), kind, created))
@@ -217,8 +271,11 @@ def _add_ticket(state: SandboxState, raw: Mapping[str, Any]) -> None:
     priority = raw.get("priority", "medium")
     if status not in STATUS_NAMES or ticket_type not in TICKET_TYPES or priority not in PRIORITIES:
         raise SeedError(f"ticket {tid}: bad status, type or priority")
-    for key, known in (("assignee_id", state.agents), ("group_id", state.groups),
-                       ("channel_id", state.channels)):
+    for key, known in (
+        ("assignee_id", state.agents),
+        ("group_id", state.groups),
+        ("channel_id", state.channels),
+    ):
         if raw.get(key) is not None and int(raw[key]) not in known:
             raise SeedError(f"ticket {tid}: unknown {key} {raw[key]}")
     published = _time(raw, "published_at", state.now())
@@ -246,17 +303,19 @@ def _add_ticket(state: SandboxState, raw: Mapping[str, Any]) -> None:
         kind, author = item.get("type", "public"), item.get("from", "client")
         if kind not in COMMENT_TYPES or author not in COMMENT_AUTHORS:
             raise SeedError(f"ticket {tid}: bad comment type or from")
-        ticket.comments.append(Comment(
-            id=state.next_id("comment"),
-            ticket_id=tid,
-            message=str(item["message"]),
-            type=kind,
-            from_=author,
-            published_at=_time(item, "published_at", published),
-            user_id=_opt_int(item.get("user_id")),
-            client_id=client_id if author == "client" else None,
-            is_first=index == 0,
-        ))
+        ticket.comments.append(
+            Comment(
+                id=state.next_id("comment"),
+                ticket_id=tid,
+                message=str(item["message"]),
+                type=kind,
+                from_=author,
+                published_at=_time(item, "published_at", published),
+                user_id=_opt_int(item.get("user_id")),
+                client_id=client_id if author == "client" else None,
+                is_first=index == 0,
+            )
+        )
     state.tickets[tid] = ticket
 
 
