@@ -22,8 +22,10 @@ from tests.plugin_kit import install_plugins
 
 pytestmark = pytest.mark.e2e
 
-BAD_ROUTER = '''
-"""Routing hooks that raise, for every integration they are asked about."""
+
+def plugin(name: str, hooks: str) -> str:
+    """The source of a plugin registering integration type ``name``, with ``hooks``."""
+    return f"""
 from pydantic import BaseModel, ConfigDict
 from connector_core.plugin import IntegrationType, hookimpl
 
@@ -34,9 +36,16 @@ class Settings(BaseModel):
 
 @hookimpl
 def connector_register_integration_types(register):
-    register(IntegrationType("bad_router", Settings))
+    register(IntegrationType("{name}", Settings))
+
+{hooks}
+"""
 
 
+# Routing hooks that raise, for every integration they are asked about.
+BAD_ROUTER = plugin(
+    "bad_router",
+    """
 @hookimpl
 def connector_filter_call(integration, call):
     raise RuntimeError("bad_router filter fails on purpose")
@@ -45,27 +54,17 @@ def connector_filter_call(integration, call):
 @hookimpl
 def connector_transfer_scheme(integration, call):
     raise RuntimeError("bad_router transfer scheme fails on purpose")
-'''
-
-BAD_LIFECYCLE = '''
-"""A lifecycle hook that raises on every call."""
-from pydantic import BaseModel, ConfigDict
-from connector_core.plugin import IntegrationType, hookimpl
-
-
-class Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-@hookimpl
-def connector_register_integration_types(register):
-    register(IntegrationType("bad_lifecycle", Settings))
-
-
+""",
+)
+# A lifecycle hook that raises on every call.
+BAD_LIFECYCLE = plugin(
+    "bad_lifecycle",
+    """
 @hookimpl
 async def connector_call_started(integration, call):
     raise RuntimeError("bad_lifecycle fails on purpose")
-'''
+""",
+)
 
 # The routing plugin's own integration gates on a transfer scheme, so that its
 # connector_transfer_scheme is asked too.
