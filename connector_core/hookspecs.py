@@ -17,7 +17,7 @@ call id and action) and look before you create.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pluggy
 
@@ -28,6 +28,9 @@ from connector_core.integrations import (
     Integration,
     RegisterIntegrationType,
 )
+
+if TYPE_CHECKING:  # notifications imports the host, which imports these specs
+    from connector_core.notifications import Sink
 
 PROJECT = "connector_core"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -185,7 +188,7 @@ def connector_agent_card(
 
 
 @hookspec
-def connector_register_notification_sinks(register: Callable[[Any], None]) -> None:
+def connector_register_notification_sinks(register: Callable[[Sink], None]) -> None:
     """Hand the host extra places to deliver agent cards (for example a web-phone push).
 
     Called once at start-up. The built-in sink serves the agent page's event stream.

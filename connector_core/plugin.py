@@ -16,6 +16,8 @@ and may move. A plugin that imports only from this module keeps working across t
   to retry, to hold the work until the credentials are fixed, or to give up at once.
 - ``EffectStore`` (``integration.effects``) and ``KeyedLocks`` (``integration.locks``) make
   hooks safe to run again.
+- ``Sink`` is what ``connector_register_notification_sinks`` hands over: an object with
+  ``async deliver(account, extension, card)``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from connector_core.integrations import (
     RegisterIntegrationType,
     RoutingSettings,
 )
+from connector_core.notifications import Sink
 from connector_core.store.base import EffectStore
 
 __all__ = [
@@ -64,6 +67,7 @@ __all__ = [
     "RegisterIntegrationType",
     "RoutingSettings",
     "SchemeVisit",
+    "Sink",
     "Transfer",
     "TransientError",
     "hookimpl",
