@@ -138,8 +138,7 @@ async def _integrations_ctx(app: web.Application) -> AsyncIterator[None]:
     dispatcher = Dispatcher(store, host, by_key, app[CLOCK], on_result=count_hook_call)
     app[DISPATCHER] = dispatcher
     board = CardBoard()
-    sinks: list[Sink] = [board]
-    host.pm.hook.connector_register_notification_sinks(register=sinks.append)
+    sinks: list[Sink] = [board, *host.notification_sinks()]
     notifier = Notifier(host, {a.number: a.integrations for a in accounts}, sinks)
     app[BOARD], app[NOTIFIER] = board, notifier
     app[WORKER] = Worker(
@@ -168,7 +167,7 @@ async def _integrations_ctx(app: web.Application) -> AsyncIterator[None]:
 async def check_authorization(host: PluginHost, integration: Integration) -> AuthResult:
     """Run the plugin's authorisation check; a check that raises counts as a failed check."""
     try:
-        result = await host.call("connector_check_authorization", integration)
+        result = await host.check_authorization(integration)
     except TimeoutError:
         result = AuthResult(AuthStatus.CANNOT_CONNECT, "the check did not finish in time")
     except Exception as exc:

@@ -13,6 +13,7 @@ import tomllib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl
 
 from aiohttp import web
@@ -70,18 +71,32 @@ def _named_plugins(text: str) -> set[str]:
 
 
 def load(given: str | None) -> tuple[Config, PluginHost]:
-    """Read the config, importing only the plugins it names (enabled or not)."""
+    """Read the config, importing only the plugins it names (enabled or not).
+
+    A named plugin that is installed but cannot be used (it does not import, or it was
+    refused: a misspelt hook) is a ``ConfigError`` naming the plugin and its function.
+    """
     host = PluginHost()
     path = _config_path(given)
     if path is None:
         host.load(_named_plugins(DEFAULTS.read_text(encoding="utf-8")))
+        _refuse_broken_plugins(host)
         return default_config(host.types), host
     try:
         text = path.read_text(encoding="utf-8")
     except OSError:
         text = ""  # load_config says what is wrong with the path
     host.load(_named_plugins(text))
+    _refuse_broken_plugins(host)
     return load_config(path, types=host.types), host
+
+
+def _refuse_broken_plugins(host: PluginHost) -> None:
+    # Plugins not installed at all are left to load_config: it names the config line.
+    installed = host.available()
+    broken = sorted((name, error) for name, error in host.errors.items() if name in installed)
+    if broken:
+        raise ConfigError([f"plugin '{name}': {error}" for name, error in broken])
 
 
 def _print_warnings(config: Config) -> None:
@@ -137,9 +152,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_plugins(args: argparse.Namespace) -> int:
     host = PluginHost()
     host.load()
-    entries = []
+    entries: list[dict[str, Any]] = []
     for info in host.info():
-        types = {}
+        types: dict[str, dict[str, Any]] = {}
         for name in info.integration_types:
             schema = host.types[name].settings_model.model_json_schema()
             scrub_secrets(schema)  # a secret's default must not be printed

@@ -1,29 +1,52 @@
-"""The plugin host: finds plugins, registers integration types, calls hooks safely.
+"""The plugin host: finds plugins, checks them, registers integration types, calls hooks safely.
 
 Plugins come from the ``connector_core`` entry-point group, bundled ones included, and only
-those the config names are loaded. Lifecycle hooks are called per integration instance on
-the plugin that registered its type, under a timeout, and their coroutines are awaited here,
-at the call site, so a slow or failing plugin is contained to its own call.
+those the config names are loaded. A plugin is checked as it is registered, as pluggy's
+``check_pending()`` would and a little more: a function marked ``@hookimpl`` whose name is
+no hook (a misspelt ``connector_call_finshed``), a ``connector_*`` function left unmarked, a
+wrapper, or a hook argument the specification does not have refuses the plugin with a
+message naming the plugin and the function; ``connector plugins``, ``connector check`` and
+``connector serve`` show it.
+
+The rest of the service calls hooks only through the typed methods of ``PluginHost``, one per
+hook (as tox 4 wraps pluggy): ``await host.call_started(integration, call)``,
+``host.filter_call(integration, call)``… Lifecycle, authorisation and card hooks are called
+on the plugin that registered the integration's type, under a timeout, and awaited here, so a
+slow or failing plugin is contained to its own call. Routing hooks are asked across every
+plugin one implementation at a time: one that raises is skipped and logged, and the next
+answers (the built-in one last), so a broken routing hook cannot stop other integrations.
 """
 
 from __future__ import annotations
 
 import asyncio
+import difflib
 import inspect
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from connector_core import builtin_routing, hookspecs
-from connector_core.integrations import Integration, IntegrationType
+from connector_core.callstate import CallState, SchemeVisit, Transfer
+from connector_core.integrations import AuthResult, CardPart, Integration, IntegrationType
+
+if TYPE_CHECKING:
+    from connector_core.notifications import Sink
 
 log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "connector_core"
+HOOK_PREFIX = "connector_"
+# Routing hooks and the answer each must give (``None`` leaves the decision to the next).
+ROUTING_ANSWERS: dict[str, type] = {
+    "connector_filter_call": bool,
+    "connector_transfer_scheme": SchemeVisit,
+}
 
 
 @dataclass(frozen=True)
@@ -37,16 +60,27 @@ class PluginInfo:
     error: str | None = None
 
 
+class PluginError(Exception):
+    """A plugin refused at registration; ``problems`` name its functions and what is wrong."""
+
+    def __init__(self, plugin: str, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.plugin = plugin
+        self.problems = problems
+
+
 class PluginHost:
     def __init__(self) -> None:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.pm.register(builtin_routing, name="builtin_routing")
-        self.types: dict[str, IntegrationType] = {}
+        self.types: dict[str, IntegrationType[Any, Any]] = {}
         self._owner: dict[str, object] = {}  # integration type name -> plugin that owns it
         self._entry_points: dict[str, EntryPoint] = {}
         self._errors: dict[str, str] = {}
         self._callers: dict[tuple[str, int], Any] = {}
+        # (plugin, hook) -> how many times a routing implementation raised and was skipped.
+        self.routing_errors: Counter[tuple[str, str]] = Counter()
 
     # -- discovery --------------------------------------------------------------------------
 
@@ -59,7 +93,8 @@ class PluginHost:
     def load(self, names: Iterable[str] | None = None) -> None:
         """Import and register the named plugins (all installed ones when ``None``).
 
-        A plugin that fails to import is reported by ``info()`` and ``errors``; the others load.
+        A plugin that fails to import or is refused by ``register`` is reported by ``info()``
+        and ``errors``; the others load.
         """
         available = self.available()
         for name in sorted(available if names is None else set(names)):
@@ -78,27 +113,47 @@ class PluginHost:
                 continue
             try:
                 self.register(module, name)
-            except Exception as exc:  # a hook that does not match its spec, a type twice
-                if self.pm.has_plugin(name):
-                    self.pm.unregister(name=name)
+            except PluginError as exc:
+                self._errors[name] = f"refused: {exc}"
+                log.error("plugin %s refused: %s", name, exc)
+            except Exception as exc:  # a hook argument the spec does not have, a type twice
                 self._errors[name] = f"cannot register {entry.value}: {exc}"
                 log.error("plugin %s failed to register: %s", name, exc)
 
     def register(self, plugin: ModuleType | object, name: str) -> None:
-        """Register a plugin object and collect the integration types it provides."""
+        """Register a plugin object, check its hooks, and collect its integration types.
+
+        Raises ``PluginError`` (nothing of the plugin stays registered) when a function is
+        marked as a hook that does not exist, a ``connector_*`` function is not marked, or a
+        hook is a wrapper; pluggy's own ``PluginValidationError`` for a hook argument the
+        specification does not have; ``ValueError`` for an integration type taken already.
+        """
         self.pm.register(plugin, name=name)
-        impls = self.pm.hook.connector_register_integration_types.get_hookimpls()
-        for impl in impls:
-            if impl.plugin is plugin:
-
-                def register_type(kind: IntegrationType, _plugin: object = plugin) -> None:
-                    if kind.name in self.types:
-                        raise ValueError(f"integration type '{kind.name}' registered twice")
-                    self.types[kind.name] = kind
-                    self._owner[kind.name] = _plugin
-
-                impl.function(register=register_type)
+        try:
+            problems = _problems(self.pm, plugin)
+            if problems:
+                raise PluginError(name, problems)
+            self.pm.check_pending()  # pluggy's own rule; _problems has said it in more words
+            types = self._integration_types(plugin)
+        except BaseException:
+            self.pm.unregister(plugin)
+            raise
+        self.types.update(types)
+        self._owner.update(dict.fromkeys(types, plugin))
         self._callers.clear()
+
+    def _integration_types(self, plugin: object) -> dict[str, IntegrationType[Any, Any]]:
+        found: dict[str, IntegrationType[Any, Any]] = {}
+
+        def register_type(kind: IntegrationType[Any, Any]) -> None:
+            if kind.name in self.types or kind.name in found:
+                raise ValueError(f"integration type '{kind.name}' registered twice")
+            found[kind.name] = kind
+
+        for impl in self.pm.hook.connector_register_integration_types.get_hookimpls():
+            if impl.plugin is plugin:
+                impl.function(register=register_type)
+        return found
 
     @property
     def errors(self) -> dict[str, str]:
@@ -128,7 +183,78 @@ class PluginHost:
             )
         return result
 
-    # -- calling ----------------------------------------------------------------------------
+    # -- the typed facade: one method per hook ----------------------------------------------
+
+    async def check_authorization(self, integration: Integration) -> AuthResult | None:
+        """``connector_check_authorization`` on the owning plugin; ``None`` when it has none."""
+        result = await self.call("connector_check_authorization", integration)
+        return _expect(result, AuthResult, "connector_check_authorization", integration)
+
+    async def call_started(self, integration: Integration, call: CallState) -> None:
+        """``connector_call_started`` on the plugin owning ``integration``."""
+        await self.call("connector_call_started", integration, call=call)
+
+    async def call_answered(self, integration: Integration, call: CallState) -> None:
+        """``connector_call_answered`` on the plugin owning ``integration``."""
+        await self.call("connector_call_answered", integration, call=call)
+
+    async def call_transferred(
+        self, integration: Integration, call: CallState, transfer: Transfer
+    ) -> None:
+        """``connector_call_transferred`` on the plugin owning ``integration``."""
+        await self.call("connector_call_transferred", integration, call=call, transfer=transfer)
+
+    async def call_entered_scheme(
+        self, integration: Integration, call: CallState, scheme: SchemeVisit
+    ) -> None:
+        """``connector_call_entered_scheme`` on the plugin owning ``integration``."""
+        await self.call("connector_call_entered_scheme", integration, call=call, scheme=scheme)
+
+    async def call_reached_transfer_scheme(
+        self, integration: Integration, call: CallState, scheme: SchemeVisit
+    ) -> None:
+        """``connector_call_reached_transfer_scheme`` on the plugin owning ``integration``."""
+        await self.call(
+            "connector_call_reached_transfer_scheme", integration, call=call, scheme=scheme
+        )
+
+    async def call_finished(self, integration: Integration, call: CallState) -> None:
+        """``connector_call_finished`` on the plugin owning ``integration``."""
+        await self.call("connector_call_finished", integration, call=call)
+
+    async def agent_card(
+        self, integration: Integration, call: CallState, extension: str
+    ) -> CardPart | None:
+        """``connector_agent_card`` on the owning plugin: its part of the ringing card."""
+        result = await self.call(
+            "connector_agent_card", integration, call=call, extension=extension
+        )
+        return _expect(result, CardPart, "connector_agent_card", integration)
+
+    def has_agent_card(self, integration: Integration) -> bool:
+        """Whether the plugin owning ``integration`` contributes to agent cards."""
+        return self.has_impl("connector_agent_card", integration)
+
+    def filter_call(self, integration: Integration, call: CallState) -> bool:
+        """``connector_filter_call`` across plugins: does ``integration`` see ``call``?
+
+        Plugins answer first, the built-in scheme filter last; one that raises is skipped
+        (see ``routing_errors``). No answer at all hides the call.
+        """
+        return self._first_answer("connector_filter_call", integration, call=call) is True
+
+    def transfer_scheme(self, integration: Integration, call: CallState) -> SchemeVisit | None:
+        """``connector_transfer_scheme`` across plugins: the visit that opens ``call``."""
+        answer = self._first_answer("connector_transfer_scheme", integration, call=call)
+        return answer if isinstance(answer, SchemeVisit) else None
+
+    def notification_sinks(self) -> list[Sink]:
+        """Every sink the plugins hand over through ``connector_register_notification_sinks``."""
+        sinks: list[Sink] = []
+        self.pm.hook.connector_register_notification_sinks(register=sinks.append)
+        return sinks
+
+    # -- the primitives under the facade ----------------------------------------------------
 
     def _owner_caller(self, hook_name: str, integration: Integration) -> Any:
         owner = self._owner[integration.type.name]
@@ -144,7 +270,8 @@ class PluginHost:
         """Call a hook on the plugin owning ``integration`` and await it under its timeout.
 
         Returns the first non-``None`` result. Raises what the plugin raised, or
-        ``TimeoutError`` when it took longer than ``hook_timeout_seconds``.
+        ``TimeoutError`` when it took longer than ``hook_timeout_seconds``. The typed methods
+        above are built on it; new code calls those.
         """
         caller = self._owner_caller(hook_name, integration)
         timeout = integration.routing.hook_timeout_seconds
@@ -164,5 +291,94 @@ class PluginHost:
         return bool(self._owner_caller(hook_name, integration).get_hookimpls())
 
     def decide(self, hook_name: str, integration: Integration, **kwargs: Any) -> Any:
-        """Call a firstresult routing hook across every plugin (built-in answers last)."""
-        return getattr(self.pm.hook, hook_name)(integration=integration, **kwargs)
+        """A routing hook by name, guarded as ``filter_call`` and ``transfer_scheme`` are."""
+        if hook_name not in ROUTING_ANSWERS:
+            raise ValueError(f"{hook_name} is not a routing hook ({', '.join(ROUTING_ANSWERS)})")
+        return self._first_answer(hook_name, integration, **kwargs)
+
+    def _first_answer(self, hook_name: str, integration: Integration, **kwargs: Any) -> Any:
+        """pluggy's firstresult, one implementation at a time, skipping those that fail.
+
+        ``get_hookimpls()`` lists implementations in registration order, adjusted by
+        tryfirst/trylast; pluggy calls them last to first, and so does this loop, so the
+        built-in implementation (registered first) still answers last.
+        """
+        kwargs["integration"] = integration
+        wanted = ROUTING_ANSWERS[hook_name]
+        for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
+            try:
+                answer = impl.function(*(kwargs[name] for name in impl.argnames))
+                if inspect.iscoroutine(answer):
+                    answer.close()  # never awaited: close it so Python does not warn later
+                    raise TypeError("it is async; routing hooks must be plain functions")
+                if answer is not None and not isinstance(answer, wanted):
+                    raise TypeError(
+                        f"it returned {type(answer).__name__}, not {wanted.__name__} or None"
+                    )
+            except Exception as exc:
+                self._routing_failed(impl, hook_name, integration, exc)
+                continue
+            if answer is not None:
+                return answer
+        return None
+
+    def _routing_failed(
+        self, impl: pluggy.HookImpl, hook_name: str, integration: Integration, exc: Exception
+    ) -> None:
+        key = (impl.plugin_name, hook_name)
+        self.routing_errors[key] += 1
+        # The traceback once per implementation: a broken hook fails on every event.
+        log.error(
+            "routing hook %s of plugin '%s' failed for %s, skipped (the next implementation "
+            "decides, the built-in one last): %s: %s",
+            _where(impl.function),
+            impl.plugin_name,
+            integration.key,
+            type(exc).__name__,
+            exc,
+            exc_info=self.routing_errors[key] == 1,
+        )
+
+
+def _expect(result: object, wanted: type, hook_name: str, integration: Integration) -> Any:
+    if result is not None and not isinstance(result, wanted):
+        raise TypeError(
+            f"{hook_name} of {integration.type.name} returned {type(result).__name__}, "
+            f"not {wanted.__name__} or None"
+        )
+    return result
+
+
+def _where(function: Any) -> str:
+    return f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', function)}"
+
+
+def _problems(pm: pluggy.PluginManager, plugin: object) -> list[str]:
+    """What is wrong with a registered plugin's hooks, each naming the function."""
+    hooks = sorted(n for n in vars(hookspecs) if n.startswith(HOOK_PREFIX))
+    problems = []
+    for caller in pm.get_hookcallers(plugin) or []:
+        for impl in caller.get_hookimpls():
+            if impl.plugin is not plugin:
+                continue
+            where = _where(impl.function)
+            if caller.spec is None and not impl.optionalhook:
+                close = difflib.get_close_matches(caller.name, hooks, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                problems.append(
+                    f"{where} is marked @hookimpl, but {caller.name} is not a hook{hint}"
+                )
+            elif impl.wrapper or impl.hookwrapper:
+                problems.append(
+                    f"{where} is a hook wrapper; the host awaits hooks itself, so wrappers "
+                    "would see coroutines, not results: implement the hook plainly"
+                )
+    marker = f"{hookspecs.PROJECT}_impl"
+    for attr in sorted(dir(plugin)):
+        value = getattr(plugin, attr, None)
+        if attr.startswith(HOOK_PREFIX) and inspect.isroutine(value) and not hasattr(value, marker):
+            problems.append(
+                f"{_where(value)} looks like a hook but is not marked @hookimpl, so it would "
+                "never be called"
+            )
+    return problems

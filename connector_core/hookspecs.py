@@ -1,10 +1,12 @@
 """The plugin author's contract: every hook the host calls, when, and with what.
 
-Implement hooks with ``@connector_core.hookimpl`` in a module exposed through the
-``connector_core`` entry-point group. Lifecycle, authorisation and card hooks may be ``async
-def``; the host awaits them under the integration's ``hook_timeout_seconds``, so a plugin
-that hangs or raises never holds up another. Routing hooks (``connector_filter_call``,
-``connector_transfer_scheme``) are plain functions: they decide, they do no I/O.
+Implement hooks with ``hookimpl`` from ``connector_core.plugin`` (the one module plugin
+authors import from) in a module exposed through the ``connector_core`` entry-point group.
+Lifecycle, authorisation and card hooks may be ``async def``; the host awaits them under the
+integration's ``hook_timeout_seconds``, so a plugin that hangs or raises never holds up
+another. Routing hooks (``connector_filter_call``, ``connector_transfer_scheme``) are plain
+functions: they decide, they do no I/O; one that raises is skipped and logged, and the next
+implementation decides (the built-in one last).
 
 Lifecycle hooks are called once per configured integration instance, only on the plugin that
 registered the instance's type, and at least once per call event: a crash or a retry may
@@ -15,12 +17,20 @@ call id and action) and look before you create.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pluggy
 
 from connector_core.callstate import CallState, SchemeVisit, Transfer
-from connector_core.integrations import AuthResult, CardPart, Integration, IntegrationType
+from connector_core.integrations import (
+    AuthResult,
+    CardPart,
+    Integration,
+    RegisterIntegrationType,
+)
+
+if TYPE_CHECKING:  # notifications imports the host, which imports these specs
+    from connector_core.notifications import Sink
 
 PROJECT = "connector_core"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -28,7 +38,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def connector_register_integration_types(register: Callable[[IntegrationType], None]) -> None:
+def connector_register_integration_types(register: RegisterIntegrationType) -> None:
     """Hand the host the integration types this plugin provides.
 
     Called once at start-up, before the config's plugin settings are validated.
@@ -50,6 +60,9 @@ def connector_check_authorization(integration: Integration) -> AuthResult | Awai
     :param integration: the configured instance to check.
     :return: an ``AuthResult``.
     """
+    # pluggy reads a specification's name, arguments and docstring and never calls it; the
+    # body says so, which lets the signature promise an AuthResult.
+    raise NotImplementedError("a hook specification is not called")
 
 
 @hookspec
@@ -175,7 +188,7 @@ def connector_agent_card(
 
 
 @hookspec
-def connector_register_notification_sinks(register: Callable[[Any], None]) -> None:
+def connector_register_notification_sinks(register: Callable[[Sink], None]) -> None:
     """Hand the host extra places to deliver agent cards (for example a web-phone push).
 
     Called once at start-up. The built-in sink serves the agent page's event stream.

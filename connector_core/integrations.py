@@ -12,9 +12,10 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol
 
 from pydantic import BaseModel
+from typing_extensions import TypeVar
 
 if TYPE_CHECKING:
     from connector_core.store.base import EffectStore
@@ -33,11 +34,19 @@ class RoutingSettings(BaseModel):
         return self.schemes == "all"
 
 
-Factory = Callable[["Integration"], Any | Awaitable[Any]]
+# A plugin's settings model and runtime object. Covariant, so that an
+# ``Integration[UsedeskSettings, UsedeskRuntime]`` is an ``Integration``; the defaults keep
+# the bare ``Integration`` meaning "any settings, any runtime" for the host's own code.
+SettingsT = TypeVar("SettingsT", bound=BaseModel, default=BaseModel, covariant=True)
+RuntimeT = TypeVar("RuntimeT", default=Any, covariant=True)
+_Settings = TypeVar("_Settings", bound=BaseModel)
+_Runtime = TypeVar("_Runtime")
+# The runtime before the factory has made it; hooks never run in that state.
+_NOT_MADE: Any = None
 
 
 @dataclass(frozen=True)
-class IntegrationType:
+class IntegrationType(Generic[SettingsT, RuntimeT]):
     """A kind of integration a plugin provides.
 
     ``factory(integration)`` is called once per configured instance at start-up and may be
@@ -46,9 +55,19 @@ class IntegrationType:
     """
 
     name: str
-    settings_model: type[BaseModel]
-    factory: Factory | None = None
+    settings_model: type[SettingsT]
+    factory: Callable[[Integration[SettingsT, Any]], RuntimeT | Awaitable[RuntimeT]] | None = None
     description: str = ""
+
+
+class RegisterIntegrationType(Protocol):
+    """The ``register`` argument of ``connector_register_integration_types``.
+
+    Generic per call, so each ``IntegrationType`` is checked on its own: a factory that
+    expects other settings than the type's model is a type error in the plugin.
+    """
+
+    def __call__(self, kind: IntegrationType[_Settings, _Runtime], /) -> None: ...
 
 
 class AuthStatus(StrEnum):
@@ -118,18 +137,23 @@ class _Held:
 
 
 @dataclass
-class Integration:
-    """One configured integration instance: ``accounts.<account>.integrations.<name>``."""
+class Integration(Generic[SettingsT, RuntimeT]):
+    """One configured integration instance: ``accounts.<account>.integrations.<name>``.
+
+    A plugin annotates its hooks with its own types, ``Integration[MySettings, MyRuntime]``:
+    ``settings`` is then its validated settings model and ``runtime`` what its type's factory
+    made, both checked by mypy without casts. The bare ``Integration`` is any of them.
+    """
 
     account: str
     name: str
-    type: IntegrationType
-    settings: BaseModel
+    type: IntegrationType[SettingsT, RuntimeT]
+    settings: SettingsT
     routing: RoutingSettings
     effects: EffectStore
     region: str = "RU"
     answered_owner: str = "last"  # tracker.answered_owner: who owns a transferred call
-    runtime: Any = None
+    runtime: RuntimeT = _NOT_MADE
     locks: KeyedLocks = field(default_factory=KeyedLocks)
     # A CRM client reports each request here: (API method, seconds, outcome) → /metrics.
     on_crm_request: Callable[[str, float, str], None] = lambda method, seconds, outcome: None

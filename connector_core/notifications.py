@@ -132,10 +132,7 @@ class Notifier:
         async def one(integration: Integration) -> CardPart | None:
             try:
                 return await asyncio.wait_for(
-                    self.host.call(
-                        "connector_agent_card", integration, call=call, extension=extension
-                    ),
-                    self.part_timeout,
+                    self.host.agent_card(integration, call, extension), self.part_timeout
                 )
             except Exception as exc:  # a slow or broken CRM leaves its part out, not the card
                 log.warning("%s: no card part: %s", integration.key, type(exc).__name__)

@@ -126,20 +126,26 @@ def connector_check_authorization(integration):
 '''
 
 
-def install_test_plugins(root: Path) -> Path:
-    package = root / "connector_test_plugins"
-    package.mkdir(parents=True, exist_ok=True)
-    (package / "__init__.py").write_text("")
-    (package / "recorder.py").write_text(textwrap.dedent(RECORDER))
-    (package / "saboteur.py").write_text(textwrap.dedent(SABOTEUR))
-    dist = root / "connector_test_plugins-1.0.dist-info"
+def install_plugins(root: Path, package: str, modules: dict[str, str]) -> Path:
+    """Write ``package`` (one module per plugin, source dedented) and its dist-info into
+    ``root``, each module an entry point of the ``connector_core`` group under its name."""
+    folder = root / package
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "__init__.py").write_text("")
+    for name, source in modules.items():
+        (folder / f"{name}.py").write_text(textwrap.dedent(source))
+    dist = root / f"{package}-1.0.dist-info"
     dist.mkdir(exist_ok=True)
     (dist / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: connector-test-plugins\nVersion: 1.0\n"
+        f"Metadata-Version: 2.1\nName: {package.replace('_', '-')}\nVersion: 1.0\n"
     )
     (dist / "entry_points.txt").write_text(
-        "[connector_core]\n"
-        "recorder = connector_test_plugins.recorder\n"
-        "saboteur = connector_test_plugins.saboteur\n"
+        "[connector_core]\n" + "".join(f"{name} = {package}.{name}\n" for name in modules)
     )
     return root
+
+
+def install_test_plugins(root: Path) -> Path:
+    return install_plugins(
+        root, "connector_test_plugins", {"recorder": RECORDER, "saboteur": SABOTEUR}
+    )

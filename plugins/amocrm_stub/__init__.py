@@ -5,33 +5,41 @@ store, the actions it would take in amoCRM: find or create the contact by phone,
 lead, write the call note, set the responsible user. ``connector journal amocrm_stub``
 shows the journal. Every action is keyed, so a hook called again for the same call (a retry,
 a redelivered webhook) records nothing new.
+
+It imports only from ``connector_core.plugin``, types its hooks with its own settings and
+runtime (``Integration[AmoCrmStubSettings, AmoCrmStubClient]``, so mypy checks every
+``integration.settings.…`` without casts), and classifies failures with the core's errors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from connector_core import hookimpl
-from connector_core.callstate import CallState, SchemeVisit
-from connector_core.integrations import (
+from connector_core.plugin import (
     AuthResult,
     AuthStatus,
+    CallState,
     CardPart,
     Integration,
     IntegrationType,
+    InvalidRequestError,
+    RegisterIntegrationType,
+    SchemeVisit,
+    TransientError,
+    hookimpl,
 )
 
 NAME = "amocrm_stub"
+PLACEHOLDER_SUBDOMAIN = "example"
 
 
 class AmoCrmStubSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     subdomain: str = Field(
-        "example",
+        PLACEHOLDER_SUBDOMAIN,
         pattern=r"^[a-z0-9-]{1,63}$",
         description="the account's subdomain: <subdomain>.amocrm.ru",
     )
@@ -47,58 +55,99 @@ class AmoCrmStubSettings(BaseModel):
     )
 
 
-@hookimpl
-def connector_register_integration_types(register: Callable[[IntegrationType], None]) -> None:
-    register(IntegrationType(NAME, AmoCrmStubSettings, description=__doc__.splitlines()[0]))
+class AmoCrmStubClient:
+    """The runtime: where a real plugin keeps its API client, here one that journals.
+
+    The factory makes one per configured integration at start-up; the host awaits
+    ``aclose()`` at shutdown (a real client closes its ``aiohttp.ClientSession`` there).
+    """
+
+    def __init__(self, integration: Integration[AmoCrmStubSettings]) -> None:
+        self.settings = integration.settings
+        self.effects = integration.effects
+        self.closed = False
+
+    async def request(self, key: str, action: str, **fields: Any) -> bool:
+        """Journal one action once; ``False`` when it was already recorded.
+
+        Raises ``TransientError`` when the client is closed (the service is stopping: the
+        work stays queued and runs again), ``InvalidRequestError`` when the settings can never
+        make the request succeed (dead-lettered at once, with the reason).
+        """
+        if self.closed:
+            raise TransientError("the amoCRM client is closed: the service is stopping")
+        if self.settings.access_token is not None and (
+            self.settings.subdomain == PLACEHOLDER_SUBDOMAIN
+        ):
+            # What amoCRM answers for an account that does not exist: fix the setting.
+            raise InvalidRequestError(
+                f"subdomain is still the placeholder '{PLACEHOLDER_SUBDOMAIN}': set it to the "
+                "account's <subdomain>.amocrm.ru"
+            )
+        return await self.effects.put(f"journal:{key}", {"action": action, **fields})
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+# What every hook of this plugin receives: mypy knows its settings and runtime.
+AmoCrm = Integration[AmoCrmStubSettings, AmoCrmStubClient]
 
 
 @hookimpl
-def connector_check_authorization(integration: Integration) -> AuthResult:
+def connector_register_integration_types(register: RegisterIntegrationType) -> None:
+    register(
+        IntegrationType(
+            NAME,
+            AmoCrmStubSettings,
+            factory=AmoCrmStubClient,
+            description="amoCRM stub: the shortest complete CRM plugin, no network",
+        )
+    )
+
+
+@hookimpl
+def connector_check_authorization(integration: AmoCrm) -> AuthResult:
     return AuthResult(AuthStatus.OK, "stub: nothing to authorise")
 
 
-async def _record(integration: Integration, key: str, action: str, **fields: Any) -> bool:
-    """Journal one action once; ``False`` when it was already recorded."""
-    return await integration.effects.put(f"journal:{key}", {"action": action, **fields})
-
-
-async def _contact_and_lead(integration: Integration, call: CallState) -> None:
+async def _contact_and_lead(integration: AmoCrm, call: CallState) -> None:
     phone = call.client_number
     if phone is None:
         return
-    await _record(integration, f"contact:{phone}", "contact_find_or_create", phone=phone)
-    await _record(
-        integration,
+    client = integration.runtime
+    await client.request(f"contact:{phone}", "contact_find_or_create", phone=phone)
+    await client.request(
         f"lead:{call.call_id}",
         "lead_create",
         phone=phone,
         call_id=call.call_id,
         pipeline_id=integration.settings.pipeline_id,
-    )  # type: ignore[attr-defined]
+    )
 
 
 @hookimpl
-async def connector_call_started(integration: Integration, call: CallState) -> None:
+async def connector_call_started(integration: AmoCrm, call: CallState) -> None:
     await _contact_and_lead(integration, call)
 
 
 @hookimpl
 async def connector_call_reached_transfer_scheme(
-    integration: Integration, call: CallState, scheme: SchemeVisit
+    integration: AmoCrm, call: CallState, scheme: SchemeVisit
 ) -> None:
     # Seen only from the transfer on: the transfer is where the contact and lead come from.
     await _contact_and_lead(integration, call)
 
 
 @hookimpl
-async def connector_call_finished(integration: Integration, call: CallState) -> None:
+async def connector_call_finished(integration: AmoCrm, call: CallState) -> None:
     if call.client_number is None:
         return
-    settings: AmoCrmStubSettings = integration.settings  # type: ignore[assignment]
-    owner = call.owner()
+    settings, client = integration.settings, integration.runtime
+    # The operator's tracker.answered_owner: the last or the first employee who answered.
+    owner = call.owner(integration.answered_owner)
     responsible = settings.users.get(owner) if owner else settings.default_responsible
-    await _record(
-        integration,
+    await client.request(
         f"note:{call.call_id}",
         "call_note",
         call_id=call.call_id,
@@ -108,8 +157,7 @@ async def connector_call_finished(integration: Integration, call: CallState) -> 
         talk=call.talk_seconds,
         record_url=call.record_url,
     )
-    await _record(
-        integration,
+    await client.request(
         f"responsible:{call.call_id}",
         "set_responsible",
         call_id=call.call_id,
@@ -119,12 +167,10 @@ async def connector_call_finished(integration: Integration, call: CallState) -> 
 
 
 @hookimpl
-def connector_agent_card(
-    integration: Integration, call: CallState, extension: str
-) -> CardPart | None:
+def connector_agent_card(integration: AmoCrm, call: CallState, extension: str) -> CardPart | None:
     if call.client_number is None:
         return None
-    subdomain = integration.settings.subdomain  # type: ignore[attr-defined]
+    subdomain = integration.settings.subdomain
     link = f"https://{subdomain}.amocrm.ru/contacts/list/?term={call.client_number.lstrip('+')}"
     return CardPart(
         title="amoCRM", lines=["contact looked up by phone"], links=[("amoCRM contact", link)]

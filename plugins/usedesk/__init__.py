@@ -8,27 +8,32 @@ docs/usedesk.md for every setting.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from connector_core import hookimpl
-from connector_core.callstate import CallState, SchemeVisit
-from connector_core.errors import AuthError, CrmError, InvalidRequestError, TransientError
-from connector_core.integrations import (
+from connector_core.plugin import (
+    AuthError,
     AuthResult,
     AuthStatus,
+    CallState,
     CardPart,
+    CrmError,
     Integration,
     IntegrationType,
+    InvalidRequestError,
+    RegisterIntegrationType,
+    SchemeVisit,
+    TransientError,
+    hookimpl,
 )
 
 from . import flow
 from .settings import UsedeskSettings
 
 NAME = "usedesk"
+# What every hook of this plugin receives: its settings model and its runtime.
+Usedesk = Integration[UsedeskSettings, flow.UsedeskRuntime]
 
 
 @hookimpl
-def connector_register_integration_types(register: Callable[[IntegrationType], None]) -> None:
+def connector_register_integration_types(register: RegisterIntegrationType) -> None:
     register(
         IntegrationType(
             NAME,
@@ -40,7 +45,7 @@ def connector_register_integration_types(register: Callable[[IntegrationType], N
 
 
 @hookimpl
-async def connector_check_authorization(integration: Integration) -> AuthResult:
+async def connector_check_authorization(integration: Usedesk) -> AuthResult:
     try:
         await flow.runtime(integration).client.check_auth()
     except AuthError as exc:
@@ -49,28 +54,28 @@ async def connector_check_authorization(integration: Integration) -> AuthResult:
         return AuthResult(AuthStatus.CANNOT_CONNECT, exc.message)
     except CrmError as exc:
         return AuthResult(AuthStatus.CANNOT_CONNECT, exc.message)
-    return AuthResult(AuthStatus.OK, f"API key accepted by {integration.settings.base_url}")  # type: ignore[attr-defined]
+    return AuthResult(AuthStatus.OK, f"API key accepted by {integration.settings.base_url}")
 
 
 @hookimpl
-async def connector_call_started(integration: Integration, call: CallState) -> None:
+async def connector_call_started(integration: Usedesk, call: CallState) -> None:
     await flow.ensure_ticket(integration, call)
 
 
 @hookimpl
 async def connector_call_reached_transfer_scheme(
-    integration: Integration, call: CallState, scheme: SchemeVisit
+    integration: Usedesk, call: CallState, scheme: SchemeVisit
 ) -> None:
     await flow.ensure_ticket(integration, call)
 
 
 @hookimpl
-async def connector_call_finished(integration: Integration, call: CallState) -> None:
+async def connector_call_finished(integration: Usedesk, call: CallState) -> None:
     await flow.finish(integration, call)
 
 
 @hookimpl
 async def connector_agent_card(
-    integration: Integration, call: CallState, extension: str
+    integration: Usedesk, call: CallState, extension: str
 ) -> CardPart | None:
     return await flow.card(integration, call)

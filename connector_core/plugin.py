@@ -1,0 +1,74 @@
+"""Everything a CRM plugin imports, from one module: ``from connector_core.plugin import …``.
+
+The names here are the plugin API; the modules they come from are the core's own business
+and may move. A plugin that imports only from this module keeps working across them.
+
+- ``hookimpl`` marks hook implementations (the hooks are in ``connector_core.hookspecs`` and
+  docs/hooks.md).
+- ``IntegrationType`` is what a plugin registers (``RegisterIntegrationType`` is the type of
+  ``register``); ``Integration[Settings, Runtime]`` is what every hook receives, typed with
+  the plugin's settings model and the runtime its factory makes.
+- ``AuthResult``/``AuthStatus`` answer the authorisation check; ``CardPart`` is a part of the
+  agent's ringing card.
+- ``CallState`` and what it holds (``Direction``, ``Outcome``, ``Leg``, ``Answer``,
+  ``Transfer``, ``SchemeVisit``, ``Hangup``) describe the call.
+- ``TransientError``, ``AuthError``, ``InvalidRequestError`` (all ``CrmError``) tell the core
+  to retry, to hold the work until the credentials are fixed, or to give up at once.
+- ``EffectStore`` (``integration.effects``) and ``KeyedLocks`` (``integration.locks``) make
+  hooks safe to run again.
+- ``Sink`` is what ``connector_register_notification_sinks`` hands over: an object with
+  ``async deliver(account, extension, card)``.
+"""
+
+from __future__ import annotations
+
+from connector_core.callstate import (
+    Answer,
+    CallState,
+    Direction,
+    Hangup,
+    Leg,
+    Outcome,
+    SchemeVisit,
+    Transfer,
+)
+from connector_core.errors import AuthError, CrmError, InvalidRequestError, TransientError
+from connector_core.hookspecs import hookimpl
+from connector_core.integrations import (
+    AuthResult,
+    AuthStatus,
+    CardPart,
+    Integration,
+    IntegrationType,
+    KeyedLocks,
+    RegisterIntegrationType,
+    RoutingSettings,
+)
+from connector_core.notifications import Sink
+from connector_core.store.base import EffectStore
+
+__all__ = [
+    "Answer",
+    "AuthError",
+    "AuthResult",
+    "AuthStatus",
+    "CallState",
+    "CardPart",
+    "CrmError",
+    "Direction",
+    "EffectStore",
+    "Hangup",
+    "Integration",
+    "IntegrationType",
+    "InvalidRequestError",
+    "KeyedLocks",
+    "Leg",
+    "Outcome",
+    "RegisterIntegrationType",
+    "RoutingSettings",
+    "SchemeVisit",
+    "Sink",
+    "Transfer",
+    "TransientError",
+    "hookimpl",
+]
