@@ -6,10 +6,22 @@ from pathlib import Path
 
 import pytest
 
-from connector_core.callstate import CallState
+from connector_core.callstate import CallState, LifecycleEvent, LifecycleKind
 from connector_core.clock import FakeClock
 from connector_core.store.base import NewDispatch
 from connector_core.store.sqlite import SQLiteStore
+
+STARTED, FINISHED = LifecycleKind.STARTED, LifecycleKind.FINISHED
+
+
+def proposed(kind: LifecycleKind, not_before: float = 0.0) -> NewDispatch:
+    return NewDispatch("012345/x", LifecycleEvent(kind=kind, id=kind.value), not_before)
+
+
+def without_key() -> list[NewDispatch]:
+    """A row the store must refuse (NOT NULL): its record was never validated."""
+    record = LifecycleEvent.model_construct(kind=LifecycleKind.STARTED, id=None)
+    return [NewDispatch("012345/x", record)]
 
 
 @pytest.fixture
@@ -44,9 +56,8 @@ async def test_wal_and_full_sync_are_on(store: SQLiteStore) -> None:
 async def test_commit_event_is_atomic_and_dispatches_unique(store: SQLiteStore) -> None:
     item = await store.append_event("012345", {"event": "1"}, 1.0)
     state = CallState(account="012345", call_id="c1", last_received_at=1.0)
-    d = [NewDispatch("012345/x", "started"), NewDispatch("012345/x", "started")]
-    await store.commit_event(item, state, d)
-    await store.commit_event(None, state, [NewDispatch("012345/x", "started", 99.0)])
+    await store.commit_event(item, state, [proposed(STARTED), proposed(STARTED)])
+    await store.commit_event(None, state, [proposed(STARTED, 99.0)])
 
     assert await store.pending_events(10) == []
     rows = await store.dispatches_for("012345", "c1")
@@ -58,18 +69,15 @@ async def test_commit_event_is_atomic_and_dispatches_unique(store: SQLiteStore) 
 async def test_failed_commit_leaves_the_item_pending(store: SQLiteStore) -> None:
     item = await store.append_event("012345", {"event": "1"}, 1.0)
     state = CallState(account="012345", call_id="c1")
-    bad = [NewDispatch("012345/x", None)]  # type: ignore[arg-type]  # NOT NULL violation
     with pytest.raises(Exception, match="NOT NULL"):
-        await store.commit_event(item, state, bad)
+        await store.commit_event(item, state, without_key())
     assert [p.id for p in await store.pending_events(10)] == [item]
     assert await store.load_call("012345", "c1") is None
 
 
 async def test_dispatch_retry_and_dead_letter(store: SQLiteStore) -> None:
     state = CallState(account="012345", call_id="c1")
-    await store.commit_event(
-        None, state, [NewDispatch("012345/x", "started"), NewDispatch("012345/x", "finished")]
-    )
+    await store.commit_event(None, state, [proposed(STARTED), proposed(FINISHED)])
     first, second = await store.pending_dispatches(10)
     await store.fail_dispatch(first.id, "boom", retry_at=50.0)
     await store.fail_dispatch(second.id, "refused", retry_at=None)
