@@ -41,6 +41,10 @@ class NewDispatch:
     def key(self) -> str:
         return self.record.id
 
+    @property
+    def kind(self) -> LifecycleKind:
+        return self.record.kind
+
 
 @dataclass(frozen=True)
 class Dispatch:
