@@ -175,23 +175,29 @@ def deliveries(draw: st.DrawFn, count: int) -> list[int]:
 
 
 def deliver(s: Scenario, order: list[int]) -> tuple[CallState, list[str]]:
+    """Feed the requests in ``order``; the ids of the records emitted, in emission order."""
+    state, records = deliver_records(s, order)
+    return state, [record.id for record in records]
+
+
+def deliver_records(s: Scenario, order: list[int]) -> tuple[CallState, list[LifecycleEvent]]:
     """Feed the requests in ``order``; close the call by the timeout if it has no hang-up."""
     state: CallState | None = None
-    keys: list[str] = []
+    records: list[LifecycleEvent] = []
     for tick, index in enumerate(order):
         event = parse_event(s.events[index])
         assert isinstance(event, SipuniEvent)
         state, new = tracker.apply(
             state, event, account=s.account, region=REGION, received_at=1_000.0 + tick
         )
-        keys += [e.id for e in new]
+        records += new
     assert state is not None
     if s.expected["finished_by"] == "timeout":
         state, new = tracker.expire(
             state, now=state.last_received_at + TIMEOUT, timeout=TIMEOUT, region=REGION
         )
-        keys += [e.id for e in new]
-    return state, keys
+        records += new
+    return state, records
 
 
 def converged(state: CallState) -> tuple[dict[str, object], list[str]]:
@@ -235,25 +241,6 @@ def scheme_named_by_halves(draw: st.DrawFn, s: Scenario) -> Scenario:
         by = draw(st.sampled_from(["treeName", "treeNumber"]))
         s = sc.with_scheme_named_by(s, by, halves)
     return s
-
-
-def deliver_records(s: Scenario, order: list[int]) -> tuple[CallState, list[LifecycleEvent]]:
-    state: CallState | None = None
-    records: list[LifecycleEvent] = []
-    for tick, index in enumerate(order):
-        event = parse_event(s.events[index])
-        assert isinstance(event, SipuniEvent)
-        state, new = tracker.apply(
-            state, event, account=s.account, region=REGION, received_at=1_000.0 + tick
-        )
-        records += new
-    assert state is not None
-    if s.expected["finished_by"] == "timeout":
-        state, new = tracker.expire(
-            state, now=state.last_received_at + TIMEOUT, timeout=TIMEOUT, region=REGION
-        )
-        records += new
-    return state, records
 
 
 @pytest.mark.parametrize("kind", sorted(CALLS))
