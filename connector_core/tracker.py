@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Iterable
+from typing import TypeVar
 
 from connector_core.callstate import (
     Answer,
@@ -28,6 +29,7 @@ from connector_core.callstate import (
 from connector_core.events import EventType, SipuniEvent
 from connector_core.phones import extension_of, normalize, strip_line_suffix
 
+T = TypeVar("T")
 EXTERNAL, INTERNAL = 1, 2
 # Within one second, a ring precedes its answer, and hang-ups come last.
 _TYPE_RANK = {
@@ -357,8 +359,8 @@ def _emit(state: CallState) -> tuple[CallState, list[LifecycleEvent]]:
     return state.model_copy(update={"emitted": [*state.emitted, *(e.id for e in new)]}), new
 
 
-def _first(values: Iterable[str | int | None]) -> str | None:
+def _first(values: Iterable[T | None]) -> T | None:
     for value in values:
         if value:
-            return value  # type: ignore[return-value]
+            return value
     return None

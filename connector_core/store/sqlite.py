@@ -426,6 +426,7 @@ class SQLiteStore:
         )
 
     async def fail_dispatch(self, dispatch_id: int, error: str, retry_at: float | None) -> None:
+        args: tuple[object, ...]
         if retry_at is None:
             sql, args = (
                 "UPDATE dispatches SET status = 'dead', attempts = attempts + 1, last_error = ?"
@@ -561,5 +562,29 @@ class SQLiteEffects:
 
 def _dispatch(row: tuple[Any, ...]) -> Dispatch:
     """A dispatch row as read with ``_DISPATCH_COLUMNS``; its record is parsed once, here."""
-    *columns, record = row
-    return Dispatch(*columns, record=LifecycleEvent.model_validate_json(record) if record else None)
+    (
+        id_,
+        account,
+        call_id,
+        integration,
+        key,
+        attempts,
+        not_before,
+        status,
+        error,
+        created,
+        record,
+    ) = row
+    return Dispatch(
+        id=id_,
+        account=account,
+        call_id=call_id,
+        integration=integration,
+        key=key,
+        attempts=attempts,
+        not_before=not_before,
+        status=status,
+        last_error=error,
+        created_at=created,
+        record=LifecycleEvent.model_validate_json(record) if record else None,
+    )
