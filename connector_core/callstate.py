@@ -47,6 +47,10 @@ class LifecycleKind(StrEnum):
         return f"connector_call_{self.value}"
 
 
+# The kinds whose hook takes the scheme visit.
+_SCHEME_KINDS = frozenset({LifecycleKind.ENTERED_SCHEME, LifecycleKind.REACHED_TRANSFER_SCHEME})
+
+
 class Leg(BaseModel):
     """An employee's phone that rang."""
 
@@ -134,8 +138,7 @@ class LifecycleEvent(BaseModel):
     def _has_its_payload(self) -> Self:
         if self.kind is LifecycleKind.TRANSFERRED and self.transfer is None:
             raise ValueError(f"lifecycle record {self.id!r} ({self.kind}) has no transfer")
-        scheme_kinds = (LifecycleKind.ENTERED_SCHEME, LifecycleKind.REACHED_TRANSFER_SCHEME)
-        if self.kind in scheme_kinds and self.scheme is None:
+        if self.kind in _SCHEME_KINDS and self.scheme is None:
             raise ValueError(f"lifecycle record {self.id!r} ({self.kind}) has no scheme")
         return self
 
@@ -143,8 +146,7 @@ class LifecycleEvent(BaseModel):
         """The hook's arguments besides ``integration`` and ``call``, by name."""
         if self.kind is LifecycleKind.TRANSFERRED and self.transfer is not None:
             return {"transfer": self.transfer}
-        scheme_kinds = (LifecycleKind.ENTERED_SCHEME, LifecycleKind.REACHED_TRANSFER_SCHEME)
-        if self.kind in scheme_kinds and self.scheme is not None:
+        if self.kind in _SCHEME_KINDS and self.scheme is not None:
             return {"scheme": self.scheme}
         return {}
 
