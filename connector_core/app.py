@@ -133,7 +133,7 @@ async def _integrations_ctx(app: web.Application) -> AsyncIterator[None]:
     metrics = app[METRICS]
 
     def count_hook_call(row: Dispatch, outcome: str) -> None:
-        metrics.hook_calls.labels(row.integration, row.key.partition(":")[0], outcome).inc()
+        metrics.hook_calls.labels(row.integration, row.kind or "unknown", outcome).inc()
 
     dispatcher = Dispatcher(store, host, by_key, app[CLOCK], on_result=count_hook_call)
     app[DISPATCHER] = dispatcher

@@ -8,8 +8,9 @@ which the events arrived.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Self
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from connector_core.events import SipuniEvent
 
@@ -30,11 +31,24 @@ class Outcome(StrEnum):
 
 
 class LifecycleKind(StrEnum):
+    """What a lifecycle record is about; each kind has the hook ``connector_call_<kind>``."""
+
     STARTED = "started"
     ANSWERED = "answered"
     TRANSFERRED = "transferred"  # to another employee
     ENTERED_SCHEME = "entered_scheme"  # moved into another scheme
+    # Proposed by the router (not the tracker) for integrations with transfer_schemes.
+    REACHED_TRANSFER_SCHEME = "reached_transfer_scheme"
     FINISHED = "finished"
+
+    @property
+    def hook(self) -> str:
+        """The plugin hook a record of this kind calls."""
+        return f"connector_call_{self.value}"
+
+
+# The kinds whose hook takes the scheme visit.
+_SCHEME_KINDS = frozenset({LifecycleKind.ENTERED_SCHEME, LifecycleKind.REACHED_TRANSFER_SCHEME})
 
 
 class Leg(BaseModel):
@@ -81,6 +95,16 @@ class SchemeVisit(BaseModel):
         """A configured scheme selector names a scheme by its id or its name."""
         return selector in (self.id, self.name)
 
+    def same_scheme(self, other: SchemeVisit) -> bool:
+        """Whether ``other`` is this scheme, possibly known by more (or less) of its names.
+
+        Two numbers decide; otherwise the names do (as the tracker merges a sighting by name
+        into the visit that knows the number).
+        """
+        if self.id and other.id:
+            return self.id == other.id
+        return bool(self.name) and self.name == other.name
+
 
 class Hangup(BaseModel):
     """An intermediate hang-up (event 4): one leg of a transfer ended, the call goes on."""
@@ -93,18 +117,38 @@ class Hangup(BaseModel):
 
 
 class LifecycleEvent(BaseModel):
-    """Something that happened to a call, emitted exactly once per call.
+    """Something that happened to a call, emitted exactly once per call: a typed record.
 
-    ``key`` identifies it within the call (``answered``, ``transferred:102``,
-    ``entered_scheme:000-1734445``); dispatch and idempotency are keyed on it.
+    ``id`` identifies it within the call (``answered``, ``transferred:102``,
+    ``entered_scheme:000-1734445``) and never changes once emitted: a scheme announced by its
+    name keeps that id when its number arrives. Dispatch rows are unique on it. The payload
+    is what the hook is called with: ``transfer`` for ``transferred``, ``scheme`` for
+    ``entered_scheme`` and ``reached_transfer_scheme`` (never ``None`` for those kinds).
     """
 
     model_config = ConfigDict(frozen=True)
 
     kind: LifecycleKind
-    key: str
-    extension: str | None = None
+    id: str
+    extension: str | None = None  # answered: who answered first
+    transfer: Transfer | None = None
     scheme: SchemeVisit | None = None
+
+    @model_validator(mode="after")
+    def _has_its_payload(self) -> Self:
+        if self.kind is LifecycleKind.TRANSFERRED and self.transfer is None:
+            raise ValueError(f"lifecycle record {self.id!r} ({self.kind}) has no transfer")
+        if self.kind in _SCHEME_KINDS and self.scheme is None:
+            raise ValueError(f"lifecycle record {self.id!r} ({self.kind}) has no scheme")
+        return self
+
+    def hook_arguments(self) -> dict[str, Transfer | SchemeVisit]:
+        """The hook's arguments besides ``integration`` and ``call``, by name."""
+        if self.kind is LifecycleKind.TRANSFERRED and self.transfer is not None:
+            return {"transfer": self.transfer}
+        if self.kind in _SCHEME_KINDS and self.scheme is not None:
+            return {"scheme": self.scheme}
+        return {}
 
 
 class CallState(BaseModel):
@@ -112,7 +156,8 @@ class CallState(BaseModel):
 
     account: str
     call_id: str
-    # What the tracker keeps: the distinct events seen, and the lifecycle keys emitted.
+    # What the tracker keeps: the distinct events seen, and the ids of the lifecycle records
+    # emitted (in emission order).
     events: list[SipuniEvent] = []
     emitted: list[str] = []
     last_received_at: float = 0.0

@@ -432,9 +432,11 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             if args.action == "show":
                 call = await store.load_call(row.account, row.call_id)
                 summary = call.model_dump(mode="json", exclude={"events"}) if call else None
+                record = row.record.model_dump(mode="json") if row.record else None
+                dispatch = {**row.__dict__, "record": record}
                 print(
                     json.dumps(
-                        {"dispatch": row.__dict__, "call": summary}, indent=2, ensure_ascii=False
+                        {"dispatch": dispatch, "call": summary}, indent=2, ensure_ascii=False
                     )
                 )
             elif args.action == "retry":

@@ -21,7 +21,6 @@ from connector_core.errors import AuthError, InvalidRequestError, TransientError
 from connector_core.hooks import PluginHost
 from connector_core.integrations import AuthResult, AuthStatus, Integration
 from connector_core.logcontext import call_context
-from connector_core.router import TRANSFER_SCHEME_PREFIX
 from connector_core.store.base import Dispatch, Store
 
 log = logging.getLogger(__name__)
@@ -208,7 +207,7 @@ class Dispatcher:
             await self.store.fail_dispatch(row.id, "call state missing", None)
             return True
         try:
-            await self._call_hook(integration, call, row.key)
+            await self._call_hook(integration, call, row)
         except Exception as exc:  # every plugin failure is contained to this row
             return await self._failed(integration, row, exc)
         self.breaker(integration.key).success()
@@ -216,30 +215,11 @@ class Dispatcher:
         self.on_result(row, "done")
         return True
 
-    async def _call_hook(self, integration: Integration, call: CallState, key: str) -> None:
-        kind, _, arg = key.partition(":")
-        if key.startswith(TRANSFER_SCHEME_PREFIX):
-            scheme = next((s for s in call.schemes if s.key == arg), None)
-            await self.host.call(
-                "connector_call_reached_transfer_scheme", integration, call=call, scheme=scheme
-            )
-        elif kind == "transferred":
-            # "transferred:102#2" is the second time the call was handed to 102.
-            extension, _, nth = arg.partition("#")
-            to_it = [t for t in call.transfers if t.to_extension == extension]
-            transfer = to_it[int(nth or 1) - 1]
-            await self.host.call(
-                "connector_call_transferred", integration, call=call, transfer=transfer
-            )
-        elif kind == "entered_scheme":
-            scheme = next(s for s in call.schemes if s.key == arg)
-            await self.host.call(
-                "connector_call_entered_scheme", integration, call=call, scheme=scheme
-            )
-        elif kind in ("started", "answered", "finished"):
-            await self.host.call(f"connector_call_{kind}", integration, call=call)
-        else:
-            raise InvalidRequestError(f"unknown dispatch key {key!r}")
+    async def _call_hook(self, integration: Integration, call: CallState, row: Dispatch) -> None:
+        # The row's own record, refreshed: a scheme stored by its name is passed with the
+        # number the call has learnt since. Nothing is worked out from the key.
+        record = row.hook_record(call)
+        await self.host.call(record.kind.hook, integration, call=call, **record.hook_arguments())
 
     async def _failed(self, integration: Integration, row: Dispatch, exc: Exception) -> bool:
         now = self.clock.now()

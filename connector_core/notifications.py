@@ -126,7 +126,7 @@ class Notifier:
         wanted = [
             i
             for i in self.integrations.get(call.account, [])
-            if i.routing.notifications and router.due_keys(call, i, self.host)
+            if i.routing.notifications and router.due(call, i, self.host)
         ]
 
         async def one(integration: Integration) -> CardPart | None:

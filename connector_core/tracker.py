@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Iterable
+from typing import TypeVar
 
 from connector_core.callstate import (
     Answer,
@@ -28,6 +29,7 @@ from connector_core.callstate import (
 from connector_core.events import EventType, SipuniEvent
 from connector_core.phones import extension_of, normalize, strip_line_suffix
 
+T = TypeVar("T")
 EXTERNAL, INTERNAL = 1, 2
 # Within one second, a ring precedes its answer, and hang-ups come last.
 _TYPE_RANK = {
@@ -138,7 +140,6 @@ def derive(state: CallState, region: str) -> CallState:
     answers: list[Answer] = []  # every pick-up in time order; a hand-back is a new one
     hangups: list[Hangup] = []
     answer_times: list[int] = []
-    schemes: list[SchemeVisit] = []
     final: SipuniEvent | None = None
     final_dst_ext: str | None = None
     starts: list[int] = []
@@ -162,8 +163,6 @@ def derive(state: CallState, region: str) -> CallState:
             hangups.append(Hangup(at=e.timestamp, status=e.status, extension=e.transfer_from))
         elif e.type is EventType.HANGUP:
             final, final_dst_ext = e, dst_ext
-        if e.treeNumber or e.treeName:
-            _visit(schemes, e)
 
     sipuni_status = final.status if final else None
     last_called = _last_extension(final.last_called, account) if final else None
@@ -224,7 +223,7 @@ def derive(state: CallState, region: str) -> CallState:
             "legs": sorted(legs.values(), key=lambda leg: (leg.rang_at, leg.extension)),
             "answers": ordered_answers,
             "transfers": transfers,
-            "schemes": schemes,
+            "schemes": _scheme_path(events),
             "hangups": hangups,
             "sipuni_status": sipuni_status,
             "last_called": last_called,
@@ -240,96 +239,128 @@ def derive(state: CallState, region: str) -> CallState:
     )
 
 
-def _visit(schemes: list[SchemeVisit], event: SipuniEvent) -> None:
-    """Add the event's scheme to the path, merging a visit seen with only its id or name."""
-    for i, visit in enumerate(schemes):
-        same_id = event.treeNumber and visit.id == event.treeNumber
-        same_name = (
-            event.treeName and visit.name == event.treeName and not (event.treeNumber and visit.id)
-        )
-        if same_id or same_name:
-            schemes[i] = SchemeVisit(
-                id=visit.id or event.treeNumber,
-                name=visit.name or event.treeName,
-                entered_at=visit.entered_at,
-            )
-            return
-    schemes.append(
-        SchemeVisit(id=event.treeNumber, name=event.treeName, entered_at=event.timestamp)
-    )
+def _scheme_path(events: list[SipuniEvent]) -> list[SchemeVisit]:
+    """The schemes the call went through, in the order it entered them.
+
+    Sipuni names a scheme by its number, its name or both, and not always the same way on
+    every event of a call. A name that some event pairs with a number is that number's scheme
+    (the first pairing in time wins when two schemes share a name), so a visit seen first by
+    its name and later by its number (or the other way round) is one visit, whatever the
+    order the events arrived in.
+    """
+    sightings = [
+        (e.treeNumber, e.treeName, e.timestamp) for e in events if e.treeNumber or e.treeName
+    ]
+    number_of: dict[str, str] = {}
+    for number, name, _ in sightings:
+        if number and name:
+            number_of.setdefault(name, number)
+    visits: dict[tuple[bool, str], SchemeVisit] = {}
+    for number, name, at in sightings:
+        number = number or (number_of.get(name) if name else None)
+        identity = (True, number) if number else (False, name or "")
+        visit = visits.get(identity)
+        if visit is None:
+            visits[identity] = SchemeVisit(id=number, name=name, entered_at=at)
+        elif visit.name is None and name:
+            visits[identity] = visit.model_copy(update={"name": name})
+    return list(visits.values())
+
+
+def scheme_record_id(identifier: str) -> str:
+    """The id of the record announcing a scheme visit first known as ``identifier``."""
+    return f"{LifecycleKind.ENTERED_SCHEME.value}:{identifier}"
+
+
+def _scheme_ids(state: CallState) -> list[str]:
+    """The record id of each scheme visit after the first: the one it was announced under.
+
+    A visit is announced under the identifier known when it was first seen (its number, else
+    its name), and keeps that id when the other one arrives: the id is what dispatch rows are
+    unique on, so a new one would call the hook again.
+    """
+    claimed: set[str] = set()
+    ids = []
+    for visit in state.schemes[1:]:
+        candidates = [scheme_record_id(x) for x in (visit.id, visit.name) if x]
+        announced = [c for c in candidates if c in state.emitted and c not in claimed]
+        record_id = announced[0] if announced else candidates[0]
+        claimed.add(record_id)
+        ids.append(record_id)
+    return ids
 
 
 def lifecycle(state: CallState) -> list[LifecycleEvent]:
-    """Every lifecycle event the state calls for, in the order they happened."""
+    """Every lifecycle record the state calls for, in the order they happened.
+
+    Records already emitted keep their id (see ``_scheme_ids``); payloads are what the
+    state knows now.
+    """
     if not state.events:
         return []
     timed: list[tuple[int, int, LifecycleEvent]] = []
     if state.answered:
-        at = state.answered_at or 0
-        timed.append(
-            (
-                at,
-                0,
-                LifecycleEvent(
-                    kind=LifecycleKind.ANSWERED, key="answered", extension=state.first_answered_by
-                ),
-            )
+        answered = LifecycleEvent(
+            kind=LifecycleKind.ANSWERED, id="answered", extension=state.first_answered_by
         )
+        timed.append((state.answered_at or 0, 0, answered))
     transfers_to: dict[str, int] = {}
     for t in state.transfers:
-        # A call can come back to an employee: the n-th transfer to one is its own event.
+        # A call can come back to an employee: the n-th transfer to one is its own record.
         n = transfers_to[t.to_extension] = transfers_to.get(t.to_extension, 0) + 1
-        timed.append(
-            (
-                t.at,
-                1,
-                LifecycleEvent(
-                    kind=LifecycleKind.TRANSFERRED,
-                    key=f"transferred:{t.to_extension}" + (f"#{n}" if n > 1 else ""),
-                    extension=t.to_extension,
-                ),
-            )
+        record_id = f"transferred:{t.to_extension}" + (f"#{n}" if n > 1 else "")
+        transferred = LifecycleEvent(
+            kind=LifecycleKind.TRANSFERRED, id=record_id, extension=t.to_extension, transfer=t
         )
-    for visit in state.schemes[1:]:
-        timed.append(
-            (
-                visit.entered_at,
-                2,
-                LifecycleEvent(
-                    kind=LifecycleKind.ENTERED_SCHEME,
-                    key=f"entered_scheme:{visit.key}",
-                    scheme=visit,
-                ),
-            )
-        )
-    timed.sort(key=lambda item: (item[0], item[1], item[2].key))
-    result = [LifecycleEvent(kind=LifecycleKind.STARTED, key="started")]
+        timed.append((t.at, 1, transferred))
+    for visit, record_id in zip(state.schemes[1:], _scheme_ids(state), strict=True):
+        entered = LifecycleEvent(kind=LifecycleKind.ENTERED_SCHEME, id=record_id, scheme=visit)
+        timed.append((visit.entered_at, 2, entered))
+    timed.sort(key=lambda item: (item[0], item[1], item[2].id))
+    result = [LifecycleEvent(kind=LifecycleKind.STARTED, id="started")]
     result += [item[2] for item in timed]
     if state.finished:
-        result.append(LifecycleEvent(kind=LifecycleKind.FINISHED, key="finished"))
+        result.append(LifecycleEvent(kind=LifecycleKind.FINISHED, id="finished"))
     return result
 
 
+def emitted_records(state: CallState) -> list[LifecycleEvent]:
+    """The records the call has emitted, in the order it emitted them, with today's payload.
+
+    A record whose subject the state no longer shows (two visits that one later event
+    revealed to be the same scheme) is left out: it was dispatched when it was emitted.
+    """
+    by_id = {record.id: record for record in lifecycle(state)}
+    return [by_id[record_id] for record_id in state.emitted if record_id in by_id]
+
+
+def refreshed(record: LifecycleEvent, state: CallState) -> LifecycleEvent:
+    """``record`` with what ``state`` knows now about the same visit or transfer.
+
+    Ids never change, so the state's own record of that id is the fresh one: a scheme
+    announced by its name now has its number, a transfer its final time. A record the state
+    no longer shows (the router's transfer-scheme record, a visit merged into another) keeps
+    its payload, with its scheme looked up by number or name.
+    """
+    current = next((r for r in lifecycle(state) if r.id == record.id), None)
+    if current is not None and current.kind is record.kind:
+        return current
+    if record.scheme is not None:
+        scheme = record.scheme
+        visit = next((v for v in state.schemes if v.same_scheme(scheme)), scheme)
+        return record.model_copy(update={"scheme": visit})
+    return record
+
+
 def _emit(state: CallState) -> tuple[CallState, list[LifecycleEvent]]:
-    # A scheme first seen by name only (or number only) was announced under that identifier.
-    announced = [
-        key.removeprefix("entered_scheme:")
-        for key in state.emitted
-        if key.startswith("entered_scheme:")
-    ]
-    new = [
-        event
-        for event in lifecycle(state)
-        if event.key not in state.emitted
-        and not (event.scheme and any(event.scheme.matches(a) for a in announced))
-    ]
+    new = [record for record in lifecycle(state) if record.id not in state.emitted]
     if not new:
         return state, []
-    return state.model_copy(update={"emitted": [*state.emitted, *(e.key for e in new)]}), new
+    return state.model_copy(update={"emitted": [*state.emitted, *(e.id for e in new)]}), new
 
 
-def _first(values: Iterable[str | int | None]) -> str | None:
+def _first(values: Iterable[T | None]) -> T | None:
     for value in values:
         if value:
-            return value  # type: ignore[return-value]
+            return value
     return None

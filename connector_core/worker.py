@@ -114,7 +114,7 @@ class Worker:
             )
             await self._commit(item.id, state)
             if new:
-                log.info("call %s: %s", state.outcome.value, ", ".join(e.key for e in new))
+                log.info("call %s: %s", state.outcome.value, ", ".join(e.id for e in new))
             self.processed += 1
             self.on_processed()
 

@@ -18,7 +18,7 @@ import hashlib
 import itertools
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -816,6 +816,24 @@ def without_final_hangup(s: Scenario) -> Scenario:
     return replace(
         s, name=f"{s.name}-hangup", events=events, expected=expected, delays=_delays(events)
     )
+
+
+def with_scheme_named_by(
+    s: Scenario, by: Literal["treeName", "treeNumber"], indexes: Iterable[int]
+) -> Scenario:
+    """[INF] The events at ``indexes`` name their scheme by ``by`` alone.
+
+    Sipuni sometimes names a scheme by its name on a call's first events and by its number
+    (with the name) only on later ones, or the other way round. The call means the same, as
+    long as some event still names each scheme by both.
+    """
+    other = "treeNumber" if by == "treeName" else "treeName"
+    wanted = set(indexes)
+    events = [
+        {k: v for k, v in e.items() if k != other} if i in wanted else dict(e)
+        for i, e in enumerate(s.events)
+    ]
+    return replace(s, name=f"{s.name}+{by}-only", events=events)
 
 
 def spell(e164: str, spelling: Spelling) -> str:

@@ -7,6 +7,8 @@ can take its place by implementing the same methods. The guarantees every backen
 - ``commit_event`` is atomic: the new call state, the inbox item marked done and the new
   dispatches are stored together or not at all, so a crash never half-processes an event.
 - dispatch rows are unique per ``(integration, call, key)``: proposing one twice is a no-op.
+  The key is the lifecycle record's id; the record itself (kind and payload) is kept with
+  the row, so the dispatcher calls the hook with it instead of working it out from the key.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from connector_core.callstate import CallState
+from connector_core import tracker
+from connector_core.callstate import CallState, LifecycleEvent, LifecycleKind
+from connector_core.errors import InvalidRequestError
 
 
 @dataclass(frozen=True)
@@ -27,11 +31,19 @@ class InboxItem:
 
 @dataclass(frozen=True)
 class NewDispatch:
-    """Work for one integration about one call: run the hook for ``key`` once."""
+    """Work for one integration about one call: run the hook of ``record`` once."""
 
     integration: str  # Integration.key, "<account>/<name>"
-    key: str  # lifecycle key: started, answered, transferred:102, finished, …
+    record: LifecycleEvent  # kind, id (the row's key) and the hook's payload
     not_before: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return self.record.id
+
+    @property
+    def kind(self) -> LifecycleKind:
+        return self.record.kind
 
 
 @dataclass(frozen=True)
@@ -40,12 +52,72 @@ class Dispatch:
     account: str
     call_id: str
     integration: str
-    key: str
+    key: str  # the lifecycle record's id: started, answered, transferred:102, finished, …
     attempts: int
     not_before: float
     status: str  # pending | done | dead | dropped
     last_error: str | None = None
     created_at: float = 0.0
+    # None for a row written before rows kept their record (schema version 1).
+    record: LifecycleEvent | None = None
+
+    @property
+    def kind(self) -> LifecycleKind | None:
+        """What the row is about; ``None`` only for an old row whose key names nothing known."""
+        return self.record.kind if self.record else _legacy_key(self.key)[0]
+
+    def hook_record(self, call: CallState) -> LifecycleEvent:
+        """The record to call the hook with: the stored one, with what ``call`` knows now."""
+        if self.record is None:
+            return _legacy_record(self.key, call)
+        return tracker.refreshed(self.record, call)
+
+
+# Rows written before the record was kept name the transfer-scheme hook by this prefix.
+_LEGACY_TRANSFER_SCHEME = "transfer_scheme"
+
+
+def _legacy_key(key: str) -> tuple[LifecycleKind | None, str]:
+    """The kind and argument of a key written before rows kept their record (the only parser)."""
+    name, _, argument = key.partition(":")
+    if name == _LEGACY_TRANSFER_SCHEME:
+        return LifecycleKind.REACHED_TRANSFER_SCHEME, argument
+    known = {kind.value: kind for kind in LifecycleKind}
+    return known.get(name), argument
+
+
+def _legacy_record(key: str, call: CallState) -> LifecycleEvent:
+    """The record of a row written before rows kept it, worked out once from its key."""
+    kind, argument = _legacy_key(key)
+    if kind is None:
+        raise InvalidRequestError(
+            f"dispatch row {key!r} names no lifecycle event this release knows:"
+            " drop it with `connector dlq drop`"
+        )
+    if kind is LifecycleKind.TRANSFERRED:
+        # "transferred:102#2" is the second time the call was handed to 102.
+        extension, _, nth = argument.partition("#")
+        to_it = [t for t in call.transfers if t.to_extension == extension]
+        n = int(nth or 1)
+        if len(to_it) < n:
+            raise InvalidRequestError(
+                f"dispatch row {key!r}, written by an older release, names transfer {n} to"
+                f" {extension}; the call shows {len(to_it)}: drop it with `connector dlq drop`"
+            )
+        return LifecycleEvent(kind=kind, id=key, extension=extension, transfer=to_it[n - 1])
+    if kind in (LifecycleKind.ENTERED_SCHEME, LifecycleKind.REACHED_TRANSFER_SCHEME):
+        # The argument is the scheme's number or name, whichever was known then.
+        visit = next((v for v in call.schemes if v.matches(argument)), None)
+        if visit is None:
+            known = ", ".join(f"{v.id}/{v.name}" for v in call.schemes) or "none"
+            raise InvalidRequestError(
+                f"dispatch row {key!r}, written by an older release, names scheme {argument!r};"
+                f" the call's schemes are {known}: drop it with `connector dlq drop`"
+            )
+        return LifecycleEvent(kind=kind, id=key, scheme=visit)
+    if kind is LifecycleKind.ANSWERED:
+        return LifecycleEvent(kind=kind, id=key, extension=call.first_answered_by)
+    return LifecycleEvent(kind=kind, id=key)
 
 
 @dataclass(frozen=True)

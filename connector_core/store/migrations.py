@@ -85,6 +85,15 @@ CREATE TABLE IF NOT EXISTS effects (
 );
 """,
     ),
+    Step(
+        2,
+        "dispatch rows keep their lifecycle record (kind, id, hook payload) as JSON, so the"
+        " dispatcher no longer works the hook's arguments out from the key; older rows have"
+        " none and are read from their key",
+        """
+ALTER TABLE dispatches ADD COLUMN record TEXT
+""",
+    ),
 )
 LATEST = STEPS[-1].version
 

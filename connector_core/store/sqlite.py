@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from connector_core.callstate import CallState
+from connector_core.callstate import CallState, LifecycleEvent
 from connector_core.clock import Clock, SystemClock
 from connector_core.store.base import Dispatch, InboxItem, NewDispatch, Rejected
 from connector_core.store.migrations import migrate
@@ -279,10 +279,18 @@ class SQLiteStore:
                     # Only a repeated (integration, call, key) is ignored; any other
                     # constraint failure must abort the write.
                     "INSERT INTO dispatches"
-                    " (account, call_id, integration, key, not_before, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    " (account, call_id, integration, key, record, not_before, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                     [
-                        (state.account, state.call_id, d.integration, d.key, d.not_before, now)
+                        (
+                            state.account,
+                            state.call_id,
+                            d.integration,
+                            d.key,
+                            d.record.model_dump_json(),
+                            d.not_before,
+                            now,
+                        )
                         for d in dispatches
                     ],
                 )
@@ -304,7 +312,7 @@ class SQLiteStore:
 
     _DISPATCH_COLUMNS = (
         "id, account, call_id, integration, key, attempts, not_before, status, last_error,"
-        " created_at"
+        " created_at, record"
     )
 
     async def pending_dispatches(self, limit: int) -> list[Dispatch]:
@@ -314,7 +322,7 @@ class SQLiteStore:
                 " WHERE status = 'pending' ORDER BY id LIMIT ?",
                 (limit,),
             ).fetchall()
-            return [Dispatch(*r) for r in rows]
+            return [_dispatch(r) for r in rows]
 
         return await self._run(select)
 
@@ -333,7 +341,7 @@ class SQLiteStore:
                 " AND not_before <= ? ORDER BY id LIMIT ?",
                 (integration, now, limit),
             ).fetchall()
-            return [Dispatch(*r) for r in rows]
+            return [_dispatch(r) for r in rows]
 
         return await self._run(select)
 
@@ -346,7 +354,7 @@ class SQLiteStore:
                 " AND integration = ? AND account = ? AND call_id = ? ORDER BY id",
                 (integration, account, call_id),
             ).fetchall()
-            return [Dispatch(*r) for r in rows]
+            return [_dispatch(r) for r in rows]
 
         return await self._run(select)
 
@@ -357,7 +365,7 @@ class SQLiteStore:
                 " WHERE account = ? AND call_id = ? ORDER BY id",
                 (account, call_id),
             ).fetchall()
-            return [Dispatch(*r) for r in rows]
+            return [_dispatch(r) for r in rows]
 
         return await self._run(select)
 
@@ -368,7 +376,7 @@ class SQLiteStore:
                 " WHERE status = 'dead' ORDER BY id LIMIT ?",
                 (limit,),
             ).fetchall()
-            return [Dispatch(*r) for r in rows]
+            return [_dispatch(r) for r in rows]
 
         return await self._run(select)
 
@@ -377,7 +385,7 @@ class SQLiteStore:
             row = db.execute(
                 f"SELECT {self._DISPATCH_COLUMNS} FROM dispatches WHERE id = ?", (dispatch_id,)
             ).fetchone()
-            return Dispatch(*row) if row else None
+            return _dispatch(row) if row else None
 
         return await self._run(select)
 
@@ -418,6 +426,7 @@ class SQLiteStore:
         )
 
     async def fail_dispatch(self, dispatch_id: int, error: str, retry_at: float | None) -> None:
+        args: tuple[object, ...]
         if retry_at is None:
             sql, args = (
                 "UPDATE dispatches SET status = 'dead', attempts = attempts + 1, last_error = ?"
@@ -549,3 +558,33 @@ class SQLiteEffects:
 
     async def items(self, prefix: str = "") -> list[tuple[str, dict]]:
         return await self._store.effect_items(self._integration, prefix)
+
+
+def _dispatch(row: tuple[Any, ...]) -> Dispatch:
+    """A dispatch row as read with ``_DISPATCH_COLUMNS``; its record is parsed once, here."""
+    (
+        id_,
+        account,
+        call_id,
+        integration,
+        key,
+        attempts,
+        not_before,
+        status,
+        error,
+        created,
+        record,
+    ) = row
+    return Dispatch(
+        id=id_,
+        account=account,
+        call_id=call_id,
+        integration=integration,
+        key=key,
+        attempts=attempts,
+        not_before=not_before,
+        status=status,
+        last_error=error,
+        created_at=created,
+        record=LifecycleEvent.model_validate_json(record) if record else None,
+    )

@@ -512,7 +512,7 @@ class PluginContract:
                         await service.redeliver(row)
                     except Exception as exc:
                         problems.append(
-                            f"{hook_for(row.key)} for {scenario.name} ({row.integration}), "
+                            f"{hook_for(row)} for {scenario.name} ({row.integration}), "
                             f"delivered again, raised {type(exc).__name__}: {exc}"
                         )
             after_hooks = await self._observe(service)
@@ -719,7 +719,7 @@ def _describe_row(scenario: Scenario, row: Dispatch) -> str:
         state = "never ran (a hook call before it failed)"
     error = f": {row.last_error}" if row.last_error else ""
     return (
-        f"{hook_for(row.key)} ({row.key}) for {scenario.name} on {row.integration}: "
+        f"{hook_for(row)} ({row.key}) for {scenario.name} on {row.integration}: "
         f"{state} after {row.attempts} attempt(s){error}"
     )
 

@@ -29,7 +29,6 @@ from connector_core.config import Config, parse_config_text
 from connector_core.errors import ConfigError
 from connector_core.hooks import PluginHost
 from connector_core.integrations import AuthResult, Integration
-from connector_core.router import TRANSFER_SCHEME_PREFIX
 from connector_core.simulator.scenarios import Scenario
 from connector_core.store.base import Dispatch
 
@@ -134,11 +133,9 @@ async def settle(app: web.Application, rounds: int = 100) -> None:
     raise AssertionError(f"the service did not settle in {rounds} rounds")
 
 
-def hook_for(key: str) -> str:
-    """The hook a dispatch row's lifecycle key calls (``transferred:102`` → ``…_transferred``)."""
-    if key.startswith(TRANSFER_SCHEME_PREFIX):
-        return "connector_call_reached_transfer_scheme"
-    return f"connector_call_{key.partition(':')[0]}"
+def hook_for(row: Dispatch) -> str:
+    """The hook a dispatch row calls (``transferred:102`` → ``connector_call_transferred``)."""
+    return row.kind.hook if row.kind else f"no known hook (row {row.key!r})"
 
 
 @dataclass
@@ -202,18 +199,11 @@ class KitService:
         call = await self.load_call(row.call_id)
         if call is None:
             raise AssertionError(f"no stored call {row.call_id}")
-        kind, _, arg = row.key.partition(":")
-        hook = hook_for(row.key)
-        if row.key.startswith(TRANSFER_SCHEME_PREFIX):
-            scheme = next(s for s in call.schemes if s.key == arg)
-            return await self.host.call(hook, integration, call=call, scheme=scheme)
-        if kind == "transferred":
-            transfer = next(t for t in call.transfers if t.to_extension == arg)
-            return await self.host.call(hook, integration, call=call, transfer=transfer)
-        if kind == "entered_scheme":
-            scheme = next(s for s in call.schemes if s.key == arg)
-            return await self.host.call(hook, integration, call=call, scheme=scheme)
-        return await self.host.call(hook, integration, call=call)
+        # The same arguments the dispatcher passes: the row's record, refreshed.
+        record = row.hook_record(call)
+        return await self.host.call(
+            record.kind.hook, integration, call=call, **record.hook_arguments()
+        )
 
 
 @asynccontextmanager

@@ -7,12 +7,21 @@ port; what each integration's hooks saw is read back from the store.
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
+from connector_core import router, tracker
 from connector_core.appkeys import STORE
+from connector_core.callstate import CallState, LifecycleKind
+from connector_core.events import SipuniEvent, parse_event
+from connector_core.hooks import PluginHost
+from connector_core.integrations import Integration, IntegrationType, RoutingSettings
 from connector_core.simulator import scenarios
+from connector_core.store.base import NewDispatch
 from tests.harness import ACCOUNT, TOKEN, app_for, make_config, seen, settle
 
 ROUTES = """
@@ -234,3 +243,143 @@ async def test_a_call_handed_back_and_forth_gets_every_transfer_hook_once(servic
         "finished",
     ]
     assert {r.status for r in rows if r.integration.endswith("/all_calls")} == {"done"}
+
+
+# --- a scheme known by its name first, by its number later -----------------------------------
+
+
+class NoEffects:
+    async def get(self, key: str) -> dict[str, Any] | None:
+        return None
+
+    async def put(self, key: str, value: dict[str, Any]) -> bool:
+        return True
+
+
+class NoSettings(BaseModel):
+    pass
+
+
+def integration(name: str, routing: RoutingSettings) -> Integration:
+    kind = IntegrationType("recorder", NoSettings)
+    return Integration(ACCOUNT, name, kind, NoSettings(), routing, NoEffects())
+
+
+def states(s: scenarios.Scenario) -> list[CallState]:
+    """The call's state after each of its events, as the worker routes it."""
+    state: CallState | None = None
+    result = []
+    for params in s.events:
+        event = parse_event(params)
+        assert isinstance(event, SipuniEvent)
+        state, _ = tracker.apply(state, event, account=ACCOUNT, region="RU", received_at=1.0)
+        result.append(state)
+    return result
+
+
+NAMED_FIRST = scenarios.with_scheme_named_by(scenarios.scheme_transfer(), "treeName", (1, 2))
+
+
+def test_one_transfer_scheme_row_per_call_whatever_the_schemes_spelling() -> None:
+    host = PluginHost()
+    after_transfer = integration("t", RoutingSettings(transfer_schemes=["Продажи"]))
+    proposed: dict[str, NewDispatch] = {}  # by key, as the store keeps them
+    for state in states(NAMED_FIRST):
+        for row in router.plan(state, [after_transfer], host, now=0.0):
+            proposed.setdefault(row.key, row)
+    reached = [r for r in proposed.values() if r.kind is LifecycleKind.REACHED_TRANSFER_SCHEME]
+    assert [r.key for r in reached] == ["reached_transfer_scheme"]
+    assert reached[0].record.scheme is not None and reached[0].record.scheme.name == "Продажи"
+    # The entry into the transfer scheme is the transfer itself, under either spelling.
+    assert sorted(proposed) == ["answered", "finished", "reached_transfer_scheme"]
+
+
+def test_a_scheme_selected_by_number_is_routed_once_its_number_arrives() -> None:
+    host = PluginHost()
+    sales = integration("s", RoutingSettings(schemes=["000-200"]))
+    plans = [router.plan(state, [sales], host, now=0.0) for state in states(NAMED_FIRST)]
+    # Until the hang-up names sales by its number, the call is not known to be in 000-200.
+    assert [[r.key for r in plan] for plan in plans[:-1]] == [[], [], [], []]
+    # Then every record it is owed, the entry under the id it was announced with (the name)
+    # and the payload the call knows now (the number).
+    assert [r.key for r in plans[-1]] == [
+        "started",
+        "entered_scheme:Продажи",
+        "answered",
+        "finished",
+    ]
+    assert plans[-1][1].record.scheme == states(NAMED_FIRST)[-1].schemes[1]
+    assert plans[-1][1].record.scheme.id == "000-200"
+
+
+async def test_scheme_named_then_numbered_runs_each_hook_once(service) -> None:
+    """Each event routed and dispatched before the next arrives, as in production."""
+    app, client = service
+    for params in NAMED_FIRST.events:
+        assert (await client.get(f"/sipuni/{TOKEN}", params=params)).status == 200
+        await settle(app)
+    call_id = NAMED_FIRST.call_id
+    assert keys(await seen(app, "after_transfer"), call_id) == [
+        "reached_transfer_scheme:Продажи",  # ran while only the name was known
+        "answered:101",
+        "finished:answered",
+    ]
+    assert keys(await seen(app, "all_calls"), call_id) == [
+        "started:",
+        "entered_scheme:Продажи",
+        "answered:101",
+        "finished:answered",
+    ]
+    # Selected by number: seen from the event that brought it, the scheme with its number.
+    assert keys(await seen(app, "sales_only"), call_id) == [
+        "started:",
+        "entered_scheme:000-200",
+        "answered:101",
+        "finished:answered",
+    ]
+    for name in ("all_calls", "sales_only", "after_transfer"):
+        assert not [k for k in await seen(app, name) if k.startswith("dup")], name
+    rows = await app[STORE].dispatches_for(ACCOUNT, call_id)
+    mine = [r for r in rows if not r.integration.endswith(("/broken", "/stuck"))]
+    assert {r.status for r in mine} == {"done"}, [(r.key, r.last_error) for r in mine]
+    reached = [r for r in rows if r.kind is LifecycleKind.REACHED_TRANSFER_SCHEME]
+    assert [r.integration for r in reached] == [f"{ACCOUNT}/after_transfer"]
+
+
+async def test_rows_written_by_release_1_run_with_their_arguments(service, tmp_path: Path) -> None:
+    """Rows without a record (release 1's INSERT) run, read once from their key."""
+    app, _ = service
+    moved = NAMED_FIRST
+    handed = scenarios.inbound_transferred(first="101", to="102", seq=77)
+    old_rows = [
+        (moved, ["started", "entered_scheme:Продажи", "answered", "finished"]),
+        (handed, ["started", "answered", "transferred:102", "finished"]),
+    ]
+    for s, old_keys in old_rows:
+        await app[STORE].commit_event(None, states(s)[-1], [])
+        db = sqlite3.connect(tmp_path / "connector.db")
+        with db:
+            db.executemany(
+                "INSERT INTO dispatches"
+                " (account, call_id, integration, key, not_before, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [(ACCOUNT, s.call_id, f"{ACCOUNT}/all_calls", key, 0.0, 0.0) for key in old_keys],
+            )
+        db.close()
+    await settle(app)
+    journal = await seen(app, "all_calls")
+    assert keys(journal, moved.call_id) == [
+        "started:",
+        "entered_scheme:000-200",  # the key said the name; the hook gets the number too
+        "answered:101",
+        "finished:answered",
+    ]
+    assert keys(journal, handed.call_id) == [
+        "started:",
+        "answered:101",
+        "transferred:102",
+        "finished:answered",
+    ]
+    for s, _ in old_rows:
+        rows = await app[STORE].dispatches_for(ACCOUNT, s.call_id)
+        assert [(r.status, r.record) for r in rows] == [("done", None)] * 4

@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
 
-from connector_core.callstate import CallState
+from connector_core import tracker
+from connector_core.callstate import CallState, LifecycleEvent, LifecycleKind
 from connector_core.clock import FakeClock
+from connector_core.errors import InvalidRequestError
+from connector_core.events import SipuniEvent, parse_event
+from connector_core.simulator import scenarios as sc
 from connector_core.store.base import NewDispatch
 from connector_core.store.sqlite import SQLiteStore
+
+STARTED, FINISHED = LifecycleKind.STARTED, LifecycleKind.FINISHED
+
+
+def proposed(kind: LifecycleKind, not_before: float = 0.0) -> NewDispatch:
+    return NewDispatch("012345/x", LifecycleEvent(kind=kind, id=kind.value), not_before)
+
+
+def without_key() -> list[NewDispatch]:
+    """A row the store must refuse (NOT NULL): its record was never validated."""
+    record = LifecycleEvent.model_construct(kind=LifecycleKind.STARTED, id=None)
+    return [NewDispatch("012345/x", record)]
 
 
 @pytest.fixture
@@ -44,9 +61,8 @@ async def test_wal_and_full_sync_are_on(store: SQLiteStore) -> None:
 async def test_commit_event_is_atomic_and_dispatches_unique(store: SQLiteStore) -> None:
     item = await store.append_event("012345", {"event": "1"}, 1.0)
     state = CallState(account="012345", call_id="c1", last_received_at=1.0)
-    d = [NewDispatch("012345/x", "started"), NewDispatch("012345/x", "started")]
-    await store.commit_event(item, state, d)
-    await store.commit_event(None, state, [NewDispatch("012345/x", "started", 99.0)])
+    await store.commit_event(item, state, [proposed(STARTED), proposed(STARTED)])
+    await store.commit_event(None, state, [proposed(STARTED, 99.0)])
 
     assert await store.pending_events(10) == []
     rows = await store.dispatches_for("012345", "c1")
@@ -58,18 +74,15 @@ async def test_commit_event_is_atomic_and_dispatches_unique(store: SQLiteStore) 
 async def test_failed_commit_leaves_the_item_pending(store: SQLiteStore) -> None:
     item = await store.append_event("012345", {"event": "1"}, 1.0)
     state = CallState(account="012345", call_id="c1")
-    bad = [NewDispatch("012345/x", None)]  # type: ignore[arg-type]  # NOT NULL violation
     with pytest.raises(Exception, match="NOT NULL"):
-        await store.commit_event(item, state, bad)
+        await store.commit_event(item, state, without_key())
     assert [p.id for p in await store.pending_events(10)] == [item]
     assert await store.load_call("012345", "c1") is None
 
 
 async def test_dispatch_retry_and_dead_letter(store: SQLiteStore) -> None:
     state = CallState(account="012345", call_id="c1")
-    await store.commit_event(
-        None, state, [NewDispatch("012345/x", "started"), NewDispatch("012345/x", "finished")]
-    )
+    await store.commit_event(None, state, [proposed(STARTED), proposed(FINISHED)])
     first, second = await store.pending_dispatches(10)
     await store.fail_dispatch(first.id, "boom", retry_at=50.0)
     await store.fail_dispatch(second.id, "refused", retry_at=None)
@@ -109,3 +122,78 @@ async def test_rejected_webhooks_are_kept(store: SQLiteStore) -> None:
     await store.record_rejected("012345", {"event": "x"}, "field 'event' must be a number", 3.0)
     [row] = await store.rejected()
     assert row.reason == "field 'event' must be a number" and row.params == {"event": "x"}
+
+
+# --- rows written before dispatch rows kept their record ---------------------------------------
+
+RELEASE_1 = Path(__file__).parent / "data" / "schema_v1.sql"
+LEGACY_KEYS = [
+    "started",
+    "answered",
+    "transferred:102",  # a transfer the call does not show
+    "entered_scheme:Продажи",  # announced while only the name was known
+    "transfer_scheme:Продажи",
+    "entered_scheme:000-999",  # a scheme the call does not show
+]
+
+
+def _call_known_by_name_then_number() -> CallState:
+    s = sc.scheme_transfer()
+    state: CallState | None = None
+    for params in sc.with_scheme_named_by(s, "treeName", (1, 2)).events:
+        event = parse_event(params)
+        assert isinstance(event, SipuniEvent)
+        state, _ = tracker.apply(state, event, account="012345", region="RU", received_at=1.0)
+    assert state is not None
+    return state
+
+
+async def test_a_row_written_by_release_1_runs_from_its_key(tmp_path: Path) -> None:
+    """Release 1 kept only the key: the record is read from it, with what the call knows now."""
+    call = _call_known_by_name_then_number()
+    path = tmp_path / "connector.db"
+    db = sqlite3.connect(path)
+    db.executescript(RELEASE_1.read_text(encoding="utf-8"))
+    db.execute(
+        "INSERT INTO calls (account, call_id, state, finished, last_received_at)"
+        " VALUES (?, ?, ?, 1, 1.0)",
+        ("012345", call.call_id, call.model_dump_json()),
+    )
+    db.executemany(  # release 1's own statement
+        "INSERT INTO dispatches (account, call_id, integration, key, not_before, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        [("012345", call.call_id, "012345/x", key, 0.0, 1.0) for key in LEGACY_KEYS],
+    )
+    db.commit()
+    db.close()
+
+    store = SQLiteStore(path, clock=FakeClock())
+    await store.open()
+    try:
+        rows = await store.pending_in_group("012345/x", "012345", call.call_id)
+        loaded = await store.load_call("012345", call.call_id)
+    finally:
+        await store.close()
+    assert loaded is not None
+    assert [r.record for r in rows] == [None] * len(LEGACY_KEYS)
+    assert [r.kind for r in rows] == [
+        LifecycleKind.STARTED,
+        LifecycleKind.ANSWERED,
+        LifecycleKind.TRANSFERRED,
+        LifecycleKind.ENTERED_SCHEME,
+        LifecycleKind.REACHED_TRANSFER_SCHEME,
+        LifecycleKind.ENTERED_SCHEME,
+    ]
+    started, answered, no_transfer, entered, reached, lost = rows
+    assert started.hook_record(loaded).hook_arguments() == {}
+    assert answered.hook_record(loaded).extension == "101"
+    sales = loaded.schemes[1]
+    assert (sales.id, sales.name) == sc.SALES
+    # Found by the name the key was written with, passed with the number learnt since.
+    assert entered.hook_record(loaded).hook_arguments() == {"scheme": sales}
+    assert reached.hook_record(loaded).hook_arguments() == {"scheme": sales}
+    # What no longer resolves is dead-lettered at once, saying why, not retried for 72 h.
+    with pytest.raises(InvalidRequestError, match=r"names scheme '000-999'.*connector dlq drop"):
+        lost.hook_record(loaded)
+    with pytest.raises(InvalidRequestError, match=r"transfer 1 to 102; the call shows 0"):
+        no_transfer.hook_record(loaded)

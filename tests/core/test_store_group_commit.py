@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from connector_core.callstate import CallState
+from connector_core.callstate import CallState, LifecycleKind
 from connector_core.clock import FakeClock
-from connector_core.store.base import NewDispatch
 from connector_core.store.sqlite import SQLiteStore
+from tests.core.test_store import proposed, without_key
 
 
 @pytest.fixture
@@ -48,10 +48,10 @@ async def test_concurrent_appends_share_commits_and_each_gets_its_own_id(
 async def test_a_failing_write_fails_alone_within_its_batch(store: SQLiteStore) -> None:
     good = CallState(account="012345", call_id="good")
     bad_state = CallState(account="012345", call_id="bad")
-    bad = [NewDispatch("012345/x", None)]  # type: ignore[arg-type]  # NOT NULL violation
+    bad = without_key()
     item = await store.append_event("012345", {"event": "1"}, 1.0)
     results = await asyncio.gather(
-        store.commit_event(None, good, [NewDispatch("012345/x", "started")]),
+        store.commit_event(None, good, [proposed(LifecycleKind.STARTED)]),
         store.commit_event(item, bad_state, bad),
         store.effects("012345/x").put("k", {"v": 1}),
         return_exceptions=True,

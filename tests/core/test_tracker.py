@@ -33,7 +33,7 @@ class Run:
 
     @property
     def keys(self) -> list[str]:
-        return [e.key for e in self.emitted]
+        return [e.id for e in self.emitted]
 
 
 def parsed(raw: dict[str, str]) -> SipuniEvent:
@@ -95,7 +95,7 @@ def summary(state: CallState, emitted: list[LifecycleEvent]) -> dict[str, Any]:
         "last_called": state.last_called,
         "record_url": state.record_url,
         "finished_by": state.finished_by,
-        "lifecycle": sorted(e.key for e in emitted),
+        "lifecycle": sorted(e.id for e in emitted),
     }
 
 
@@ -172,7 +172,7 @@ def test_inbound_answered_in_detail() -> None:
     assert (state.scheme.id, state.scheme.name) == sc.INBOUND_SCHEME
     assert state.in_scheme("Входящая") and state.in_scheme("000-913898")
     assert state.finished_by == "hangup" and state.timed_out_at is None
-    assert [(e.kind, e.key, e.extension) for e in run.emitted] == [
+    assert [(e.kind, e.id, e.extension) for e in run.emitted] == [
         (LifecycleKind.STARTED, "started", None),
         (LifecycleKind.ANSWERED, "answered", "101"),
         (LifecycleKind.FINISHED, "finished", None),
@@ -187,7 +187,7 @@ def test_each_request_emits_what_it_starts() -> None:
         state, new = tracker.apply(
             state, parsed(raw), account=s.account, region=REGION, received_at=RECEIVED
         )
-        per_request.append([e.key for e in new])
+        per_request.append([e.id for e in new])
     assert per_request == [["started"], [], ["answered"], ["finished"]]
 
 
@@ -272,7 +272,7 @@ def test_transfer_between_employees(transfer_from_field: bool) -> None:
     assert [(h.at, h.status) for h in state.hangups] == [(t + 72, "ANSWER")]
     assert state.answered_at == t + 8 and state.talk_seconds == 292
     assert state.outcome is Outcome.ANSWERED and state.last_called == "102"
-    assert [(e.key, e.extension) for e in run.emitted] == [
+    assert [(e.id, e.extension) for e in run.emitted] == [
         ("started", None),
         ("answered", "101"),
         ("transferred:102", "102"),
@@ -304,7 +304,7 @@ def test_call_moved_from_a_distributor_into_another_scheme() -> None:
     assert state.legs[0].extension == "101"  # the IVR itself rang nobody
     assert state.answered_by == "102"
     entered = [e for e in run.emitted if e.kind is LifecycleKind.ENTERED_SCHEME]
-    assert [(e.key, e.scheme and e.scheme.name) for e in entered] == [
+    assert [(e.id, e.scheme and e.scheme.name) for e in entered] == [
         ("entered_scheme:000-200", "Продажи")
     ]
     assert run.keys == ["started", "entered_scheme:000-200", "answered", "finished"]
@@ -681,3 +681,79 @@ def test_all_permutations_of_a_transfer_converge() -> None:
             exclude=DERIVED_ONLY
         )
         assert sorted(run.keys) == s.expected["lifecycle"]
+
+
+# --- a scheme named by its name, its number, or both -----------------------------------------
+
+RINGS = (1, 2)  # the events of sc.scheme_transfer() that ring the legs in the target scheme
+
+
+def entered(run: Run) -> list[LifecycleEvent]:
+    return [e for e in run.emitted if e.kind is LifecycleKind.ENTERED_SCHEME]
+
+
+def test_scheme_named_then_numbered_is_one_visit_announced_once_by_its_first_name() -> None:
+    s = sc.with_scheme_named_by(sc.scheme_transfer(), "treeName", RINGS)
+    run = play(s)
+    assert [(v.id, v.name) for v in run.state.schemes] == [sc.DISTRIBUTOR, sc.SALES]
+    [record] = entered(run)
+    # Emitted while only the name was known, under the name; the id never changes after.
+    assert record.id == "entered_scheme:Продажи"
+    assert record.scheme is not None
+    assert (record.scheme.id, record.scheme.name) == (None, "Продажи")
+    # What the hook gets is refreshed: the number the call learnt since.
+    assert tracker.refreshed(record, run.state).scheme == run.state.schemes[1]
+    [now] = [r for r in tracker.emitted_records(run.state) if r.id == record.id]
+    assert now.scheme == run.state.schemes[1] and now.scheme.id == "000-200"
+    assert run.keys == ["started", "entered_scheme:Продажи", "answered", "finished"]
+
+
+def test_scheme_numbered_then_named_is_one_visit_announced_once_by_its_number() -> None:
+    s = sc.with_scheme_named_by(sc.scheme_transfer(), "treeNumber", RINGS)
+    run = play(s)
+    assert [(v.id, v.name) for v in run.state.schemes] == [sc.DISTRIBUTOR, sc.SALES]
+    [record] = entered(run)
+    assert record.id == "entered_scheme:000-200"
+    assert tracker.refreshed(record, run.state).scheme == run.state.schemes[1]
+    assert run.state.schemes[1].name == "Продажи"
+
+
+def test_scheme_named_by_both_in_one_event_is_announced_by_its_number() -> None:
+    run = play(sc.scheme_transfer())
+    [record] = entered(run)
+    assert record.id == "entered_scheme:000-200"
+    assert record.scheme == run.state.schemes[1]
+    assert (record.scheme.id, record.scheme.name) == sc.SALES
+
+
+def test_scheme_named_then_numbered_then_both_ends_as_one_visit() -> None:
+    # Name only, then number only, then both (the hang-up): one scheme, not two visits. Until
+    # the hang-up nothing said the name and the number were one scheme, so each was announced
+    # when it came; a late integration is owed the one visit only.
+    s = sc.with_scheme_named_by(sc.scheme_transfer(ring_gap=5), "treeName", [1])
+    s = sc.with_scheme_named_by(s, "treeNumber", [2])
+    run = play(s)
+    assert [(v.id, v.name) for v in run.state.schemes] == [sc.DISTRIBUTOR, sc.SALES]
+    assert [e.id for e in entered(run)] == ["entered_scheme:Продажи", "entered_scheme:000-200"]
+    owed = tracker.emitted_records(run.state)
+    assert [e.scheme for e in owed if e.kind is LifecycleKind.ENTERED_SCHEME] == [
+        run.state.schemes[1]
+    ]
+
+
+def test_replaying_a_call_known_first_by_name_emits_nothing() -> None:
+    s = sc.with_scheme_named_by(sc.scheme_transfer(), "treeName", RINGS)
+    run = play(s)
+    again = play(s, state=run.state)
+    assert again.emitted == []
+    assert again.state.emitted == run.state.emitted
+
+
+def test_a_state_stored_by_an_older_release_keeps_its_scheme_ids() -> None:
+    """A state whose scheme was announced under its name, stored before records had payloads."""
+    s = sc.with_scheme_named_by(sc.scheme_transfer(), "treeName", RINGS)
+    first = play(s, events=s.events[:2])
+    stored = CallState.model_validate_json(first.state.model_dump_json())
+    assert stored.emitted == ["started", "entered_scheme:Продажи"]
+    rest = play(s, events=s.events[2:], state=stored)
+    assert [e.kind for e in rest.emitted] == [LifecycleKind.ANSWERED, LifecycleKind.FINISHED]

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connector_core import tracker
-from connector_core.callstate import CallState
+from connector_core.callstate import CallState, LifecycleEvent
 from connector_core.events import SipuniEvent, parse_event
 from connector_core.simulator import scenarios as sc
 from connector_core.simulator.scenarios import Scenario
@@ -175,23 +175,29 @@ def deliveries(draw: st.DrawFn, count: int) -> list[int]:
 
 
 def deliver(s: Scenario, order: list[int]) -> tuple[CallState, list[str]]:
+    """Feed the requests in ``order``; the ids of the records emitted, in emission order."""
+    state, records = deliver_records(s, order)
+    return state, [record.id for record in records]
+
+
+def deliver_records(s: Scenario, order: list[int]) -> tuple[CallState, list[LifecycleEvent]]:
     """Feed the requests in ``order``; close the call by the timeout if it has no hang-up."""
     state: CallState | None = None
-    keys: list[str] = []
+    records: list[LifecycleEvent] = []
     for tick, index in enumerate(order):
         event = parse_event(s.events[index])
         assert isinstance(event, SipuniEvent)
         state, new = tracker.apply(
             state, event, account=s.account, region=REGION, received_at=1_000.0 + tick
         )
-        keys += [e.key for e in new]
+        records += new
     assert state is not None
     if s.expected["finished_by"] == "timeout":
         state, new = tracker.expire(
             state, now=state.last_received_at + TIMEOUT, timeout=TIMEOUT, region=REGION
         )
-        keys += [e.key for e in new]
-    return state, keys
+        records += new
+    return state, records
 
 
 def converged(state: CallState) -> tuple[dict[str, object], list[str]]:
@@ -217,3 +223,57 @@ def test_any_order_with_any_repeats_converges(kind: str, data: st.DataObject) ->
     # "started" always comes first. "finished" need not come last: a request delayed past the
     # final hang-up (the distributor's event 1, say) can only then reveal a scheme change.
     assert keys[0] == "started"
+
+
+@st.composite
+def scheme_named_by_halves(draw: st.DrawFn, s: Scenario) -> Scenario:
+    """``s`` with each scheme named by its name alone (or its number alone) on some events.
+
+    The last event naming a scheme keeps both, so the call still says which name is which
+    number; the others are drawn. Name-then-number and number-then-name are drawn per scheme.
+    """
+    naming: dict[str, list[int]] = {}
+    for i, params in enumerate(s.events):
+        if "treeNumber" in params:
+            naming.setdefault(params["treeNumber"], []).append(i)
+    for indexes in naming.values():
+        halves = draw(st.lists(st.sampled_from(indexes[:-1]), unique=True)) if indexes[1:] else []
+        by = draw(st.sampled_from(["treeName", "treeNumber"]))
+        s = sc.with_scheme_named_by(s, by, halves)
+    return s
+
+
+@pytest.mark.parametrize("kind", sorted(CALLS))
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_a_scheme_named_by_halves_in_any_order_is_announced_once(
+    kind: str, data: st.DataObject
+) -> None:
+    """Name then number, number then name, in any order: one visit, one record, each once.
+
+    A record's id is the scheme's identifier known when it was first seen, so it may differ
+    between two delivery orders; what it is about (its kind and refreshed payload) may not.
+    """
+    s = data.draw(CALLS[kind](), label="scenario")
+    if data.draw(st.booleans(), label="final hang-up lost"):
+        s = sc.without_final_hangup(s)
+    s = data.draw(scheme_named_by_halves(s), label="scheme spelling")
+    reference, reference_records = deliver_records(s, list(range(len(s.events))))
+    expected = {k: v for k, v in s.expected.items() if k != "lifecycle"}
+    assert {k: v for k, v in summary(reference, []).items() if k != "lifecycle"} == expected
+
+    order = data.draw(deliveries(len(s.events)), label="delivery order")
+    state, records = deliver_records(s, order)
+
+    assert converged(state)[0] == converged(reference)[0]
+    ids = [r.id for r in records]
+    assert len(ids) == len(set(ids)), f"emitted more than once: {ids}"
+
+    def about(state: CallState, records: list[LifecycleEvent]) -> list[str]:
+        return sorted(tracker.refreshed(r, state).model_dump_json(exclude={"id"}) for r in records)
+
+    assert about(state, records) == about(reference, reference_records)
+    assert len(records) == len(s.expected["lifecycle"])
+    for record in records:
+        if record.scheme is not None:
+            assert tracker.refreshed(record, state).scheme in state.schemes[1:]
