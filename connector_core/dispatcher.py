@@ -219,7 +219,7 @@ class Dispatcher:
         # The row's own record, refreshed: a scheme stored by its name is passed with the
         # number the call has learnt since. Nothing is worked out from the key.
         record = row.hook_record(call)
-        await self.host.call(record.kind.hook, integration, call=call, **record.hook_arguments())
+        await self.host.call_lifecycle(integration, call, record)
 
     async def _failed(self, integration: Integration, row: Dispatch, exc: Exception) -> bool:
         now = self.clock.now()

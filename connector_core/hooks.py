@@ -33,7 +33,13 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from connector_core import builtin_routing, hookspecs
-from connector_core.callstate import CallState, SchemeVisit, Transfer
+from connector_core.callstate import (
+    CallState,
+    LifecycleEvent,
+    LifecycleKind,
+    SchemeVisit,
+    Transfer,
+)
 from connector_core.integrations import AuthResult, CardPart, Integration, IntegrationType
 
 if TYPE_CHECKING:
@@ -221,6 +227,26 @@ class PluginHost:
     async def call_finished(self, integration: Integration, call: CallState) -> None:
         """``connector_call_finished`` on the plugin owning ``integration``."""
         await self.call("connector_call_finished", integration, call=call)
+
+    async def call_lifecycle(
+        self, integration: Integration, call: CallState, record: LifecycleEvent
+    ) -> None:
+        """The hook a lifecycle record calls, with its payload (a dispatch row's work)."""
+        match record.kind:
+            case LifecycleKind.STARTED:
+                await self.call_started(integration, call)
+            case LifecycleKind.ANSWERED:
+                await self.call_answered(integration, call)
+            case LifecycleKind.TRANSFERRED if record.transfer is not None:
+                await self.call_transferred(integration, call, record.transfer)
+            case LifecycleKind.ENTERED_SCHEME if record.scheme is not None:
+                await self.call_entered_scheme(integration, call, record.scheme)
+            case LifecycleKind.REACHED_TRANSFER_SCHEME if record.scheme is not None:
+                await self.call_reached_transfer_scheme(integration, call, record.scheme)
+            case LifecycleKind.FINISHED:
+                await self.call_finished(integration, call)
+            case _:  # LifecycleEvent's validator refuses a record without its payload
+                raise AssertionError(f"lifecycle record {record.id!r} has no payload")
 
     async def agent_card(
         self, integration: Integration, call: CallState, extension: str

@@ -46,12 +46,12 @@ def plan(
 
 def due(call: CallState, integration: Integration, host: PluginHost) -> list[LifecycleEvent]:
     """Lifecycle records ``integration`` should get for ``call``, in the order to run them."""
-    if not host.decide("connector_filter_call", integration, call=call):
+    if not host.filter_call(integration, call):
         return []
     records = tracker.emitted_records(call)
     if not integration.routing.transfer_schemes:
         return records
-    scheme = host.decide("connector_transfer_scheme", integration, call=call)
+    scheme = host.transfer_scheme(integration, call)
     if scheme is None:
         return []
     # Transfer-scheme processing: the transfer takes the place of the start, and of the

@@ -201,9 +201,7 @@ class KitService:
             raise AssertionError(f"no stored call {row.call_id}")
         # The same arguments the dispatcher passes: the row's record, refreshed.
         record = row.hook_record(call)
-        return await self.host.call(
-            record.kind.hook, integration, call=call, **record.hook_arguments()
-        )
+        return await self.host.call_lifecycle(integration, call, record)
 
 
 @asynccontextmanager
