@@ -397,6 +397,11 @@ class Config(_Strict):
                 found = account
         return found
 
+    def secrets(self) -> list[str]:
+        """Every secret value in the config (account and agent tokens, plugin ``SecretStr``
+        settings), for the log to mask."""
+        return sorted(_secret_values(self))
+
     def enabled_integrations(self) -> Iterator[tuple[AccountConfig, IntegrationConfig]]:
         """Every enabled integration instance with its account, in file order."""
         for account in self.accounts.values():
@@ -823,3 +828,16 @@ def scrub_secrets(schema: Any) -> None:
     elif isinstance(schema, list):
         for value in schema:
             scrub_secrets(value)
+
+
+def _secret_values(value: Any) -> set[str]:
+    """The values of every ``SecretStr`` in a model, however deep in models, dicts and lists."""
+    if isinstance(value, SecretStr):
+        return {value.get_secret_value()}
+    if isinstance(value, BaseModel):
+        value = [getattr(value, name) for name in type(value).model_fields]
+    elif isinstance(value, Mapping):
+        value = list(value.values())
+    if isinstance(value, list | tuple | set | frozenset):
+        return set().union(*(_secret_values(item) for item in value))
+    return set()
