@@ -235,6 +235,11 @@ class RedactingAccessLogger(AbstractAccessLogger):
         )
 
 
+# Reading what a refused client still sends lets it see the answer; waiting longer than the
+# body timeout for it would hand a stalled sender the connection back.
+LINGER_SECONDS = 10.0
+
+
 def run(config: Config, host: PluginHost | None = None) -> None:
     """Serve until SIGINT/SIGTERM; aiohttp then stops accepting and runs the cleanups."""
     app = create_app(config, host=host)
@@ -251,6 +256,8 @@ def run(config: Config, host: PluginHost | None = None) -> None:
             port=config.server.port,
             access_log_class=RedactingAccessLogger,
             shutdown_timeout=30.0,
+            keepalive_timeout=config.server.keepalive_timeout_seconds,
+            lingering_time=min(LINGER_SECONDS, config.server.body_timeout_seconds),
             print=lambda text: log.info(text.strip()),
         )
     finally:

@@ -211,6 +211,19 @@ class ServerConfig(_Strict):
     public_url: Annotated[str, AfterValidator(_check_public_url)] = Field(
         "", description="The service's address as people reach it, for links; may be empty."
     )
+    keepalive_timeout_seconds: float = Field(
+        75.0,
+        gt=0,
+        description="A connection is closed when no complete request head has arrived this long "
+        "after it opened or after the last answer: idle keep-alive connections and half-sent "
+        "request lines or headers.",
+    )
+    body_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="A webhook's body must arrive within this long after its head; otherwise "
+        "the answer is 408 and the connection is closed.",
+    )
 
 
 class StorageConfig(_Strict):
