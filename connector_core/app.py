@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import re
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -36,6 +35,7 @@ from connector_core.clock import Clock, SystemClock
 from connector_core.config import Config
 from connector_core.dispatcher import Dispatcher
 from connector_core.hooks import PluginHost
+from connector_core.httplog import Redactor, ServerErrorLog
 from connector_core.integrations import AuthResult, AuthStatus, Integration
 from connector_core.metrics import Metrics
 from connector_core.notifications import CardBoard, Notifier, Sink
@@ -212,9 +212,10 @@ async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 class RedactingAccessLogger(AbstractAccessLogger):
-    """The access log without the secret token in ``/sipuni/<token>``."""
+    """The access log without the secret token in ``/sipuni/<token>``, however it is spelt
+    (any case, doubled slashes, %-encoded)."""
 
-    _token = re.compile(r"(/sipuni/)[^/?\s]+")
+    _redact = Redactor()
 
     @property
     def enabled(self) -> bool:
@@ -223,24 +224,41 @@ class RedactingAccessLogger(AbstractAccessLogger):
         return self.logger.isEnabledFor(logging.INFO)
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        path = self._token.sub(r"\1***", request.path)
         self.logger.info(
             '%s "%s %s" %s %.1fms',
             request.remote,
             request.method,
-            path,
+            self._redact(request.path),
             response.status,
             time * 1000,
         )
 
 
+# Reading what a refused client still sends lets it see the answer; waiting longer than the
+# body timeout for it would hand a stalled sender the connection back.
+LINGER_SECONDS = 10.0
+
+
 def run(config: Config, host: PluginHost | None = None) -> None:
     """Serve until SIGINT/SIGTERM; aiohttp then stops accepting and runs the cleanups."""
-    web.run_app(
-        create_app(config, host=host),
-        host=config.server.host,
-        port=config.server.port,
-        access_log_class=RedactingAccessLogger,
-        shutdown_timeout=30.0,
-        print=lambda text: log.info(text.strip()),
+    app = create_app(config, host=host)
+    metrics = app[METRICS]
+    server_log = logging.getLogger("aiohttp.server")
+    errors = ServerErrorLog(
+        server_log, on_error=lambda kind: metrics.http_errors.labels(kind.value).inc()
     )
+    server_log.addFilter(errors)
+    try:
+        web.run_app(
+            app,
+            host=config.server.host,
+            port=config.server.port,
+            access_log_class=RedactingAccessLogger,
+            shutdown_timeout=30.0,
+            keepalive_timeout=config.server.keepalive_timeout_seconds,
+            lingering_time=min(LINGER_SECONDS, config.server.body_timeout_seconds),
+            print=lambda text: log.info(text.strip()),
+        )
+    finally:
+        errors.flush()
+        server_log.removeFilter(errors)

@@ -112,7 +112,7 @@ def _print_config_errors(error: ConfigError) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config, host = load(args.config)
-    setup_logging(config.logging.level)
+    setup_logging(config.logging.level, config.secrets())
     _print_warnings(config)
     service.run(config, host)
     return EXIT_OK
@@ -228,7 +228,7 @@ def read_recording(path: Path, default_account: str | None) -> list[tuple[str, d
 
 def cmd_replay(args: argparse.Namespace) -> int:
     config, host = load(args.config)  # an invalid config: main() prints it, exit 2
-    setup_logging(config.logging.level)
+    setup_logging(config.logging.level, config.secrets())
     if bool(args.file) == bool(args.since):
         print("replay needs a FILE or --since (not both)", file=sys.stderr)
         return EXIT_BAD_CONFIG

@@ -211,6 +211,19 @@ class ServerConfig(_Strict):
     public_url: Annotated[str, AfterValidator(_check_public_url)] = Field(
         "", description="The service's address as people reach it, for links; may be empty."
     )
+    keepalive_timeout_seconds: float = Field(
+        75.0,
+        gt=0,
+        description="A connection is closed when no complete request head has arrived this long "
+        "after it opened or after the last answer: idle keep-alive connections and half-sent "
+        "request lines or headers.",
+    )
+    body_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="A webhook's body must arrive within this long after its head; otherwise "
+        "the answer is 408 and the connection is closed.",
+    )
 
 
 class StorageConfig(_Strict):
@@ -396,6 +409,11 @@ class Config(_Strict):
             if hmac.compare_digest(account.token.get_secret_value().encode(), given):
                 found = account
         return found
+
+    def secrets(self) -> list[str]:
+        """Every secret value in the config (account and agent tokens, plugin ``SecretStr``
+        settings), for the log to mask."""
+        return sorted(_secret_values(self))
 
     def enabled_integrations(self) -> Iterator[tuple[AccountConfig, IntegrationConfig]]:
         """Every enabled integration instance with its account, in file order."""
@@ -823,3 +841,16 @@ def scrub_secrets(schema: Any) -> None:
     elif isinstance(schema, list):
         for value in schema:
             scrub_secrets(value)
+
+
+def _secret_values(value: Any) -> set[str]:
+    """The values of every ``SecretStr`` in a model, however deep in models, dicts and lists."""
+    if isinstance(value, SecretStr):
+        return {value.get_secret_value()}
+    if isinstance(value, BaseModel):
+        value = [getattr(value, name) for name in type(value).model_fields]
+    elif isinstance(value, Mapping):
+        value = list(value.values())
+    if isinstance(value, list | tuple | set | frozenset):
+        return set().union(*(_secret_values(item) for item in value))
+    return set()

@@ -8,6 +8,7 @@ JSON parameters, validate them, store the raw event durably, then answer
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import json
@@ -106,6 +107,17 @@ async def read_params(request: web.Request) -> dict[str, Any]:
     return params
 
 
+async def read_params_in_time(request: web.Request) -> dict[str, Any]:
+    """``read_params``, or a 408 when the body has not arrived within the body timeout: a
+    sender that stalls mid-body would otherwise hold its connection for ever."""
+    seconds = request.app[CONFIG].server.body_timeout_seconds
+    try:
+        async with asyncio.timeout(seconds):
+            return await read_params(request)
+    except TimeoutError:
+        raise BadRequest(408, f"the body did not arrive within {seconds:g} s") from None
+
+
 def _surrogates(text: str) -> bool:
     """Lone surrogates (JSON's "\\ud800"): not Unicode text, and not storable as UTF-8."""
     return not text.isascii() and any("\ud800" <= c <= "\udfff" for c in text)
@@ -134,7 +146,7 @@ async def sipuni_webhook(request: web.Request) -> web.Response:
         return _reply(404, "not found")
     store, now = app[STORE], app[CLOCK].now()
     try:
-        params = await read_params(request)
+        params = await read_params_in_time(request)
         parsed = parse_event(params)
     except BadRequest as exc:
         app[METRICS].events_rejected.labels(account.number).inc()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+
+from connector_core.httplog import RedactingFormatter
 
 _account: contextvars.ContextVar[str] = contextvars.ContextVar("account", default="-")
 _call_id: contextvars.ContextVar[str] = contextvars.ContextVar("call_id", default="-")
@@ -32,9 +34,11 @@ class ContextFilter(logging.Filter):
         return True
 
 
-def setup_logging(level: str = "INFO") -> None:
+def setup_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
+    """One stderr handler for every logger; ``secrets`` (and any webhook token) never
+    appear in its lines, whichever logger wrote them."""
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.setFormatter(RedactingFormatter(FORMAT, secrets))
     handler.addFilter(ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -47,6 +47,13 @@ class Metrics:
                 "calls_open": "Calls not finished yet",
             }.items()
         }
+        self.http_errors = Counter(
+            "connector_http_errors",
+            "Requests that failed in the HTTP layer: bad_request (malformed, or the client went"
+            " away) or server_error (an unhandled exception)",
+            ["kind"],
+            registry=r,
+        )
         self.breaker_open = Gauge(
             "connector_circuit_open",
             "1 while an integration's circuit breaker is open",

@@ -8,6 +8,7 @@ leak during a whole Usedesk run, and that recording links are passed on, never f
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import AsyncIterator
@@ -129,6 +130,23 @@ async def test_a_chunked_body_over_the_limit_is_refused_with_413(start) -> None:
     # Still serving, and a small body is fine.
     response = await client.post(f"/sipuni/{TOKEN}", data=RING)
     assert await response.json() == {"success": True}
+
+
+async def test_a_body_that_stalls_is_refused_with_408_and_kept(start) -> None:
+    """A sender that stops mid-body does not hold the handler: 408 once the timeout is up."""
+    app, client = await start(extra="[server]\nbody_timeout_seconds = 0.2")
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    writer.write(
+        f"POST /sipuni/{TOKEN} HTTP/1.1\r\nHost: a\r\nContent-Length: 500\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\n\r\nevent=1&call_id=".encode()
+    )
+    answer = await asyncio.wait_for(reader.read(4096), 30)  # a guard, not a timing
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert answer.endswith(b'{"success": false, "error": "the body did not arrive within 0.2 s"}')
+    [row] = await app[STORE].rejected()
+    assert row.reason == "the body did not arrive within 0.2 s"
+    assert await app[STORE].pending_events(10) == []
 
 
 # --- strict validation -----------------------------------------------------------------------
