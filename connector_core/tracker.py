@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Iterable
+from typing import TypeVar
 
 from connector_core.callstate import (
     Answer,
@@ -328,8 +329,11 @@ def _emit(state: CallState) -> tuple[CallState, list[LifecycleEvent]]:
     return state.model_copy(update={"emitted": [*state.emitted, *(e.key for e in new)]}), new
 
 
-def _first(values: Iterable[str | int | None]) -> str | None:
+_Value = TypeVar("_Value", str, int)
+
+
+def _first(values: Iterable[_Value | None]) -> _Value | None:
     for value in values:
         if value:
-            return value  # type: ignore[return-value]
+            return value
     return None
