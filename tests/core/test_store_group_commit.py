@@ -69,9 +69,13 @@ async def test_close_waits_for_writes_in_flight(tmp_path: Path) -> None:
     writes = [
         asyncio.ensure_future(s.append_event("012345", {"n": str(i)}, 1.0)) for i in range(50)
     ]
-    await asyncio.sleep(0)
-    await asyncio.gather(*writes)
-    await s.close()
+    await asyncio.sleep(0)  # every write handed over: one transaction running, the rest queued
+    assert s._committing is not None and s._writes
+    await s.close()  # while those writes are still in flight
+    unfinished = [i for i, w in enumerate(writes) if not w.done()]
+    assert not unfinished, f"close() returned before writes {unfinished} were answered"
+    ids = [w.result() for w in writes]  # each acknowledged write got its row, none failed
+    assert len(set(ids)) == 50
     other = sqlite3.connect(tmp_path / "c.db")
     assert other.execute("SELECT count(*) FROM inbox").fetchone()[0] == 50
     other.close()
