@@ -13,7 +13,13 @@ from connector_core.hooks import PluginHost
 from connector_core.integrations import Integration
 
 if TYPE_CHECKING:
-    pass
+    # Only for the key types: these modules import the app's keys themselves at runtime.
+    from connector_core.config import Config
+    from connector_core.dispatcher import Dispatcher
+    from connector_core.metrics import Metrics
+    from connector_core.notifications import CardBoard, Notifier
+    from connector_core.store.sqlite import SQLiteStore
+    from connector_core.worker import Worker
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -27,14 +33,14 @@ class AccountRuntime:
     integrations: list[Integration]
 
 
-CONFIG = web.AppKey("config", "Config")
+CONFIG: web.AppKey[Config] = web.AppKey("config")
 CLOCK = web.AppKey("clock", Clock)
 HOST = web.AppKey("host", PluginHost)
-STORE = web.AppKey("store", "SQLiteStore")
+STORE: web.AppKey[SQLiteStore] = web.AppKey("store")
 ACCOUNTS = web.AppKey("accounts", list[AccountRuntime])
 INTEGRATIONS = web.AppKey("integrations", dict[str, Integration])
-WORKER = web.AppKey("worker", "Worker")
-DISPATCHER = web.AppKey("dispatcher", "Dispatcher")
-BOARD = web.AppKey("board", "CardBoard")
-NOTIFIER = web.AppKey("notifier", "Notifier")
-METRICS = web.AppKey("metrics", "Metrics")
+WORKER: web.AppKey[Worker] = web.AppKey("worker")
+DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
+BOARD: web.AppKey[CardBoard] = web.AppKey("board")
+NOTIFIER: web.AppKey[Notifier] = web.AppKey("notifier")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")

@@ -10,10 +10,10 @@ import random
 import sys
 import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import parse_qsl
 
 from aiohttp import web
@@ -118,7 +118,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _with_service(config: Config, host: PluginHost, body):  # type: ignore[no-untyped-def]
+async def _with_service(
+    config: Config, host: PluginHost, body: Callable[[web.Application], Awaitable[int]]
+) -> int:
     """Start the service's contexts without a listening socket, run ``body(app)``, stop."""
     app = service.create_app(config, host=host, background=False)
     runner = web.AppRunner(app)
@@ -149,10 +151,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     return asyncio.run(_with_service(config, host, checks))
 
 
+class _PluginEntry(TypedDict):
+    """One installed plugin as `connector plugins --json` prints it."""
+
+    name: str
+    module: str
+    version: str | None
+    hooks: list[str]
+    integration_types: dict[str, dict[str, Any]]
+    error: str | None
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     host = PluginHost()
     host.load()
-    entries: list[dict[str, Any]] = []
+    entries: list[_PluginEntry] = []
     for info in host.info():
         types: dict[str, dict[str, Any]] = {}
         for name in info.integration_types:
@@ -196,12 +209,14 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def read_recording(path: Path, default_account: str | None) -> list[tuple[str, dict] | str]:
+def read_recording(
+    path: Path, default_account: str | None
+) -> list[tuple[str, dict[str, Any]] | str]:
     """Events from a file: JSON lines ``{"account": …, "params": {…}}`` or query strings.
 
     A line that cannot be read is returned as the reason, so replay counts it as refused.
     """
-    events: list[tuple[str, dict] | str] = []
+    events: list[tuple[str, dict[str, Any]] | str] = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -323,7 +338,8 @@ def cmd_journal(args: argparse.Namespace) -> int:
     return asyncio.run(_with_service(config, host, show))
 
 
-KINDS = {
+# The scenario builders differ in their other parameters; all take call_id and start.
+KINDS: dict[str, Callable[..., scenarios.Scenario]] = {
     "inbound_answered": scenarios.inbound_answered,
     "inbound_missed": scenarios.inbound_missed,
     "inbound_transferred": scenarios.inbound_transferred,
@@ -388,7 +404,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _with_store(config: Config, body):  # type: ignore[no-untyped-def]
+async def _with_store(config: Config, body: Callable[[SQLiteStore], Awaitable[int]]) -> int:
+    """Open the configured store, run ``body(store)``, close it."""
     store = SQLiteStore(config.storage.path)
     await store.open()
     try:

@@ -41,7 +41,7 @@ class RetryPolicy:
     breaker_max_cooldown_seconds: float = 300.0
 
     def delay(self, attempts: int, retry_after: float | None = None) -> float:
-        backoff = min(self.max_delay_seconds, self.base_seconds * 2 ** max(0, attempts - 1))
+        backoff = min(self.max_delay_seconds, self.base_seconds * 2.0 ** max(0, attempts - 1))
         # Jitter spreads the retries of many calls that failed together.
         delay = backoff / 2 + random.uniform(0, backoff / 2)
         return max(delay, retry_after or 0.0)

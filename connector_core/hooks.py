@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
 
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from connector_core.notifications import Sink
 
 log = logging.getLogger(__name__)
+_Answer = TypeVar("_Answer")
 ENTRY_POINT_GROUP = "connector_core"
 HOOK_PREFIX = "connector_"
 # Routing hooks and the answer each must give (``None`` leaves the decision to the next).
@@ -366,8 +367,12 @@ class PluginHost:
         )
 
 
-def _expect(result: object, wanted: type, hook_name: str, integration: Integration) -> Any:
-    if result is not None and not isinstance(result, wanted):
+def _expect(
+    result: object, wanted: type[_Answer], hook_name: str, integration: Integration
+) -> _Answer | None:
+    if result is None:
+        return None
+    if not isinstance(result, wanted):
         raise TypeError(
             f"{hook_name} of {integration.type.name} returned {type(result).__name__}, "
             f"not {wanted.__name__} or None"

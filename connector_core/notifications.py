@@ -97,7 +97,7 @@ class Notifier:
             task.add_done_callback(self._tasks.discard)
 
     async def _send(self, call: CallState, extension: str, state: str) -> None:
-        card = {
+        card: dict[str, Any] = {
             "call_id": call.call_id,
             "extension": extension,
             "caller": call.client_number or call.client_number_raw or call.employee,

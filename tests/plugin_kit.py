@@ -12,12 +12,16 @@ from pathlib import Path
 
 RECORDER = '''
 """Records every hook call in the store, so tests (and a restarted process) can read them."""
+import asyncio
+import os
 from typing import Any
 from pydantic import BaseModel, ConfigDict
 from connector_core import hookimpl
 from connector_core.integrations import AuthResult, AuthStatus, IntegrationType
 
 CALLS: list[tuple[str, str, str, str]] = []  # (integration key, call id, hook, argument)
+# Seconds each hook waits before it records: a test can kill the process while hooks run.
+HOOK_SECONDS = float(os.environ.get("RECORDER_HOOK_SECONDS", "0"))
 
 
 class Settings(BaseModel):
@@ -31,6 +35,8 @@ def connector_register_integration_types(register):
 
 
 async def _seen(integration, call, hook: str, arg: str = "") -> None:
+    if HOOK_SECONDS:
+        await asyncio.sleep(HOOK_SECONDS)
     CALLS.append((integration.key, call.call_id, hook, arg))
     key = f"seen:{call.call_id}:{hook}:{arg}"
     if not await integration.effects.put(key, {"outcome": call.outcome.value}):

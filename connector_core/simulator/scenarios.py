@@ -80,7 +80,7 @@ class _Call:
     line: str
     call_id: str
     start: int
-    _channels: itertools.count = field(default_factory=lambda: itertools.count(0x1A2B3))
+    _channels: itertools.count[int] = field(default_factory=lambda: itertools.count(0x1A2B3))
 
     def channel(self, ext: str | None = None) -> str:
         n = next(self._channels)

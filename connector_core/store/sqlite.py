@@ -469,7 +469,9 @@ class SQLiteStore:
 
         return await self._write(insert)
 
-    async def effect_items(self, integration: str, prefix: str = "") -> list[tuple[str, dict]]:
+    async def effect_items(
+        self, integration: str, prefix: str = ""
+    ) -> list[tuple[str, dict[str, Any]]]:
         def select(db: sqlite3.Connection) -> list[tuple[str, str]]:
             return db.execute(
                 "SELECT key, value FROM effects WHERE integration = ?"
@@ -510,7 +512,9 @@ class _Failed:
         self.error = error
 
 
-def _commit_batch(db: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]]) -> list:
+def _commit_batch(
+    db: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]]
+) -> list[Any]:
     """Run the writes ``fns`` in one transaction, each under its own savepoint; one COMMIT.
 
     Returns each write's result, or ``_Failed`` for a write that raised (its statements are
@@ -556,7 +560,7 @@ class SQLiteEffects:
     async def put(self, key: str, value: dict[str, Any]) -> bool:
         return await self._store.effect_put(self._integration, key, value)
 
-    async def items(self, prefix: str = "") -> list[tuple[str, dict]]:
+    async def items(self, prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
         return await self._store.effect_items(self._integration, prefix)
 
 

@@ -533,6 +533,7 @@ class PluginContract:
     async def test_clean_shutdown(self, tmp_path: Path) -> None:
         self._kind()
         module = load_host([self._name()]).pm.get_plugin(self._name())
+        assert module is not None, f"plugin {self._name()!r} is not registered"
         async with self._environment(tmp_path) as settings:
             cases = await self._auth_cases(settings)
             tables = {**self._tables(settings), **self._auth_tables(cases)}
@@ -656,7 +657,7 @@ class PluginContract:
     ) -> list[tuple[tuple[int, Any], dict[str, str]]]:
         """A probe, then event types 5-12 for a new call id and for an existing one."""
         first = _first_answered(self.calls())
-        sent = [{}]
+        sent: list[dict[str, str]] = [{}]
         for event in range(5, 13):
             common = {
                 "event": str(event),

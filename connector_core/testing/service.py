@@ -143,7 +143,7 @@ class KitService:
     """A running service: its app, plugin host and config, and an HTTP client to it."""
 
     app: web.Application
-    client: TestClient
+    client: TestClient[web.Request, web.Application]
     host: PluginHost
     config: Config
     account: str = ACCOUNT

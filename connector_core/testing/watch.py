@@ -73,7 +73,7 @@ class ResourceWatch:
             site = watch._plugin_frame(frame) or watch._caller(frame)
             watch.sessions.append((session, _where(site)))
 
-        aiohttp.ClientSession.__init__ = init  # type: ignore[method-assign]
+        setattr(aiohttp.ClientSession, "__init__", init)  # noqa: B010 (mypy forbids the assignment)
         self._restore.append(lambda: setattr(aiohttp.ClientSession, "__init__", original_init))
 
         loop = asyncio.get_running_loop()
@@ -85,7 +85,8 @@ class ResourceWatch:
             else:
                 task = asyncio.Task(coro, loop=loop, **kwargs)
             site = watch._plugin_frame(sys._getframe(1))
-            if site is not None:
+            # A custom factory may return any future; only tasks have a name and a coroutine.
+            if site is not None and isinstance(task, asyncio.Task):
                 watch.tasks.append((task, _where(site)))
             return task
 

@@ -37,12 +37,14 @@ async def test_concurrent_appends_share_commits_and_each_gets_its_own_id(
     ids = await asyncio.gather(
         *(store.append_event("012345", {"event": "1", "n": str(i)}, float(i)) for i in range(200))
     )
-    assert len(set(ids)) == 200
     assert commits < 200  # appends that waited together were committed together
-    # Every acknowledged row is on disk, readable by another connection.
+    # Every acknowledged row is on disk, readable by another connection, and the id each
+    # append got back is that of its own row, not of another write in the same batch.
     other = sqlite3.connect(tmp_path / "c.db")
-    assert other.execute("SELECT count(*) FROM inbox").fetchone()[0] == 200
+    rows = dict(other.execute("SELECT id, json_extract(params, '$.n') FROM inbox").fetchall())
     other.close()
+    assert len(rows) == 200
+    assert [rows[i] for i in ids] == [str(i) for i in range(200)]
 
 
 async def test_a_failing_write_fails_alone_within_its_batch(store: SQLiteStore) -> None:
@@ -69,9 +71,13 @@ async def test_close_waits_for_writes_in_flight(tmp_path: Path) -> None:
     writes = [
         asyncio.ensure_future(s.append_event("012345", {"n": str(i)}, 1.0)) for i in range(50)
     ]
-    await asyncio.sleep(0)
-    await asyncio.gather(*writes)
-    await s.close()
+    await asyncio.sleep(0)  # every write handed over: one transaction running, the rest queued
+    assert s._committing is not None and s._writes
+    await s.close()  # while those writes are still in flight
+    unfinished = [i for i, w in enumerate(writes) if not w.done()]
+    assert not unfinished, f"close() returned before writes {unfinished} were answered"
+    ids = [w.result() for w in writes]  # each acknowledged write got its row, none failed
+    assert len(set(ids)) == 50
     other = sqlite3.connect(tmp_path / "c.db")
     assert other.execute("SELECT count(*) FROM inbox").fetchone()[0] == 50
     other.close()

@@ -74,9 +74,22 @@ def test_steps_are_numbered_one_after_another() -> None:
     assert [s.version for s in migrations.STEPS] == list(range(1, len(migrations.STEPS) + 1))
 
 
-def test_each_step_applies_on_top_of_the_previous_one(tmp_path: Path) -> None:
+@pytest.mark.parametrize("start", range(migrations.LATEST))
+def test_each_step_applies_on_top_of_the_previous_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start: int
+) -> None:
     db = sqlite3.connect(tmp_path / "steps.db", isolation_level=None)
-    assert migrations.migrate(db) == 0
+    with monkeypatch.context() as m:  # a database left by a release whose last step was `start`
+        m.setattr(migrations, "STEPS", migrations.STEPS[:start])
+        migrations.migrate(db)
+    assert migrations.version_of(db) == start
+    statements: list[str] = []
+    db.set_trace_callback(statements.append)
+    assert migrations.migrate(db) == start
     assert migrations.version_of(db) == migrations.LATEST
-    assert migrations.migrate(db) == migrations.LATEST  # a second open changes nothing
+    # One transaction per step it lacked, none for the steps it already had.
+    assert statements.count("BEGIN IMMEDIATE") == migrations.LATEST - start
+    statements.clear()
+    assert migrations.migrate(db) == migrations.LATEST
+    assert "BEGIN IMMEDIATE" not in statements, statements  # a second open changes nothing
     db.close()

@@ -1,10 +1,10 @@
 """The real service process: events by GET and by POST, SIGKILL, restart, nothing lost or doubled.
 
 The service runs as ``python -m connector_core serve`` on a loopback port with the recorder
-plugin (found through its entry point). The test sends whole calls, counts the events the
-service acknowledged with ``{"success": true}``, SIGKILLs it straight after the last one,
-restarts it, and reads the store: every acknowledged event processed, every lifecycle hook
-of every call run exactly once.
+plugin (found through its entry point), each of its hooks slowed down so the kill lands while
+hook calls run. The test sends whole calls, counts the events the service acknowledged with
+``{"success": true}``, SIGKILLs it straight after the last one, restarts it, and reads the
+store: every acknowledged event processed, every lifecycle hook of every call run exactly once.
 """
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ from tests.e2e.process import ServiceProcess, free_port
 pytestmark = pytest.mark.e2e
 TOKEN = "e2e-token-0123456789"
 ACCOUNT = "012345"
+
+# Each recorder hook waits this long before it records (in the service process), so the kill
+# lands while hook calls run: one marked done before it ran, or run twice, shows.
+HOOK_SECONDS = "0.3"
 
 
 def write_config(tmp_path: Path, port: int) -> Path:
@@ -80,9 +84,20 @@ def expected_hooks(call: scenarios.Scenario) -> set[str]:
     return hooks
 
 
+def _unfinished_hooks(path: Path) -> int:
+    """Hook calls stored but not done (some of them running when the kill landed)."""
+    db = sqlite3.connect(path)
+    try:
+        (count,) = db.execute("SELECT count(*) FROM dispatches WHERE status != 'done'").fetchone()
+    finally:
+        db.close()
+    return int(count)
+
+
 def test_sigkill_after_acknowledged_events_loses_and_doubles_nothing(
-    tmp_path: Path, test_plugins_dir: Path
+    tmp_path: Path, test_plugins_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("RECORDER_HOOK_SECONDS", HOOK_SECONDS)
     port = free_port()
     service = ServiceProcess(write_config(tmp_path, port), pythonpath=[test_plugins_dir], port=port)
     service.start()
@@ -95,6 +110,8 @@ def test_sigkill_after_acknowledged_events_loses_and_doubles_nothing(
                 assert reply == {"success": True}
                 acknowledged += 1
         service.kill()  # straight after the last acknowledgement, mid-processing
+        unfinished = _unfinished_hooks(tmp_path / "connector.db")
+        assert unfinished > 0, "the kill landed after every hook call had finished"
 
         service.start()
         service.wait_until(lambda s: s["inbox_pending"] == 0 and s["dispatches_pending"] == 0)

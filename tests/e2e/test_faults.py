@@ -29,11 +29,13 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from connector_core.app import create_app
 from connector_core.appkeys import DISPATCHER, STORE
+from connector_core.clock import FakeClock
 from connector_core.dispatcher import RetryPolicy
 from connector_core.simulator import scenarios
 from plugins.usedesk.sandbox import UsedeskSandbox
 from tests.e2e.test_kill_loop import USERS, check_usedesk, digits, generate_calls
-from tests.harness import ACCOUNT, TOKEN, make_config
+from tests.e2e.usedesk_world import call_comments, world
+from tests.harness import ACCOUNT, TOKEN, make_config, settle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -169,3 +171,27 @@ on_duty_user = 4
         f"(limit {RATE_PER_MINUTE}); most consecutive failures {most_failures}; "
         f"{elapsed:.1f} s"
     )
+
+
+@pytest.mark.parametrize("always_new_ticket", [False, True])
+async def test_a_ticket_usedesk_made_before_its_error_is_not_made_again(
+    tmp_path: Path, always_new_ticket: bool
+) -> None:
+    """Usedesk creates the ticket, then answers 500: the retry finds it instead of making one.
+
+    Without ``always_new_ticket`` the retry's ticket search would find it anyway; with it
+    there is no search, and only the intent the plugin stored makes the retry look first.
+    """
+    clock = FakeClock()
+    table = f"always_new_ticket = {str(always_new_ticket).lower()}"
+    async with world(tmp_path, table, clock=clock) as w:
+        w.sandbox.set_faults(mode="500", count=1, apply=True, paths=["/create/ticket"])
+        call = scenarios.inbound_answered(client="79160000001")
+        await w.call(call)  # the ticket is made; the service sees the 500 and retries later
+        assert [r.status for r in w.sandbox.requests("/create/ticket")] == [500]
+        clock.advance(RetryPolicy().max_delay_seconds)
+        await settle(w.app)
+        [client] = w.clients_with("79160000001")
+        [ticket] = w.tickets_of(client["id"])
+        assert len(call_comments(ticket)) == 1
+        assert len(w.sandbox.requests("/create/ticket")) == 1

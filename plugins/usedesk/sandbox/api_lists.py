@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from .api_clients import time_window
@@ -84,6 +84,11 @@ def _time_tests(p: Params) -> list[TicketTest]:
     return tests
 
 
+def _field_in(attr: str, wanted: Collection[object]) -> TicketTest:
+    """Matches tickets whose ``attr`` is one of ``wanted``."""
+    return lambda t: getattr(t, attr) in wanted
+
+
 def _ticket_tests(state: SandboxState, p: Params) -> list[TicketTest]:
     tests: list[TicketTest] = _time_tests(p)
     client_id = p.opt_int("client_id")
@@ -92,11 +97,11 @@ def _ticket_tests(state: SandboxState, p: Params) -> list[TicketTest]:
     for key, attr in (("fstatus", "status_id"), ("fchannel", "channel_id"), ("fgroup", "group_id")):
         wanted = _ints(key, p.csv(key))
         if wanted is not None:
-            tests.append(lambda t, attr=attr, wanted=wanted: getattr(t, attr) in wanted)
+            tests.append(_field_in(attr, wanted))
     for key, attr in (("ftype", "type"), ("fpriority", "priority")):
         names = p.csv(key)
         if names is not None:
-            tests.append(lambda t, attr=attr, names=set(names): getattr(t, attr) in names)
+            tests.append(_field_in(attr, set(names)))
     tags = p.csv("tag")
     if tags:
         # Several tags match tickets carrying any one of them.
