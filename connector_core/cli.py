@@ -433,6 +433,53 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return asyncio.run(_with_store(config, run))
 
 
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    """Stored webhooks whose processing kept failing, and what to do with them."""
+    config, _ = load(args.config)
+
+    async def run(store: SQLiteStore) -> int:
+        if args.action == "list":
+            items = await store.quarantined_events(limit=args.limit)
+            if not items:
+                print("the quarantine is empty")
+            for item in items:
+                call_id = item.params.get("call_id", "")
+                print(
+                    f"{item.id:>6}  {_when(item.received_at)}  {item.account}  {call_id}  "
+                    f"event={item.params.get('event', '')}  attempts={item.attempts}  "
+                    f"{item.last_error}"
+                )
+            return EXIT_OK
+        ids = [int(i) for i in args.ids]
+        if args.action == "retry" and args.all:
+            ids = [i.id for i in await store.quarantined_events(limit=1_000_000)]
+        if not ids:
+            print(
+                "name the quarantined ids (see `connector quarantine list`), or --all",
+                file=sys.stderr,
+            )
+            return EXIT_CHECK_FAILED
+        failed = 0
+        for item_id in ids:
+            item = await store.get_event(item_id)
+            if item is None or item.status != "quarantined":
+                print(f"{item_id}: not in the quarantine", file=sys.stderr)
+                failed += 1
+                continue
+            call_id = item.params.get("call_id", "")
+            if args.action == "show":
+                print(json.dumps({"item": item.__dict__}, indent=2, ensure_ascii=False))
+            elif args.action == "retry":
+                await store.requeue_event(item_id)
+                print(f"{item_id}: queued again (call {call_id}); a running service takes it up")
+            else:
+                await store.drop_event(item_id)
+                print(f"{item_id}: dropped (call {call_id})")
+        return EXIT_CHECK_FAILED if failed else EXIT_OK
+
+    return asyncio.run(_with_store(config, run))
+
+
 def parse_since(text: str, now: float) -> float:
     """``2h``, ``30m``, ``90s``, ``3d`` ago, or an ISO date/time (UTC unless it says)."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -505,6 +552,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "show", "retry", "drop"])
     p.add_argument("ids", nargs="*", help="dead-letter ids (from `connector dlq list`)")
     p.add_argument("--all", action="store_true", help="with retry: every dead letter")
+    p.add_argument("--limit", type=int, default=100, help="with list: how many")
+    p.add_argument("--config", help=config_help)
+    p = command(
+        "quarantine",
+        cmd_quarantine,
+        "stored webhooks whose processing kept failing: list, show, retry or drop",
+    )
+    p.add_argument("action", choices=["list", "show", "retry", "drop"])
+    p.add_argument("ids", nargs="*", type=int, help="inbox ids (from `connector quarantine list`)")
+    p.add_argument("--all", action="store_true", help="with retry: every quarantined webhook")
     p.add_argument("--limit", type=int, default=100, help="with list: how many")
     p.add_argument("--config", help=config_help)
     p = command("journal", cmd_journal, "show what a journaling plugin (amocrm_stub) recorded")

@@ -211,6 +211,17 @@ class ServerConfig(_Strict):
     public_url: Annotated[str, AfterValidator(_check_public_url)] = Field(
         "", description="The service's address as people reach it, for links; may be empty."
     )
+    readyz_token: Token | None = Field(
+        None,
+        description="With `Authorization: Bearer <token>`, /readyz shows its details to "
+        "any address, not only to loopback.",
+    )
+    loop_stall_seconds: float = Field(
+        120,
+        gt=0,
+        description="/readyz answers 503 when a background loop with work waiting has "
+        "completed no round for this long (beyond its own interval).",
+    )
 
 
 class StorageConfig(_Strict):

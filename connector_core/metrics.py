@@ -44,9 +44,16 @@ class Metrics:
                 "inbox_pending": "Stored webhooks not yet processed",
                 "dispatches_pending": "Hook calls waiting to run or to be retried",
                 "dispatches_dead": "Hook calls in the dead-letter queue",
+                "inbox_quarantined": "Stored webhooks set aside after failing repeatedly",
                 "calls_open": "Calls not finished yet",
             }.items()
         }
+        self.loop_errors = Counter(
+            "connector_loop_errors",
+            "Rounds of a background loop that raised (each logged with its traceback)",
+            ["loop"],
+            registry=r,
+        )
         self.breaker_open = Gauge(
             "connector_circuit_open",
             "1 while an integration's circuit breaker is open",
