@@ -117,6 +117,7 @@ class Dispatcher:
         self.last_scan_rows = 0
         self.breakers: dict[str, Breaker] = {}
         self._group_errors: list[BaseException] = []
+        self._groups_failing = False
 
     def breaker(self, integration: str) -> Breaker:
         if integration not in self.breakers:
@@ -131,20 +132,30 @@ class Dispatcher:
 
         A call group that failed outside its hook (the store could not record the result)
         fails the next round, so the supervisor logs it and backs off instead of rerunning
-        the group at once; its rows stay pending.
+        the group at once; its rows stay pending. Until a round's groups succeed again, each
+        round waits for the groups it started, so a store that still fails fails the round
+        and the backoff grows.
         """
-        if self._group_errors:
-            errors, self._group_errors = self._group_errors, []
-            raise GroupFailed(
-                f"{len(errors)} call group(s) failed outside the hook; their rows stay pending"
-            ) from errors[0]
+        self._raise_group_errors()
         await self.dispatch_due()
+        if self._groups_failing:
+            await self.wait_idle()
+            self._raise_group_errors()
+            self._groups_failing = False
         if self.last_scan_rows >= BUSY_SCAN_ROWS:
             # A backlog (a slow CRM): one scan for a burst of notifications, not one each. A
             # scan then reads up to 1000 rows per integration, and every event paying for
             # one starved the worker.
             await asyncio.sleep(coalesce_seconds)
         return False
+
+    def _raise_group_errors(self) -> None:
+        if self._group_errors:
+            errors, self._group_errors = self._group_errors, []
+            self._groups_failing = True
+            raise GroupFailed(
+                f"{len(errors)} call group(s) failed outside the hook; their rows stay pending"
+            ) from errors[0]
 
     async def stop(self) -> None:
         """Let running hook calls finish (they are bounded by their timeouts)."""
