@@ -3,6 +3,11 @@
 Each inbox item is processed in one store transaction (new call state + item done + new
 dispatches), so after a crash an item is either fully processed or still pending; the
 tracker ignores events it has already merged, so reprocessing one changes nothing.
+
+The worker's loops are rounds run by the supervisor (``drain_round``, ``expiry_round``): a
+round that raises is logged and backed off there. An item whose processing raises is tried
+again at the next rounds and quarantined after ``MAX_ATTEMPTS``; a store that fails as a whole
+fails the round instead, so no good item is quarantined for the store's fault.
 """
 
 from __future__ import annotations
