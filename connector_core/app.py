@@ -234,6 +234,8 @@ async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
         interval=AUTH_CHECK_INTERVAL,
         has_work=lambda stats: bool(app[INTEGRATIONS]),
     )
+    for name in supervisor.loops:  # each loop's error count exists, at 0, from the start
+        app[METRICS].loop_errors.labels(name)
     supervisor.start()
     yield
     # Stop taking new work, then let running hook calls finish within their timeouts.

@@ -274,17 +274,22 @@ async def _replay_stored(app: web.Application, since: float) -> int:
     integrations added since, or whose rows were dropped, get the hook calls they are owed.
     """
     store, worker = app[STORE], app[WORKER]
-    after, count = 0, 0
+    after, count, set_aside = 0, 0, 0
     while items := await store.inbox_items(since=since, after_id=after, limit=1000):
         for item in items:
+            if item.status in ("quarantined", "dropped"):
+                set_aside += 1  # `connector quarantine retry` is the way back for those
+                continue
             await worker.process(item)
-        after, count = items[-1].id, count + len(items)
+            count += 1
+        after = items[-1].id
         print(f"{count} stored event(s) replayed", file=sys.stderr)
     stats = await _finish_work(app)
     print(
         f"replayed {count} stored event(s) received since {_when(since)}; "
         f"{stats['dispatches_pending']} hook call(s) waiting for retry, "
         f"{stats['dispatches_dead']} dead-lettered"
+        + (f"; {set_aside} quarantined or dropped, not replayed" if set_aside else "")
     )
     return EXIT_OK
 

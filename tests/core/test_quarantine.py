@@ -136,6 +136,12 @@ async def test_a_poison_item_is_retried_then_quarantined_while_other_calls_go_th
         f"{first_bad.id:>6}  2023-11-14 22:13:20 UTC  {ACCOUNT}  {BAD}  event=1  attempts=3  "
         "IntegrityError: poisoned call"
     )
+    # A replay of the stored events leaves them aside: retrying them is the quarantine's job.
+    assert await cli("replay", "--since", "2023-11-14", "--config", str(config_file)) == 0
+    assert capsys.readouterr().out.endswith(
+        f"; {len(quarantined)} quarantined or dropped, not replayed\n"
+    )
+    assert len(await store.quarantined_events()) == len(quarantined)
     assert await cli("quarantine", "show", str(first_bad.id), "--config", str(config_file)) == 0
     shown = json.loads(capsys.readouterr().out)["item"]
     assert shown["status"] == "quarantined" and shown["params"]["call_id"] == BAD
