@@ -11,6 +11,7 @@ from aiohttp import web
 from connector_core.clock import Clock
 from connector_core.hooks import PluginHost
 from connector_core.integrations import Integration
+from connector_core.supervisor import Supervisor
 
 if TYPE_CHECKING:
     pass
@@ -38,4 +39,4 @@ DISPATCHER = web.AppKey("dispatcher", "Dispatcher")
 BOARD = web.AppKey("board", "CardBoard")
 NOTIFIER = web.AppKey("notifier", "Notifier")
 METRICS = web.AppKey("metrics", "Metrics")
-SUPERVISOR = web.AppKey("supervisor", "Supervisor")
+SUPERVISOR = web.AppKey("supervisor", Supervisor)

@@ -466,14 +466,14 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
             return EXIT_CHECK_FAILED
         failed = 0
         for item_id in ids:
-            item = await store.get_event(item_id)
-            if item is None or item.status != "quarantined":
+            found = await store.get_event(item_id)
+            if found is None or found.status != "quarantined":
                 print(f"{item_id}: not in the quarantine", file=sys.stderr)
                 failed += 1
                 continue
-            call_id = item.params.get("call_id", "")
+            call_id = found.params.get("call_id", "")
             if args.action == "show":
-                print(json.dumps({"item": item.__dict__}, indent=2, ensure_ascii=False))
+                print(json.dumps({"item": found.__dict__}, indent=2, ensure_ascii=False))
             elif args.action == "retry":
                 await store.requeue_event(item_id)
                 print(f"{item_id}: queued again (call {call_id}); a running service takes it up")

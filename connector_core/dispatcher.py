@@ -9,6 +9,7 @@ same integration and call, and is retried on a backoff schedule stored with it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from collections.abc import Callable
@@ -193,7 +194,7 @@ class Dispatcher:
                 room -= 1
                 task = asyncio.create_task(self._run_group(group), name=f"dispatch {group}")
                 self._running[group] = task
-                task.add_done_callback(lambda t, g=group: self._done(g, t))
+                task.add_done_callback(functools.partial(self._done, group))
                 started += 1
         self.last_scan_rows = scanned
         return started
