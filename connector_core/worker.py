@@ -21,6 +21,7 @@ from connector_core.callstate import CallState
 from connector_core.clock import Clock
 from connector_core.events import EventError, SipuniEvent, parse_event
 from connector_core.hooks import PluginHost
+from connector_core.ingest import loggable_call_id
 from connector_core.integrations import Integration
 from connector_core.logcontext import call_context
 from connector_core.store.base import InboxItem, Store, is_store_failure
@@ -72,14 +73,16 @@ class Worker:
         return await self.drain() > 0
 
     async def drain(self, batch: int = 200) -> int:
-        """Process pending inbox items; returns how many were taken up.
+        """Process pending inbox items; returns how many were processed or quarantined.
 
         Items of one call are processed one after another, in inbox order; different calls
         concurrently, so the store can commit many of them with one fsync (group commit).
         An item whose processing raises stops only its own call's chain (the items behind
         it wait until it is processed or quarantined, so a call's events stay in order);
-        the other calls go on. When the store as a whole is failing, the failure is raised
-        once every chain is done, so the round fails and the supervisor backs off.
+        the other calls go on. A failed attempt that did not quarantine its item is not
+        counted, so the loop waits for its next wake-up or poll before the next attempt.
+        When the store as a whole is failing, the failure is raised once every chain is
+        done, so the round fails and the supervisor backs off.
         """
         async with self._draining:
             items = await self.store.pending_events(batch)
@@ -88,15 +91,21 @@ class Worker:
                 # As parse_event reads it; an item without one runs alone.
                 call_id = str(item.params.get("call_id") or "").strip() or f"#{item.id}"
                 chains.setdefault((item.account, call_id), []).append(item)
+            settled = 0
 
             async def run(chain: list[InboxItem]) -> None:
+                nonlocal settled
                 for item in chain:
                     try:
                         await self.process(item)
                     except Exception as exc:
-                        if not await self._contain(item, exc):
+                        if is_store_failure(exc) or not await self._store_writes():
+                            # Every item would fail: counting attempts would quarantine
+                            # good work. The round fails instead.
                             raise
-                        return
+                        if not await self._count_failure(item, exc):
+                            return  # the items behind it wait for its next attempt
+                    settled += 1
 
             results = await asyncio.gather(
                 *(run(chain) for chain in chains.values()), return_exceptions=True
@@ -104,41 +113,36 @@ class Worker:
             for result in results:
                 if isinstance(result, BaseException):
                     raise result
-            return len(items)
+            return settled
 
-    async def _contain(self, item: InboxItem, exc: Exception) -> bool:
-        """Count a failed attempt of ``item``; ``False`` when the store itself is failing.
-
-        A store that cannot write would make every item fail: counting those attempts would
-        quarantine good work, so they are not counted (the store is probed to tell).
-        """
-        if is_store_failure(exc) or not await self._store_writes():
-            return False
+    async def _count_failure(self, item: InboxItem, exc: Exception) -> bool:
+        """Record a failed attempt at ``item``; ``True`` if that quarantined it."""
         attempts = item.attempts + 1
         reason = describe_error(exc)
         quarantine = attempts >= self.max_attempts
         await self.store.fail_event(item.id, reason, quarantine=quarantine)
-        if quarantine:
-            log.error(
-                "inbox item %s quarantined after %d failed attempt(s): %s; see"
-                " `connector quarantine show %s`, then `connector quarantine retry %s`",
-                item.id,
-                attempts,
-                reason,
-                item.id,
-                item.id,
-                exc_info=exc,
-            )
-        else:
-            log.warning(
-                "inbox item %s failed (attempt %d of %d), tried again at the next round: %s",
-                item.id,
-                attempts,
-                self.max_attempts,
-                reason,
-                exc_info=exc,
-            )
-        return True
+        with call_context(item.account, loggable_call_id(item.params.get("call_id"))):
+            if quarantine:
+                log.error(
+                    "inbox item %s quarantined after %d failed attempt(s): %s; see"
+                    " `connector quarantine show %s`, then `connector quarantine retry %s`",
+                    item.id,
+                    attempts,
+                    reason,
+                    item.id,
+                    item.id,
+                    exc_info=exc,
+                )
+            else:
+                log.warning(
+                    "inbox item %s failed (attempt %d of %d), tried again at the next round: %s",
+                    item.id,
+                    attempts,
+                    self.max_attempts,
+                    reason,
+                    exc_info=exc,
+                )
+        return quarantine
 
     async def _store_writes(self) -> bool:
         try:
