@@ -38,10 +38,7 @@ import pytest
 
 from tests.e2e.process import ServiceProcess, free_port, get_json
 from tests.e2e.test_kill_loop import (
-    ACCOUNT,
-    SANDBOX_TOKEN,
     TOKEN,
-    USERS,
     SandboxProcess,
     check_usedesk,
     digits,
@@ -50,6 +47,7 @@ from tests.e2e.test_kill_loop import (
     interleave,
     shut_down,
 )
+from tests.e2e.test_kill_loop import write_config as kill_loop_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -86,26 +84,14 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def write_config(tmp_path: Path, port: int, db_path: Path, sandbox_url: str) -> Path:
-    # The config and the service's log stay off the small disk: only the store is on it.
-    path = tmp_path / "connector.toml"
-    path.write_text(f"""
-[server]
-port = {port}
-[storage]
-path = "{db_path}"
-[tracker]
-finish_settle_seconds = 0
-[accounts.{ACCOUNT}]
-token = "{TOKEN}"
-[accounts.{ACCOUNT}.integrations.usedesk]
-api_token = "{SANDBOX_TOKEN}"
-base_url = "{sandbox_url}"
-rate_limit_per_minute = 1000
-burst_per_second = 50
-request_timeout_seconds = 3
-users = {USERS}
-on_duty_user = 4
-""")
+    """The kill loop's config with the store on ``db_path``.
+
+    The config and the service's log stay off the small disk: only the store is on it.
+    """
+    path = kill_loop_config(tmp_path, port, sandbox_url)
+    text = path.read_text()
+    assert 'path = "connector.db"' in text
+    path.write_text(text.replace('path = "connector.db"', f'path = "{db_path}"'))
     return path
 
 
