@@ -36,7 +36,7 @@ class Backoff:
 
     def delay(self, failures: int) -> float:
         """The wait after ``failures`` consecutive failed rounds (``failures`` ≥ 1)."""
-        return min(self.cap, self.initial * 2 ** max(0, failures - 1))
+        return min(self.cap, self.initial * 2.0 ** max(0, failures - 1))
 
 
 @dataclass
