@@ -7,11 +7,10 @@ background tasks start last and stop first, letting in-flight hook calls finish.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import functools
 import inspect
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -28,6 +27,7 @@ from connector_core.appkeys import (
     METRICS,
     NOTIFIER,
     STORE,
+    SUPERVISOR,
     WORKER,
     AccountRuntime,
 )
@@ -41,10 +41,12 @@ from connector_core.metrics import Metrics
 from connector_core.notifications import CardBoard, Notifier, Sink
 from connector_core.store.base import Dispatch
 from connector_core.store.sqlite import SQLiteStore
+from connector_core.supervisor import Supervisor
 from connector_core.worker import Worker
 
 log = logging.getLogger(__name__)
 AUTH_CHECK_INTERVAL = 300.0
+EXPIRY_INTERVAL = 60.0
 
 
 def plugin_host_for(config: Config) -> PluginHost:
@@ -62,25 +64,35 @@ def create_app(
     host: PluginHost | None = None,
     clock: Clock | None = None,
     background: bool = True,
+    store_factory: Callable[..., SQLiteStore] = SQLiteStore,
 ) -> web.Application:
-    """Build the service. ``background=False`` leaves the worker loops to the caller (tests)."""
+    """Build the service. ``background=False`` leaves the worker loops to the caller (tests).
+
+    ``store_factory(path, clock=...)`` makes the store: a test may pass one that injects
+    faults (``connector_core.testing.faults.FaultyStore``).
+    """
     app = web.Application(client_max_size=config.server.max_body_bytes)
     app[CONFIG] = config
     app[CLOCK] = clock or SystemClock()
     app[HOST] = host or plugin_host_for(config)
     app[METRICS] = Metrics()
+    app[SUPERVISOR] = Supervisor(
+        app[CLOCK], on_error=lambda loop: app[METRICS].loop_errors.labels(loop).inc()
+    )
     app.add_routes(ingest.routes())
     app.add_routes(health.routes())
     app.add_routes(agent_stream.routes())
-    app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(functools.partial(_store_ctx, factory=store_factory))
     app.cleanup_ctx.append(_integrations_ctx)
     if background:
         app.cleanup_ctx.append(_background_ctx)
     return app
 
 
-async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    store = SQLiteStore(app[CONFIG].storage.path, clock=app[CLOCK])
+async def _store_ctx(
+    app: web.Application, factory: Callable[..., SQLiteStore]
+) -> AsyncIterator[None]:
+    store = factory(app[CONFIG].storage.path, clock=app[CLOCK])
     await store.open()
     app[STORE] = store
     yield
@@ -178,36 +190,55 @@ async def check_authorization(host: PluginHost, integration: Integration) -> Aut
     return result
 
 
-async def _auth_loop(app: web.Application) -> None:
-    while True:
-        for integration in app[INTEGRATIONS].values():
-            result = await check_authorization(app[HOST], integration)
-            level = logging.INFO if result.ok else logging.ERROR
-            log.log(
-                level,
-                "%s authorisation: %s %s",
-                integration.key,
-                result.status.value,
-                result.reason,
-            )
-        await asyncio.sleep(AUTH_CHECK_INTERVAL)
+async def _auth_round(app: web.Application) -> bool:
+    """The authorisation loop's round: check every integration once, log each result."""
+    for integration in app[INTEGRATIONS].values():
+        result = await check_authorization(app[HOST], integration)
+        level = logging.INFO if result.ok else logging.ERROR
+        log.log(
+            level,
+            "%s authorisation: %s %s",
+            integration.key,
+            result.status.value,
+            result.reason,
+        )
+    return False
 
 
 async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
-    worker, dispatcher = app[WORKER], app[DISPATCHER]
-    tasks = [
-        asyncio.create_task(worker.run(), name="worker"),
-        asyncio.create_task(worker.run_expiry(), name="expiry"),
-        asyncio.create_task(dispatcher.run(), name="dispatcher"),
-        asyncio.create_task(_auth_loop(app), name="auth"),
-    ]
+    worker, dispatcher, supervisor = app[WORKER], app[DISPATCHER], app[SUPERVISOR]
+    supervisor.add(
+        "worker",
+        worker.drain_round,
+        interval=1.0,
+        wakeup=worker.wakeup,
+        has_work=lambda stats: stats.get("inbox_pending", 0) > 0,
+    )
+    supervisor.add(
+        "dispatcher",
+        dispatcher.scan_round,
+        interval=0.5,
+        wakeup=dispatcher.wakeup,
+        has_work=lambda stats: stats.get("dispatches_pending", 0) > 0,
+    )
+    supervisor.add(
+        "expiry",
+        worker.expiry_round,
+        interval=EXPIRY_INTERVAL,
+        has_work=lambda stats: stats.get("calls_open", 0) > 0,
+    )
+    supervisor.add(
+        "auth",
+        functools.partial(_auth_round, app),
+        interval=AUTH_CHECK_INTERVAL,
+        has_work=lambda stats: bool(app[INTEGRATIONS]),
+    )
+    for name in supervisor.loops:  # each loop's error count exists, at 0, from the start
+        app[METRICS].loop_errors.labels(name)
+    supervisor.start()
     yield
     # Stop taking new work, then let running hook calls finish within their timeouts.
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await supervisor.stop()
     await dispatcher.wait_idle()
 
 

@@ -11,6 +11,7 @@ from aiohttp import web
 from connector_core.clock import Clock
 from connector_core.hooks import PluginHost
 from connector_core.integrations import Integration
+from connector_core.supervisor import Supervisor
 
 if TYPE_CHECKING:
     # Only for the key types: these modules import the app's keys themselves at runtime.
@@ -44,3 +45,4 @@ DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
 BOARD: web.AppKey[CardBoard] = web.AppKey("board")
 NOTIFIER: web.AppKey[Notifier] = web.AppKey("notifier")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+SUPERVISOR: web.AppKey[Supervisor] = web.AppKey("supervisor")

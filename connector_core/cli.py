@@ -11,9 +11,10 @@ import sys
 import time
 import tomllib
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, Generic, Protocol, TypedDict, TypeVar
 from urllib.parse import parse_qsl
 
 from aiohttp import web
@@ -34,6 +35,7 @@ from connector_core.hooks import PluginHost
 from connector_core.logcontext import setup_logging
 from connector_core.simulator import scenarios
 from connector_core.simulator.sender import send_calls
+from connector_core.store.base import Dispatch, InboxItem
 from connector_core.store.sqlite import SQLiteStore
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
@@ -304,17 +306,22 @@ async def _replay_stored(app: web.Application, since: float) -> int:
     integrations added since, or whose rows were dropped, get the hook calls they are owed.
     """
     store, worker = app[STORE], app[WORKER]
-    after, count = 0, 0
+    after, count, set_aside = 0, 0, 0
     while items := await store.inbox_items(since=since, after_id=after, limit=1000):
         for item in items:
+            if item.status in ("quarantined", "dropped"):
+                set_aside += 1  # `connector quarantine retry` is the way back for those
+                continue
             await worker.process(item)
-        after, count = items[-1].id, count + len(items)
+            count += 1
+        after = items[-1].id
         print(f"{count} stored event(s) replayed", file=sys.stderr)
     stats = await _finish_work(app)
     print(
         f"replayed {count} stored event(s) received since {_when(since)}; "
         f"{stats['dispatches_pending']} hook call(s) waiting for retry, "
         f"{stats['dispatches_dead']} dead-lettered"
+        + (f"; {set_aside} quarantined or dropped, not replayed" if set_aside else "")
     )
     return EXIT_OK
 
@@ -418,53 +425,122 @@ def _when(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def cmd_dlq(args: argparse.Namespace) -> int:
-    """The dead-letter queue: hook calls that failed for good, and what to do with them."""
+class _Row(Protocol):
+    @property
+    def id(self) -> int: ...
+
+
+R = TypeVar("R", bound=_Row)
+
+
+@dataclass(frozen=True)
+class _SetAside(Generic[R]):
+    """Work set aside after failing (dead letters, quarantined webhooks), as the CLI sees it."""
+
+    name: str  # as the messages name it: "the dead-letter queue"
+    ids_hint: str  # what to type when no id was given
+    rows: Callable[[SQLiteStore, int], Awaitable[list[R]]]  # the set-aside rows, oldest first
+    get: Callable[[SQLiteStore, int], Awaitable[R | None]]
+    is_set_aside: Callable[[R], bool]
+    line: Callable[[R], str]  # one row of `list`
+    shown: Callable[[SQLiteStore, R], Awaitable[dict[str, Any]]]  # `show`, as JSON
+    label: Callable[[R], str]  # what the row is, after its id
+    requeue: Callable[[SQLiteStore, int], Awaitable[bool]]
+    drop: Callable[[SQLiteStore, int], Awaitable[bool]]
+    requeued_note: str = ""
+
+
+def _manage(args: argparse.Namespace, aside: _SetAside[Any]) -> int:
+    """``list``, ``show``, ``retry`` or ``drop`` set-aside work; exit 1 if an id is not there."""
     config, _ = load(args.config)
 
     async def run(store: SQLiteStore) -> int:
         if args.action == "list":
-            dead = await store.dead_dispatches(limit=args.limit)
-            if not dead:
-                print("the dead-letter queue is empty")
-            for d in dead:
-                print(
-                    f"{d.id:>6}  {_when(d.created_at)}  {d.integration}  {d.call_id}  "
-                    f"{d.key}  attempts={d.attempts}  {d.last_error}"
-                )
+            rows = await aside.rows(store, args.limit)
+            if not rows:
+                print(f"{aside.name} is empty")
+            for row in rows:
+                print(aside.line(row))
             return EXIT_OK
-        ids = [int(i) for i in args.ids]
+        ids: list[int] = list(args.ids)
         if args.action == "retry" and args.all:
-            ids = [d.id for d in await store.dead_dispatches(limit=1_000_000)]
+            ids = [row.id for row in await aside.rows(store, 1_000_000)]
         if not ids:
-            print("name the dead-letter ids (see `connector dlq list`), or --all", file=sys.stderr)
+            print(aside.ids_hint, file=sys.stderr)
             return EXIT_CHECK_FAILED
         failed = 0
-        for dispatch_id in ids:
-            row = await store.get_dispatch(dispatch_id)
-            if row is None or row.status != "dead":
-                print(f"{dispatch_id}: not in the dead-letter queue", file=sys.stderr)
+        for row_id in ids:
+            row = await aside.get(store, row_id)
+            if row is None or not aside.is_set_aside(row):
+                print(f"{row_id}: not in {aside.name}", file=sys.stderr)
                 failed += 1
                 continue
             if args.action == "show":
-                call = await store.load_call(row.account, row.call_id)
-                summary = call.model_dump(mode="json", exclude={"events"}) if call else None
-                record = row.record.model_dump(mode="json") if row.record else None
-                dispatch = {**row.__dict__, "record": record}
-                print(
-                    json.dumps(
-                        {"dispatch": dispatch, "call": summary}, indent=2, ensure_ascii=False
-                    )
-                )
+                shown = await aside.shown(store, row)
+                print(json.dumps(shown, indent=2, ensure_ascii=False))
             elif args.action == "retry":
-                await store.requeue_dispatch(dispatch_id)
-                print(f"{dispatch_id}: queued again ({row.integration} {row.key})")
+                await aside.requeue(store, row_id)
+                print(f"{row_id}: queued again ({aside.label(row)}){aside.requeued_note}")
             else:
-                await store.drop_dispatch(dispatch_id)
-                print(f"{dispatch_id}: dropped ({row.integration} {row.key})")
+                await aside.drop(store, row_id)
+                print(f"{row_id}: dropped ({aside.label(row)})")
         return EXIT_CHECK_FAILED if failed else EXIT_OK
 
     return asyncio.run(_with_store(config, run))
+
+
+async def _dead_letter_shown(store: SQLiteStore, row: Dispatch) -> dict[str, Any]:
+    call = await store.load_call(row.account, row.call_id)
+    summary = call.model_dump(mode="json", exclude={"events"}) if call else None
+    record = row.record.model_dump(mode="json") if row.record else None
+    return {"dispatch": {**row.__dict__, "record": record}, "call": summary}
+
+
+async def _quarantined_shown(store: SQLiteStore, item: InboxItem) -> dict[str, Any]:
+    return {"item": item.__dict__}
+
+
+DEAD_LETTERS: _SetAside[Dispatch] = _SetAside(
+    name="the dead-letter queue",
+    ids_hint="name the dead-letter ids (see `connector dlq list`), or --all",
+    rows=lambda store, limit: store.dead_dispatches(limit=limit),
+    get=SQLiteStore.get_dispatch,
+    is_set_aside=lambda d: d.status == "dead",
+    line=lambda d: (
+        f"{d.id:>6}  {_when(d.created_at)}  {d.integration}  {d.call_id}  "
+        f"{d.key}  attempts={d.attempts}  {d.last_error}"
+    ),
+    shown=_dead_letter_shown,
+    label=lambda d: f"{d.integration} {d.key}",
+    requeue=SQLiteStore.requeue_dispatch,
+    drop=SQLiteStore.drop_dispatch,
+)
+QUARANTINE: _SetAside[InboxItem] = _SetAside(
+    name="the quarantine",
+    ids_hint="name the quarantined ids (see `connector quarantine list`), or --all",
+    rows=lambda store, limit: store.quarantined_events(limit=limit),
+    get=SQLiteStore.get_event,
+    is_set_aside=lambda i: i.status == "quarantined",
+    line=lambda i: (
+        f"{i.id:>6}  {_when(i.received_at)}  {i.account}  {i.params.get('call_id', '')}  "
+        f"event={i.params.get('event', '')}  attempts={i.attempts}  {i.last_error}"
+    ),
+    shown=_quarantined_shown,
+    label=lambda i: f"call {i.params.get('call_id', '')}",
+    requeue=SQLiteStore.requeue_event,
+    drop=SQLiteStore.drop_event,
+    requeued_note="; a running service takes it up",
+)
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    """The dead-letter queue: hook calls that failed for good, and what to do with them."""
+    return _manage(args, DEAD_LETTERS)
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    """Stored webhooks whose processing kept failing, and what to do with them."""
+    return _manage(args, QUARANTINE)
 
 
 def parse_since(text: str, now: float) -> float:
@@ -537,8 +613,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="exit after showing the result")
     p = command("dlq", cmd_dlq, "the dead-letter queue: list, show, retry or drop")
     p.add_argument("action", choices=["list", "show", "retry", "drop"])
-    p.add_argument("ids", nargs="*", help="dead-letter ids (from `connector dlq list`)")
+    p.add_argument("ids", nargs="*", type=int, help="dead-letter ids (from `connector dlq list`)")
     p.add_argument("--all", action="store_true", help="with retry: every dead letter")
+    p.add_argument("--limit", type=int, default=100, help="with list: how many")
+    p.add_argument("--config", help=config_help)
+    p = command(
+        "quarantine",
+        cmd_quarantine,
+        "stored webhooks whose processing kept failing: list, show, retry or drop",
+    )
+    p.add_argument("action", choices=["list", "show", "retry", "drop"])
+    p.add_argument("ids", nargs="*", type=int, help="inbox ids (from `connector quarantine list`)")
+    p.add_argument("--all", action="store_true", help="with retry: every quarantined webhook")
     p.add_argument("--limit", type=int, default=100, help="with list: how many")
     p.add_argument("--config", help=config_help)
     p = command("journal", cmd_journal, "show what a journaling plugin (amocrm_stub) recorded")

@@ -224,6 +224,17 @@ class ServerConfig(_Strict):
         description="A webhook's body must arrive within this long after its head; otherwise "
         "the answer is 408 and the connection is closed.",
     )
+    readyz_token: Token | None = Field(
+        None,
+        description="With `Authorization: Bearer <token>`, /readyz shows its details to "
+        "any address, not only to loopback.",
+    )
+    loop_stall_seconds: float = Field(
+        120,
+        gt=0,
+        description="/readyz answers 503 when a background loop with work waiting has "
+        "completed no round for this long (beyond its own interval).",
+    )
 
 
 class StorageConfig(_Strict):

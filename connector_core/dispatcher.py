@@ -9,7 +9,7 @@ same integration and call, and is retried on a backoff schedule stored with it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 import random
 from collections.abc import Callable
@@ -28,6 +28,10 @@ BUSY_SCAN_ROWS = 200  # pending rows a scan found above which notifications are 
 # Calls of one integration whose hooks run at once, at most: more cannot go faster than the
 # CRM's rate limit lets them, and each waiting one holds its call's state.
 MAX_GROUPS_PER_INTEGRATION = 100
+
+
+class GroupFailed(RuntimeError):
+    """Call groups failed outside their hooks (the store): reported by the next scan."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,8 @@ class Dispatcher:
         self._running: dict[tuple[str, str, str], asyncio.Task[None]] = {}
         self.last_scan_rows = 0
         self.breakers: dict[str, Breaker] = {}
+        self._group_errors: list[BaseException] = []
+        self._groups_failing = False
 
     def breaker(self, integration: str) -> Breaker:
         if integration not in self.breakers:
@@ -121,23 +127,35 @@ class Dispatcher:
     def notify(self) -> None:
         self.wakeup.set()
 
-    async def run(self, poll_seconds: float = 0.5, coalesce_seconds: float = 0.02) -> None:
-        try:
-            while True:
-                self.wakeup.clear()
-                await self.dispatch_due()
-                # Not asyncio.wait_for: on Python 3.11 it drops a cancellation that lands as
-                # the event is set, and shutdown would then wait for this loop forever.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(poll_seconds):
-                        await self.wakeup.wait()
-                if self.last_scan_rows >= BUSY_SCAN_ROWS:
-                    # A backlog (a slow CRM): one scan for a burst of notifications, not one
-                    # each. A scan then reads up to 1000 rows per integration, and every
-                    # event paying for one starved the worker.
-                    await asyncio.sleep(coalesce_seconds)
-        finally:
-            await self.stop()
+    async def scan_round(self, coalesce_seconds: float = 0.02) -> bool:
+        """The dispatcher loop's round: one scan for due rows; then wait for a wake-up.
+
+        A call group that failed outside its hook (the store could not record the result)
+        fails the next round, so the supervisor logs it and backs off instead of rerunning
+        the group at once; its rows stay pending. Until a round's groups succeed again, each
+        round waits for the groups it started, so a store that still fails fails the round
+        and the backoff grows.
+        """
+        self._raise_group_errors()
+        await self.dispatch_due()
+        if self._groups_failing:
+            await self.wait_idle()
+            self._raise_group_errors()
+            self._groups_failing = False
+        if self.last_scan_rows >= BUSY_SCAN_ROWS:
+            # A backlog (a slow CRM): one scan for a burst of notifications, not one each. A
+            # scan then reads up to 1000 rows per integration, and every event paying for
+            # one starved the worker.
+            await asyncio.sleep(coalesce_seconds)
+        return False
+
+    def _raise_group_errors(self) -> None:
+        if self._group_errors:
+            errors, self._group_errors = self._group_errors, []
+            self._groups_failing = True
+            raise GroupFailed(
+                f"{len(errors)} call group(s) failed outside the hook; their rows stay pending"
+            ) from errors[0]
 
     async def stop(self) -> None:
         """Let running hook calls finish (they are bounded by their timeouts)."""
@@ -175,13 +193,15 @@ class Dispatcher:
                 room -= 1
                 task = asyncio.create_task(self._run_group(group), name=f"dispatch {group}")
                 self._running[group] = task
-                task.add_done_callback(lambda _t, g=group: self._done(g))
+                task.add_done_callback(functools.partial(self._done, group))
                 started += 1
         self.last_scan_rows = scanned
         return started
 
-    def _done(self, group: tuple[str, str, str]) -> None:
+    def _done(self, group: tuple[str, str, str], task: asyncio.Task[None]) -> None:
         self._running.pop(group, None)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            self._group_errors.append(error)
         self.wakeup.set()  # rows may have been added behind the ones just run
 
     async def wait_idle(self) -> None:

@@ -21,6 +21,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from connector_core.appkeys import ACCOUNTS, CLOCK, CONFIG, METRICS, STORE, WORKER, AccountRuntime
 from connector_core.events import CALL_ID, EventError, Probe, UnknownEvent, parse_event
 from connector_core.logcontext import call_context
+from connector_core.store.base import is_store_failure
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,15 @@ async def sipuni_webhook(request: web.Request) -> web.Response:
         with call_context(account.number, parsed.call_id):
             log.debug("event type %s ignored", parsed.event)
         return _reply()
-    await store.append_event(account.number, params, now)
+    try:
+        await store.append_event(account.number, params, now)
+    except Exception as exc:
+        if not is_store_failure(exc):
+            raise
+        with call_context(account.number, parsed.call_id):
+            reason = f"{type(exc).__name__}: {exc}"
+            log.error("webhook not stored (%s); the PBX sends it again", reason)
+        return _reply(503, "the event could not be stored; send it again later")
     app[METRICS].events_received.labels(account.number, str(parsed.event)).inc()
     app[WORKER].notify()
     return _reply()

@@ -44,6 +44,7 @@ class Metrics:
                 "inbox_pending": "Stored webhooks not yet processed",
                 "dispatches_pending": "Hook calls waiting to run or to be retried",
                 "dispatches_dead": "Hook calls in the dead-letter queue",
+                "inbox_quarantined": "Stored webhooks set aside after failing repeatedly",
                 "calls_open": "Calls not finished yet",
             }.items()
         }
@@ -52,6 +53,12 @@ class Metrics:
             "Requests that failed in the HTTP layer: bad_request (malformed, or the client went"
             " away) or server_error (an unhandled exception)",
             ["kind"],
+            registry=r,
+        )
+        self.loop_errors = Counter(
+            "connector_loop_errors",
+            "Rounds of a background loop that raised (each logged with its traceback)",
+            ["loop"],
             registry=r,
         )
         self.breaker_open = Gauge(

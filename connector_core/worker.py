@@ -3,12 +3,16 @@
 Each inbox item is processed in one store transaction (new call state + item done + new
 dispatches), so after a crash an item is either fully processed or still pending; the
 tracker ignores events it has already merged, so reprocessing one changes nothing.
+
+The worker's loops are rounds run by the supervisor (``drain_round``, ``expiry_round``): a
+round that raises is logged and backed off there. An item whose processing raises is tried
+again at the next rounds and quarantined after ``MAX_ATTEMPTS``; a store that fails as a whole
+fails the round instead, so no good item is quarantined for the store's fault.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
@@ -17,11 +21,15 @@ from connector_core.callstate import CallState
 from connector_core.clock import Clock
 from connector_core.events import EventError, SipuniEvent, parse_event
 from connector_core.hooks import PluginHost
+from connector_core.ingest import loggable_call_id
 from connector_core.integrations import Integration
 from connector_core.logcontext import call_context
-from connector_core.store.base import InboxItem, Store
+from connector_core.store.base import InboxItem, Store, is_store_failure
 
 log = logging.getLogger(__name__)
+# Attempts at one inbox item before it is quarantined: a few, as an error that is not the
+# store's (a bug met by this event, a constraint) rarely goes away by itself.
+MAX_ATTEMPTS = 3
 
 
 class Worker:
@@ -38,6 +46,7 @@ class Worker:
         on_dispatches: Callable[[], None] = lambda: None,
         on_call: Callable[[CallState, list[str]], None] = lambda call, keys: None,
         on_processed: Callable[[], None] = lambda: None,
+        max_attempts: int = MAX_ATTEMPTS,
     ) -> None:
         self.store = store
         self.host = host
@@ -49,6 +58,7 @@ class Worker:
         self.on_dispatches = on_dispatches
         self.on_call = on_call
         self.on_processed = on_processed
+        self.max_attempts = max_attempts
         self.wakeup = asyncio.Event()
         self.processed = 0
         # Two drains at once could merge two events of one call into two stale copies.
@@ -58,21 +68,21 @@ class Worker:
         """An event was appended to the inbox: process it now rather than at the next poll."""
         self.wakeup.set()
 
-    async def run(self, poll_seconds: float = 1.0) -> None:
-        while True:
-            self.wakeup.clear()
-            if not await self.drain():
-                # Not asyncio.wait_for: on Python 3.11 it drops a cancellation that lands as
-                # the event is set, and shutdown would then wait for this loop forever.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(poll_seconds):
-                        await self.wakeup.wait()
+    async def drain_round(self) -> bool:
+        """The worker loop's round: ``True`` when it may have left items for the next one."""
+        return await self.drain() > 0
 
     async def drain(self, batch: int = 200) -> int:
-        """Process pending inbox items; returns how many were processed.
+        """Process pending inbox items; returns how many were processed or quarantined.
 
         Items of one call are processed one after another, in inbox order; different calls
         concurrently, so the store can commit many of them with one fsync (group commit).
+        An item whose processing raises stops only its own call's chain (the items behind
+        it wait until it is processed or quarantined, so a call's events stay in order);
+        the other calls go on. A failed attempt that did not quarantine its item is not
+        counted, so the loop waits for its next wake-up or poll before the next attempt.
+        When the store as a whole is failing, the failure is raised once every chain is
+        done, so the round fails and the supervisor backs off.
         """
         async with self._draining:
             items = await self.store.pending_events(batch)
@@ -81,10 +91,21 @@ class Worker:
                 # As parse_event reads it; an item without one runs alone.
                 call_id = str(item.params.get("call_id") or "").strip() or f"#{item.id}"
                 chains.setdefault((item.account, call_id), []).append(item)
+            settled = 0
 
             async def run(chain: list[InboxItem]) -> None:
+                nonlocal settled
                 for item in chain:
-                    await self.process(item)
+                    try:
+                        await self.process(item)
+                    except Exception as exc:
+                        if is_store_failure(exc) or not await self._store_writes():
+                            # Every item would fail: counting attempts would quarantine
+                            # good work. The round fails instead.
+                            raise
+                        if not await self._count_failure(item, exc):
+                            return  # the items behind it wait for its next attempt
+                    settled += 1
 
             results = await asyncio.gather(
                 *(run(chain) for chain in chains.values()), return_exceptions=True
@@ -92,7 +113,42 @@ class Worker:
             for result in results:
                 if isinstance(result, BaseException):
                     raise result
-            return len(items)
+            return settled
+
+    async def _count_failure(self, item: InboxItem, exc: Exception) -> bool:
+        """Record a failed attempt at ``item``; ``True`` if that quarantined it."""
+        attempts = item.attempts + 1
+        reason = describe_error(exc)
+        quarantine = attempts >= self.max_attempts
+        await self.store.fail_event(item.id, reason, quarantine=quarantine)
+        with call_context(item.account, loggable_call_id(item.params.get("call_id"))):
+            if quarantine:
+                log.error(
+                    "inbox item %s quarantined after %d failed attempt(s): %s; see"
+                    " `connector quarantine show %s`, then `connector quarantine retry %s`",
+                    item.id,
+                    attempts,
+                    reason,
+                    item.id,
+                    item.id,
+                    exc_info=exc,
+                )
+            else:
+                log.warning(
+                    "inbox item %s failed (attempt %d of %d), tried again at the next round: %s",
+                    item.id,
+                    attempts,
+                    self.max_attempts,
+                    reason,
+                    exc_info=exc,
+                )
+        return quarantine
+
+    async def _store_writes(self) -> bool:
+        try:
+            return await self.store.writable()
+        except Exception:
+            return False
 
     async def process(self, item: InboxItem) -> None:
         try:
@@ -132,23 +188,39 @@ class Worker:
             self.on_dispatches()
 
     async def expire_idle(self, batch: int = 500) -> int:
-        """Finish calls whose final hang-up never came; returns how many."""
+        """Finish calls whose final hang-up never came; returns how many were looked at.
+
+        A call that cannot be finished is logged and skipped (tried again next round), so it
+        holds up neither the others nor the loop; a failing store fails the round.
+        """
         now = self.clock.now()
         calls = await self.store.idle_open_calls(now - self.hangup_timeout, batch)
         for call in calls:
             with call_context(call.account, call.call_id):
-                state, new = tracker.expire(
-                    call,
-                    now=now,
-                    timeout=self.hangup_timeout,
-                    region=self.regions.get(call.account, "RU"),
-                )
-                if new:
-                    log.info("call finished by timeout after %.0f s idle", self.hangup_timeout)
-                await self._commit(None, state)
+                try:
+                    await self._expire(call, now)
+                except Exception as exc:
+                    if is_store_failure(exc):
+                        raise
+                    log.exception("the idle call could not be finished by timeout")
         return len(calls)
 
-    async def run_expiry(self, interval: float = 60.0) -> None:
-        while True:
-            await self.expire_idle()
-            await asyncio.sleep(interval)
+    async def _expire(self, call: CallState, now: float) -> None:
+        state, new = tracker.expire(
+            call,
+            now=now,
+            timeout=self.hangup_timeout,
+            region=self.regions.get(call.account, "RU"),
+        )
+        if new:
+            log.info("call finished by timeout after %.0f s idle", self.hangup_timeout)
+        await self._commit(None, state)
+
+    async def expiry_round(self, batch: int = 500) -> bool:
+        """The expiry loop's round: ``True`` when a full batch suggests more are idle."""
+        return await self.expire_idle(batch) >= batch
+
+
+def describe_error(exc: BaseException) -> str:
+    """``Type: message``, short enough for a log line and a store column."""
+    return f"{type(exc).__name__}: {str(exc) or type(exc).__name__}"[:500]

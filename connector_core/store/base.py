@@ -13,6 +13,7 @@ can take its place by implementing the same methods. The guarantees every backen
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -21,12 +22,28 @@ from connector_core.callstate import CallState, LifecycleEvent, LifecycleKind
 from connector_core.errors import InvalidRequestError
 
 
+class StoreUnavailable(RuntimeError):
+    """The store as a whole cannot serve (not open, or its backend is failing)."""
+
+
+def is_store_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says the store as a whole fails, rather than one piece of work.
+
+    SQLite reports a full disk, an I/O error, a locked or read-only database as
+    ``OperationalError``: retrying the work later helps, quarantining it would not.
+    """
+    return isinstance(exc, StoreUnavailable | sqlite3.OperationalError)
+
+
 @dataclass(frozen=True)
 class InboxItem:
     id: int
     account: str
     received_at: float
     params: dict[str, Any]
+    status: str = "pending"  # pending | done | quarantined | dropped
+    attempts: int = 0  # failed attempts at processing it
+    last_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -155,6 +172,14 @@ class Store(Protocol):
         ...
 
     async def pending_events(self, limit: int) -> list[InboxItem]: ...
+
+    async def fail_event(self, item_id: int, error: str, *, quarantine: bool) -> None:
+        """Count a failed attempt at inbox item ``item_id``; set it aside if ``quarantine``."""
+        ...
+
+    async def writable(self) -> bool:
+        """Whether a real write (committed, durable) succeeds now."""
+        ...
 
     async def load_call(self, account: str, call_id: str) -> CallState | None: ...
 

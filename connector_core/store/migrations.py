@@ -94,6 +94,20 @@ CREATE TABLE IF NOT EXISTS effects (
 ALTER TABLE dispatches ADD COLUMN record TEXT
 """,
     ),
+    Step(
+        3,
+        "poison inbox items are counted and quarantined; /readyz proves writes with a probe row",
+        """
+ALTER TABLE inbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE inbox ADD COLUMN last_error TEXT;
+CREATE INDEX IF NOT EXISTS inbox_quarantined ON inbox(id) WHERE status = 'quarantined';
+CREATE TABLE IF NOT EXISTS probe (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    written_at REAL NOT NULL
+);
+INSERT OR IGNORE INTO probe (id, written_at) VALUES (1, 0)
+""",
+    ),
 )
 LATEST = STEPS[-1].version
 

@@ -26,7 +26,13 @@ from typing import Any, TypeVar
 
 from connector_core.callstate import CallState, LifecycleEvent
 from connector_core.clock import Clock, SystemClock
-from connector_core.store.base import Dispatch, InboxItem, NewDispatch, Rejected
+from connector_core.store.base import (
+    Dispatch,
+    InboxItem,
+    NewDispatch,
+    Rejected,
+    StoreUnavailable,
+)
 from connector_core.store.migrations import migrate
 
 T = TypeVar("T")
@@ -36,6 +42,7 @@ MAX_REJECTED = 10_000
 # Writes in one group commit at most: bounds how long one transaction holds the writer
 # thread (and so the reads queued behind it) under a flood of webhooks.
 MAX_WRITE_BATCH = 512
+PROBE_TIMEOUT = 5.0  # seconds: a write probe that takes longer says the store cannot write
 
 
 class SQLiteStore:
@@ -52,7 +59,7 @@ class SQLiteStore:
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._executor is None or self._db is None:
-            raise RuntimeError("the store is not open")
+            raise StoreUnavailable("the store is not open")
         db = self._db
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, db)
 
@@ -82,14 +89,22 @@ class SQLiteStore:
             self._executor = None
 
     async def writable(self) -> bool:
+        """Whether a real write succeeds: the probe row is updated and committed.
+
+        It goes through the same group commit as every other write, so it fails when they
+        do (a full disk, an I/O error), and it is as durable as they are. A write that does
+        not come back within ``PROBE_TIMEOUT`` seconds counts as failed.
+        """
+        now = self.clock.now()
+
         def probe(db: sqlite3.Connection) -> bool:
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("ROLLBACK")
-            return True
+            cur = db.execute("UPDATE probe SET written_at = ? WHERE id = 1", (now,))
+            return cur.rowcount == 1
 
         try:
-            return await self._run(probe)
-        except (sqlite3.Error, RuntimeError):
+            async with asyncio.timeout(PROBE_TIMEOUT):
+                return await self._write(probe)
+        except (sqlite3.Error, StoreUnavailable, TimeoutError):
             return False
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -99,7 +114,7 @@ class SQLiteStore:
         inside the batch's transaction.
         """
         if self._executor is None or self._db is None:
-            raise RuntimeError("the store is not open")
+            raise StoreUnavailable("the store is not open")
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[T] = loop.create_future()
         self._writes.append((fn, waiter))
@@ -205,16 +220,80 @@ class SQLiteStore:
 
         return await self._run(select)
 
+    _INBOX_COLUMNS = "id, account, received_at, params, status, attempts, last_error"
+
+    @staticmethod
+    def _inbox_item(row: tuple[Any, ...]) -> InboxItem:
+        return InboxItem(row[0], row[1], row[2], json.loads(row[3]), *row[4:])
+
     async def pending_events(self, limit: int) -> list[InboxItem]:
         def select(db: sqlite3.Connection) -> list[InboxItem]:
             rows = db.execute(
-                "SELECT id, account, received_at, params FROM inbox"
+                f"SELECT {self._INBOX_COLUMNS} FROM inbox"
                 " WHERE status = 'pending' ORDER BY id LIMIT ?",
                 (limit,),
             ).fetchall()
-            return [InboxItem(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+            return [self._inbox_item(r) for r in rows]
 
         return await self._run(select)
+
+    async def fail_event(self, item_id: int, error: str, *, quarantine: bool) -> None:
+        status = "quarantined" if quarantine else "pending"
+        await self._write(
+            lambda db: db.execute(
+                "UPDATE inbox SET attempts = attempts + 1, last_error = ?, status = ?"
+                " WHERE id = ? AND status = 'pending'",
+                (error, status, item_id),
+            )
+        )
+
+    async def quarantined_events(self, limit: int = 100) -> list[InboxItem]:
+        """Inbox items set aside after failing ``MAX_ATTEMPTS`` times, oldest first."""
+
+        def select(db: sqlite3.Connection) -> list[InboxItem]:
+            rows = db.execute(
+                f"SELECT {self._INBOX_COLUMNS} FROM inbox"
+                " WHERE status = 'quarantined' ORDER BY id LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [self._inbox_item(r) for r in rows]
+
+        return await self._run(select)
+
+    async def get_event(self, item_id: int) -> InboxItem | None:
+        def select(db: sqlite3.Connection) -> InboxItem | None:
+            row = db.execute(
+                f"SELECT {self._INBOX_COLUMNS} FROM inbox WHERE id = ?", (item_id,)
+            ).fetchone()
+            return self._inbox_item(row) if row else None
+
+        return await self._run(select)
+
+    async def requeue_event(self, item_id: int) -> bool:
+        """Put a quarantined item back in the queue with fresh attempts; ``False`` if it is
+        not quarantined."""
+
+        def update(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
+                "UPDATE inbox SET status = 'pending', attempts = 0"
+                " WHERE id = ? AND status = 'quarantined'",
+                (item_id,),
+            )
+            return cur.rowcount == 1
+
+        return await self._write(update)
+
+    async def drop_event(self, item_id: int) -> bool:
+        """Give up on a quarantined item for good (it stays visible as ``dropped``)."""
+
+        def update(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
+                "UPDATE inbox SET status = 'dropped' WHERE id = ? AND status = 'quarantined'",
+                (item_id,),
+            )
+            return cur.rowcount == 1
+
+        return await self._write(update)
 
     async def inbox_items(
         self, *, since: float = 0.0, limit: int = 1000, after_id: int = 0
@@ -223,11 +302,11 @@ class SQLiteStore:
 
         def select(db: sqlite3.Connection) -> list[InboxItem]:
             rows = db.execute(
-                "SELECT id, account, received_at, params FROM inbox"
+                f"SELECT {self._INBOX_COLUMNS} FROM inbox"
                 " WHERE received_at >= ? AND id > ? ORDER BY id LIMIT ?",
                 (since, after_id, limit),
             ).fetchall()
-            return [InboxItem(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+            return [self._inbox_item(r) for r in rows]
 
         return await self._run(select)
 
@@ -490,6 +569,7 @@ class SQLiteStore:
 
             return {
                 "inbox_pending": one("SELECT count(*) FROM inbox WHERE status = 'pending'"),
+                "inbox_quarantined": one("SELECT count(*) FROM inbox WHERE status = 'quarantined'"),
                 "inbox_total": one("SELECT count(*) FROM inbox"),
                 "calls_open": one("SELECT count(*) FROM calls WHERE finished = 0"),
                 "calls_total": one("SELECT count(*) FROM calls"),

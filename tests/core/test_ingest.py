@@ -456,6 +456,7 @@ async def test_unknown_event_types_succeed_and_are_not_stored(service, params) -
 
 STATS = {
     "inbox_pending",
+    "inbox_quarantined",
     "inbox_total",
     "calls_open",
     "calls_total",

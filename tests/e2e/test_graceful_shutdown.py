@@ -25,6 +25,8 @@ from pathlib import Path
 import pytest
 
 from connector_core.appkeys import DISPATCHER, WORKER
+from connector_core.clock import SystemClock
+from connector_core.supervisor import Supervisor
 from tests.e2e.process import ServiceProcess, free_port
 from tests.e2e.test_kill_loop import (
     SandboxProcess,
@@ -151,22 +153,27 @@ async def test_background_loops_stop_when_cancelled_as_they_are_woken(
 ) -> None:
     """Shutdown cancels the worker and dispatcher loops; new work may wake them that instant.
 
-    ``_background_ctx`` cancels each loop and awaits it. Here the loop is woken (new inbox
-    items, a hook call done) in the same moment: Python 3.11's ``asyncio.wait_for`` then
-    returns the wake-up and drops the cancellation, the loop goes round again, and the
-    shutdown waits for it forever. In the real process this is a SIGTERM that never ends
-    the service (seen about once in 20 runs of the test above).
+    ``_background_ctx`` stops the supervisor, which cancels each loop and awaits it. Here the
+    loop is woken (new inbox items, a hook call done) in the same moment: Python 3.11's
+    ``asyncio.wait_for`` then returns the wake-up and drops the cancellation, the loop goes
+    round again, and the shutdown waits for it forever. In the real process this is a SIGTERM
+    that never ends the service (seen about once in 20 runs of the test above).
     """
     config, host = make_config(tmp_path, '[accounts.012345.integrations.rec]\nplugin = "recorder"')
     app = app_for(config, host)
     await aiohttp_client(app)
     background = app[DISPATCHER] if loop == "dispatcher" else app[WORKER]
-    task = asyncio.create_task(background.run(poll_seconds=30))
+    one_round = app[DISPATCHER].scan_round if loop == "dispatcher" else app[WORKER].drain_round
+    supervisor = Supervisor(SystemClock())
+    supervisor.add(loop, one_round, interval=30, wakeup=background.wakeup)
+    supervisor.start()
     await asyncio.sleep(0.05)  # waiting for work
     background.notify()  # work arrives...
-    task.cancel()  # ...as the shutdown begins
-    done, _ = await asyncio.wait({task}, timeout=2)
+    stopping = asyncio.create_task(supervisor.stop())  # ...as the shutdown begins
+    done, _ = await asyncio.wait({stopping}, timeout=2)
     if not done:  # it went round again; stop it for good before failing
-        task.cancel()
-        await asyncio.wait({task}, timeout=2)
+        for task in asyncio.all_tasks():
+            if task.get_name() == loop:
+                task.cancel()
+        await asyncio.wait({stopping}, timeout=2)
     assert done, f"the {loop} loop kept running after it was cancelled"
