@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,3 +23,14 @@ def test_plugins_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
     importlib.invalidate_caches()
     yield root
     sys.path.remove(str(root))
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """CLI tests run ``main()`` in-process, and its ``setup_logging`` points the root logger at
+    that test's captured stderr; later tests would log into the closed stream."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
