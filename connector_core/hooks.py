@@ -8,7 +8,6 @@ at the call site, so a slow or failing plugin is contained to its own call.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 from collections.abc import Iterable
@@ -20,6 +19,7 @@ from typing import Any
 import pluggy
 
 from connector_core import builtin_routing, hookspecs
+from connector_core.hooktime import hook_deadline
 from connector_core.integrations import Integration, IntegrationType
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,8 @@ class PluginHost:
         """Call a hook on the plugin owning ``integration`` and await it under its timeout.
 
         Returns the first non-``None`` result. Raises what the plugin raised, or
-        ``TimeoutError`` when it took longer than ``hook_timeout_seconds``.
+        ``TimeoutError`` when it took longer than ``hook_timeout_seconds``, not counting
+        the time it spent in ``hooktime.queue_wait`` (a rate limiter, another call's lock).
         """
         caller = self._owner_caller(hook_name, integration)
         timeout = integration.routing.hook_timeout_seconds
@@ -158,7 +159,8 @@ class PluginHost:
                     return result
             return None
 
-        return await asyncio.wait_for(run(), timeout)
+        async with hook_deadline(timeout):
+            return await run()
 
     def has_impl(self, hook_name: str, integration: Integration) -> bool:
         return bool(self._owner_caller(hook_name, integration).get_hookimpls())
