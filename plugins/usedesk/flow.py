@@ -18,6 +18,7 @@ from typing import Any
 from connector_core import templates
 from connector_core.callstate import CallState, Outcome
 from connector_core.integrations import CardPart, Integration
+from connector_core.pacing import Budget
 from connector_core.phones import digits_only
 
 from . import scenario
@@ -56,6 +57,10 @@ class UsedeskRuntime:
 
     async def aclose(self) -> None:
         await self.client.close()
+
+    def crm_budget(self, within: float) -> Budget:
+        """The rate limiter's room, so the dispatcher paces calls by it (core ``pacing``)."""
+        return self.client.limiter.budget(within)
 
     def values(self, call: CallState) -> dict[str, str]:
         return templates.variables(
