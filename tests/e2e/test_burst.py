@@ -37,7 +37,8 @@ from connector_core.simulator import scenarios
 from plugins.usedesk.ratelimit import SlidingWindowLimiter
 from plugins.usedesk.sandbox import UsedeskSandbox
 from tests.e2e.test_kill_loop import USERS, check_usedesk
-from tests.harness import ACCOUNT, TOKEN, make_config
+from tests.e2e.usedesk_world import world
+from tests.harness import ACCOUNT, TOKEN, make_config, settle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -235,3 +236,15 @@ async def test_after_an_outage_the_backlog_drains_without_timeouts_or_second_sea
         f"back {sum(kinds.values())} requests drained in {done - up:.1f} s (the limit needs "
         f"{await limit_needs(sum(kinds.values())):.1f} s from idle)"
     )
+
+
+async def test_calls_hanging_up_together_read_the_agents_once(tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        for call in new_calls(6):
+            for params in call.events:
+                response = await w.client.get(f"/sipuni/{TOKEN}", params=params)
+                assert await response.json() == {"success": True}
+        await settle(w.app)  # the six finished hooks run at once
+        # users_all is three requests (employees, admins, support), made once for all six.
+        assert len(w.sandbox.requests("/users")) == 3
+        assert len(w.sandbox.requests("/create/comment")) == 6
