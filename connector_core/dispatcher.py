@@ -19,6 +19,7 @@ from connector_core.callstate import CallState
 from connector_core.clock import Clock
 from connector_core.errors import AuthError, InvalidRequestError, TransientError
 from connector_core.hooks import PluginHost
+from connector_core.hooktime import waiting_for_turn
 from connector_core.integrations import AuthResult, AuthStatus, Integration
 from connector_core.logcontext import call_context
 from connector_core.pacing import budget_of, room_to_start
@@ -158,10 +159,18 @@ class Dispatcher:
             await self.stop()
 
     async def stop(self) -> None:
-        """Let running hook calls finish (they are bounded by their timeouts)."""
-        tasks = list(self._running.values())
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        """Let running hook calls finish their work at the CRM (bounded by their timeouts).
+
+        A call waiting for its turn (a rate limiter, a lock: ``hooktime.queue_wait``) has no
+        request in flight and is not bounded by its timeout: it is cancelled, and its row stays
+        pending for the next start.
+        """
+        while self._running:
+            tasks = list(self._running.values())
+            for task in tasks:
+                if waiting_for_turn(task):
+                    task.cancel()
+            await asyncio.wait(tasks, timeout=0.1)
 
     async def dispatch_due(self, limit: int = 1000) -> int:
         """Start a task per (integration, call) whose next row is due; returns how many.

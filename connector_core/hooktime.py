@@ -22,12 +22,14 @@ serve soon: :mod:`connector_core.pacing`).
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["hook_deadline", "queue_wait"]
+__all__ = ["hook_deadline", "queue_wait", "waiting_for_turn"]
 
 
 @dataclass
@@ -41,6 +43,13 @@ class _Deadline:
 
 
 _current: ContextVar[_Deadline | None] = ContextVar("connector_hook_deadline", default=None)
+# Tasks inside a queue wait: nothing of theirs is at the CRM, so shutdown may cancel them.
+_waiting: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+
+
+def waiting_for_turn(task: asyncio.Task[Any]) -> bool:
+    """Whether ``task`` is inside :func:`queue_wait` (waiting for a turn, not for the CRM)."""
+    return task in _waiting
 
 
 @asynccontextmanager
@@ -66,6 +75,21 @@ async def queue_wait() -> AsyncIterator[None]:
     The time spent inside is not counted against the enclosing hook call's
     ``hook_timeout_seconds``; outside a hook call this is a no-op.
     """
+    task = asyncio.current_task()
+    if task is None or task in _waiting:  # not in a task, or a wait inside a wait
+        async with _stopped_deadline():
+            yield
+        return
+    _waiting.add(task)
+    try:
+        async with _stopped_deadline():
+            yield
+    finally:
+        _waiting.discard(task)
+
+
+@asynccontextmanager
+async def _stopped_deadline() -> AsyncIterator[None]:
     deadline = _current.get()
     if deadline is None or not deadline.active or deadline.timeout.expired():
         yield

@@ -21,12 +21,14 @@ PACED = '''
 """A plugin whose runtime reports a CRM budget the test sets, and whose hook holds."""
 import asyncio
 from connector_core import hookimpl
+from connector_core.hooktime import queue_wait
 from connector_core.integrations import IntegrationType
 from connector_core.pacing import Budget
 from pydantic import BaseModel
 
 RUNNING: list[str] = []
 FAILURES: list[Exception] = []
+QUEUED: set[str] = set()  # calls whose hook waits for its turn (a rate limiter) forever
 
 
 class Settings(BaseModel):
@@ -52,6 +54,9 @@ async def connector_call_started(integration, call):
     RUNNING.append(call.call_id)
     if FAILURES:
         raise FAILURES.pop(0)
+    if call.call_id in QUEUED:
+        async with queue_wait():
+            await asyncio.Event().wait()
     await integration.runtime.release.wait()
 '''
 
@@ -67,6 +72,7 @@ def paced(test_plugins_dir: Path):
 
     module.RUNNING.clear()
     module.FAILURES.clear()
+    module.QUEUED.clear()
     return module
 
 
@@ -78,6 +84,8 @@ async def service(tmp_path: Path, paced, aiohttp_client):
     client = await aiohttp_client(app)
     yield app, client, clock
     app[INTEGRATIONS][f"{ACCOUNT}/crm"].runtime.release.set()
+    for task in list(app[DISPATCHER]._running.values()):
+        task.cancel()  # a hook queued for ever, when a test failed before stopping it
     await app[DISPATCHER].wait_idle()
 
 
@@ -171,3 +179,32 @@ async def test_the_breaker_says_when_it_opens(service, paced, caplog) -> None:
         await app[DISPATCHER].wait_idle()
     opened = [r.getMessage() for r in caplog.records if "circuit open" in r.getMessage()]
     assert opened == [f"{ACCOUNT}/crm: circuit open for 30 s after 5 consecutive failures"]
+
+
+async def test_stopping_cancels_calls_waiting_for_their_turn_and_lets_the_others_finish(
+    service, paced
+) -> None:
+    app, client, _ = service
+    runtime = app[INTEGRATIONS][f"{ACCOUNT}/crm"].runtime
+    queued, at_crm = await ring(client, 2)
+    paced.QUEUED.add(queued.call_id)
+    await app[WORKER].drain()
+    dispatcher = app[DISPATCHER]
+    assert await dispatcher.dispatch_due() == 2
+    async with asyncio.timeout(5):
+        while len(paced.RUNNING) < 2:
+            await asyncio.sleep(0.01)
+    stopping = asyncio.create_task(dispatcher.stop())
+    async with asyncio.timeout(5):
+        while len(dispatcher._running) > 1:  # the queued one is cancelled at once
+            await asyncio.sleep(0.01)
+    assert not stopping.done()  # the one at the CRM is let finish
+    runtime.release.set()
+    await stopping
+    by_call = {
+        r.call_id: r
+        for c in (queued, at_crm)
+        for r in await app[STORE].dispatches_for(ACCOUNT, c.call_id)
+    }
+    assert (by_call[at_crm.call_id].status, by_call[queued.call_id].status) == ("done", "pending")
+    assert by_call[queued.call_id].attempts == 0  # not a failure: it runs after the next start
