@@ -13,7 +13,7 @@ what the limit needs for the requests made (an idle limiter granting them as fas
 windows allow); hook timeouts, other failed hook calls and breaker trips (from the service's
 log); Usedesk requests by kind (each call's exactly once when nothing was repeated); the
 sandbox's busiest 60 s. Goal (issue 11): 40 calls at 100/min drain within 180 s with zero hook
-timeouts.
+timeouts (after an outage: within 180 s of Usedesk coming back).
 
 ``--outage S``: Usedesk answers every request with HTTP 503 for the first S seconds, then is
 healthy again; the drain is then also timed from the moment it came back.
@@ -164,11 +164,13 @@ def main(argv: list[str] | None = None) -> None:
         f" refused during the outage: {result['requests_refused_in_outage']}",
         f"calls without a comment: {result['calls_without_comment']};"
         f" sandbox's busiest 60 s: {result['sandbox_max_per_60s']} (limit {args.limit})",
-        "goal: 40 calls at 100/min drain within 180 s with zero hook timeouts",
+        "goal: 40 calls at 100/min drain within 180 s (of Usedesk being up) with zero hook"
+        " timeouts",
     ]
     result["machine"] = machine()
+    # After an outage the goal holds from the moment Usedesk is back.
     result["goals"] = {
-        "drain_within_180s_no_hook_timeouts": result["drain_seconds"] <= 180
+        "drain_within_180s_no_hook_timeouts": result["drain_after_outage_seconds"] <= 180
         and result["hook_timeouts"] == 0
         and result["calls_without_comment"] == 0
     }
