@@ -26,14 +26,12 @@ import asyncio
 import time
 from collections import Counter
 
-import aiohttp
-
 from connector_core.clock import FakeClock
 from plugins.usedesk.ratelimit import SlidingWindowLimiter
 
 from . import calls as calls_mod
-from .common import Service, machine, report, usedesk_integration
-from .crm import TimedSandbox, attribute, comment_done, requests_by_kind, wait_for
+from .common import machine, report
+from .crm import attribute, comment_done, requests_by_kind, usedesk_service, wait_drained
 
 BURST = 5
 MARGIN = 0.25  # the Usedesk runtime's window margin (plugins/usedesk/flow.py)
@@ -69,41 +67,28 @@ async def run_burst(
     n: int, per_minute: int, latency_ms: float, outage: float, settle_timeout: float
 ) -> dict:
     burst = calls_mod.of_kind("new_inbound", n, run=31)
-    sandbox = TimedSandbox(seed=calls_mod.usedesk_seed(burst))
-    async with sandbox.serve() as base_url:
-        service = Service(
-            usedesk_integration(base_url, sandbox.token, per_minute=per_minute, burst=BURST)
-        )
-        await asyncio.to_thread(service.start)
-        try:
-            sandbox.set_faults(latency_ms=latency_ms)
-            await asyncio.sleep(1.0)  # the start-up authorisation check
-            sandbox.log.clear()
-            sandbox.rate.clear()
-            if outage:
-                sandbox.set_faults(mode="500", status=503, latency_ms=latency_ms)
-            began = time.monotonic()
-            up = began
-            sending = asyncio.create_task(
-                calls_mod.send_at_rate(
-                    service.webhook, burst, n / 1.0, ring_seconds=0.3, talk_seconds=1.5
-                )
+    async with usedesk_service(
+        burst, per_minute=per_minute, burst=BURST, latency_ms=latency_ms
+    ) as (sandbox, service):
+        await asyncio.sleep(1.0)  # the start-up authorisation check
+        sandbox.log.clear()
+        sandbox.rate.clear()
+        if outage:
+            sandbox.set_faults(mode="500", status=503, latency_ms=latency_ms)
+        began = time.monotonic()
+        up = began
+        sending = asyncio.create_task(
+            calls_mod.send_at_rate(
+                service.webhook, burst, n / 1.0, ring_seconds=0.3, talk_seconds=1.5
             )
-            if outage:
-                await asyncio.sleep(outage)
-                sandbox.set_faults(mode="none", latency_ms=latency_ms)
-                up = time.monotonic()
-            sent = await sending
-            async with aiohttp.ClientSession() as session:
-                await wait_for(
-                    session,
-                    service.url,
-                    lambda s: s.get("inbox_pending") == 0 and s.get("dispatches_pending") == 0,
-                    settle_timeout,
-                )
-            logged = log_counts(service.log_path.read_text(errors="replace"))
-        finally:
-            await asyncio.to_thread(service.stop)
+        )
+        if outage:
+            await asyncio.sleep(outage)
+            sandbox.set_faults(mode="none", latency_ms=latency_ms)
+            up = time.monotonic()
+        sent = await sending
+        await wait_drained(service.url, settle_timeout)
+        logged = log_counts(service.log_path.read_text(errors="replace"))
     attribution = attribute(sandbox, burst)
     done = [comment_done(sandbox, attribution, c.call_id) for c in burst]
     finished = [t for t in done if t is not None]

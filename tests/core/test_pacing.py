@@ -16,6 +16,7 @@ from connector_core.errors import AuthError, InvalidRequestError, TransientError
 from connector_core.pacing import Budget, budget_of, room_to_start
 from connector_core.simulator import scenarios
 from tests.harness import ACCOUNT, TOKEN, app_for, make_config
+from tests.plugin_kit import add_test_plugin
 
 PACED = '''
 """A plugin whose runtime reports a CRM budget the test sets, and whose hook holds."""
@@ -63,12 +64,7 @@ async def connector_call_started(integration, call):
 
 @pytest.fixture
 def paced(test_plugins_dir: Path):
-    package = test_plugins_dir / "connector_test_plugins"
-    (package / "paced.py").write_text(PACED)
-    entry_points = test_plugins_dir / "connector_test_plugins-1.0.dist-info" / "entry_points.txt"
-    if "paced" not in entry_points.read_text():
-        entry_points.write_text(entry_points.read_text() + "paced = connector_test_plugins.paced\n")
-    from connector_test_plugins import paced as module
+    module = add_test_plugin(test_plugins_dir, "paced", PACED)
 
     module.RUNNING.clear()
     module.FAILURES.clear()

@@ -14,6 +14,7 @@ from connector_core.dispatcher import Breaker, RetryPolicy
 from connector_core.errors import AuthError, InvalidRequestError, TransientError
 from connector_core.simulator import scenarios
 from tests.harness import ACCOUNT, TOKEN, app_for, make_config
+from tests.plugin_kit import add_test_plugin
 
 FLAKY = '''
 """A plugin whose CRM fails the way the test tells it to."""
@@ -44,12 +45,7 @@ async def connector_call_started(integration, call):
 
 @pytest.fixture
 def flaky(test_plugins_dir: Path):
-    package = test_plugins_dir / "connector_test_plugins"
-    (package / "flaky.py").write_text(FLAKY)
-    entry_points = test_plugins_dir / "connector_test_plugins-1.0.dist-info" / "entry_points.txt"
-    if "flaky" not in entry_points.read_text():
-        entry_points.write_text(entry_points.read_text() + "flaky = connector_test_plugins.flaky\n")
-    from connector_test_plugins import flaky as module
+    module = add_test_plugin(test_plugins_dir, "flaky", FLAKY)
 
     module.FAILURES.clear()
     module.CALLS.clear()

@@ -164,9 +164,17 @@ def failures(caplog: pytest.LogCaptureFixture) -> Counter[str]:
     return found
 
 
-def ok_requests(sandbox: UsedeskSandbox) -> Counter[str]:
-    """Requests Usedesk answered (not the ones an injected outage refused), per kind."""
-    return Counter(r.path for r in sandbox.requests() if r.fault is None)
+def each_call_once(sandbox: UsedeskSandbox, calls: list[scenarios.Scenario]) -> Counter[str]:
+    """Check that Usedesk answered each call's requests once and holds one client, ticket and
+    comment per call; returns the requests it answered (not those an outage refused), by kind.
+    """
+    kinds = Counter(r.path for r in sandbox.requests() if r.fault is None)
+    assert {path: kinds[path] for path in PER_CALL} == dict.fromkeys(PER_CALL, len(calls))
+    assert set(kinds) == {*PER_CALL, "/users"}
+    seed_clients = {c.id for c in UsedeskSandbox().state.clients.values()}
+    counts = check_usedesk(sandbox.snapshot(), calls, seed_clients)
+    assert counts == dict.fromkeys(("clients", "tickets", "comments"), len(calls))
+    return kinds
 
 
 async def test_a_burst_of_new_calls_drains_at_the_limit_without_timeouts(
@@ -181,12 +189,7 @@ async def test_a_burst_of_new_calls_drains_at_the_limit_without_timeouts(
         assert failures(caplog) == Counter()
         assert run.breaker.trips == 0
         assert await run.app[STORE].dead_dispatches() == []
-    kinds = ok_requests(run.sandbox)
-    assert {path: kinds[path] for path in PER_CALL} == dict.fromkeys(PER_CALL, CALLS)
-    assert kinds["/users"] >= 1 and set(kinds) == {*PER_CALL, "/users"}
-    seed_clients = {c.id for c in UsedeskSandbox().state.clients.values()}
-    counts = check_usedesk(run.sandbox.snapshot(), calls, seed_clients)
-    assert counts == {"clients": CALLS, "tickets": CALLS, "comments": CALLS}
+    kinds = each_call_once(run.sandbox, calls)
     # Arrivals lag the limiter's grants by a varying few ms (service and sandbox share one
     # event loop here), so the window checked is that much shorter (as in test_faults.py).
     assert run.sandbox.max_requests_in_window(ShortClockLimiter.MINUTE - 0.1) <= PER_MINUTE
@@ -219,16 +222,12 @@ async def test_after_an_outage_the_backlog_drains_without_timeouts_or_second_sea
         assert outage_failures["hook timeout"] == 0 and outage_failures["crm"] > 0
         assert await run.app[STORE].dead_dispatches() == []
         trips = run.breaker.trips
-    kinds = ok_requests(run.sandbox)
+    kinds = each_call_once(run.sandbox, calls)
     # Each number searched for exactly once successfully: no retry searched again.
     searched = Counter(
         r.params.get("query") for r in run.sandbox.requests("/clients") if r.fault is None
     )
     assert set(searched.values()) == {1} and len(searched) == CALLS
-    assert {path: kinds[path] for path in PER_CALL} == dict.fromkeys(PER_CALL, CALLS)
-    seed_clients = {c.id for c in UsedeskSandbox().state.clients.values()}
-    counts = check_usedesk(run.sandbox.snapshot(), calls, seed_clients)
-    assert counts == {"clients": CALLS, "tickets": CALLS, "comments": CALLS}
     refused = sum(1 for r in run.sandbox.requests() if r.fault is not None)
     print(
         f"\noutage: {CALLS} calls, {refused} requests refused while down, breaker opened "
