@@ -203,13 +203,14 @@ async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(_auth_loop(app), name="auth"),
     ]
     yield
-    # Stop taking new work, then let running hook calls finish within their timeouts.
+    # Stop taking new work, then let running hook calls finish within their timeouts (those
+    # waiting for their turn are cancelled: Dispatcher.stop).
     for task in tasks:
         task.cancel()
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    await dispatcher.wait_idle()
+    await dispatcher.stop()
 
 
 class RedactingAccessLogger(AbstractAccessLogger):
