@@ -28,6 +28,7 @@ RUNS: list[list[str]] = [
     ["memory", "--config", "stub"],
     ["memory", "--config", "usedesk"],
     ["card_latency"],
+    ["burst"],
 ]
 
 

@@ -14,7 +14,8 @@ import asyncio
 import re
 import time
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,8 @@ import aiohttp
 
 from plugins.usedesk.sandbox import LoggedRequest, UsedeskSandbox
 
-from .calls import BenchCall
+from .calls import BenchCall, usedesk_seed
+from .common import Service, usedesk_integration
 
 _CALL_ID_IN_COMMENT = re.compile(r"ID: ([0-9A-Za-z._:-]+)")
 
@@ -160,3 +162,33 @@ async def wait_for(
             return current
         await asyncio.sleep(0.2)
     raise TimeoutError(f"the service did not finish in {within} s: {current}")
+
+
+@asynccontextmanager
+async def usedesk_service(
+    calls: list[BenchCall], *, per_minute: int, burst: int, latency_ms: float
+) -> AsyncIterator[tuple[TimedSandbox, Service]]:
+    """The sandbox (seeded for ``calls``, ``latency_ms`` per request) and the service as a
+    process with a Usedesk integration pointed at it; the service is stopped on the way out."""
+    sandbox = TimedSandbox(seed=usedesk_seed(calls))
+    async with sandbox.serve() as base_url:
+        service = Service(
+            usedesk_integration(base_url, sandbox.token, per_minute=per_minute, burst=burst)
+        )
+        await asyncio.to_thread(service.start)
+        try:
+            sandbox.set_faults(latency_ms=latency_ms)
+            yield sandbox, service
+        finally:
+            await asyncio.to_thread(service.stop)
+
+
+async def wait_drained(url: str, within: float) -> dict[str, int]:
+    """Until the service's inbox and dispatch outbox are empty; returns its last stats."""
+    async with aiohttp.ClientSession() as session:
+        return await wait_for(
+            session,
+            url,
+            lambda s: s.get("inbox_pending") == 0 and s.get("dispatches_pending") == 0,
+            within,
+        )

@@ -25,11 +25,9 @@ import argparse
 import asyncio
 import time
 
-import aiohttp
-
 from . import calls as calls_mod
-from .common import Service, latency_summary, machine, ms, report, table, usedesk_integration
-from .crm import TimedSandbox, attribute, comment_done, requests_by_kind, wait_for
+from .common import latency_summary, machine, ms, report, table
+from .crm import attribute, comment_done, requests_by_kind, usedesk_service, wait_drained
 
 
 async def calibrate() -> dict:
@@ -59,30 +57,18 @@ async def run_calls(
     settle_timeout: float = 120.0,
 ) -> dict:
     mix = calls_mod.mix(n, run)
-    sandbox = TimedSandbox(seed=calls_mod.usedesk_seed(mix))
-    async with sandbox.serve() as base_url:
-        service = Service(
-            usedesk_integration(base_url, sandbox.token, per_minute=per_minute, burst=burst)
+    async with usedesk_service(mix, per_minute=per_minute, burst=burst, latency_ms=latency_ms) as (
+        sandbox,
+        service,
+    ):
+        began = time.monotonic()
+        sent = await calls_mod.send_at_rate(
+            service.webhook, mix, rate, ring_seconds=ring_seconds, talk_seconds=talk_seconds
         )
-        await asyncio.to_thread(service.start)
-        try:
-            sandbox.set_faults(latency_ms=latency_ms)
-            began = time.monotonic()
-            sent = await calls_mod.send_at_rate(
-                service.webhook, mix, rate, ring_seconds=ring_seconds, talk_seconds=talk_seconds
-            )
-            sending = time.monotonic() - began
-            async with aiohttp.ClientSession() as session:
-                await wait_for(
-                    session,
-                    service.url,
-                    lambda s: s.get("inbox_pending") == 0 and s.get("dispatches_pending") == 0,
-                    settle_timeout,
-                )
-            finished = time.monotonic() - began
-            rss = service.rss_kib()
-        finally:
-            await asyncio.to_thread(service.stop)
+        sending = time.monotonic() - began
+        await wait_drained(service.url, settle_timeout)
+        finished = time.monotonic() - began
+        rss = service.rss_kib()
     attribution = attribute(sandbox, mix)
     latencies: dict[str, list[float]] = {}
     missing = 0

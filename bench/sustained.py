@@ -26,8 +26,8 @@ import time
 import aiohttp
 
 from . import calls as calls_mod
-from .common import STUB_INTEGRATION, Service, machine, report, table, usedesk_integration
-from .crm import TimedSandbox, attribute, requests_by_kind, stats, wait_for
+from .common import STUB_INTEGRATION, Service, machine, report, table
+from .crm import attribute, requests_by_kind, stats, usedesk_service, wait_for
 from .hangup import calibrate
 
 
@@ -39,23 +39,15 @@ async def usedesk(limit: int, seconds: float, overload: float, latency_ms: float
     rate = capacity * overload
     n = max(1, int(rate * seconds))
     mix = calls_mod.mix(n, run=11)
-    sandbox = TimedSandbox(seed=calls_mod.usedesk_seed(mix))
-    async with sandbox.serve() as base_url:
-        service = Service(
-            usedesk_integration(base_url, sandbox.token, per_minute=limit, burst=burst)
-        )
-        await asyncio.to_thread(service.start)
-        try:
-            sandbox.set_faults(latency_ms=latency_ms)
-            began = time.monotonic()
-            await calls_mod.send_at_rate(
-                service.webhook, mix, rate, ring_seconds=0.3, talk_seconds=1.5
-            )
-            ended = time.monotonic()
-            async with aiohttp.ClientSession() as session:
-                left = await stats(session, service.url)
-        finally:
-            await asyncio.to_thread(service.stop)
+    async with usedesk_service(mix, per_minute=limit, burst=burst, latency_ms=latency_ms) as (
+        sandbox,
+        service,
+    ):
+        began = time.monotonic()
+        await calls_mod.send_at_rate(service.webhook, mix, rate, ring_seconds=0.3, talk_seconds=1.5)
+        ended = time.monotonic()
+        async with aiohttp.ClientSession() as session:
+            left = await stats(session, service.url)
     attribution = attribute(sandbox, mix)
     done = sorted(
         sandbox.done_at[e.seq]

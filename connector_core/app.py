@@ -237,9 +237,10 @@ async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
         app[METRICS].loop_errors.labels(name)
     supervisor.start()
     yield
-    # Stop taking new work, then let running hook calls finish within their timeouts.
+    # Stop taking new work, then let running hook calls finish within their timeouts (those
+    # waiting for their turn are cancelled: Dispatcher.stop).
     await supervisor.stop()
-    await dispatcher.wait_idle()
+    await dispatcher.stop()
 
 
 class RedactingAccessLogger(AbstractAccessLogger):

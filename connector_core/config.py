@@ -314,7 +314,12 @@ _ROUTING_KEYS: dict[str, Any] = {
     ),
     "hook_timeout_seconds": (
         float,
-        Field(10.0, gt=0, description="Longest a single hook call of this integration may take."),
+        Field(
+            10.0,
+            gt=0,
+            description="Longest a single hook call of this integration may work (waiting for"
+            " its turn at a rate limit or a lock not counted).",
+        ),
     ),
 }
 

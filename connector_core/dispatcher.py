@@ -19,15 +19,20 @@ from connector_core.callstate import CallState
 from connector_core.clock import Clock
 from connector_core.errors import AuthError, InvalidRequestError, TransientError
 from connector_core.hooks import PluginHost
+from connector_core.hooktime import waiting_for_turn
 from connector_core.integrations import AuthResult, AuthStatus, Integration
 from connector_core.logcontext import call_context
-from connector_core.store.base import Dispatch, Store
+from connector_core.pacing import budget_of, room_to_start
+from connector_core.store.base import Dispatch, Store, is_store_failure
 
 log = logging.getLogger(__name__)
 BUSY_SCAN_ROWS = 200  # pending rows a scan found above which notifications are coalesced
 # Calls of one integration whose hooks run at once, at most: more cannot go faster than the
 # CRM's rate limit lets them, and each waiting one holds its call's state.
 MAX_GROUPS_PER_INTEGRATION = 100
+# A paced integration (pacing.Paced) runs at most as many calls as its budget serves within
+# this many seconds, so no request waits much longer than that for its turn.
+PACING_HORIZON_SECONDS = 2.0
 
 
 class GroupFailed(RuntimeError):
@@ -65,6 +70,7 @@ class Breaker:
         self.open_until = 0.0
         self.cooldown = policy.breaker_cooldown_seconds
         self.probing = False
+        self.trips = 0  # times the circuit opened (a failed probe included)
 
     @property
     def is_open(self) -> bool:
@@ -85,13 +91,23 @@ class Breaker:
         self.failures, self.probing = 0, False
         self.cooldown = self.policy.breaker_cooldown_seconds
 
-    def failure(self, now: float) -> None:
-        was_probe, self.probing = self.probing, False
+    def failure(self, now: float) -> bool:
+        """Count a CRM failure; ``True`` when it opened the circuit (again)."""
+        was_probe, was_open, self.probing = self.probing, self.is_open, False
         self.failures += 1
         if was_probe:
             self.cooldown = min(self.cooldown * 2, self.policy.breaker_max_cooldown_seconds)
-        if self.is_open:
-            self.open_until = now + self.cooldown
+        if not self.is_open:
+            return False
+        self.open_until = now + self.cooldown
+        opened = was_probe or not was_open
+        self.trips += opened
+        return opened
+
+    def release(self) -> None:
+        """A probe ended without a verdict on the CRM (an auth or invalid request, no row
+        run): the next group may probe."""
+        self.probing = False
 
 
 class Dispatcher:
@@ -114,6 +130,8 @@ class Dispatcher:
         self.on_result = on_result
         self.wakeup = asyncio.Event()
         self._running: dict[tuple[str, str, str], asyncio.Task[None]] = {}
+        self._probes: set[tuple[str, str, str]] = set()
+        self._pace_timer: asyncio.TimerHandle | None = None
         self.last_scan_rows = 0
         self.breakers: dict[str, Breaker] = {}
         self._group_errors: list[BaseException] = []
@@ -158,27 +176,40 @@ class Dispatcher:
             ) from errors[0]
 
     async def stop(self) -> None:
-        """Let running hook calls finish (they are bounded by their timeouts)."""
-        tasks = list(self._running.values())
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        """Let running hook calls finish their work at the CRM (bounded by their timeouts).
+
+        A call waiting for its turn (a rate limiter, a lock: ``hooktime.queue_wait``) has no
+        request in flight and is not bounded by its timeout: it is cancelled, and its row stays
+        pending for the next start.
+        """
+        while self._running:
+            tasks = list(self._running.values())
+            for task in tasks:
+                if waiting_for_turn(task):
+                    task.cancel()
+            await asyncio.wait(tasks, timeout=0.1)
 
     async def dispatch_due(self, limit: int = 1000) -> int:
         """Start a task per (integration, call) whose next row is due; returns how many.
 
         Each integration gets its own batch of up to ``limit`` calls, so a stalled CRM's
         backlog never holds up another; an open circuit is not even asked for (one probe
-        when its cooldown is over).
+        when its cooldown is over). A paced integration starts no more calls than its CRM
+        budget serves soon (:mod:`connector_core.pacing`); it is looked at again when the
+        budget grows or one of its calls finishes.
         """
         now = self.clock.now()
         started = scanned = 0
-        for key in self.integrations:
+        for key, integration in self.integrations.items():
             breaker = self.breaker(key)
             if breaker.is_open and not breaker.may_probe(now):
                 continue
             running = sum(1 for g in self._running if g[0] == key)
-            room = MAX_GROUPS_PER_INTEGRATION - running
+            budget = budget_of(integration.runtime, PACING_HORIZON_SECONDS)
+            room = room_to_start(budget, running, MAX_GROUPS_PER_INTEGRATION)
             if room <= 0:
+                if budget is not None and budget.more_in > 0:
+                    self._wake_in(budget.more_in)
                 continue
             heads = await self.store.due_heads(key, now, 1 if breaker.is_open else limit)
             scanned += len(heads)
@@ -188,11 +219,14 @@ class Dispatcher:
                     continue
                 if room <= 0:  # before allow(): a half-open breaker must not mark a probe
                     break
+                probe = breaker.is_open
                 if not breaker.allow(now):
                     continue
                 room -= 1
                 task = asyncio.create_task(self._run_group(group), name=f"dispatch {group}")
                 self._running[group] = task
+                if probe:
+                    self._probes.add(group)
                 task.add_done_callback(functools.partial(self._done, group))
                 started += 1
         self.last_scan_rows = scanned
@@ -202,7 +236,23 @@ class Dispatcher:
         self._running.pop(group, None)
         if not task.cancelled() and (error := task.exception()) is not None:
             self._group_errors.append(error)
+        if group in self._probes:
+            self._probes.discard(group)
+            # A probe that reached no verdict (no row run, an auth or invalid request)
+            # must not keep the circuit half-open for good.
+            self.breaker(group[0]).release()
         self.wakeup.set()  # rows may have been added behind the ones just run
+
+    def _wake_in(self, seconds: float) -> None:
+        """Scan again in ``seconds`` (when a paced integration's budget has grown)."""
+        loop = asyncio.get_running_loop()
+        when = loop.time() + seconds
+        timer = self._pace_timer
+        if timer is not None and not timer.cancelled() and when >= timer.when() > loop.time():
+            return  # an earlier wake-up is already set
+        if timer is not None:
+            timer.cancel()
+        self._pace_timer = loop.call_at(when, self.wakeup.set)
 
     async def wait_idle(self) -> None:
         """Wait until no group is running (tests and shutdown)."""
@@ -246,8 +296,16 @@ class Dispatcher:
         attempts = row.attempts + 1
         reason = _describe(exc)
         expired = now - row.created_at > self.policy.horizon_seconds
+        breaker = self.breaker(integration.key)
+        # Only a CRM that failed to serve counts towards the breaker: a refused key or an
+        # invalid request was answered (and waits for a turn never reach here as timeouts:
+        # hooktime.queue_wait).
         if isinstance(exc, InvalidRequestError) or expired:
             retry_at = None
+        elif is_store_failure(exc):
+            # The plugin could not record its effect keys (a full disk): the CRM is not at
+            # fault, and its circuit must not keep calls back once the store is writable.
+            retry_at = now + self.policy.delay(attempts)
         elif isinstance(exc, AuthError):
             # Not the call's fault: keep it queued until an operator fixes the credentials.
             integration.auth = AuthResult(AuthStatus.AUTH_FAILED, reason)
@@ -255,9 +313,15 @@ class Dispatcher:
         else:
             retry_after = exc.retry_after if isinstance(exc, TransientError) else None
             retry_at = now + self.policy.delay(attempts, retry_after)
-            self.breaker(integration.key).failure(now)
-            if self.breaker(integration.key).is_open:
-                retry_at = max(retry_at, self.breaker(integration.key).open_until)
+            if breaker.failure(now):
+                log.warning(
+                    "%s: circuit open for %.0f s after %d consecutive failures",
+                    integration.key,
+                    breaker.cooldown,
+                    breaker.failures,
+                )
+            if breaker.is_open:
+                retry_at = max(retry_at, breaker.open_until)
         if retry_at is None:
             why = "beyond the retry horizon" if expired else "not retryable"
             log.error(

@@ -19,7 +19,6 @@ answers (the built-in one last), so a broken routing hook cannot stop other inte
 
 from __future__ import annotations
 
-import asyncio
 import difflib
 import inspect
 import logging
@@ -40,6 +39,7 @@ from connector_core.callstate import (
     SchemeVisit,
     Transfer,
 )
+from connector_core.hooktime import hook_deadline
 from connector_core.integrations import AuthResult, CardPart, Integration, IntegrationType
 
 if TYPE_CHECKING:
@@ -297,8 +297,9 @@ class PluginHost:
         """Call a hook on the plugin owning ``integration`` and await it under its timeout.
 
         Returns the first non-``None`` result. Raises what the plugin raised, or
-        ``TimeoutError`` when it took longer than ``hook_timeout_seconds``. The typed methods
-        above are built on it; new code calls those.
+        ``TimeoutError`` when it took longer than ``hook_timeout_seconds``, not counting
+        the time it spent in ``hooktime.queue_wait`` (a rate limiter, another call's lock).
+        The typed methods above are built on it; new code calls those.
         """
         caller = self._owner_caller(hook_name, integration)
         timeout = integration.routing.hook_timeout_seconds
@@ -312,7 +313,8 @@ class PluginHost:
                     return result
             return None
 
-        return await asyncio.wait_for(run(), timeout)
+        async with hook_deadline(timeout):
+            return await run()
 
     def has_impl(self, hook_name: str, integration: Integration) -> bool:
         return bool(self._owner_caller(hook_name, integration).get_hookimpls())

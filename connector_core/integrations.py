@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol
 from pydantic import BaseModel
 from typing_extensions import TypeVar
 
+from connector_core.hooktime import queue_wait
+
 if TYPE_CHECKING:
     from connector_core.store.base import EffectStore
 
@@ -99,7 +101,11 @@ class CardPart:
 
 
 class KeyedLocks:
-    """One asyncio lock per key, dropped when nobody holds or waits for it."""
+    """One asyncio lock per key, dropped when nobody holds or waits for it.
+
+    Waiting for a key is a queue wait (:func:`connector_core.hooktime.queue_wait`): it does
+    not count against the waiting hook's timeout.
+    """
 
     def __init__(self) -> None:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
@@ -119,7 +125,9 @@ class _Held:
         lock, users = self._owner._locks.get(self._key, (asyncio.Lock(), 0))
         self._owner._locks[self._key] = (lock, users + 1)
         try:
-            await lock.acquire()
+            # Waiting for another call's turn is not CRM time: the hook's timeout stops.
+            async with queue_wait():
+                await lock.acquire()
         except BaseException:  # cancelled while waiting (a card part's timeout): let go
             self._leave()
             raise

@@ -16,6 +16,9 @@ and may move. A plugin that imports only from this module keeps working across t
   to retry, to hold the work until the credentials are fixed, or to give up at once.
 - ``EffectStore`` (``integration.effects``) and ``KeyedLocks`` (``integration.locks``) make
   hooks safe to run again.
+- ``queue_wait()`` wraps a wait that is not the CRM's time (a rate limiter, a lock of the
+  plugin's own), so the hook's timeout stops meanwhile; a runtime with a rate budget reports
+  it as a ``Budget`` through the ``Paced`` protocol, and the dispatcher starts work at its pace.
 - ``Sink`` is what ``connector_register_notification_sinks`` hands over: an object with
   ``async deliver(account, extension, card)``.
 """
@@ -34,6 +37,7 @@ from connector_core.callstate import (
 )
 from connector_core.errors import AuthError, CrmError, InvalidRequestError, TransientError
 from connector_core.hookspecs import hookimpl
+from connector_core.hooktime import queue_wait
 from connector_core.integrations import (
     AuthResult,
     AuthStatus,
@@ -45,6 +49,7 @@ from connector_core.integrations import (
     RoutingSettings,
 )
 from connector_core.notifications import Sink
+from connector_core.pacing import Budget, Paced
 from connector_core.store.base import EffectStore
 
 __all__ = [
@@ -52,6 +57,7 @@ __all__ = [
     "AuthError",
     "AuthResult",
     "AuthStatus",
+    "Budget",
     "CallState",
     "CardPart",
     "CrmError",
@@ -64,6 +70,7 @@ __all__ = [
     "KeyedLocks",
     "Leg",
     "Outcome",
+    "Paced",
     "RegisterIntegrationType",
     "RoutingSettings",
     "SchemeVisit",
@@ -71,4 +78,5 @@ __all__ = [
     "Transfer",
     "TransientError",
     "hookimpl",
+    "queue_wait",
 ]

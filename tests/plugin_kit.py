@@ -7,8 +7,10 @@ subprocess), ``importlib.metadata`` finds the plugins exactly as it finds instal
 
 from __future__ import annotations
 
+import importlib
 import textwrap
 from pathlib import Path
+from types import ModuleType
 
 RECORDER = '''
 """Records every hook call in the store, so tests (and a restarted process) can read them."""
@@ -155,3 +157,15 @@ def install_test_plugins(root: Path) -> Path:
     return install_plugins(
         root, "connector_test_plugins", {"recorder": RECORDER, "saboteur": SABOTEUR}
     )
+
+
+def add_test_plugin(root: Path, name: str, source: str) -> ModuleType:
+    """Add plugin ``name`` (module text ``source``) to the test plugins under ``root`` and
+    import it: found through the entry point like the others."""
+    (root / "connector_test_plugins" / f"{name}.py").write_text(source)
+    entry_points = root / "connector_test_plugins-1.0.dist-info" / "entry_points.txt"
+    if f"\n{name} = " not in entry_points.read_text():
+        entry_points.write_text(
+            entry_points.read_text() + f"{name} = connector_test_plugins.{name}\n"
+        )
+    return importlib.import_module(f"connector_test_plugins.{name}")

@@ -93,3 +93,11 @@ def test_card_latency_reports_first_and_complete_card() -> None:
     r = run_bench("card_latency")
     assert r["first_card"]["n"] + r["first_card_missing"] == r["calls"]
     assert {"p50_ms", "p99_ms"} <= set(r["first_card"]) and "complete_card" in r
+
+
+def test_burst_reports_drain_time_hook_timeouts_and_requests() -> None:
+    r = run_bench("burst", "--calls", "3")
+    assert r["calls"] == 3 and r["calls_without_comment"] == 0
+    assert {"drain_seconds", "limit_needs_seconds", "hook_timeouts", "breaker_trips"} <= set(r)
+    assert r["requests_by_path"]["/create/comment"] == 3 and r["numbers_searched_twice"] == 0
+    assert "drain_within_180s_no_hook_timeouts" in r["goals"]

@@ -19,6 +19,7 @@ from connector_core import templates
 from connector_core.callstate import CallState, Outcome
 from connector_core.integrations import CardPart, Integration
 from connector_core.phones import digits_only
+from connector_core.plugin import Budget
 
 from . import scenario
 from .client import UsedeskClient
@@ -57,6 +58,10 @@ class UsedeskRuntime:
     async def aclose(self) -> None:
         await self.client.close()
 
+    def crm_budget(self, within: float) -> Budget:
+        """The rate limiter's room, so the dispatcher paces calls by it (core ``pacing``)."""
+        return self.client.limiter.budget(within)
+
     def values(self, call: CallState) -> dict[str, str]:
         return templates.variables(
             call,
@@ -76,9 +81,19 @@ class UsedeskRuntime:
 
     async def agents(self) -> Agents:
         """Extensions → agent ids, with e-mails resolved and ids checked against ``/users``."""
-        now = time.monotonic()
-        if self._agents is not None and now - self._agents.read_at < AGENTS_TTL:
+        if (cached := self._fresh_agents()) is not None:
+            return cached
+        # One read for every call that finishes at once (a burst), not three requests each.
+        async with self.integration.locks("agents"):
+            return self._fresh_agents() or await self._read_agents()
+
+    def _fresh_agents(self) -> Agents | None:
+        if self._agents is not None and time.monotonic() - self._agents.read_at < AGENTS_TTL:
             return self._agents
+        return None
+
+    async def _read_agents(self) -> Agents:
+        now = time.monotonic()
         wanted = [u.agent for u in self.settings.users]
         if self.settings.on_duty_user is not None:
             wanted.append(self.settings.on_duty_user)

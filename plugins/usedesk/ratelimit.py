@@ -16,7 +16,10 @@ here is a hard "never more than N in any minute".
 
 The limiter waits instead of failing: a caller over budget sleeps until a slot frees up. After a
 429 the client calls :meth:`SlidingWindowLimiter.pause_for`, and every caller then waits until the
-server's ``Retry-After`` has passed.
+server's ``Retry-After`` has passed. That wait is a queue wait: it does not count against the hook
+timeout (:mod:`connector_core.hooktime`). :meth:`SlidingWindowLimiter.budget` tells the
+dispatcher how much the windows can serve soon, so it starts no more calls than that
+(:mod:`connector_core.pacing`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 from connector_core.clock import Clock
+from connector_core.plugin import Budget, queue_wait
 
 __all__ = [
     "DEFAULT_BURST_PER_SECOND",
@@ -107,12 +111,36 @@ class SlidingWindowLimiter:
 
     def ready_at(self) -> float:
         """The earliest clock time at which the next acquisition may go through."""
+        return self._ready(self._minute, self._second)
+
+    def _ready(self, minute: deque[float], second: deque[float]) -> float:
         ready = self._paused_until
-        if len(self._minute) == self.per_minute:
-            ready = max(ready, self._minute[0] + self.MINUTE + self.margin)
-        if len(self._second) == self.burst_per_second:
-            ready = max(ready, self._second[0] + self.SECOND + self.margin)
+        if len(minute) == self.per_minute:
+            ready = max(ready, minute[0] + self.MINUTE + self.margin)
+        if len(second) == self.burst_per_second:
+            ready = max(ready, second[0] + self.SECOND + self.margin)
         return ready
+
+    def budget(self, within: float) -> Budget:
+        """How many acquisitions the windows would let through in the next ``within`` seconds
+        (callers already waiting not subtracted), and when that number next grows.
+
+        The dispatcher uses it to start no more calls than the limit can serve soon
+        (:mod:`connector_core.pacing`).
+        """
+        now = self._clock.now()
+        horizon = now + within
+        minute = deque(self._minute, maxlen=self.per_minute)
+        second = deque(self._second, maxlen=self.burst_per_second)
+        # Grant one by one on copies of the windows, as acquire() would, until past the
+        # horizon: at most a minute's budget, so this stays cheap.
+        for count in range(self.per_minute + 1):
+            granted = max(now, self._ready(minute, second))
+            if granted > horizon + _EPSILON:
+                return Budget(count, granted - horizon)
+            minute.append(granted)
+            second.append(granted)
+        return Budget(self.per_minute + 1)
 
     def delay(self) -> float:
         """Seconds the next acquisition would wait if it were made now (0 if none)."""
@@ -133,8 +161,12 @@ class SlidingWindowLimiter:
         self._paused_until = max(self._paused_until, self._clock.now() + seconds)
 
     async def acquire(self) -> float:
-        """Wait until a request may be sent, record it, and return the seconds spent waiting."""
-        async with self._lock:
+        """Wait until a request may be sent, record it, and return the seconds spent waiting.
+
+        The wait is a queue wait (:func:`connector_core.hooktime.queue_wait`): it does not
+        count against the hook timeout of the hook call that makes the request.
+        """
+        async with queue_wait(), self._lock:
             waited = 0.0
             while True:
                 now = self._clock.now()

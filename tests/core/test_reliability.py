@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from connector_core.dispatcher import Breaker, RetryPolicy
 from connector_core.errors import AuthError, InvalidRequestError, TransientError
 from connector_core.simulator import scenarios
 from tests.harness import ACCOUNT, TOKEN, app_for, make_config
+from tests.plugin_kit import add_test_plugin
 
 FLAKY = '''
 """A plugin whose CRM fails the way the test tells it to."""
@@ -44,12 +46,7 @@ async def connector_call_started(integration, call):
 
 @pytest.fixture
 def flaky(test_plugins_dir: Path):
-    package = test_plugins_dir / "connector_test_plugins"
-    (package / "flaky.py").write_text(FLAKY)
-    entry_points = test_plugins_dir / "connector_test_plugins-1.0.dist-info" / "entry_points.txt"
-    if "flaky" not in entry_points.read_text():
-        entry_points.write_text(entry_points.read_text() + "flaky = connector_test_plugins.flaky\n")
-    from connector_test_plugins import flaky as module
+    module = add_test_plugin(test_plugins_dir, "flaky", FLAKY)
 
     module.FAILURES.clear()
     module.CALLS.clear()
@@ -151,6 +148,24 @@ def test_breaker_opens_after_consecutive_failures_and_probes_once() -> None:
     assert not breaker.allow(29) and breaker.allow(30)
     breaker.success()
     assert not breaker.is_open and breaker.allow(30) and breaker.allow(30)
+
+
+async def test_a_store_failure_inside_a_hook_is_retried_without_opening_the_circuit(
+    service, flaky
+) -> None:
+    app, _client, clock, call = service
+    policy = RetryPolicy()
+    disk_full = sqlite3.OperationalError("database or disk is full")
+    flaky.FAILURES.extend([disk_full] * (policy.breaker_threshold + 2))
+    for _ in range(policy.breaker_threshold + 2):
+        await run_due(app)
+        clock.advance(policy.max_delay_seconds)
+    breaker = app[DISPATCHER].breaker(f"{ACCOUNT}/crm")
+    assert not breaker.is_open and breaker.failures == 0
+    await run_due(app)  # the store is writable again: the next attempt goes through
+    [row] = await rows(app, call)
+    assert row.status == "done" and row.attempts == policy.breaker_threshold + 3
+    assert "database or disk is full" in (row.last_error or "")
 
 
 async def test_an_open_breaker_holds_back_other_calls_of_that_integration(service, flaky) -> None:

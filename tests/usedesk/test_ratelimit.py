@@ -12,6 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connector_core.clock import FakeClock
+from connector_core.hooktime import hook_deadline
+from connector_core.pacing import Budget
 from plugins.usedesk.ratelimit import MonotonicClock, SlidingWindowLimiter
 
 TOL = 1e-6
@@ -214,3 +216,31 @@ def test_property_caps_hold_and_waits_are_minimal(
             earlier = grants[:i]
             candidates = [g + 60.0 for g in earlier] + [g + 1.0 for g in earlier]
             assert any(abs(granted - c) < 1e-3 for c in candidates), (granted, earlier)
+
+
+async def test_budget_says_what_the_windows_serve_soon_and_when_more(ft: FakeTime) -> None:
+    limiter = ft.limiter(per_minute=12, burst=5)
+    # Idle: 5 now and 5 a second later fit in 2 s; the 11th would go at 2 s, just past.
+    assert limiter.budget(1.5) == Budget(10, 0.5)
+    for _ in range(12):
+        await limiter.acquire()  # the minute's budget, spent by t = 2 s
+    assert limiter.budget(2.0).requests == 0
+    # The first grants (t = 0) leave the 60 s window at t = 60: in 58 s from t = 2.
+    assert limiter.budget(2.0).more_in == pytest.approx(56.0)
+    ft.clock.advance(57.0)  # t = 59: the grants of t = 0 and t = 1 free up within 2 s
+    assert limiter.budget(2.0) == Budget(10, pytest.approx(1.0))
+
+
+async def test_budget_is_empty_while_a_server_pause_holds(ft: FakeTime) -> None:
+    limiter = ft.limiter(per_minute=100, burst=5)
+    limiter.pause_for(30.0)  # a 429's Retry-After
+    budget = limiter.budget(2.0)
+    assert budget.requests == 0 and budget.more_in == pytest.approx(28.0)
+
+
+async def test_waiting_in_the_limiter_does_not_spend_the_hook_timeout() -> None:
+    limiter = SlidingWindowLimiter(60, burst_per_second=1)
+    limiter.SECOND = 0.1  # a short clock: one grant per 0.1 s
+    async with hook_deadline(0.15):
+        # Five callers queue: the last waits 0.4 s, past the 0.15 s hook timeout.
+        await asyncio.gather(*(limiter.acquire() for _ in range(5)))
