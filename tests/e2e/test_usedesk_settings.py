@@ -26,7 +26,7 @@ from tests.harness import ACCOUNT, TOKEN, app_for, make_config, settle
 
 pytestmark = pytest.mark.e2e
 NEW = "79160000001"
-KNOWN = "74951234567"  # the sandbox's client 1002 holds it as "84951234567"
+KNOWN = "74951234567"  # the sandbox's client 1002 holds it as "8 (495) 123-45-67"
 KNOWN_CLIENT = 1002
 # Keep the client's pacing out of the way (the setting exists only in newer plugin versions).
 FAST = "rate_limit_per_minute = 1000\n" + (
