@@ -10,6 +10,7 @@ new number make one client.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -326,7 +327,11 @@ async def card(integration: Integration, call: CallState) -> CardPart | None:
     phone lock rather than searching twice.
     """
     rt = runtime(integration)
-    record = await ensure_ticket(integration, call)
+    # A card that gives up waiting must not cancel the lookup half-way: the call's own hook
+    # would then search again from the start, spending the rate budget twice.
+    lookup = asyncio.ensure_future(ensure_ticket(integration, call))
+    lookup.add_done_callback(_error_seen)
+    record = await asyncio.shield(lookup)
     if "client_id" not in record:
         return CardPart(title="Usedesk", lines=[record.get("skipped", "")])
     web = rt.settings.web_url.rstrip("/")
@@ -350,6 +355,12 @@ async def card(integration: Integration, call: CallState) -> CardPart | None:
         lines.append(f"{words['ticket']} #{record['ticket_id']}{new}: {details}")
         links.append((words["ticket"], f"{web}/tickets/{record['ticket_id']}"))
     return CardPart(title="Usedesk", lines=lines, links=links)
+
+
+def _error_seen(task: asyncio.Future[dict[str, Any]]) -> None:
+    """Mark a lookup's error as seen: after its card gave up, the call's hook reports it."""
+    if not task.cancelled():
+        task.exception()
 
 
 CARD_WORDS = {
