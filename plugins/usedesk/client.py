@@ -41,7 +41,6 @@ through :meth:`UsedeskClient._redact`, and ``repr`` leaves the token out.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -409,17 +408,11 @@ class UsedeskClient:
                 f"with at least {MIN_PHONE_SEARCH_DIGITS} digits (read in region {region})",
                 integration=INTEGRATION,
             )
-        # The queries go out together: a lookup at ring time then takes one round trip, not
-        # three, when the rate budget has room (it counts them all the same). Each one ends
-        # before an error is raised, so no request outlives the lookup.
-        found = await asyncio.gather(
-            *(self._phone_hits(q, wanted, region) for q in queries), return_exceptions=True
-        )
+        # One after another, not together: the dispatcher paces calls by the rate budget on
+        # the understanding that a hook has one request waiting at a time (core pacing).
         merged: dict[int, ClientSummary] = {}
-        for hits in found:
-            if isinstance(hits, BaseException):
-                raise hits
-            merged.update((hit.id, hit) for hit in hits)
+        for query in queries:
+            merged.update((hit.id, hit) for hit in await self._phone_hits(query, wanted, region))
         return [merged[i] for i in sorted(merged)]
 
     async def _phone_hits(self, query: str, e164: str, region: str) -> list[ClientSummary]:

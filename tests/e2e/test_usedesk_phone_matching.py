@@ -87,8 +87,8 @@ async def test_each_spelling_an_agent_types_finds_the_client(tmp_path: Path, spe
         [comment] = call_comments(ticket_by_id(w, 6001))
         assert f"Клиент: {CALLER}" in comment["message"]
         # A number not seen before costs three searches: the digits, "555-01-01", "555 01 01".
-        queries = sorted(r.params["query"] for r in w.sandbox.requests("/clients"))
-        assert queries == ["555 01 01", "555-01-01", "5550101"]
+        queries = [r.params["query"] for r in w.sandbox.requests("/clients")]
+        assert queries == ["5550101", "555-01-01", "555 01 01"]
 
 
 async def test_several_clients_with_the_number_the_one_with_an_open_ticket_gets_the_call(
