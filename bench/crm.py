@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 
+from connector_core.phones import search_queries
 from plugins.usedesk.sandbox import LoggedRequest, UsedeskSandbox
 
 from .calls import BenchCall, usedesk_seed
@@ -66,6 +67,12 @@ def attribute(
     clients and tickets are traced from the sandbox's state and the replies that made them.
     """
     by_phone = {_last10(c.scenario.expected["client_number"]): c.call_id for c in calls}
+    # A phone search sends the number's tail in several spellings (phones.search_queries).
+    by_query = {
+        query: c.call_id
+        for c in calls
+        for query in search_queries(c.scenario.expected["client_number"])
+    }
     call_ids = {c.call_id for c in calls}
     by_client: dict[int, str] = {}
     by_ticket: dict[int, str] = {}
@@ -86,7 +93,7 @@ def attribute(
             result.shared.append(entry)
             continue
         if entry.path == "/clients":
-            owner = by_phone.get(_last10(p.get("query")))
+            owner = by_query.get(str(p.get("query")))
         elif entry.path == "/create/client":
             owner = by_phone.get(_last10(p.get("phone")))
             response = entry.response if isinstance(entry.response, dict) else {}

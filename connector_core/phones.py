@@ -3,7 +3,8 @@
 Sipuni hands us numbers as carriers spell them (``89161234567``, ``79161234567``,
 ``998901234567``), internal ones as account number + extension (``012345101``), and a missed
 inbound call may end on the company line with an ``_id<digits>`` suffix. CRMs hold numbers in
-any spelling; ``search_variants`` gives the forms worth looking up.
+any spelling; ``same_number`` compares a stored spelling with a caller's number, and
+``search_queries`` gives the substrings that find a number in a ``LIKE %…%`` search.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ from enum import StrEnum
 import phonenumbers
 
 _ID_SUFFIX = re.compile(r"_id\d*$")
+# A phone search looks for the national number's last seven digits: every spelling of a
+# number keeps them together, or split only by the region's own grouping ("123-45-67").
+SEARCH_TAIL_DIGITS = 7
+_SWAP_SEPARATORS = str.maketrans("- ", " -")
 
 
 class PhoneFormat(StrEnum):
@@ -104,3 +109,48 @@ def search_variants(e164: str) -> list[str]:
 def last_digits(number: str, count: int = 10) -> str:
     """The last ``count`` digits: how CRMs that store numbers freely are matched."""
     return re.sub(r"\D", "", number)[-count:]
+
+
+def same_number(stored: str, e164: str, region: str = "RU") -> bool:
+    """Whether ``stored``, a phone as a person typed it into a CRM, is the number ``e164``.
+
+    The whole number is compared (country code and national number), the stored text read as
+    :func:`normalize` reads a caller's number in ``region``: ``"+7 916 123-45-67"``,
+    ``"8 (916) 123-45-67"``, ``"+7(916)1234567"``, ``"89161234567"`` and (in RU)
+    ``"9161234567"`` are all ``+79161234567``. A number that only ends the same
+    (``"379161234567"``, ``"+91 91612 34567"``) or a local number without its area code
+    (``"123-45-67"``) is another number.
+    """
+    return normalize(stored, region) == e164
+
+
+def search_queries(e164: str) -> list[str]:
+    """Substrings that find ``e164`` among phones stored as typed, for a ``LIKE %…%`` search.
+
+    The national number's last seven digits as one run (found inside ``79161234567``,
+    ``89161234567``, ``+7(916)1234567``), then the same digits grouped as the number's country
+    writes them (``123-45-67`` inside ``+7 916 123-45-67`` and ``8 (916) 123-45-67``), then that
+    grouping with ``-`` and spaces swapped (``123 45 67``). Duplicates are dropped, so a
+    country whose format has no separators there needs one query. A search only proposes
+    candidates: :func:`same_number` decides. Raises ``ValueError`` if ``e164`` is not E.164.
+    """
+    try:
+        number = phonenumbers.parse(e164, None)
+    except phonenumbers.NumberParseException as exc:
+        raise ValueError(f"{e164!r} is not a number in E.164 form") from exc
+    national = phonenumbers.national_significant_number(number)
+    tail = national[-SEARCH_TAIL_DIGITS:]
+    written = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+    grouped = _suffix_holding(written, len(tail))
+    return list(dict.fromkeys([tail, grouped, grouped.translate(_SWAP_SEPARATORS)]))
+
+
+def _suffix_holding(text: str, count: int) -> str:
+    """The shortest end of ``text`` that holds its last ``count`` digits, from a digit on."""
+    seen = 0
+    for index in range(len(text) - 1, -1, -1):
+        if text[index].isdigit():
+            seen += 1
+            if seen == count:
+                return text[index:]
+    return text.lstrip("+ ")

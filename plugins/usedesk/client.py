@@ -54,6 +54,7 @@ from typing import Any, Final, Literal, TypeVar
 import aiohttp
 from yarl import URL
 
+from connector_core import phones
 from connector_core.clock import Clock, SystemClock
 from connector_core.errors import AuthError, CrmError, InvalidRequestError, TransientError
 
@@ -91,9 +92,9 @@ TICKET_SORTS: Final = frozenset(
 
 # List methods return at most 100 records per `offset` page (§1.5).
 PAGE_SIZE: Final = 100
-# find_clients_by_phone pages through at most this many pages: a 10-digit %like% query that matches
-# 300+ clients means the data is broken, and walking further would burn the rate budget.
-MAX_PHONE_SEARCH_PAGES: Final = 3
+# find_clients_by_phone reads at most this many pages per query: a seven-digit %like% query that
+# matches 200+ clients means the data is broken, and walking further would burn the rate budget.
+MAX_PHONE_SEARCH_PAGES: Final = 2
 # Fewer digits than this is an extension or garbage; `%like%` on it would match half the base.
 MIN_PHONE_SEARCH_DIGITS: Final = 5
 # Without Retry-After a 429 still means "stop"; a full window is the one wait certain to clear a
@@ -129,7 +130,8 @@ class ClientSummary:
     """One hit of ``/clients``.
 
     ``phones`` and ``emails`` are split from the flat comma-joined strings Usedesk returns there
-    (pitfall 12); phones are kept exactly as stored (use :func:`normalize_phone` to compare).
+    (pitfall 12); phones are kept exactly as stored (compare them with
+    :func:`connector_core.phones.same_number`).
     ``ticket_ids`` are all of the client's tickets, in Usedesk's order.
     """
 
@@ -380,47 +382,53 @@ class UsedeskClient:
             data = data["clients"]
         return [_parse_client_summary(item) for item in self._expect_list(data, "clients")]
 
-    async def find_clients_by_phone(self, digits: str) -> list[ClientSummary]:
-        """Clients whose stored phone is the same number as ``digits``, sorted by id.
+    async def find_clients_by_phone(
+        self, number: str, *, region: str = "RU"
+    ) -> list[ClientSummary]:
+        """Clients with a phone that is the same number as ``number``, sorted by id.
 
-        Searches ``partial_match`` on the last 10 digits so ``8916…``, ``7916…``, ``+7916…`` and
-        bare ``916…`` all hit, then keeps only clients with a phone whose normalised digits end
-        with those 10 digits (``%like%`` also returns numbers merely *containing* them).
-        A number shorter than 10 digits must match a stored phone exactly.
+        ``number`` is read as :func:`connector_core.phones.normalize` reads a caller's number in
+        ``region`` (the integration's default region), and so are the stored phones: agents type
+        them in any spelling (``"+7 916 123-45-67"``, ``"8 (916) 123-45-67"``, ``"9161234567"``).
 
-        Limit: the search is SQL ``LIKE`` on the stored string, so a phone stored *with*
-        separators (``"+7 916 123-45-67"``, typed in the UI) contains no 10-digit run and is not
-        returned at all; the post-filter can only handle formats among the hits. Numbers created
-        through the API are digits-only (pitfall 6) and are always found.
+        ``/clients`` is SQL ``LIKE %query%`` on the stored string (§2.7), so one query cannot
+        find every spelling: :func:`~connector_core.phones.search_queries` gives the national
+        number's last seven digits, then those digits grouped as the country writes them with
+        ``-`` and with spaces. That is three requests for a Russian number (fewer where the
+        grouping has no separators), each reading at most :data:`MAX_PHONE_SEARCH_PAGES` pages.
+        Every hit is then compared by the whole number (country code included), so a number
+        that only ends the same, ``379161234567``, is never returned.
         """
-        wanted = normalize_phone(digits)
-        if len(wanted) < MIN_PHONE_SEARCH_DIGITS:
+        wanted = phones.normalize(number, region)
+        queries = phones.search_queries(wanted) if wanted else []
+        # The first query is the bare digit tail; shorter than this it would match half the base.
+        if wanted is None or len(queries[0]) < MIN_PHONE_SEARCH_DIGITS:
             raise InvalidRequestError(
-                f"cannot search Usedesk clients by phone {digits!r}: it needs at least "
-                f"{MIN_PHONE_SEARCH_DIGITS} digits",
+                f"cannot search Usedesk clients by phone {number!r}: it is not a phone number "
+                f"with at least {MIN_PHONE_SEARCH_DIGITS} digits (read in region {region})",
                 integration=INTEGRATION,
             )
-        key = wanted[-10:]
+        # One after another, not together: the dispatcher paces calls by the rate budget on
+        # the understanding that a hook has one request waiting at a time (core pacing).
+        merged: dict[int, ClientSummary] = {}
+        for query in queries:
+            merged.update((hit.id, hit) for hit in await self._phone_hits(query, wanted, region))
+        return [merged[i] for i in sorted(merged)]
 
-        def matches(stored: str) -> bool:
-            norm = normalize_phone(stored)
-            return norm.endswith(key) if len(wanted) >= 10 else norm == wanted
-
-        found: dict[int, ClientSummary] = {}
+    async def _phone_hits(self, query: str, e164: str, region: str) -> list[ClientSummary]:
+        """The hits of one phone query, page by page, that hold the number ``e164``."""
+        kept: list[ClientSummary] = []
         for page in range(MAX_PHONE_SEARCH_PAGES):
-            hits = await self.search_clients(key, search_type="partial_match", offset=page)
-            for hit in hits:
-                if any(matches(p) for p in hit.phones):
-                    found[hit.id] = hit
+            hits = await self.search_clients(query, search_type="partial_match", offset=page)
+            kept += [h for h in hits if any(phones.same_number(p, e164, region) for p in h.phones)]
             if len(hits) < PAGE_SIZE:
-                break
-        else:
-            log.warning(
-                "Usedesk phone search for …%s filled %d pages; later pages were not read",
-                key[-4:],
-                MAX_PHONE_SEARCH_PAGES,
-            )
-        return [found[i] for i in sorted(found)]
+                return kept
+        log.warning(
+            "Usedesk phone search %r filled %d pages; later pages were not read",
+            query,
+            MAX_PHONE_SEARCH_PAGES,
+        )
+        return kept
 
     async def get_client(self, client_id: int) -> ClientCard:
         """``/client``: the full card. The reply is a one-element array wrapping ``client``."""

@@ -10,6 +10,7 @@ new number make one client.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -22,12 +23,15 @@ from connector_core.phones import digits_only
 from connector_core.plugin import Budget
 
 from . import scenario
-from .client import UsedeskClient
+from .client import ClientSummary, TicketSummary, UsedeskClient
 from .settings import STATUS_NEW, UsedeskSettings
 
 log = logging.getLogger(__name__)
 AGENTS_TTL = 600.0  # agents rarely change; re-read them every ten minutes at most
 RECHECK = 3  # newest tickets looked at when an interrupted create is checked
+# Clients with one number whose tickets are read to choose among them: bounds the requests
+# when an account holds many cards for one number (the rest can still win on the lowest id).
+MAX_CANDIDATES_ASKED = 5
 
 
 @dataclass
@@ -149,7 +153,7 @@ async def _find_or_create(
 ) -> dict[str, Any]:
     rt = runtime(integration)
     settings = rt.settings
-    client_id, client_name, client_new = await _client(integration, call, plan)
+    client_id, client_name, client_new, tickets = await _client(integration, call, plan)
     if client_id is None:
         return {"skipped": "unknown number, and creating clients is off (create_client)"}
     record: dict[str, Any] = {
@@ -158,9 +162,10 @@ async def _find_or_create(
         "client_new": client_new,
     }
     if plan.search_tickets and not client_new:  # a client made a moment ago has no tickets
-        tickets = await rt.client.list_tickets(
-            client_id=client_id, statuses=settings.search_statuses
-        )
+        if tickets is None:  # not already read while choosing among several clients
+            tickets = await rt.client.list_tickets(
+                client_id=client_id, statuses=settings.search_statuses
+            )
         found = scenario.pick_ticket(tickets, settings.search_statuses)
         if found is not None:
             return {
@@ -222,25 +227,55 @@ async def _comment_made_for(rt: UsedeskRuntime, ticket_id: int, call_id: str) ->
 
 async def _client(
     integration: Integration, call: CallState, plan: scenario.Lookup
-) -> tuple[int | None, str, bool]:
-    """The client with this phone (id, name, just created?): remembered, found, or created."""
+) -> tuple[int | None, str, bool, list[TicketSummary] | None]:
+    """The client with this phone (id, name, just created?, its searched tickets if read):
+    remembered, found, or created."""
     effects, key = integration.effects, f"client:{plan.phone}"
     remembered = await effects.get(key)
     if remembered is not None:
-        return int(remembered["id"]), remembered.get("name", ""), False
+        return int(remembered["id"]), remembered.get("name", ""), False, None
     rt = runtime(integration)
-    hits = await rt.client.find_clients_by_phone(plan.phone.lstrip("+"))
+    hits = await rt.client.find_clients_by_phone(plan.phone, region=integration.region)
     if hits:
-        await effects.put(key, {"id": hits[0].id, "name": hits[0].name})
-        return hits[0].id, hits[0].name, False
+        chosen, tickets = await _one_of(integration, plan.phone, hits)
+        await effects.put(key, {"id": chosen.id, "name": chosen.name})
+        return chosen.id, chosen.name, False, tickets
     if not plan.create_client:
-        return None, "", False
+        return None, "", False, None
     name = rt.render("client_name", call)[:255]
     client_id = await rt.client.create_client(
         name=name, phone_digits=digits_only(plan.phone, rt.settings.phone_format)
     )
     await effects.put(key, {"id": client_id, "name": name})
-    return client_id, name, True
+    return client_id, name, True, None
+
+
+async def _one_of(
+    integration: Integration, phone: str, hits: list[ClientSummary]
+) -> tuple[ClientSummary, list[TicketSummary] | None]:
+    """One client of those with the number (``scenario.pick_client``), and its tickets in the
+    searched statuses when they were read to choose."""
+    if len(hits) == 1:
+        return hits[0], None
+    rt = runtime(integration)
+    statuses = rt.settings.search_statuses
+    listed: dict[int, list[TicketSummary]] = {}
+    # A client without any ticket cannot have an open one: no request for it.
+    for hit in [h for h in hits if h.ticket_ids][:MAX_CANDIDATES_ASKED]:
+        listed[hit.id] = await rt.client.list_tickets(client_id=hit.id, statuses=statuses)
+    choice = scenario.pick_client(
+        hits, {cid: scenario.pick_ticket(found, statuses) for cid, found in listed.items()}
+    )
+    log.warning(
+        "%s: %d Usedesk clients have the number …%s: %s; the call goes to %d because %s",
+        integration.key,
+        len(hits),
+        phone[-4:],
+        ", ".join(f"{h.id} «{h.name}»" for h in hits),
+        choice.client.id,
+        choice.reason,
+    )
+    return choice.client, listed.get(choice.client.id)
 
 
 async def finish(integration: Integration, call: CallState) -> None:
@@ -307,7 +342,11 @@ async def card(integration: Integration, call: CallState) -> CardPart | None:
     phone lock rather than searching twice.
     """
     rt = runtime(integration)
-    record = await ensure_ticket(integration, call)
+    # A card that gives up waiting must not cancel the lookup half-way: the call's own hook
+    # would then search again from the start, spending the rate budget twice.
+    lookup = asyncio.ensure_future(ensure_ticket(integration, call))
+    lookup.add_done_callback(_error_seen)
+    record = await asyncio.shield(lookup)
     if "client_id" not in record:
         return CardPart(title="Usedesk", lines=[record.get("skipped", "")])
     web = rt.settings.web_url.rstrip("/")
@@ -331,6 +370,12 @@ async def card(integration: Integration, call: CallState) -> CardPart | None:
         lines.append(f"{words['ticket']} #{record['ticket_id']}{new}: {details}")
         links.append((words["ticket"], f"{web}/tickets/{record['ticket_id']}"))
     return CardPart(title="Usedesk", lines=lines, links=links)
+
+
+def _error_seen(task: asyncio.Future[dict[str, Any]]) -> None:
+    """Mark a lookup's error as seen: after its card gave up, the call's hook reports it."""
+    if not task.cancelled():
+        task.exception()
 
 
 CARD_WORDS = {

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from connector_core.callstate import CallState, Direction, Outcome
 
-from .client import TicketSummary
+from .client import ClientSummary, TicketSummary
 from .settings import UsedeskSettings
 
 
@@ -56,6 +56,34 @@ def pick_ticket(
     shows them), so of several matching tickets the most recent one gets the call.
     """
     return next((t for t in tickets if t.status_id in statuses), None)
+
+
+@dataclass(frozen=True)
+class ClientChoice:
+    """The client a call goes to when several have its number, and why (for the log)."""
+
+    client: ClientSummary
+    reason: str
+
+
+def pick_client(
+    candidates: Sequence[ClientSummary], open_tickets: Mapping[int, TicketSummary | None]
+) -> ClientChoice:
+    """Of several clients with the caller's number, the one the call belongs to.
+
+    The client with an open ticket (one in the searched statuses, ``open_tickets`` by client
+    id) gets the call, as that is the conversation in progress; of several, the one whose
+    open ticket is the newest (highest ticket id). When none has one, the lowest client id,
+    the card that existed first. Same data, same answer: retries and replays agree.
+    """
+    if not candidates:
+        raise ValueError("pick_client needs at least one candidate")
+    with_open = [(t, c) for c in candidates if (t := open_tickets.get(c.id)) is not None]
+    if with_open:
+        ticket, client = max(with_open, key=lambda pair: pair[0].id)
+        return ClientChoice(client, f"it has the newest open ticket, {ticket.id}")
+    client = min(candidates, key=lambda c: c.id)
+    return ClientChoice(client, "none has an open ticket: the lowest id")
 
 
 @dataclass(frozen=True)

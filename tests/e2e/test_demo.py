@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from connector_core import demo
 from connector_core.cli import main
+from connector_core.phones import normalize
 from tests.e2e.process import free_port
 
 pytestmark = pytest.mark.e2e
@@ -18,11 +21,24 @@ async def test_demo_turns_simulated_calls_into_usedesk_tickets(capsys) -> None:
     printed = capsys.readouterr().out
     assert table in printed and "connector is serving on http://127.0.0.1:" in printed
     tickets = table.split("Tickets\n")[1].split("\n\n")[0]
-    # One new ticket per client who called (the repeat caller's two calls share one), each
-    # with an owner; the internal call made nothing.
-    assert "Входящий звонок 79161234567" in tickets and "Исходящий звонок 79265550003" in tickets
+    # One new ticket per new caller and one for Мария's missed call, each with an owner; the
+    # internal call made nothing.
+    assert "Входящий звонок 79035550011" in tickets and "Исходящий звонок 79265550003" in tickets
     rows = [r for r in tickets.splitlines() if "sipuni" in r]
-    assert len(rows) == 4 and all("—" not in r for r in rows)
+    assert len(rows) == 3 and all("—" not in r for r in rows)
+    # No duplicate client: 79161234567 (called twice) is «Иван Петров», stored by an agent as
+    # "+7 916 123-45-67"; his two calls went to his open ticket 5001.
+    clients = table.split("Clients\n")[1].split("\n\n")[0]
+    assert "Клиент 79161234567" not in clients and "Клиент 79035550011" not in clients
+    numbers = [
+        normalize(phone)
+        for row in clients.splitlines()[2:]
+        for cell in re.split(r"\s{2,}", row.strip())[2:]
+        for phone in cell.split(", ")
+    ]
+    assert len(numbers) == len(set(numbers)) == 5
+    [ivan] = [r for r in tickets.splitlines() if r.startswith("5001 ")]
+    assert "Иван Петров" in ivan and ivan.split()[-1] == "2"
     comments = table.split("Call comments (private)\n")[1]
     assert comments.count("Входящий звонок: Отвечен") == 3
     assert "Входящий звонок: Пропущен" in comments and "Исходящий звонок: Отвечен" in comments

@@ -98,7 +98,8 @@ async def test_repeat_caller_reuses_client_and_ticket_with_two_requests(tmp_path
 
 async def test_existing_assigned_ticket_keeps_its_owner(tmp_path: Path):
     async with world(tmp_path) as w:
-        # Client 1002 is stored with 84951234567 in the sandbox's seed; give it an open ticket.
+        # Client 1002 is stored with "8 (495) 123-45-67" in the sandbox's seed; give it an open
+        # ticket.
         status, body = w.sandbox.call(
             "/create/ticket",
             {

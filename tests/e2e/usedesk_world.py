@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from connector_core.clock import Clock
 from connector_core.simulator import scenarios
 from plugins.usedesk.sandbox import UsedeskSandbox
+from plugins.usedesk.sandbox.core import SeedSource
 from tests.harness import TOKEN, app_for, make_config, settle
 
 USERS = (
@@ -65,10 +66,12 @@ async def world(
     extra: str = "",
     others: str = "",
     clock: Clock | None = None,
+    seed: SeedSource = None,
 ) -> AsyncIterator[World]:
     """The service with a Usedesk integration (``settings`` added to its table), other
-    integrations' tables in ``others``, and top-level tables in ``extra``."""
-    sandbox = UsedeskSandbox()
+    integrations' tables in ``others``, and top-level tables in ``extra``; the sandbox holds
+    ``seed`` (the default seed if None)."""
+    sandbox = UsedeskSandbox(seed=seed)
     async with sandbox.serve() as base_url:
         config, host = make_config(
             tmp_path,

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aioresponses import aioresponses
+from aioresponses import CallbackResult, aioresponses
 from yarl import URL
 
 from connector_core.clock import FakeClock
@@ -223,60 +223,163 @@ async def test_search_clients_object_instead_of_array_is_invalid(
         await client.search_clients("x")
 
 
-async def test_find_clients_by_phone_matches_any_stored_format_and_sorts_by_id(
+def answered(**kwargs: Any) -> CallbackResult:
+    """A callback's reply, built with the same aiohttp 3.14 shim as registered replies."""
+    return CallbackResult(response_class=_CompatResponse, **kwargs)
+
+
+def serve_clients(
+    m: aioresponses, pages: dict[tuple[str, int], list[dict[str, Any]]]
+) -> list[tuple[str, int]]:
+    """``/clients`` answering each (query, offset) with its page (empty if not given), whatever
+    order they come in; returns the (query, offset) asked, in order."""
+    asked: list[tuple[str, int]] = []
+
+    def answer(_: Any, **kwargs: Any) -> CallbackResult:
+        body = kwargs["json"]
+        asked.append((body["query"], body["offset"]))
+        assert body["search_type"] == "partial_match"
+        return answered(payload=pages.get((body["query"], body["offset"]), []))
+
+    m.post(url("clients"), callback=answer, repeat=True)
+    return asked
+
+
+async def test_find_clients_by_phone_sends_the_digit_tail_and_both_groupings(
     client: UsedeskClient, mocked: aioresponses
 ) -> None:
-    mocked.post(
-        url("clients"),
-        payload=[
-            {"id": 30, "name": "plus", "phone": "+7 (916) 123-45-67"},
-            {"id": 10, "name": "eight", "phone": "89161234567"},
-            {"id": 20, "name": "second phone", "phone": "74950000000, 79161234567"},
-            {"id": 5, "name": "national", "phone": "9161234567"},
-            # `%like%` also returns numbers merely containing the digits: these must be dropped.
-            {"id": 1, "name": "longer", "phone": "79161234567890"},
-            {"id": 2, "name": "other", "phone": "79161234568"},
-            {"id": 3, "name": "no phone", "phone": None},
-        ],
-    )
-    result = await client.find_clients_by_phone("8 (916) 123-45-67")
+    asked = serve_clients(mocked, {})
+    assert await client.find_clients_by_phone("+79161234567") == []
+    # One query per way the last seven digits are stored: as a run, "123-45-67", "123 45 67".
+    assert asked == [("1234567", 0), ("123-45-67", 0), ("123 45 67", 0)]
 
-    body = sent(mocked, "clients")
-    assert body["query"] == "9161234567"  # the last 10 digits only
-    assert body["search_type"] == "partial_match"
-    assert [c.id for c in result] == [5, 10, 20, 30]
+
+async def test_find_clients_by_phone_groups_the_digits_as_the_country_writes_them(
+    client: UsedeskClient, mocked: aioresponses
+) -> None:
+    asked = serve_clients(mocked, {})
+    await client.find_clients_by_phone("+16502530000", region="US")
+    assert asked == [("2530000", 0), ("253-0000", 0), ("253 0000", 0)]
+
+
+async def test_find_clients_by_phone_needs_one_query_when_the_grouping_has_no_separator(
+    client: UsedeskClient, mocked: aioresponses
+) -> None:
+    berlin = [{"id": 4, "name": "Berlin", "phone": "+49 30 12345678"}]
+    asked = serve_clients(mocked, {("2345678", 0): berlin})
+    assert [c.id for c in await client.find_clients_by_phone("+493012345678")] == [4]
+    assert asked == [("2345678", 0)]
+
+
+async def test_find_clients_by_phone_keeps_every_spelling_of_the_number_and_sorts_by_id(
+    client: UsedeskClient, mocked: aioresponses
+) -> None:
+    run = [
+        {"id": 10, "name": "eight", "phone": "89161234567"},
+        {"id": 20, "name": "second phone", "phone": "74950000000, 79161234567"},
+        {"id": 5, "name": "national", "phone": "9161234567"},
+        {"id": 31, "name": "brackets", "phone": "+7(916)1234567"},
+        # `%like%` also returns numbers merely containing the digits: these must be dropped.
+        {"id": 1, "name": "longer", "phone": "79161234567890"},
+        {"id": 2, "name": "other area", "phone": "74951234567"},
+        {"id": 3, "name": "other country", "phone": "379161234567"},
+        {"id": 6, "name": "India", "phone": "919161234567"},
+        {"id": 7, "name": "no area code", "phone": "1234567"},
+        {"id": 8, "name": "no phone", "phone": None},
+    ]
+    dashes = [
+        {"id": 30, "name": "plus", "phone": "+7 916 123-45-67"},
+        {"id": 40, "name": "trunk", "phone": "8 (916) 123-45-67"},
+        {"id": 9, "name": "other area", "phone": "+7 495 123-45-67"},
+        {"id": 10, "name": "eight", "phone": "89161234567"},  # found twice, kept once
+    ]
+    spaces = [{"id": 50, "name": "spaces", "phone": "8 916 123 45 67"}]
+    serve_clients(mocked, {("1234567", 0): run, ("123-45-67", 0): dashes, ("123 45 67", 0): spaces})
+    result = await client.find_clients_by_phone("89161234567")
+    assert [c.id for c in result] == [5, 10, 20, 30, 31, 40, 50]
 
 
 async def test_find_clients_by_phone_reads_further_pages_only_when_a_page_is_full(
     client: UsedeskClient, mocked: aioresponses
 ) -> None:
     full_page = [{"id": i, "name": "x", "phone": f"7000{i:07d}"} for i in range(100, 200)]
-    mocked.post(url("clients"), payload=full_page)
-    mocked.post(url("clients"), payload=[{"id": 7, "name": "hit", "phone": "79161234567"}])
+    hit = [{"id": 7, "name": "hit", "phone": "79161234567"}]
+    asked = serve_clients(mocked, {("1234567", 0): full_page, ("1234567", 1): hit})
     result = await client.find_clients_by_phone("79161234567")
     assert [c.id for c in result] == [7]
-    assert [sent(mocked, "clients", i)["offset"] for i in range(2)] == [0, 1]
+    assert asked == [("1234567", 0), ("1234567", 1), ("123-45-67", 0), ("123 45 67", 0)]
 
 
-async def test_find_clients_by_phone_short_number_must_match_exactly(
+async def test_find_clients_by_phone_stops_paging_a_query_after_two_full_pages(
+    client: UsedeskClient, mocked: aioresponses, caplog: pytest.LogCaptureFixture
+) -> None:
+    full_page = [{"id": i, "name": "x", "phone": f"7000{i:07d}"} for i in range(100, 200)]
+    pages = {(q, offset): full_page for q in ("1234567", "123-45-67") for offset in range(5)}
+    asked = serve_clients(mocked, pages)
+    with caplog.at_level(logging.WARNING, logger="plugins.usedesk.client"):
+        assert await client.find_clients_by_phone("79161234567") == []
+    assert len(asked) == 5  # two pages for each full query, one for the third: the bound
+    assert "'1234567' filled 2 pages" in caplog.text
+    assert "'123-45-67' filled 2 pages" in caplog.text
+
+
+async def test_find_clients_by_phone_reads_national_spellings_in_the_given_region(
     client: UsedeskClient, mocked: aioresponses
 ) -> None:
-    mocked.post(
-        url("clients"),
-        payload=[
-            {"id": 1, "name": "exact", "phone": "12345"},
-            {"id": 2, "name": "contains", "phone": "79161234567"},
-        ],
+    serve_clients(
+        mocked,
+        {
+            ("123 4567", 0): [{"id": 1, "name": "KZ", "phone": "8 (701) 123 4567"}],
+            ("123 45 67", 0): [{"id": 2, "name": "UZ", "phone": "90 123 45 67"}],
+        },
     )
-    assert [c.id for c in await client.find_clients_by_phone("12345")] == [1]
+    assert [c.id for c in await client.find_clients_by_phone("77011234567", region="KZ")] == [1]
+    assert [c.id for c in await client.find_clients_by_phone("998901234567", region="UZ")] == [2]
+    # The same stored "8 (701) 123 4567" read in Uzbekistan is no Kazakh number.
+    assert await client.find_clients_by_phone("+77011234567", region="UZ") == []
 
 
-@pytest.mark.parametrize("digits", ["", "anonymous", "101", "+7 12"])
-async def test_find_clients_by_phone_refuses_too_few_digits_without_a_request(
-    client: UsedeskClient, mocked: aioresponses, digits: str
+async def test_find_clients_by_phone_sends_its_queries_one_after_another(
+    client: UsedeskClient, mocked: aioresponses
+) -> None:
+    in_flight, most = 0, 0
+
+    async def answer(_: Any, **kwargs: Any) -> CallbackResult:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0)  # let any other query of the lookup start meanwhile
+        in_flight -= 1
+        return answered(payload=[])
+
+    mocked.post(url("clients"), callback=answer, repeat=True)
+    await client.find_clients_by_phone("79161234567")
+    assert n_calls(mocked, "clients") == 3 and most == 1
+
+
+async def test_find_clients_by_phone_stops_at_a_failed_query_with_its_error(
+    client: UsedeskClient, mocked: aioresponses
+) -> None:
+    asked: list[str] = []
+
+    def answer(_: Any, **kwargs: Any) -> CallbackResult:
+        asked.append(kwargs["json"]["query"])
+        if kwargs["json"]["query"] == "123-45-67":
+            return answered(status=502, body="Bad Gateway")
+        return answered(payload=[])
+
+    mocked.post(url("clients"), callback=answer, repeat=True)
+    with pytest.raises(TransientError, match="HTTP 502"):
+        await client.find_clients_by_phone("79161234567")
+    assert asked == ["1234567", "123-45-67"]
+
+
+@pytest.mark.parametrize("number", ["", "anonymous", "101", "+7 12", "1234"])
+async def test_find_clients_by_phone_refuses_what_is_not_a_number_without_a_request(
+    client: UsedeskClient, mocked: aioresponses, number: str
 ) -> None:
     with pytest.raises(InvalidRequestError, match="at least 5 digits"):
-        await client.find_clients_by_phone(digits)
+        await client.find_clients_by_phone(number)
     assert n_calls(mocked, "clients") == 0
 
 

@@ -248,7 +248,7 @@ async def test_clients_is_a_bare_array_with_flat_phone_and_email_strings(api: Ap
             "id": 1002,
             "name": "Мария Сидорова",
             "emails": None,
-            "phone": "84951234567, 79035550011",
+            "phone": "8 (495) 123-45-67, +7(903)555-00-11",
             "tickets": [5002],
         }
     ]
@@ -264,10 +264,37 @@ async def test_clients_partial_match_is_like_on_the_stored_spelling(api: ApiCall
     assert [c["id"] for c in by_email] == [1001]
 
 
+async def test_the_seed_holds_phones_as_agents_type_them(sandbox: UsedeskSandbox) -> None:
+    phones = {c.id: [p.phone for p in c.phones] for c in sandbox.state.clients.values()}
+    assert phones[1001] == ["+7 916 123-45-67"]  # separators
+    assert phones[1002] == ["8 (495) 123-45-67", "+7(903)555-00-11"]  # 8-prefix, +7 (brackets)
+
+
+async def test_clients_grouped_tail_finds_every_client_whose_phone_contains_it(
+    api: ApiCall,
+) -> None:
+    """The connector's queries against the seed: a substring of the stored text, nothing else."""
+    _, grouped = await api("/clients", query="123-45-67")
+    assert [c["id"] for c in grouped] == [1001, 1002]  # 916 and 495: the post-filter decides
+    _, spaced = await api("/clients", query="123 45 67")
+    assert spaced == []
+    _, run = await api("/clients", query="5550011")
+    assert run == []  # stored as "+7(903)555-00-11"
+    _, mobile = await api("/clients", query="555-00-11")
+    assert [c["id"] for c in mobile] == [1002]
+
+
+async def test_clients_query_characters_are_literal_not_wildcards(api: ApiCall) -> None:
+    _, hits = await api("/clients", query="916%45")
+    assert hits == []
+    _, hits = await api("/clients", query="123_45_67")
+    assert hits == []
+
+
 async def test_clients_full_match_needs_the_whole_value(api: ApiCall) -> None:
-    _, partial = await api("/clients", query="4951234567", search_type="full_match")
+    _, partial = await api("/clients", query="123-45-67", search_type="full_match")
     assert partial == []
-    _, whole = await api("/clients", query="84951234567", search_type="full_match")
+    _, whole = await api("/clients", query="8 (495) 123-45-67", search_type="full_match")
     assert [c["id"] for c in whole] == [1002]
     _, bad = await api("/clients", query="x", search_type="fuzzy")
     assert "error" in bad
@@ -305,8 +332,8 @@ async def test_client_card_is_a_one_element_array(api: ApiCall) -> None:
     assert status == 200 and isinstance(body, list) and len(body) == 1
     card = body[0]["client"]
     assert [(p["phone"], p["client_id"]) for p in card["phones"]] == [
-        ("84951234567", 1002),
-        ("79035550011", 1002),
+        ("8 (495) 123-45-67", 1002),
+        ("+7(903)555-00-11", 1002),
     ]
     assert card["tickets"] == [5002] and card["emails"] == []
     assert body[0]["phones"] == card["phones"]

@@ -17,7 +17,7 @@ from connector_core.callstate import CallState, Direction, Outcome
 from connector_core.events import SipuniEvent, parse_event
 from connector_core.simulator import scenarios as sc
 from plugins.usedesk import scenario
-from plugins.usedesk.client import TicketSummary
+from plugins.usedesk.client import ClientSummary, TicketSummary
 from plugins.usedesk.scenario import Assignment, Lookup, Skip
 from plugins.usedesk.settings import UsedeskSettings
 
@@ -426,3 +426,37 @@ def test_an_overridden_template_wins_over_the_language_default() -> None:
     config = settings(language="en", templates={"client_name": "Абонент {phone}"})
     assert config.template("client_name") == "Абонент {phone}"
     assert config.template("ticket_subject") == "{direction} call {phone}"
+
+
+# --- pick_client -------------------------------------------------------------------------------
+
+
+def card(id: int, name: str = "") -> ClientSummary:
+    return ClientSummary(id=id, name=name or f"client {id}")
+
+
+def test_pick_client_prefers_the_client_with_an_open_ticket() -> None:
+    clients = [card(3), card(7), card(9)]
+    choice = scenario.pick_client(clients, {3: None, 7: ticket(50, 1), 9: None})
+    assert choice.client.id == 7
+    assert choice.reason == "it has the newest open ticket, 50"
+
+
+def test_pick_client_of_several_with_open_tickets_takes_the_newest_ticket() -> None:
+    clients = [card(3), card(7), card(9)]
+    choice = scenario.pick_client(clients, {3: ticket(80, 8), 7: ticket(50, 1)})
+    assert choice.client.id == 3
+
+
+@pytest.mark.parametrize("order", [[3, 7, 9], [9, 3, 7], [7, 9, 3]])
+def test_pick_client_without_open_tickets_takes_the_lowest_id_in_any_order(
+    order: list[int],
+) -> None:
+    choice = scenario.pick_client([card(i) for i in order], {7: None})
+    assert choice.client.id == 3
+    assert choice.reason == "none has an open ticket: the lowest id"
+
+
+def test_pick_client_needs_a_candidate() -> None:
+    with pytest.raises(ValueError, match="at least one candidate"):
+        scenario.pick_client([], {})

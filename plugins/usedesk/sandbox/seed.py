@@ -1,8 +1,9 @@
 """Seed data: the default company, loading JSON/TOML seed files, and building state from them.
 
-Seeded phones are stored exactly as written ("+7 916 123-45-67", "89161234567"), because a real
-account holds numbers typed by agents and imported by other channels, which the API's own
-digits-only rule for create/client never saw.
+Seeded phones are stored exactly as written ("+7 916 123-45-67", "8 (495) 123-45-67",
+"+7(903)555-00-11"), because a real account holds numbers typed by agents and imported by other
+channels, which the API's own digits-only rule for create/client never saw. The default seed
+holds them the way agents type them, so the demo shows a call found under any spelling.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ DEFAULT_SEED: dict[str, Any] = {
         {
             "id": 1002,
             "name": "Мария Сидорова",
-            "phones": ["84951234567", {"phone": "79035550011", "type": "mobile"}],
+            "phones": ["8 (495) 123-45-67", {"phone": "+7(903)555-00-11", "type": "mobile"}],
             "created_at": "2024-02-01 12:00:00",
         },
         {
