@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import os
 import random
@@ -114,9 +115,17 @@ def _print_config_errors(error: ConfigError) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config, host = load(args.config)
-    setup_logging(config.logging.level, config.secrets())
+    setup_logging(config.logging.level, config.secrets(), json_lines=config.logging.json_format)
     _print_warnings(config)
-    service.run(config, host)
+    try:
+        service.run(config, host)
+    except OSError as exc:
+        if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+            raise
+        # Nothing was acknowledged yet: a one-line reason, not a traceback.
+        where = f"{config.server.host}:{config.server.port}"
+        print(f"cannot listen on {where}: {os.strerror(exc.errno)}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
     return EXIT_OK
 
 
@@ -245,7 +254,7 @@ def read_recording(
 
 def cmd_replay(args: argparse.Namespace) -> int:
     config, host = load(args.config)  # an invalid config: main() prints it, exit 2
-    setup_logging(config.logging.level, config.secrets())
+    setup_logging(config.logging.level, config.secrets(), json_lines=config.logging.json_format)
     if bool(args.file) == bool(args.since):
         print("replay needs a FILE or --since (not both)", file=sys.stderr)
         return EXIT_BAD_CONFIG
@@ -465,6 +474,9 @@ def _manage(args: argparse.Namespace, aside: _SetAside[Any]) -> int:
         ids: list[int] = list(args.ids)
         if args.action == "retry" and args.all:
             ids = [row.id for row in await aside.rows(store, 1_000_000)]
+            if not ids:  # nothing to do is not a failure (a cron job runs this)
+                print(f"{aside.name} is empty: nothing to retry")
+                return EXIT_OK
         if not ids:
             print(aside.ids_hint, file=sys.stderr)
             return EXIT_CHECK_FAILED

@@ -263,7 +263,7 @@ class Dispatcher:
         for row in await self.store.pending_in_group(*group):
             if row.not_before > self.clock.now():
                 return
-            with call_context(row.account, row.call_id):
+            with call_context(row.account, row.call_id, row.integration):
                 if not await self._run_one(row):
                     return
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -594,6 +595,28 @@ def test_serve_answers_and_exits_0_on_sigterm(workdir: Path, test_plugins_dir: P
         "answered:101",
         "finished:answered",
     ]
+
+
+@pytest.mark.e2e
+def test_serve_on_a_port_in_use_says_so_in_one_line(workdir: Path, test_plugins_dir: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(workdir, RECORDER, head=f"[server]\nport = {port}")
+        done = subprocess.run(
+            [sys.executable, "-m", "connector_core", "serve", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(test_plugins_dir), str(ROOT)])},
+            cwd=workdir,
+        )
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == (
+        f"cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
+    assert "Traceback" not in done.stderr
 
 
 # --- embedded defaults and config discovery ------------------------------------------------
