@@ -76,6 +76,9 @@ def create_app(
     app[CLOCK] = clock or SystemClock()
     app[HOST] = host or plugin_host_for(config)
     app[METRICS] = Metrics()
+    app[HOST].on_routing_error = lambda plugin, hook: (
+        app[METRICS].routing_hook_errors.labels(plugin, hook).inc()
+    )
     app[SUPERVISOR] = Supervisor(
         app[CLOCK], on_error=lambda loop: app[METRICS].loop_errors.labels(loop).inc()
     )

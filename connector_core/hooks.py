@@ -23,7 +23,7 @@ import difflib
 import inspect
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
@@ -88,6 +88,8 @@ class PluginHost:
         self._callers: dict[tuple[str, int], Any] = {}
         # (plugin, hook) -> how many times a routing implementation raised and was skipped.
         self.routing_errors: Counter[tuple[str, str]] = Counter()
+        # on_routing_error(plugin, hook): each skip, for /metrics (the app wires it).
+        self.on_routing_error: Callable[[str, str], None] = lambda plugin, hook: None
 
     # -- discovery --------------------------------------------------------------------------
 
@@ -356,6 +358,7 @@ class PluginHost:
     ) -> None:
         key = (impl.plugin_name, hook_name)
         self.routing_errors[key] += 1
+        self.on_routing_error(*key)
         # The traceback once per implementation: a broken hook fails on every event.
         log.error(
             "routing hook %s of plugin '%s' failed for %s, skipped (the next implementation "

@@ -6,6 +6,8 @@ process — as in tests — keep separate counts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
@@ -61,6 +63,12 @@ class Metrics:
             ["loop"],
             registry=r,
         )
+        self.routing_hook_errors = Counter(
+            "connector_routing_hook_errors",
+            "Routing hook implementations that raised and were skipped (each logged)",
+            ["plugin", "hook"],
+            registry=r,
+        )
         self.breaker_open = Gauge(
             "connector_circuit_open",
             "1 while an integration's circuit breaker is open",
@@ -68,7 +76,7 @@ class Metrics:
             registry=r,
         )
 
-    def crm_request_observer(self, integration: str):  # type: ignore[no-untyped-def]
+    def crm_request_observer(self, integration: str) -> Callable[[str, float, str], None]:
         """A callback for a CRM client's ``on_request(method, seconds, outcome)``."""
 
         def observe(method: str, seconds: float, outcome: str) -> None:

@@ -136,6 +136,12 @@ async def test_usedesk_gets_every_call_once_next_to_raising_plugins(
         failures = dict(host.routing_errors)
         assert failures[("bad_router", "connector_filter_call")] >= len(CLIENTS) * 3
         assert failures[("bad_router", "connector_transfer_scheme")] >= 1
+        metrics = await (await w.client.get("/metrics")).text()
+        shown = (
+            'connector_routing_hook_errors_total{hook="connector_filter_call",plugin="bad_router"} '
+        )
+        [line] = [line for line in metrics.splitlines() if line.startswith(shown)]
+        assert float(line.removeprefix(shown)) == failures[("bad_router", "connector_filter_call")]
 
     messages = [r.getMessage() for r in caplog.records]
     named = (
