@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from connector_core import app as service
-from connector_core import demo
+from connector_core import demo, forget
 from connector_core.appkeys import CLOCK, DISPATCHER, HOST, INTEGRATIONS, STORE, WORKER
 from connector_core.config import (
     Config,
@@ -545,6 +545,30 @@ QUARANTINE: _SetAside[InboxItem] = _SetAside(
 )
 
 
+def cmd_forget(args: argparse.Namespace) -> int:
+    """Drop the stored CRM links of a number or a call (:mod:`connector_core.forget`)."""
+    config, _ = load(args.config)
+    try:
+        req = forget.request(
+            config, phone=args.phone, call_id=args.call, integration=args.integration
+        )
+    except forget.ForgetError as exc:
+        print(f"connector forget: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+
+    async def run(store: SQLiteStore) -> int:
+        dropped = await forget.forget(store, req)
+        for integration, key in dropped:
+            print(f"forgot {integration} {key}")
+        if not dropped:
+            print(f"no stored links of {req.what}; nothing to forget")
+        else:
+            print(f"{len(dropped)} link(s) of {req.what} dropped; the next call looks it up again")
+        return EXIT_OK
+
+    return asyncio.run(_with_store(config, run))
+
+
 def cmd_dlq(args: argparse.Namespace) -> int:
     """The dead-letter queue: hook calls that failed for good, and what to do with them."""
     return _manage(args, DEAD_LETTERS)
@@ -623,6 +647,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sandbox-port", type=int, default=8091)
     p.add_argument("--speed", type=float, default=20.0, help="times faster than real time")
     p.add_argument("--once", action="store_true", help="exit after showing the result")
+    p = command(
+        "forget",
+        cmd_forget,
+        "drop what the plugins remember about a phone number or a call (a stale CRM link)",
+    )
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--phone", help="the caller's number, any spelling")
+    which.add_argument("--call", help="a call id (as `connector dlq show` prints it)")
+    p.add_argument("--integration", help="only this integration: <account>/<name>, or <name>")
+    p.add_argument("--config", help=config_help)
     p = command("dlq", cmd_dlq, "the dead-letter queue: list, show, retry or drop")
     p.add_argument("action", choices=["list", "show", "retry", "drop"])
     p.add_argument("ids", nargs="*", type=int, help="dead-letter ids (from `connector dlq list`)")

@@ -155,6 +155,10 @@ class EffectStore(Protocol):
         """Record ``value`` under ``key``; ``False`` (and nothing written) if the key exists."""
         ...
 
+    async def drop(self, key: str) -> bool:
+        """Forget ``key`` (a link found stale); ``False`` if it was not there."""
+        ...
+
 
 class Store(Protocol):
     async def open(self) -> None: ...

@@ -548,6 +548,33 @@ class SQLiteStore:
 
         return await self._write(insert)
 
+    async def effect_drop(self, integration: str, key: str) -> bool:
+        def delete(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
+                "DELETE FROM effects WHERE integration = ? AND key = ?", (integration, key)
+            )
+            return cur.rowcount == 1
+
+        return await self._write(delete)
+
+    async def forget_links(self, subject: str, integration: str | None) -> list[tuple[str, str]]:
+        """Drop the effect keys ``subject`` and ``subject:…`` (``phone:+7…``, ``call:<id>``) of
+        ``integration``, or of every integration; returns the (integration, key) pairs dropped."""
+
+        def delete(db: sqlite3.Connection) -> list[tuple[str, str]]:
+            where = "(key = ? OR substr(key, 1, ?) = ?)"
+            args: list[Any] = [subject, len(subject) + 1, subject + ":"]
+            if integration is not None:
+                where += " AND integration = ?"
+                args.append(integration)
+            rows = db.execute(
+                f"SELECT integration, key FROM effects WHERE {where} ORDER BY rowid", args
+            ).fetchall()
+            db.execute(f"DELETE FROM effects WHERE {where}", args)
+            return [(str(i), str(k)) for i, k in rows]
+
+        return await self._write(delete)
+
     async def effect_items(
         self, integration: str, prefix: str = ""
     ) -> list[tuple[str, dict[str, Any]]]:
@@ -639,6 +666,9 @@ class SQLiteEffects:
 
     async def put(self, key: str, value: dict[str, Any]) -> bool:
         return await self._store.effect_put(self._integration, key, value)
+
+    async def drop(self, key: str) -> bool:
+        return await self._store.effect_drop(self._integration, key)
 
     async def items(self, prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
         return await self._store.effect_items(self._integration, prefix)

@@ -22,6 +22,9 @@ HTTP 401, 403                               ``AuthError``
 any other 4xx                               ``InvalidRequestError``
 2xx + ``error`` key whose text is about     ``AuthError``
 the token / authorisation
+2xx + ``error`` naming an id Usedesk does   ``UnknownIdError`` (an ``InvalidRequestError``
+not know ("The selected client_id is        naming the field: the caller may drop a
+invalid.", "Ticket not found")              cached id and look it up again)
 2xx + any other ``error`` key (§1.4, #13)   ``InvalidRequestError`` (carries Usedesk's text)
 2xx + ``status`` that is not success        ``InvalidRequestError``
 2xx + body that is not JSON                 ``InvalidRequestError``
@@ -41,6 +44,7 @@ through :meth:`UsedeskClient._redact`, and ``repr`` leaves the token out.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -68,6 +72,7 @@ __all__ = [
     "TicketComment",
     "TicketDetail",
     "TicketSummary",
+    "UnknownIdError",
     "UsedeskClient",
     "normalize_phone",
     "parse_retry_after",
@@ -111,12 +116,41 @@ _AUTH_ERROR_RE: Final = re.compile(
     re.IGNORECASE,
 )
 
+# Usedesk's answers about an id it does not know (any more): Laravel's validation text for a
+# reference field, and the lookups' own "… not found". Other "selected … is invalid" texts
+# (a status, a type) are plain invalid requests.
+_UNKNOWN_REF_RE: Final = re.compile(r"^The selected (\w+_id) is invalid\.?$", re.IGNORECASE)
+_NOT_FOUND_RE: Final = re.compile(r"^(client|ticket|user) not found\.?$", re.IGNORECASE)
+
 Outcome = Literal["ok", "timeout", "connection", "rate_limited", "server_error", "auth", "invalid"]
 """The ``outcome`` passed to ``on_request``; a small fixed set so it can be a metrics label."""
 
 OnRequest = Callable[[str, float, Outcome], None]
 
 _E = TypeVar("_E", bound=CrmError)
+
+
+class UnknownIdError(InvalidRequestError):
+    """Usedesk does not know the id sent in ``field`` (``client_id``, ``ticket_id``,
+    ``assignee_id``, ``user_id``…): deleted, merged, or from another account.
+
+    Still an :class:`InvalidRequestError`, so whoever does not handle it dead-letters the call
+    as before; the plugin handles it for the ids it caches.
+    """
+
+    def __init__(self, message: str, *, field: str, integration: str | None = None) -> None:
+        super().__init__(message, integration=integration)
+        self.field = field
+
+
+def unknown_id_field(text: str) -> str | None:
+    """The id field an error text says Usedesk does not know, or ``None``."""
+    text = text.strip()
+    if (found := _UNKNOWN_REF_RE.match(text)) is not None:
+        return found.group(1).lower()
+    if (found := _NOT_FOUND_RE.match(text)) is not None:
+        return f"{found.group(1).lower()}_id"
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,6 +361,13 @@ class UsedeskClient:
     @property
     def base_url(self) -> str:
         return self._base_url
+
+    @property
+    def account(self) -> str:
+        """A short stable name of the Usedesk account behind this client, for keying what is
+        cached from it: a hash of ``base_url`` and the token (the token itself never leaves)."""
+        digest = hashlib.sha256(f"{self._base_url}\n{self._token}".encode())
+        return digest.hexdigest()[:16]
 
     def __repr__(self) -> str:
         return (
@@ -792,9 +833,11 @@ class UsedeskClient:
                 f"base_url {self._base_url} is probably wrong",
             )
         if status >= 400 or status < 200:
-            raise self._error(
-                InvalidRequestError, f"Usedesk rejected {where}: HTTP {status}{detail}"
-            )
+            message = f"Usedesk rejected {where}: HTTP {status}{detail}"
+            # A 404/422 may carry the same "unknown id" text as the usual HTTP 200 refusal.
+            if usedesk_says and (field := unknown_id_field(usedesk_says)) is not None:
+                raise self._error(UnknownIdError, message, field=field)
+            raise self._error(InvalidRequestError, message)
         if not parsed:
             raise self._error(
                 InvalidRequestError,
@@ -808,7 +851,10 @@ class UsedeskClient:
                     f"Usedesk refused the API token on {where}: {usedesk_says}; "
                     "check the API channel's secret key",
                 )
-            raise self._error(InvalidRequestError, f"Usedesk rejected {where}: {usedesk_says}")
+            message = f"Usedesk rejected {where}: {usedesk_says}"
+            if (field := unknown_id_field(usedesk_says)) is not None:
+                raise self._error(UnknownIdError, message, field=field)
+            raise self._error(InvalidRequestError, message)
         return data
 
     def _expect_list(self, data: Any, method: str) -> list[Any]:

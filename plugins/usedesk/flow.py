@@ -1,11 +1,17 @@
 """Carrying out the Usedesk scenario for one call against the API.
 
 Every step is recorded in the integration's effect store before the next one, under keys
-``client:<phone>``, ``call:<call_id>``, ``assigned:<call_id>``, ``ticket_owner:<ticket_id>``,
-``comment:<call_id>``; a hook
+``phone:<E.164>:client@<account>``, ``call:<call_id>``, ``assigned:<call_id>``,
+``ticket_owner:<ticket_id>``, ``comment:<call_id>``; a hook
 that runs again (a retry, a redelivery, a restart) finds the step done and goes on from
 there. Find-or-create for one phone number holds that number's lock, so two calls from one
 new number make one client.
+
+The number's client link is keyed by the Usedesk account it came from (``UsedeskClient.account``,
+a hash of base_url and token), so an integration pointed at another account never sends the old
+ids. A cached id Usedesk refuses as unknown (:class:`UnknownIdError`: the client deleted or
+merged, the ticket deleted, the agent removed) is dropped and looked up again in the same hook
+call; a second refusal fails the call as any invalid request does.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from connector_core.phones import digits_only
 from connector_core.plugin import Budget
 
 from . import scenario
-from .client import ClientSummary, TicketSummary, UsedeskClient
+from .client import ClientSummary, TicketSummary, UnknownIdError, UsedeskClient
 from .settings import STATUS_NEW, UsedeskSettings
 
 log = logging.getLogger(__name__)
@@ -58,6 +64,7 @@ class UsedeskRuntime:
             window_margin=0.25,  # delivery jitter: Usedesk counts arrivals, we count sends
         )
         self._agents: Agents | None = None
+        self._agents_refused = False
 
     async def aclose(self) -> None:
         await self.client.close()
@@ -82,6 +89,19 @@ class UsedeskRuntime:
             escape_html=html,
             language=self.settings.language,
         )
+
+    def forget_agents(self) -> None:
+        """Read ``/users`` again at the next need: Usedesk refused an agent id as unknown."""
+        self._agents = None
+        self._agents_refused = True
+
+    async def usable_author(self, agent: int | None) -> int | None:
+        """``agent``, unless Usedesk refused an agent id lately and ``/users`` no longer
+        lists it (the comment then goes unsigned rather than failing again)."""
+        if agent is None or not self._agents_refused:
+            return agent
+        known = (await self.agents()).known
+        return agent if known is None or agent in known else None
 
     async def agents(self) -> Agents:
         """Extensions → agent ids, with e-mails resolved and ids checked against ``/users``."""
@@ -142,10 +162,43 @@ async def ensure_ticket(integration: Integration, call: CallState) -> dict[str, 
     async with integration.locks(f"phone:{plan.phone}"):
         record = await effects.get(key)  # done meanwhile by a concurrent run of this call
         if record is None:
-            record = await _find_or_create(integration, call, plan)
+            record = await _find_or_create_healing(integration, call, plan)
             await effects.put(key, record)
             log.info("%s: %s", integration.key, _describe(record))
     return record
+
+
+def client_key(integration: Integration, phone: str) -> str:
+    """The effect key of the number's client link, in the account the runtime talks to.
+
+    It starts ``phone:<E.164>:`` so ``connector forget --phone`` finds it (core convention)."""
+    return f"phone:{phone}:client@{runtime(integration).client.account}"
+
+
+async def _find_or_create_healing(
+    integration: Integration, call: CallState, plan: scenario.Lookup
+) -> dict[str, Any]:
+    """``_find_or_create``; when Usedesk no longer knows the linked client, once more without
+    the link."""
+    key = client_key(integration, plan.phone)
+    link = await integration.effects.get(key)
+    try:
+        return await _find_or_create(integration, call, plan)
+    except UnknownIdError as exc:
+        if link is None or exc.field != "client_id":
+            raise  # not a remembered client (one found a moment ago): nothing stale to drop
+        await integration.effects.drop(key)
+        # The refused create made nothing, so there is nothing for its intent to look for.
+        await integration.effects.drop(f"intent:ticket:{call.call_id}")
+        log.warning(
+            "%s: Usedesk no longer knows client %s linked to …%s (deleted or merged): %s;"
+            " looking the number up again",
+            integration.key,
+            link.get("id"),
+            plan.phone[-4:],
+            exc.message,
+        )
+        return await _find_or_create(integration, call, plan)
 
 
 async def _find_or_create(
@@ -230,7 +283,7 @@ async def _client(
 ) -> tuple[int | None, str, bool, list[TicketSummary] | None]:
     """The client with this phone (id, name, just created?, its searched tickets if read):
     remembered, found, or created."""
-    effects, key = integration.effects, f"client:{plan.phone}"
+    effects, key = integration.effects, client_key(integration, plan.phone)
     remembered = await effects.get(key)
     if remembered is not None:
         return int(remembered["id"]), remembered.get("name", ""), False, None
@@ -279,7 +332,39 @@ async def _one_of(
 
 
 async def finish(integration: Integration, call: CallState) -> None:
-    """Set the ticket's owner and write the call's one comment."""
+    """Set the ticket's owner and write the call's one comment; a ticket or agent Usedesk
+    refuses as unknown is looked up again once (the ticket through the call's client)."""
+    try:
+        await _finish(integration, call)
+    except UnknownIdError as exc:
+        if not await _forget_refused(integration, call, exc):
+            raise
+        await _finish(integration, call)
+
+
+async def _forget_refused(integration: Integration, call: CallState, exc: UnknownIdError) -> bool:
+    """Drop what the refused id came from; ``False`` if it is not an id this flow caches."""
+    if exc.field == "ticket_id":
+        record = await integration.effects.get(f"call:{call.call_id}")
+        # The owner was set and the comment intended on the ticket that is gone.
+        for step in ("call", "assigned", "intent:comment"):
+            await integration.effects.drop(f"{step}:{call.call_id}")
+        what = f"ticket {record.get('ticket_id')}" if record else "the call's ticket"
+    elif exc.field in ("assignee_id", "user_id"):
+        runtime(integration).forget_agents()
+        what = "an agent id"
+    else:
+        return False
+    log.warning(
+        "%s: Usedesk no longer knows %s (%s); looking it up again",
+        integration.key,
+        what,
+        exc.message,
+    )
+    return True
+
+
+async def _finish(integration: Integration, call: CallState) -> None:
     record = await ensure_ticket(integration, call)
     ticket_id = record.get("ticket_id")
     if not ticket_id:
@@ -312,7 +397,7 @@ async def finish(integration: Integration, call: CallState) -> None:
         await effects.put(f"assigned:{call.call_id}", assigned)
         log.info("%s: ticket %s owner: %s", integration.key, ticket_id, decision.reason)
     if await effects.get(f"comment:{call.call_id}") is None:
-        author = assigned.get("agent")
+        author = await rt.usable_author(assigned.get("agent"))
         made = None
         if not await effects.put(f"intent:comment:{call.call_id}", {"ticket_id": ticket_id}):
             made = await _comment_made_for(rt, ticket_id, call.call_id)

@@ -108,6 +108,28 @@ async def test_effects_are_recorded_once_per_integration(store: SQLiteStore) -> 
     assert await a.items("journal:") == [("journal:x", {"n": 1})]
 
 
+async def test_a_dropped_effect_can_be_written_again(store: SQLiteStore) -> None:
+    a = store.effects("012345/a")
+    await a.put("phone:+79161234567:client@x", {"id": 1})
+    assert await a.drop("phone:+79161234567:client@x") is True
+    assert await a.drop("phone:+79161234567:client@x") is False
+    assert await a.put("phone:+79161234567:client@x", {"id": 2}) is True
+    assert await a.get("phone:+79161234567:client@x") == {"id": 2}
+
+
+async def test_forget_links_takes_the_subject_and_its_colon_keys_only(store: SQLiteStore) -> None:
+    a, b = store.effects("012345/a"), store.effects("012345/b")
+    for key in ("phone:+7916", "phone:+7916:client@x", "phone:+79161:client@x", "comment:1"):
+        await a.put(key, {})
+    await b.put("phone:+7916:client@y", {})
+    assert await store.forget_links("phone:+7916", "012345/a") == [
+        ("012345/a", "phone:+7916"),
+        ("012345/a", "phone:+7916:client@x"),
+    ]
+    assert [k for k, _ in await a.items()] == ["phone:+79161:client@x", "comment:1"]
+    assert await store.forget_links("phone:+7916", None) == [("012345/b", "phone:+7916:client@y")]
+
+
 async def test_idle_open_calls_skips_finished_and_recent(store: SQLiteStore) -> None:
     old = CallState(account="012345", call_id="old", last_received_at=10.0)
     new = CallState(account="012345", call_id="new", last_received_at=100.0)

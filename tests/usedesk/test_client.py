@@ -28,6 +28,7 @@ from plugins.usedesk.client import (
     TicketComment,
     TicketDetail,
     TicketSummary,
+    UnknownIdError,
     UsedeskClient,
     normalize_phone,
     parse_retry_after,
@@ -816,6 +817,63 @@ async def test_http_200_with_error_key_is_invalid_and_quotes_usedesk(
     assert "code 112" in info.value.message
     assert "/update/ticket" in info.value.message
     assert info.value.integration == "usedesk"
+
+
+@pytest.mark.parametrize(
+    ("method", "error", "field"),
+    [
+        ("create/ticket", "The selected client_id is invalid.", "client_id"),
+        ("update/ticket", "The selected assignee_id is invalid.", "assignee_id"),
+        ("create/comment", "The selected user_id is invalid.", "user_id"),
+        ("create/comment", "Ticket not found", "ticket_id"),
+        ("client", "Client not found", "client_id"),
+    ],
+)
+async def test_an_id_usedesk_does_not_know_is_its_own_error_naming_the_field(
+    client: UsedeskClient, mocked: aioresponses, method: str, error: str, field: str
+) -> None:
+    mocked.post(url(method), payload={"error": error})
+    with pytest.raises(UnknownIdError) as info:
+        await client._call(method, {})
+    assert info.value.field == field
+    assert isinstance(info.value, InvalidRequestError)  # unhandled, it dead-letters as before
+    assert info.value.message == f"Usedesk rejected POST /{method}: {error}"
+
+
+async def test_an_unknown_id_with_http_404_is_classified_the_same(
+    client: UsedeskClient, mocked: aioresponses
+) -> None:
+    mocked.post(url("create/ticket"), status=404, payload={"error": "Client not found"})
+    with pytest.raises(UnknownIdError, match="HTTP 404: Client not found") as info:
+        await client._call("create/ticket", {})
+    assert info.value.field == "client_id"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        "The selected status is invalid.",  # a value, not an id
+        "The selected type is invalid.",
+        "The client_id field is required.",
+        "Assignee not found for client_id 5",
+        "Something about the selected client_id is invalid.",
+    ],
+)
+async def test_other_refusals_are_not_unknown_ids(
+    client: UsedeskClient, mocked: aioresponses, error: str
+) -> None:
+    mocked.post(url("create/ticket"), payload={"error": error})
+    with pytest.raises(InvalidRequestError) as info:
+        await client._call("create/ticket", {})
+    assert not isinstance(info.value, UnknownIdError)
+
+
+def test_the_account_differs_by_base_url_and_token_and_never_shows_the_token() -> None:
+    one = UsedeskClient(api_token=TOKEN, base_url=BASE)
+    assert one.account == UsedeskClient(api_token=TOKEN, base_url=BASE + "/").account
+    assert one.account != UsedeskClient(api_token=TOKEN + "x", base_url=BASE).account
+    assert one.account != UsedeskClient(api_token=TOKEN, base_url="https://b.example").account
+    assert TOKEN not in one.account and len(one.account) == 16
 
 
 @pytest.mark.parametrize(

@@ -41,6 +41,9 @@ class MemoryEffects:
         self.data[key] = value
         return True
 
+    async def drop(self, key: str) -> bool:
+        return self.data.pop(key, None) is not None
+
 
 def usedesk(base_url: str, token: str) -> Integration[UsedeskSettings, flow.UsedeskRuntime]:
     integration: Integration[UsedeskSettings, flow.UsedeskRuntime] = Integration(

@@ -972,3 +972,72 @@ async def test_standalone_module_serves_a_seed_file(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         assert await asyncio.wait_for(proc.wait(), timeout=10) is not None
+
+
+# -- clients deleted and merged ---------------------------------------------------------------
+
+
+async def test_update_client_merge_id_moves_numbers_and_tickets_and_retires_the_id(
+    api: ApiCall, sandbox: UsedeskSandbox
+) -> None:
+    # 1002 «Мария Сидорова» is merged into 1001 «Иван Петров» (who keeps ticket 5001).
+    tickets_of_1002 = sandbox.state.client_ticket_ids(1002)
+    assert await api("/update/client", client_id=1001, merge_id=1002) == (
+        200,
+        {"client_id": 1001, "status": True},
+    )
+    survivor = sandbox.state.clients[1001]
+    assert [p.phone for p in survivor.phones] == [
+        "+7 916 123-45-67",
+        "8 (495) 123-45-67",
+        "+7(903)555-00-11",
+    ]
+    assert set(tickets_of_1002) <= set(sandbox.state.client_ticket_ids(1001))
+    assert await api("/client", client_id=1002) == (200, {"error": "Client not found"})
+    refused = await api("/create/ticket", subject="s", message="m", client_id=1002)
+    assert refused == (200, {"error": "The selected client_id is invalid."})
+
+
+async def test_a_refused_merge_changes_nothing(api: ApiCall, sandbox: UsedeskSandbox) -> None:
+    assert await api("/update/client", client_id=1001, merge_id=99, name="X") == (
+        200,
+        {"error": "The selected merge_id is invalid."},
+    )
+    assert sandbox.state.clients[1001].name == "Иван Петров"
+    assert await api("/update/client", client_id=1001, merge_id=1001) == (
+        200,
+        {"error": "A client can not be merged with itself."},
+    )
+
+
+async def test_control_endpoints_delete_and_merge_clients(
+    client: TestClient, api: ApiCall, sandbox: UsedeskSandbox
+) -> None:
+    resp = await client.post("/_sandbox/clients/1001/delete")
+    assert (resp.status, await resp.json()) == (200, {"status": "deleted", "client_id": 1001})
+    assert 1001 not in sandbox.state.clients and sandbox.state.client_ticket_ids(1001) == []
+    assert await api("/ticket", ticket_id=5001) == (200, {"error": "Ticket not found"})
+    resp = await client.post("/_sandbox/clients/1003/merge", json={"into": 1002})
+    assert await resp.json() == {"status": "merged", "client_id": 1003, "into": 1002}
+    assert 1003 not in sandbox.state.clients
+    for path, body, error in [
+        ("/_sandbox/clients/1001/delete", None, "no client 1001"),
+        ("/_sandbox/clients/1002/merge", {}, 'merge needs {"into": <the surviving client id>}'),
+        ("/_sandbox/clients/1002/merge", {"into": 7}, "Client not found"),
+    ]:
+        resp = await client.post(path, json=body)
+        assert (resp.status, await resp.json()) == (400, {"error": error})
+
+
+async def test_create_client_with_merge_id_absorbs_the_other(
+    api: ApiCall, sandbox: UsedeskSandbox
+) -> None:
+    assert await api("/create/client", name="Новый", merge_id=99) == (
+        200,
+        {"error": "The selected merge_id is invalid."},
+    )
+    assert len(sandbox.state.clients) == 3  # refused: nothing made
+    status, body = await api("/create/client", name="Новый", merge_id=1001)
+    assert (status, sorted(body)) == (200, ["client_id", "status"])
+    assert 1001 not in sandbox.state.clients
+    assert sandbox.state.client_ticket_ids(body["client_id"]) == [5001]

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from .model import PAGE_SIZE, PHONE_TYPES, Client, Email, Phone, SandboxState, fmt_time, parse_time
-from .params import ApiError, Params
+from .params import ApiError, Params, as_int
 
 _PHONE_RULE = re.compile(r"\d{10,15}")
 _NON_DIGITS = re.compile(r"\D")
@@ -171,6 +171,9 @@ def new_client(
 
 def create_client(state: SandboxState, p: Params) -> dict[str, Any]:
     phone = checked_phone(p.raw("phone")) if p.given("phone") else None
+    merged = as_int("merge_id", p.raw("merge_id")) if p.given("merge_id") else None
+    if merged is not None and merged not in state.clients:
+        raise ApiError("The selected merge_id is invalid.")
     client = new_client(
         state,
         name=p.opt_str("name"),
@@ -180,16 +183,50 @@ def create_client(state: SandboxState, p: Params) -> dict[str, Any]:
         note=p.opt_str("note"),
     )
     client.position = p.opt_str("position")
+    if merged is not None:
+        merge_clients(state, into=client.id, merged=merged)
     return {"client_id": client.id, "status": True}
+
+
+def delete_client(state: SandboxState, client_id: int) -> None:
+    """The client and its tickets disappear, as when an agent deletes a client in Usedesk:
+    every later use of those ids is refused as unknown."""
+    if state.clients.pop(client_id, None) is None:
+        raise KeyError(client_id)
+    for ticket_id in state.client_ticket_ids(client_id):
+        del state.tickets[ticket_id]
+
+
+def merge_clients(state: SandboxState, *, into: int, merged: int) -> None:
+    """Client ``merged`` joins ``into``: its numbers, e-mails and tickets move over and its id
+    stops existing (refused as unknown from then on)."""
+    if into == merged:
+        raise ApiError("A client can not be merged with itself.")
+    survivor, gone = state.clients.get(into), state.clients.get(merged)
+    if survivor is None:
+        raise ApiError("Client not found")
+    if gone is None:
+        raise ApiError("The selected merge_id is invalid.")
+    have = {ph.phone for ph in survivor.phones}
+    survivor.phones += [ph for ph in gone.phones if ph.phone not in have]
+    mails = {e.email.lower() for e in survivor.emails}
+    survivor.emails += [e for e in gone.emails if e.email.lower() not in mails]
+    for ticket in state.tickets.values():
+        if ticket.client_id == merged:
+            ticket.client_id = into
+    del state.clients[merged]
 
 
 def update_client(state: SandboxState, p: Params) -> dict[str, Any]:
     client = _client(state, p)
     # Validate everything before touching the record so a refused call changes nothing.
+    merged = as_int("merge_id", p.raw("merge_id")) if p.given("merge_id") else None
     phone = checked_phone(p.raw("phone")) if p.given("phone") else None
     phone_type = p.choice("phone_type", PHONE_TYPES, "other")
     emails = _checked_emails(p)
     name, note, position = p.opt_str("name"), p.opt_str("note"), p.opt_str("position")
+    if merged is not None:  # checks merge_id before it changes anything
+        merge_clients(state, into=client.id, merged=merged)
     now = state.now()
     if name is not None:
         client.name = name

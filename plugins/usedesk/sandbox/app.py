@@ -11,7 +11,7 @@ from aiohttp import web
 
 from .core import ENDPOINTS, LoggedRequest, UsedeskSandbox
 from .faults import FaultConfigError, FaultPlan
-from .params import decode_form
+from .params import ApiError, decode_form
 from .seed import SeedError
 
 SANDBOX_KEY = web.AppKey("usedesk_sandbox", UsedeskSandbox)
@@ -185,6 +185,28 @@ async def faults_view(request: web.Request) -> web.Response:
     return web.json_response(sandbox.faults.plan.to_json())
 
 
+async def client_admin_view(request: web.Request) -> web.Response:
+    """``POST /_sandbox/clients/{id}/delete`` and ``…/merge`` with ``{"into": other_id}``."""
+    sandbox = request.app[SANDBOX_KEY]
+    try:
+        client_id = int(request.match_info["client_id"])
+        if request.match_info["action"] == "delete":
+            sandbox.delete_client(client_id)
+            return web.json_response({"status": "deleted", "client_id": client_id})
+        body = await _json_body(request) or {}
+        into = body.get("into")
+        if not isinstance(into, int) or isinstance(into, bool):
+            return _bad_request('merge needs {"into": <the surviving client id>}')
+        sandbox.merge_clients(into=into, merged=client_id)
+    except KeyError:
+        return _bad_request(f"no client {request.match_info['client_id']}")
+    except ApiError as exc:
+        return _bad_request(exc.message)
+    except ValueError as exc:
+        return _bad_request(str(exc))
+    return web.json_response({"status": "merged", "client_id": client_id, "into": into})
+
+
 async def release_view(request: web.Request) -> web.Response:
     request.app[SANDBOX_KEY].release_hung()
     return web.json_response({"status": "released"})
@@ -211,5 +233,6 @@ def create_app(sandbox: UsedeskSandbox) -> web.Application:
     app.router.add_post("/_sandbox/faults", faults_view)
     app.router.add_delete("/_sandbox/faults", faults_view)
     app.router.add_post("/_sandbox/release", release_view)
+    app.router.add_post(r"/_sandbox/clients/{client_id}/{action:delete|merge}", client_admin_view)
     app.on_shutdown.append(_release_on_shutdown)
     return app

@@ -181,6 +181,16 @@ class UsedeskSandbox:
         entry = self.begin("CALL", path, data, self.monotonic())
         return self.dispatch(entry, data)
 
+    # -- what agents do in the Usedesk UI --------------------------------------------------
+
+    def delete_client(self, client_id: int) -> None:
+        """Delete a client with its tickets (``KeyError`` if there is none)."""
+        api_clients.delete_client(self.state, client_id)
+
+    def merge_clients(self, *, into: int, merged: int) -> None:
+        """Merge client ``merged`` into ``into`` (as ``/update/client`` with ``merge_id``)."""
+        api_clients.merge_clients(self.state, into=into, merged=merged)
+
     # -- faults and observation -------------------------------------------------------------
 
     def set_faults(self, **changes: Any) -> FaultPlan:
