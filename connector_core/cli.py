@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from connector_core import app as service
-from connector_core import demo, forget
+from connector_core import demo, forget, settings_check
 from connector_core.appkeys import CLOCK, DISPATCHER, HOST, INTEGRATIONS, STORE, WORKER
 from connector_core.config import (
     Config,
@@ -33,6 +33,7 @@ from connector_core.config import (
 from connector_core.errors import ConfigError
 from connector_core.events import EventError, SipuniEvent, parse_event
 from connector_core.hooks import PluginHost
+from connector_core.integrations import CheckLevel
 from connector_core.logcontext import setup_logging
 from connector_core.simulator import scenarios
 from connector_core.simulator.sender import send_calls
@@ -157,6 +158,12 @@ def cmd_check(args: argparse.Namespace) -> int:
             failed += not result.ok
             reason = f" ({result.reason})" if result.reason else ""
             print(f"{key} [{integration.type.name}]: {result.status.value}{reason}")
+            if not result.ok:
+                continue  # the settings can be compared with the CRM only once it answers
+            findings = await settings_check.check_settings(app[HOST], integration, app[STORE])
+            failed += any(f.level is CheckLevel.ERROR for f in findings)
+            for finding in findings:
+                print(f"  {settings_check.describe(integration, finding)}")
         return EXIT_CHECK_FAILED if failed else EXIT_OK
 
     return asyncio.run(_with_service(config, host, checks))
@@ -608,8 +615,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "check",
         cmd_check,
-        "validate the config and check every integration's authorisation"
-        " (exit 0 ok, 1 a check failed, 2 invalid config)",
+        "validate the config, check every integration's authorisation and whether its"
+        " settings name things that exist (exit 0 ok, 1 a check failed, 2 invalid config)",
     )
     p.add_argument("--config", help=config_help)
     p = command("plugins", cmd_plugins, "list installed plugins, their hooks and settings")

@@ -40,7 +40,13 @@ from connector_core.callstate import (
     Transfer,
 )
 from connector_core.hooktime import hook_deadline
-from connector_core.integrations import AuthResult, CardPart, Integration, IntegrationType
+from connector_core.integrations import (
+    AuthResult,
+    CardPart,
+    CheckFinding,
+    Integration,
+    IntegrationType,
+)
 
 if TYPE_CHECKING:
     from connector_core.notifications import Sink
@@ -198,6 +204,22 @@ class PluginHost:
         """``connector_check_authorization`` on the owning plugin; ``None`` when it has none."""
         result = await self.call("connector_check_authorization", integration)
         return _expect(result, AuthResult, "connector_check_authorization", integration)
+
+    async def check_settings(self, integration: Integration) -> list[CheckFinding]:
+        """``connector_check_settings`` on the owning plugin; ``[]`` when it has none.
+
+        Raises what the plugin raised, ``TimeoutError`` after ``hook_timeout_seconds``, and
+        ``TypeError`` for an answer that is not a list of ``CheckFinding``.
+        """
+        result = await self.call("connector_check_settings", integration)
+        if result is None:
+            return []
+        if not isinstance(result, list) or not all(isinstance(f, CheckFinding) for f in result):
+            raise TypeError(
+                f"connector_check_settings of {integration.type.name} returned "
+                f"{type(result).__name__}, not a list of CheckFinding"
+            )
+        return result
 
     async def call_started(self, integration: Integration, call: CallState) -> None:
         """``connector_call_started`` on the plugin owning ``integration``."""

@@ -25,6 +25,7 @@ from connector_core.callstate import CallState, SchemeVisit, Transfer
 from connector_core.integrations import (
     AuthResult,
     CardPart,
+    CheckFinding,
     Integration,
     RegisterIntegrationType,
 )
@@ -62,6 +63,26 @@ def connector_check_authorization(integration: Integration) -> AuthResult | Awai
     """
     # pluggy reads a specification's name, arguments and docstring and never calls it; the
     # body says so, which lets the signature promise an AuthResult.
+    raise NotImplementedError("a hook specification is not called")
+
+
+@hookspec
+def connector_check_settings(
+    integration: Integration,
+) -> list[CheckFinding] | Awaitable[list[CheckFinding]]:
+    """Check the settings against the CRM: does every id, e-mail, group… they name exist there?
+
+    Called by ``connector check`` only, after ``connector_check_authorization`` answered
+    ``ok`` (never at start-up or for ``/readyz``), so it may make a few read-only requests.
+    Return one ``CheckFinding`` per thing the operator should know: ``ERROR`` for a setting
+    that will fail when calls come (an agent that does not exist), ``WARNING`` for one that
+    looks wrong, ``INFO`` for what helps to fill the settings in (the CRM's users, so
+    extensions can be mapped). Name the setting in ``setting`` (``users[2].agent``). It must
+    not raise: a finding says what could not be checked.
+
+    :param integration: the configured instance to check; its authorisation has succeeded.
+    :return: the findings, in the order they should be printed; ``[]`` when all is well.
+    """
     raise NotImplementedError("a hook specification is not called")
 
 

@@ -91,6 +91,28 @@ class AuthResult:
         return self.status is AuthStatus.OK
 
 
+class CheckLevel(StrEnum):
+    """How much a finding of ``connector check`` matters: only ``ERROR`` fails the check."""
+
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class CheckFinding:
+    """One line of ``connector check`` about an integration's settings, checked against the CRM.
+
+    ``setting`` is the path of the setting inside the integration's table (``users[2].agent``,
+    ``on_duty_user``; empty for a finding about no one setting); the host prefixes it with
+    ``accounts.<account>.integrations.<name>.`` so the operator finds the line in the config.
+    """
+
+    level: CheckLevel
+    message: str
+    setting: str = ""
+
+
 @dataclass(frozen=True)
 class CardPart:
     """One CRM's contribution to the card an agent sees while the phone rings."""

@@ -8,8 +8,9 @@ and may move. A plugin that imports only from this module keeps working across t
 - ``IntegrationType`` is what a plugin registers (``RegisterIntegrationType`` is the type of
   ``register``); ``Integration[Settings, Runtime]`` is what every hook receives, typed with
   the plugin's settings model and the runtime its factory makes.
-- ``AuthResult``/``AuthStatus`` answer the authorisation check; ``CardPart`` is a part of the
-  agent's ringing card.
+- ``AuthResult``/``AuthStatus`` answer the authorisation check; ``CheckFinding`` (with a
+  ``CheckLevel``) is a line of ``connector check`` about the settings; ``CardPart`` is a part
+  of the agent's ringing card.
 - ``CallState`` and what it holds (``Direction``, ``Outcome``, ``Leg``, ``Answer``,
   ``Transfer``, ``SchemeVisit``, ``Hangup``) describe the call.
 - ``TransientError``, ``AuthError``, ``InvalidRequestError`` (all ``CrmError``) tell the core
@@ -42,6 +43,8 @@ from connector_core.integrations import (
     AuthResult,
     AuthStatus,
     CardPart,
+    CheckFinding,
+    CheckLevel,
     Integration,
     IntegrationType,
     KeyedLocks,
@@ -60,6 +63,8 @@ __all__ = [
     "Budget",
     "CallState",
     "CardPart",
+    "CheckFinding",
+    "CheckLevel",
     "CrmError",
     "Direction",
     "EffectStore",

@@ -54,6 +54,19 @@ def connector_check_authorization(integration):
 
 
 @hookimpl
+def connector_check_settings(integration):
+    from connector_core.integrations import CheckFinding, CheckLevel
+    label = integration.settings.label
+    if label == "check-raises":
+        raise RuntimeError("text that could hold a secret")
+    if label == "check-answers-a-string":
+        return "all good"
+    if label == "check-warns":
+        return [CheckFinding(CheckLevel.WARNING, "a label only tests use", "label")]
+    return []
+
+
+@hookimpl
 async def connector_call_started(integration, call):
     await _seen(integration, call, "started")
 

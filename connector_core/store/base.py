@@ -146,6 +146,18 @@ class Rejected:
     params: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class SeenScheme:
+    """A routing scheme some stored call went through: its number and its name, as seen."""
+
+    id: str | None
+    name: str | None
+
+    def matches(self, selector: str) -> bool:
+        """Whether a ``schemes``/``transfer_schemes`` entry names this scheme (number or name)."""
+        return selector in (self.id, self.name)
+
+
 class EffectStore(Protocol):
     """Idempotency keys of CRM effects for one integration."""
 
@@ -217,6 +229,10 @@ class Store(Protocol):
 
     async def stats(self) -> dict[str, int]:
         """Counts for health and metrics: inbox pending, dispatches pending/dead, calls open."""
+        ...
+
+    async def seen_schemes(self, account: str) -> list[SeenScheme]:
+        """Every distinct scheme (number, name) in the account's stored calls."""
         ...
 
     async def rejected(self, limit: int) -> list[Rejected]: ...

@@ -31,6 +31,7 @@ from connector_core.store.base import (
     InboxItem,
     NewDispatch,
     Rejected,
+    SeenScheme,
     StoreUnavailable,
 )
 from connector_core.store.migrations import migrate
@@ -588,6 +589,19 @@ class SQLiteStore:
         return [(k, json.loads(v)) for k, v in await self._run(select)]
 
     # -- inspection -------------------------------------------------------------------------
+
+    async def seen_schemes(self, account: str) -> list[SeenScheme]:
+        def select(db: sqlite3.Connection) -> list[tuple[str | None, str | None]]:
+            # A call keeps its scheme path in its state; read it where it lies.
+            return db.execute(
+                "SELECT DISTINCT json_extract(visit.value, '$.id'),"
+                " json_extract(visit.value, '$.name')"
+                " FROM calls, json_each(calls.state, '$.schemes') AS visit"
+                " WHERE calls.account = ? ORDER BY 1, 2",
+                (account,),
+            ).fetchall()
+
+        return [SeenScheme(id_, name) for id_, name in await self._run(select)]
 
     async def stats(self) -> dict[str, int]:
         def count(db: sqlite3.Connection) -> dict[str, int]:

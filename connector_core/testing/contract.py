@@ -43,6 +43,7 @@ from connector_core.integrations import (
     AuthResult,
     AuthStatus,
     CardPart,
+    CheckFinding,
     Integration,
     IntegrationType,
 )
@@ -367,6 +368,44 @@ class PluginContract:
         assert after == before, (
             "the authorisation check changed the CRM (it must be a cheap, read-only request; "
             "the service runs it at start-up and every few minutes):\n" + _diff(before, after)
+        )
+
+    @pytest.mark.asyncio
+    async def test_settings_check_reads_only_and_never_raises(self, tmp_path: Path) -> None:
+        """``connector_check_settings`` (when the plugin has it) against the working CRM."""
+        async with self._environment(tmp_path) as settings:
+            secrets = set(self.secrets) | _secret_values(self._kind().settings_model, settings)
+            secrets = {s for s in secrets if len(s) >= MIN_SECRET}
+            async with run_service(tmp_path, self._tables(settings)) as service:
+                integration = service.integrations[CONTRACT]
+                before = await self._observe(service)
+                try:
+                    findings = await service.host.check_settings(integration)
+                except TimeoutError:
+                    pytest.fail(
+                        "connector_check_settings did not return within hook_timeout_seconds "
+                        f"({self.hook_timeout_seconds} s); give its requests a shorter timeout"
+                    )
+                except Exception as exc:
+                    pytest.fail(
+                        f"connector_check_settings raised {type(exc).__name__}: {exc} — it "
+                        "must never raise; return a CheckFinding(CheckLevel.ERROR, reason)"
+                    )
+                after = await self._observe(service)
+        problems = [
+            f"a finding shows the secret {_masked(secret)}: {finding.message}"
+            for finding in findings
+            for secret in secrets
+            if secret in finding.message
+        ]
+        problems += [
+            f"an empty message ({finding!r})"
+            for finding in findings
+            if isinstance(finding, CheckFinding) and not finding.message.strip()
+        ]
+        assert not problems, "\n".join(problems)
+        assert after == before, "the settings check changed the CRM (it must only read):\n" + _diff(
+            before, after
         )
 
     # -- 5. lifecycle --------------------------------------------------------------------------

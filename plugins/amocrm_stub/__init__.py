@@ -22,6 +22,8 @@ from connector_core.plugin import (
     AuthStatus,
     CallState,
     CardPart,
+    CheckFinding,
+    CheckLevel,
     Integration,
     IntegrationType,
     InvalidRequestError,
@@ -109,6 +111,23 @@ def connector_register_integration_types(register: RegisterIntegrationType) -> N
 @hookimpl
 def connector_check_authorization(integration: AmoCrm) -> AuthResult:
     return AuthResult(AuthStatus.OK, "stub: nothing to authorise")
+
+
+@hookimpl
+def connector_check_settings(integration: AmoCrm) -> list[CheckFinding]:
+    # A real plugin asks its CRM here (do the users exist?); the stub can only say what its
+    # client would refuse on the first call, so `connector check` says it first.
+    settings = integration.settings
+    if settings.access_token is not None and settings.subdomain == PLACEHOLDER_SUBDOMAIN:
+        return [
+            CheckFinding(
+                CheckLevel.ERROR,
+                f"still the placeholder '{PLACEHOLDER_SUBDOMAIN}': with an access_token every"
+                " call would be refused; set the account's <subdomain>.amocrm.ru",
+                "subdomain",
+            )
+        ]
+    return []
 
 
 async def _contact_and_lead(integration: AmoCrm, call: CallState) -> None:

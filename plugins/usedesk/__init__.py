@@ -14,6 +14,7 @@ from connector_core.plugin import (
     AuthStatus,
     CallState,
     CardPart,
+    CheckFinding,
     CrmError,
     Integration,
     IntegrationType,
@@ -24,7 +25,7 @@ from connector_core.plugin import (
     hookimpl,
 )
 
-from . import flow
+from . import check, flow
 from .settings import UsedeskSettings
 
 NAME = "usedesk"
@@ -55,6 +56,11 @@ async def connector_check_authorization(integration: Usedesk) -> AuthResult:
     except CrmError as exc:
         return AuthResult(AuthStatus.CANNOT_CONNECT, exc.message)
     return AuthResult(AuthStatus.OK, f"API key accepted by {integration.settings.base_url}")
+
+
+@hookimpl
+async def connector_check_settings(integration: Usedesk) -> list[CheckFinding]:
+    return await check.check(integration.settings, flow.runtime(integration).client)
 
 
 @hookimpl

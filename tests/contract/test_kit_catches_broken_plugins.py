@@ -104,6 +104,16 @@ async def connector_check_authorization(integration):
     return AuthResult(AuthStatus.OK, "token accepted")
 
 
+@hookimpl
+async def connector_check_settings(integration):
+    from connector_core.integrations import CheckFinding, CheckLevel
+    if BROKEN == "settings_check_raises":  # a user id the CRM does not know
+        raise KeyError(integration.settings.users.get("101", 0))
+    if BROKEN == "settings_check_writes":  # "checks" a user by assigning a test lead
+        await integration.effects.put("journal:probe:settings", {{"action": "lead"}})
+    return [CheckFinding(CheckLevel.INFO, f"{{len(integration.settings.users)}} user(s) mapped")]
+
+
 async def _record(integration, key, action, **fields):
     if BROKEN == "not_idempotent":  # a new journal row on every delivery
         n = 0
@@ -256,6 +266,14 @@ VARIANTS: dict[str, tuple[str, set[str]]] = {
         "the authorisation check writes to the CRM",
         {"test_authorization_check_reports_each_status"},
     ),
+    "kit_settings_check_raises": (
+        "connector_check_settings raises instead of reporting an error finding",
+        {"test_settings_check_reads_only_and_never_raises"},
+    ),
+    "kit_settings_check_writes": (
+        "connector_check_settings writes to the CRM",
+        {"test_settings_check_reads_only_and_never_raises"},
+    ),
     "kit_hook_raises": (
         "connector_call_answered raises for outbound calls",
         {"test_every_canonical_call_handled"},
@@ -290,6 +308,7 @@ KIT_TESTS = {
     "test_secrets_not_shown",
     "test_secrets_not_logged",
     "test_authorization_check_reports_each_status",
+    "test_settings_check_reads_only_and_never_raises",
     "test_every_canonical_call_handled",
     "test_agent_card_never_raises",
     "test_unknown_events_skipped",

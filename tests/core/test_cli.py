@@ -137,6 +137,47 @@ def test_check_failed_authorisation_exits_1(workdir: Path, test_plugins_dir: Pat
     )
 
 
+def test_check_prints_the_plugins_findings_under_its_integration(
+    workdir: Path, test_plugins_dir: Path, capsys
+) -> None:
+    config = write_config(workdir, RECORDER.replace('"desk"', '"check-warns"'))
+    code, out, err = run(capsys, "check", "--config", str(config))
+    assert code == EXIT_OK, err  # a warning does not fail the check
+    assert out.splitlines() == [
+        "configuration: ok",
+        "012345/rec [recorder]: ok (recorder)",
+        "  warning: accounts.012345.integrations.rec.label: a label only tests use",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("label", "error"), [("check-raises", "RuntimeError"), ("check-answers-a-string", "TypeError")]
+)
+def test_check_a_settings_check_that_breaks_fails_naming_the_integration(
+    workdir: Path, test_plugins_dir: Path, capsys, label: str, error: str
+) -> None:
+    config = write_config(workdir, RECORDER.replace('"desk"', f'"{label}"'))
+    code, out, _ = run(capsys, "check", "--config", str(config))
+    assert code == EXIT_CHECK_FAILED
+    assert out.splitlines()[-1] == (
+        f"  error: accounts.012345.integrations.rec: the settings check raised {error}"
+    )
+    assert "secret" not in out  # the exception's text is not shown: it could hold one
+
+
+def test_check_the_amocrm_stub_refuses_its_placeholder_subdomain_before_any_call(
+    workdir: Path, capsys
+) -> None:
+    stub = AMOCRM.replace('subdomain = "acme"', 'subdomain = "example"\naccess_token = "t-1"')
+    code, out, _ = run(capsys, "check", "--config", str(write_config(workdir, stub)))
+    assert code == EXIT_CHECK_FAILED
+    assert out.splitlines()[-1] == (
+        "  error: accounts.012345.integrations.amocrm_stub.subdomain: still the placeholder"
+        " 'example': with an access_token every call would be refused; set the account's"
+        " <subdomain>.amocrm.ru"
+    )
+
+
 def test_check_with_a_disabled_failing_integration_passes(
     workdir: Path, test_plugins_dir: Path, capsys
 ) -> None:
