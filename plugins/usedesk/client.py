@@ -501,18 +501,17 @@ class UsedeskClient:
         )
 
     async def create_client(
-        self, *, name: str, phone_digits: str, phone_type: str = "mobile"
+        self, *, name: str, phone_digits: str | None, phone_type: str = "mobile"
     ) -> int:
-        """``/create/client`` with one phone; returns the new client's id.
+        """``/create/client`` with one phone (or none); returns the new client's id.
 
         ``phone_digits`` must already be 10–15 digits with nothing else (pitfall 6); this is checked
         before anything is sent.
         """
-        body = {
-            "name": _clean_text(name, "client name"),
-            "phone": _check_phone(phone_digits),
-            "phone_type": _check_choice(phone_type, PHONE_TYPES, "phone_type"),
-        }
+        body = {"name": _clean_text(name, "client name")}
+        if phone_digits is not None:
+            body["phone"] = _check_phone(phone_digits)
+            body["phone_type"] = _check_choice(phone_type, PHONE_TYPES, "phone_type")
         data = self._expect_dict(await self._call("create/client", body), "create/client")
         self._expect_success(data, "create/client")
         client_id = data.get("client_id")

@@ -1,7 +1,8 @@
 """Carrying out the Usedesk scenario for one call against the API.
 
 Every step is recorded in the integration's effect store before the next one, under keys
-``phone:<E.164>:client@<account>``, ``call:<call_id>``, ``assigned:<call_id>``,
+``phone:<E.164>:client@<account>`` (``hidden_client:<name>@<account>`` for the client that calls
+without a usable number go to), ``call:<call_id>``, ``assigned:<call_id>``,
 ``ticket_owner:<ticket_id>``, ``comment:<call_id>``; a hook
 that runs again (a retry, a redelivery, a restart) finds the step done and goes on from
 there. Find-or-create for one phone number holds that number's lock, so two calls from one
@@ -154,12 +155,16 @@ async def ensure_ticket(integration: Integration, call: CallState) -> dict[str, 
     if record is not None:
         return record
     plan = scenario.lookup_plan(call, runtime(integration).settings)
+    if isinstance(plan, scenario.Wait):
+        # Not recorded: the call's end decides, and the hook then asks again.
+        log.debug("%s: call %s: %s", integration.key, call.call_id, plan.reason)
+        return {"skipped": plan.reason}
     if isinstance(plan, scenario.Skip):
         record = {"skipped": plan.reason}
         await effects.put(key, record)
         log.info("%s: call skipped: %s", integration.key, plan.reason)
         return record
-    async with integration.locks(f"phone:{plan.phone}"):
+    async with integration.locks(_lock_name(plan)):
         record = await effects.get(key)  # done meanwhile by a concurrent run of this call
         if record is None:
             record = await _find_or_create_healing(integration, call, plan)
@@ -175,12 +180,29 @@ def client_key(integration: Integration, phone: str) -> str:
     return f"phone:{phone}:client@{runtime(integration).client.account}"
 
 
+Plan = scenario.Lookup | scenario.HiddenLookup
+
+
+def _lock_name(plan: Plan) -> str:
+    """One find-or-create at a time per number, or per hidden-number client (one card)."""
+    if isinstance(plan, scenario.HiddenLookup):
+        return f"hidden:{plan.client_name}"
+    return f"phone:{plan.phone}"
+
+
+def _link_key(integration: Integration, plan: Plan) -> str:
+    """The effect key of the plan's client link, in the account the runtime talks to."""
+    if isinstance(plan, scenario.HiddenLookup):
+        return f"hidden_client:{plan.client_name}@{runtime(integration).client.account}"
+    return client_key(integration, plan.phone)
+
+
 async def _find_or_create_healing(
-    integration: Integration, call: CallState, plan: scenario.Lookup
+    integration: Integration, call: CallState, plan: Plan
 ) -> dict[str, Any]:
     """``_find_or_create``; when Usedesk no longer knows the linked client, once more without
     the link."""
-    key = client_key(integration, plan.phone)
+    key = _link_key(integration, plan)
     link = await integration.effects.get(key)
     try:
         return await _find_or_create(integration, call, plan)
@@ -190,20 +212,23 @@ async def _find_or_create_healing(
         await integration.effects.drop(key)
         # The refused create made nothing, so there is nothing for its intent to look for.
         await integration.effects.drop(f"intent:ticket:{call.call_id}")
+        if isinstance(plan, scenario.HiddenLookup):
+            linked, what = f"«{plan.client_name}»", "client"
+        else:
+            linked, what = f"…{plan.phone[-4:]}", "number"
         log.warning(
-            "%s: Usedesk no longer knows client %s linked to …%s (deleted or merged): %s;"
-            " looking the number up again",
+            "%s: Usedesk no longer knows client %s linked to %s (deleted or merged): %s;"
+            " looking the %s up again",
             integration.key,
             link.get("id"),
-            plan.phone[-4:],
+            linked,
             exc.message,
+            what,
         )
         return await _find_or_create(integration, call, plan)
 
 
-async def _find_or_create(
-    integration: Integration, call: CallState, plan: scenario.Lookup
-) -> dict[str, Any]:
+async def _find_or_create(integration: Integration, call: CallState, plan: Plan) -> dict[str, Any]:
     rt = runtime(integration)
     settings = rt.settings
     client_id, client_name, client_new, tickets = await _client(integration, call, plan)
@@ -279,10 +304,12 @@ async def _comment_made_for(rt: UsedeskRuntime, ticket_id: int, call_id: str) ->
 
 
 async def _client(
-    integration: Integration, call: CallState, plan: scenario.Lookup
+    integration: Integration, call: CallState, plan: Plan
 ) -> tuple[int | None, str, bool, list[TicketSummary] | None]:
     """The client with this phone (id, name, just created?, its searched tickets if read):
     remembered, found, or created."""
+    if isinstance(plan, scenario.HiddenLookup):
+        return await _hidden_client(integration, plan)
     effects, key = integration.effects, client_key(integration, plan.phone)
     remembered = await effects.get(key)
     if remembered is not None:
@@ -301,6 +328,39 @@ async def _client(
     )
     await effects.put(key, {"id": client_id, "name": name})
     return client_id, name, True, None
+
+
+async def _hidden_client(
+    integration: Integration, plan: scenario.HiddenLookup
+) -> tuple[int, str, bool, None]:
+    """The client that calls without a number go to: remembered, found by its exact name
+    (of several, the lowest id, with a warning), or created without a phone."""
+    effects, key = integration.effects, _link_key(integration, plan)
+    remembered = await effects.get(key)
+    if remembered is not None:
+        return int(remembered["id"]), remembered.get("name", ""), False, None
+    rt, name = runtime(integration), plan.client_name
+    hits = await rt.client.search_clients(name, search_type="full_match")
+    named = sorted(
+        (h for h in hits if h.name.strip().casefold() == name.strip().casefold()),
+        key=lambda h: h.id,
+    )
+    if len(named) > 1:
+        log.warning(
+            "%s: %d Usedesk clients are named «%s»: %s; calls without a number go to %d, "
+            "the lowest id",
+            integration.key,
+            len(named),
+            name,
+            ", ".join(str(h.id) for h in named),
+            named[0].id,
+        )
+    if named:
+        client_id, new = named[0].id, False
+    else:
+        client_id, new = await rt.client.create_client(name=name, phone_digits=None), True
+    await effects.put(key, {"id": client_id, "name": name})
+    return client_id, name, new, None
 
 
 async def _one_of(

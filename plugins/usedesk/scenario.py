@@ -32,17 +32,59 @@ class Lookup:
     create_ticket: bool
 
 
-def lookup_plan(call: CallState, settings: UsedeskSettings) -> Lookup | Skip:
+@dataclass(frozen=True)
+class HiddenLookup:
+    """A missed call without a usable number: it goes to the client named ``client_name``
+    (setting ``hidden_number_client``), found or created once by that name."""
+
+    client_name: str
+    search_tickets: bool
+    create_ticket: bool
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Nothing to do yet: whether the call gets anything depends on how it ends."""
+
+    reason: str
+
+
+def lookup_plan(call: CallState, settings: UsedeskSettings) -> Lookup | HiddenLookup | Skip | Wait:
+    """What to look up (or create) for ``call`` in its current state.
+
+    A call without a usable number (hidden, ``anonymous``, too short) has no client of its own.
+    Only a missed inbound one is written, under the ``hidden_number_client`` client, when
+    ``hidden_number = "ticket"``: a missed call is the one nobody would otherwise hear of,
+    while an agent who answered knows of the call, and a shared card would gather unrelated
+    conversations. Until such a call ends it is not known whether it will be missed: ``Wait``.
+    """
     if call.direction is Direction.INTERNAL:
         return Skip("internal call")
     if call.direction is Direction.UNKNOWN:
         return Skip("the call's direction is unknown")
     if not call.client_number:
-        return Skip(f"no usable client number ({call.client_number_raw or 'none'})")
+        return _without_number(call, settings)
     return Lookup(
         phone=call.client_number,
         search_tickets=not settings.always_new_ticket,
         create_client=settings.create_client,
+        create_ticket=settings.create_ticket,
+    )
+
+
+def _without_number(call: CallState, settings: UsedeskSettings) -> HiddenLookup | Skip | Wait:
+    came = f"no usable client number ({call.client_number_raw or 'none'})"
+    if settings.hidden_number == "skip":
+        return Skip(f'{came}; hidden_number = "skip"')
+    if call.direction is not Direction.INBOUND:
+        return Skip(f"{came} on an outbound call")
+    if not call.finished:
+        return Wait(f"{came}: decided when the call ends, as only a missed one is written")
+    if call.outcome is not Outcome.MISSED:
+        return Skip(f"{came}; the call was answered, so the agent knows of it")
+    return HiddenLookup(
+        client_name=settings.hidden_number_client,
+        search_tickets=not settings.always_new_ticket,
         create_ticket=settings.create_ticket,
     )
 

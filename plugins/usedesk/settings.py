@@ -159,6 +159,22 @@ class UsedeskSettings(BaseModel):
         None, description="«Дежурный»: owner of new tickets from missed calls"
     )
 
+    # Calls without a usable caller number (hidden, "anonymous", too short); Sipuni's
+    # integration has no such setting, so no Russian label.
+    hidden_number: Literal["ticket", "skip"] = Field(
+        "ticket",
+        description="a missed call without a usable number: a ticket under hidden_number_client"
+        " for the on-duty agent, or skip it",
+    )
+    hidden_number_client: str = Field(
+        "Скрытый номер",
+        min_length=1,
+        max_length=255,
+        pattern=r"\S",
+        description="name of the Usedesk client that missed calls without a number go to;"
+        " found by this name, created if absent",
+    )
+
     # «Дополнительные настройки» (schemes, transfer schemes and notifications are core keys)
     phone_format: PhoneFormat = Field(
         PhoneFormat.INTERNATIONAL, description="«Формат номеров» in client cards and tickets"

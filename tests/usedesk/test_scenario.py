@@ -18,7 +18,7 @@ from connector_core.events import SipuniEvent, parse_event
 from connector_core.simulator import scenarios as sc
 from plugins.usedesk import scenario
 from plugins.usedesk.client import ClientSummary, TicketSummary
-from plugins.usedesk.scenario import Assignment, Lookup, Skip
+from plugins.usedesk.scenario import Assignment, HiddenLookup, Lookup, Skip, Wait
 from plugins.usedesk.settings import UsedeskSettings
 
 REGION = "RU"
@@ -202,6 +202,61 @@ def test_a_foreign_number_is_looked_up_in_e164() -> None:
     call = ended(sc.inbound_answered(["205"], "205", client="+998901234567"))
     plan = scenario.lookup_plan(call, settings())
     assert isinstance(plan, Lookup) and plan.phone == "+998901234567"
+
+
+# --- calls without a usable number ------------------------------------------------------------
+
+HIDDEN = HiddenLookup(client_name="Скрытый номер", search_tickets=True, create_ticket=True)
+
+
+@pytest.mark.parametrize("raw", ["", "anonymous", "unknown", "12"])
+def test_a_missed_call_without_a_usable_number_goes_to_the_hidden_number_client(raw: str) -> None:
+    call = ended(sc.inbound_missed(client=raw))
+    assert (call.direction, call.outcome, call.client_number) == (
+        Direction.INBOUND,
+        Outcome.MISSED,
+        None,
+    )
+    assert scenario.lookup_plan(call, settings()) == HIDDEN
+
+
+def test_a_hidden_missed_call_whose_hang_up_was_lost_still_goes_to_the_hidden_client() -> None:
+    call = ended(sc.without_final_hangup(sc.inbound_missed(client="anonymous")))
+    assert call.finished_by == "timeout"
+    assert scenario.lookup_plan(call, settings()) == HIDDEN
+
+
+def test_the_hidden_number_client_and_the_ticket_settings_are_carried() -> None:
+    plan = scenario.lookup_plan(
+        ended(sc.inbound_missed(client="anonymous")),
+        settings(hidden_number_client="Аноним", always_new_ticket=True, create_ticket=False),
+    )
+    assert plan == HiddenLookup(client_name="Аноним", search_tickets=False, create_ticket=False)
+
+
+def test_hidden_number_skip_skips_a_missed_call_and_says_why() -> None:
+    plan = scenario.lookup_plan(
+        ended(sc.inbound_missed(client="anonymous")), settings(hidden_number="skip")
+    )
+    assert plan == Skip('no usable client number (anonymous); hidden_number = "skip"')
+
+
+def test_a_ringing_call_without_a_number_waits_for_its_end_rather_than_being_skipped() -> None:
+    """Skipping at the first ring would be recorded, and the missed call would get nothing."""
+    ringing = play(sc.inbound_missed(client="anonymous").events[:1])
+    assert ringing.outcome is Outcome.RINGING
+    plan = scenario.lookup_plan(ringing, settings())
+    assert isinstance(plan, Wait) and "anonymous" in plan.reason
+
+
+def test_an_answered_call_without_a_number_is_skipped_the_agent_knows_of_it() -> None:
+    plan = scenario.lookup_plan(ended(sc.inbound_answered(client="anonymous")), settings())
+    assert isinstance(plan, Skip) and "answered" in plan.reason
+
+
+def test_with_skip_even_a_ringing_call_without_a_number_is_skipped_at_once() -> None:
+    ringing = play(sc.inbound_missed(client="anonymous").events[:1])
+    assert isinstance(scenario.lookup_plan(ringing, settings(hidden_number="skip")), Skip)
 
 
 # --- pick_ticket -------------------------------------------------------------------------------

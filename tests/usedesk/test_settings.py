@@ -211,6 +211,27 @@ def test_an_empty_status_list_is_refused(types: dict) -> None:
     assert line.startswith(f"{TABLE}.search_statuses: ") and "at least 1 item" in line
 
 
+def test_calls_without_a_number_default_to_a_ticket_under_the_hidden_number_client(
+    types: dict,
+) -> None:
+    s = load(types, "")
+    assert (s.hidden_number, s.hidden_number_client) == ("ticket", "Скрытый номер")
+    s = load(types, 'hidden_number = "skip"\nhidden_number_client = "Аноним"')
+    assert (s.hidden_number, s.hidden_number_client) == ("skip", "Аноним")
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        ('hidden_number = "create"', "hidden_number"),
+        ('hidden_number_client = " "', "hidden_number_client"),
+    ],
+)
+def test_a_bad_hidden_number_setting_is_named(types: dict, body: str, key: str) -> None:
+    [line] = errors(types, body)
+    assert line.startswith(f"{TABLE}.{key}: ")
+
+
 def test_a_bad_time_zone_is_named(types: dict) -> None:
     [line] = errors(types, 'timezone = "Europe/Moskva"')
     assert line == f"{TABLE}.timezone: unknown time zone 'Europe/Moskva' (e.g. Europe/Moscow)"
