@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import html
 import random
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from connector_core.appkeys import WORKER
+from connector_core.app import expiry_interval
+from connector_core.appkeys import SUPERVISOR, WORKER
 from connector_core.clock import FakeClock
 from connector_core.simulator import scenarios
 from tests.e2e.usedesk_world import call_comments, world
-from tests.harness import settle
+from tests.harness import TOKEN, settle
 
 pytestmark = pytest.mark.e2e
 NEW = "79160000001"
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Wait for the service's own loops to make ``predicate`` true (a bound, not a timing)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "the condition never held"
+        await asyncio.sleep(0.05)
 
 
 async def test_inbound_answered_creates_client_ticket_owner_and_one_comment(tmp_path: Path):
@@ -239,4 +251,30 @@ async def test_a_call_whose_final_hang_up_is_lost_is_finished_by_the_timeout(tmp
         [ticket] = w.tickets_of(client["id"])
         [comment] = call_comments(ticket)
         assert ticket["assignee_id"] == 2 and "Отвечен" in comment["message"]
+        assert "Конец звонка: Не сообщён: звонок закрыт по тайм-ауту" in comment["message"]
+
+
+@pytest.mark.parametrize(("timeout", "interval"), [(8, 2.0), (2, 1.0), (0.5, 1.0), (7200, 60.0)])
+def test_the_expiry_interval_is_a_quarter_of_the_hang_up_timeout_within_bounds(
+    timeout: float, interval: float
+):
+    assert expiry_interval(timeout) == interval
+
+
+async def test_the_service_finishes_a_call_soon_after_a_short_hang_up_timeout(tmp_path: Path):
+    """The service's own expiry loop (not a test calling it) closes a call whose hang-up was
+    lost, a quarter of the timeout later: with a 2 s timeout it no longer waits a minute."""
+    clock = FakeClock()
+    extra = "hangup_timeout_seconds = 2"  # the harness puts it under [tracker]
+    async with world(tmp_path, extra=extra, clock=clock, background=True) as w:
+        assert w.app[SUPERVISOR].loops["expiry"].interval == 1.0
+        lost = scenarios.without_final_hangup(scenarios.inbound_answered(client=NEW))
+        for params in lost.events:
+            response = await w.client.get(f"/sipuni/{TOKEN}", params=params)
+            assert await response.json() == {"success": True}
+        await eventually(lambda: len(w.tickets_of_number(NEW)) == 1)
+        clock.advance(3)  # past the hang-up timeout; the next expiry round is ≤ 1 s away
+        await eventually(lambda: any(call_comments(t) for t in w.tickets_of_number(NEW)))
+        [ticket] = w.tickets_of_number(NEW)
+        [comment] = call_comments(ticket)
         assert "Конец звонка: Не сообщён: звонок закрыт по тайм-ауту" in comment["message"]
