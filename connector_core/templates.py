@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from connector_core.callstate import CallState, Direction, Outcome
+from connector_core.callstate import CallState, Direction, Outcome, SchemeVisit
 from connector_core.phones import PhoneFormat, format_number
 
 VARIABLES: dict[str, str] = {
@@ -26,8 +26,15 @@ VARIABLES: dict[str, str] = {
     "result_code": "answered, missed or not_answered",
     "employee": "the employee who owns the call (extension), empty when nobody",
     "employees": "every employee who answered, comma-separated",
+    "agent": "the CRM agent's name of {employee} (the extension when no agent is mapped)",
+    "agents": "the CRM agents' names of {employees}, comma-separated",
+    "dialled_by": "the employee who dialled (outbound / internal), by agent name or extension",
     "first_extension": "the first extension that rang",
     "scheme": "the name (or id) of the scheme the call entered first",
+    "final_scheme": "the name (or id) of the scheme the call ended in",
+    "schemes": "every scheme on the call's path, in order, joined by →",
+    "end": "Сообщён / Не сообщён (Reported / Not reported): whether the PBX reported the end",
+    "end_code": "reported, timeout (finished by the hang-up timeout), or empty while going on",
     "date": "the call's start date, YYYY-MM-DD, in the configured time zone",
     "time": "the call's start time, HH:MM:SS, in the configured time zone",
     "started_at": "the call's start, YYYY-MM-DD HH:MM:SS, in the configured time zone",
@@ -49,6 +56,8 @@ LABELS = {
         Outcome.NOT_ANSWERED: "Не отвечен",
         Outcome.RINGING: "Идёт вызов",
         Outcome.TALKING: "Идёт разговор",
+        "reported": "Сообщён",
+        "timeout": "Не сообщён: звонок закрыт по тайм-ауту",
     },
     "en": {
         Direction.INBOUND: "Inbound",
@@ -60,6 +69,8 @@ LABELS = {
         Outcome.NOT_ANSWERED: "Not answered",
         Outcome.RINGING: "Ringing",
         Outcome.TALKING: "Talking",
+        "reported": "Reported",
+        "timeout": "Not reported: the call was closed by the time-out",
     },
 }
 
@@ -90,6 +101,10 @@ def _clock(seconds: int | None) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
+def _scheme_name(visit: SchemeVisit) -> str:
+    return visit.name or visit.id or ""
+
+
 def variables(
     call: CallState,
     *,
@@ -97,8 +112,19 @@ def variables(
     language: str = "ru",
     timezone: str = "Europe/Moscow",
     answered_owner: str = "last",
+    agent_names: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The value of every variable for ``call``."""
+    """The value of every variable for ``call``.
+
+    ``agent_names`` maps extensions to the CRM agents' names (a plugin reads them from its
+    CRM); an extension without a name is shown as itself, so a comment always names somebody.
+    """
+    names = agent_names or {}
+    end = {"hangup": "reported", "timeout": "timeout"}.get(call.finished_by or "", "")
+
+    def person(extension: str | None) -> str:
+        return (names.get(extension) or extension) if extension else ""
+
     labels = LABELS[language]
     started = (
         datetime.fromtimestamp(call.started_at, UTC).astimezone(ZoneInfo(timezone))
@@ -115,8 +141,15 @@ def variables(
         "result_code": call.outcome.value,
         "employee": call.owner(answered_owner) or "",
         "employees": ", ".join(a.extension for a in call.answers),
+        "agent": person(call.owner(answered_owner)),
+        "agents": ", ".join(person(a.extension) for a in call.answers),
+        "dialled_by": person(call.employee),
         "first_extension": call.first_extension or "",
-        "scheme": (call.scheme.name or call.scheme.id or "") if call.scheme else "",
+        "scheme": _scheme_name(call.scheme) if call.scheme else "",
+        "final_scheme": _scheme_name(call.schemes[-1]) if call.schemes else "",
+        "schemes": " → ".join(_scheme_name(v) for v in call.schemes),
+        "end": labels[end] if end else "",
+        "end_code": end,
         "date": started.strftime("%Y-%m-%d") if started else "",
         "time": started.strftime("%H:%M:%S") if started else "",
         "started_at": started.strftime("%Y-%m-%d %H:%M:%S") if started else "",

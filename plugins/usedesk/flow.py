@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from connector_core import templates
@@ -47,6 +47,8 @@ class Agents:
     on_duty: int | None
     known: set[int] | None
     read_at: float
+    # Extension → the agent's name in Usedesk, for the comment's ``{agent}`` variables.
+    names: dict[str, str] = field(default_factory=dict)
 
 
 class UsedeskRuntime:
@@ -74,19 +76,27 @@ class UsedeskRuntime:
         """The rate limiter's room, so the dispatcher paces calls by it (core ``pacing``)."""
         return self.client.limiter.budget(within)
 
-    def values(self, call: CallState) -> dict[str, str]:
+    def values(self, call: CallState, agent_names: dict[str, str] | None = None) -> dict[str, str]:
         return templates.variables(
             call,
             phone_format=self.settings.phone_format,
             language=self.settings.language,
             timezone=self.settings.timezone,
             answered_owner=self.integration.answered_owner,
+            agent_names=agent_names,
         )
 
-    def render(self, name: str, call: CallState, *, html: bool = False) -> str:
+    def render(
+        self,
+        name: str,
+        call: CallState,
+        *,
+        html: bool = False,
+        agent_names: dict[str, str] | None = None,
+    ) -> str:
         return templates.render(
             self.settings.template(name),
-            self.values(call),
+            self.values(call, agent_names),
             escape_html=html,
             language=self.settings.language,
         )
@@ -124,10 +134,12 @@ class UsedeskRuntime:
             wanted.append(self.settings.on_duty_user)
         known: set[int] | None = None
         by_email: dict[str, int] = {}
+        name_of: dict[int, str] = {}
         if wanted:
             everyone = await self.client.users_all()
             known = {a.id for a in everyone}
             by_email = {a.email.lower(): a.id for a in everyone if a.email}
+            name_of = {a.id: a.name for a in everyone if a.name}
 
         def resolve(agent: int | str | None) -> int | None:
             if agent is None or isinstance(agent, int):
@@ -140,7 +152,8 @@ class UsedeskRuntime:
         mapping = {
             u.extension: a for u in self.settings.users if (a := resolve(u.agent)) is not None
         }
-        self._agents = Agents(mapping, resolve(self.settings.on_duty_user), known, now)
+        names = {ext: name_of[a] for ext, a in mapping.items() if a in name_of}
+        self._agents = Agents(mapping, resolve(self.settings.on_duty_user), known, now, names)
         return self._agents
 
 
@@ -457,18 +470,33 @@ async def _finish(integration: Integration, call: CallState) -> None:
         await effects.put(f"assigned:{call.call_id}", assigned)
         log.info("%s: ticket %s owner: %s", integration.key, ticket_id, decision.reason)
     if await effects.get(f"comment:{call.call_id}") is None:
-        author = await rt.usable_author(assigned.get("agent"))
+        agents = await rt.agents()  # read once per ten minutes: no request here as a rule
+        author = await rt.usable_author(_author(call, integration, agents, assigned))
         made = None
         if not await effects.put(f"intent:comment:{call.call_id}", {"ticket_id": ticket_id}):
             made = await _comment_made_for(rt, ticket_id, call.call_id)
         comment_id = made or await rt.client.create_comment(
             ticket_id,
-            message=rt.render("comment", call, html=True),
+            message=rt.render("comment", call, html=True, agent_names=agents.names),
             type="private",
             from_="user",
             user_id=author,
         )
         await effects.put(f"comment:{call.call_id}", {"id": comment_id, "ticket_id": ticket_id})
+
+
+def _author(
+    call: CallState, integration: Integration, agents: Agents, assigned: dict[str, Any]
+) -> int | None:
+    """Who signs the call's comment: the agent who took (or dialled) the call when mapped, so
+    an existing ticket's comment is not the company's first user's; else the ticket's new
+    owner (the on-duty agent of a missed call), else nobody (Usedesk's default)."""
+    extension = call.owner(integration.answered_owner)
+    spoke = agents.by_extension.get(extension) if extension else None
+    if spoke is not None and (agents.known is None or spoke in agents.known):
+        return spoke
+    agent = assigned.get("agent")
+    return int(agent) if agent is not None else None
 
 
 def _describe(record: dict[str, Any]) -> str:

@@ -31,8 +31,9 @@ DEFAULT_TEMPLATES = {
         "ticket_message": "{direction} звонок {phone}, {started_at}",
         "comment": (
             "<p><b>{direction} звонок</b>: {result}</p>"
-            "<p>Клиент: {phone}<br>Линия: {line}<br>Сотрудник: {employees}<br>"
-            "Начало: {started_at}<br>Длительность: {duration}, разговор: {talk_duration}</p>"
+            "<p>Клиент: {phone}<br>Линия: {line}<br>Сотрудник: {agent}<br>"
+            "Схема: {final_scheme}<br>Начало: {started_at}<br>"
+            "Длительность: {duration}, разговор: {talk_duration}<br>Конец звонка: {end}</p>"
             "<p>{record_link}</p><p>ID: {call_id}</p>"
         ),
     },
@@ -43,8 +44,9 @@ DEFAULT_TEMPLATES = {
         "ticket_message": "{direction} call {phone}, {started_at}",
         "comment": (
             "<p><b>{direction} call</b>: {result}</p>"
-            "<p>Client: {phone}<br>Line: {line}<br>Employee: {employees}<br>"
-            "Started: {started_at}<br>Duration: {duration}, talk: {talk_duration}</p>"
+            "<p>Client: {phone}<br>Line: {line}<br>Employee: {agent}<br>"
+            "Scheme: {final_scheme}<br>Started: {started_at}<br>"
+            "Duration: {duration}, talk: {talk_duration}<br>Call end: {end}</p>"
             "<p>{record_link}</p><p>ID: {call_id}</p>"
         ),
     },

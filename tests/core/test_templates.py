@@ -115,8 +115,15 @@ def test_variables_of_an_answered_inbound_call() -> None:
         "result_code": "answered",
         "employee": "102",
         "employees": "102",
+        "agent": "102",  # no agent names given: the extension
+        "agents": "102",
+        "dialled_by": "",  # an inbound call: nobody of ours dialled
         "first_extension": "101",
         "scheme": "Входящая",
+        "final_scheme": "Входящая",
+        "schemes": "Входящая",
+        "end": "Сообщён",
+        "end_code": "reported",
         "date": "2024-05-31",
         "time": "19:08:20",
         "started_at": "2024-05-31 19:08:20",
@@ -167,6 +174,66 @@ def test_employee_follows_answered_owner_and_employees_lists_everyone() -> None:
 def test_scheme_is_the_first_scheme_the_call_entered() -> None:
     values = templates.variables(call(sc.scheme_transfer()))
     assert values["scheme"] == "Распределитель"
+
+
+def test_a_call_moved_to_another_scheme_names_where_it_ended_and_its_path() -> None:
+    values = templates.variables(call(sc.scheme_transfer(target=("000-300", "Поддержка"))))
+    assert values["final_scheme"] == "Поддержка"
+    assert values["schemes"] == "Распределитель → Поддержка"
+
+
+def test_a_scheme_known_only_by_its_number_is_named_by_it() -> None:
+    s = sc.with_scheme_named_by(sc.inbound_answered(), "treeNumber", range(10))
+    values = templates.variables(call(s))
+    assert values["final_scheme"] == values["schemes"] == "000-913898"
+
+
+NAMES = {"101": "Борис Операторов", "102": "Вера Продажина", "103": "Анна Админова"}
+
+
+def test_agents_are_named_by_the_crm_names_given() -> None:
+    values = templates.variables(TRANSFERRED, agent_names=NAMES)
+    assert values["agent"] == "Вера Продажина"  # the last to answer owns the call
+    assert values["agents"] == "Борис Операторов, Вера Продажина"
+    assert values["employees"] == "101, 102"  # extensions stay available
+
+
+def test_an_employee_without_a_name_is_named_by_the_extension() -> None:
+    values = templates.variables(TRANSFERRED, agent_names={"102": "Вера Продажина"})
+    assert values["agents"] == "101, Вера Продажина"
+
+
+def test_an_unanswered_outbound_call_names_who_dialled() -> None:
+    values = templates.variables(OUTBOUND_UNANSWERED, agent_names=NAMES)
+    assert values["dialled_by"] == values["agent"] == "Анна Админова"
+    assert templates.variables(OUTBOUND_UNANSWERED)["dialled_by"] == "103"
+    assert values["agents"] == ""  # nobody answered
+
+
+def test_a_missed_call_names_nobody() -> None:
+    values = templates.variables(MISSED, agent_names=NAMES)
+    assert values["agent"] == values["agents"] == values["dialled_by"] == ""
+
+
+def test_a_call_finished_by_the_time_out_says_its_end_was_not_reported() -> None:
+    values = templates.variables(LOST_HANGUP)
+    assert values["end_code"] == "timeout"
+    assert values["end"] == "Не сообщён: звонок закрыт по тайм-ауту"
+    assert templates.variables(LOST_HANGUP, language="en")["end"] == (
+        "Not reported: the call was closed by the time-out"
+    )
+    assert templates.variables(ANSWERED, language="en")["end"] == "Reported"
+
+
+def test_a_call_going_on_has_no_end_yet() -> None:
+    state: CallState | None = None
+    for raw in sc.inbound_answered().events[:2]:
+        event = parse_event(raw)
+        assert isinstance(event, SipuniEvent)
+        state, _ = tracker.apply(state, event, account=sc.ACCOUNT, region="RU", received_at=1.0)
+    assert state is not None and not state.finished
+    values = templates.variables(state)
+    assert values["end"] == values["end_code"] == ""
 
 
 @pytest.mark.parametrize(

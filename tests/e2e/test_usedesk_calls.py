@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import html
 import random
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from connector_core.appkeys import WORKER
+from connector_core.app import expiry_interval
+from connector_core.appkeys import SUPERVISOR, WORKER
 from connector_core.clock import FakeClock
 from connector_core.simulator import scenarios
 from tests.e2e.usedesk_world import call_comments, world
-from tests.harness import settle
+from tests.harness import TOKEN, settle
 
 pytestmark = pytest.mark.e2e
 NEW = "79160000001"
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Wait for the service's own loops to make ``predicate`` true (a bound, not a timing)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "the condition never held"
+        await asyncio.sleep(0.05)
 
 
 async def test_inbound_answered_creates_client_ticket_owner_and_one_comment(tmp_path: Path):
@@ -37,7 +49,9 @@ async def test_inbound_answered_creates_client_ticket_owner_and_one_comment(tmp_
         for text in (
             "Входящий звонок</b>: Отвечен",
             f"Клиент: {NEW}",
-            "Сотрудник: 101",
+            "Сотрудник: Борис Операторов",  # agent 2's name in Usedesk, mapped to 101
+            "Схема: Входящая",
+            "Конец звонка: Сообщён",
             "Длительность: 3:15, разговор: 3:06",
             call.call_id,
         ):
@@ -76,7 +90,34 @@ async def test_transferred_call_belongs_to_the_last_to_answer(tmp_path: Path):
         [ticket] = w.tickets_of(client["id"])
         assert ticket["assignee_id"] == 1  # 103 → anna@example.com, resolved through /users
         [comment] = call_comments(ticket)
-        assert "Сотрудник: 101, 103" in comment["message"]
+        assert "Сотрудник: Анна Админова" in comment["message"]  # where the call ended
+        assert comment["user_id"] == 1  # signed by the agent who ended up with it
+
+
+async def test_a_call_moved_into_another_scheme_names_the_scheme_it_ended_in(tmp_path: Path):
+    async with world(tmp_path) as w:
+        await w.call(scenarios.scheme_transfer(target=("000-300", "Поддержка"), client=NEW))
+        [client] = w.clients_with(NEW)
+        [ticket] = w.tickets_of(client["id"])
+        [comment] = call_comments(ticket)
+        assert "Схема: Поддержка" in comment["message"]
+
+
+async def test_a_custom_comment_gets_every_new_variable(tmp_path: Path):
+    template = (
+        'templates.comment = "{agent}|{agents}|{dialled_by}|{final_scheme}|{schemes}|'
+        '{line}|{end}|{end_code}|{call_id}"'
+    )
+    async with world(tmp_path, template) as w:
+        call = scenarios.scheme_transfer(target=("000-300", "Поддержка"), client=NEW)
+        await w.call(call)
+        [client] = w.clients_with(NEW)
+        [ticket] = w.tickets_of(client["id"])
+        [comment] = call_comments(ticket)
+        assert comment["message"] == (
+            "Борис Операторов|Борис Операторов||Поддержка|Распределитель → Поддержка|"
+            f"74951234567|Сообщён|reported|{call.call_id}"
+        )
 
 
 async def test_repeat_caller_reuses_client_and_ticket_with_two_requests(tmp_path: Path):
@@ -117,7 +158,10 @@ async def test_existing_assigned_ticket_keeps_its_owner(tmp_path: Path):
         tickets = w.tickets_of(1002)
         ours = next(t for t in tickets if t["id"] == body["ticket_id"])
         assert ours["assignee_id"] == 3
-        assert len(call_comments(ours)) == 1
+        [comment] = call_comments(ours)
+        # Signed by the agent of 101, who spoke to the client, not by the ticket's owner nor
+        # by Usedesk's default author (the company's first user).
+        assert comment["user_id"] == 2
         assert len(tickets) == 2  # the closed seed ticket and ours: nothing created
 
 
@@ -171,6 +215,8 @@ async def test_outbound_unanswered_is_not_missed_and_belongs_to_the_caller(tmp_p
         assert ticket["assignee_id"] == 2  # the agent of 101, who dialled (not on duty)
         [comment] = call_comments(ticket)
         assert "Исходящий звонок</b>: Не отвечен" in comment["message"]
+        assert "Сотрудник: Борис Операторов" in comment["message"]  # who dialled
+        assert comment["user_id"] == 2
 
 
 @pytest.mark.parametrize("spelling", ["8", "7", "+7"])
@@ -205,3 +251,30 @@ async def test_a_call_whose_final_hang_up_is_lost_is_finished_by_the_timeout(tmp
         [ticket] = w.tickets_of(client["id"])
         [comment] = call_comments(ticket)
         assert ticket["assignee_id"] == 2 and "Отвечен" in comment["message"]
+        assert "Конец звонка: Не сообщён: звонок закрыт по тайм-ауту" in comment["message"]
+
+
+@pytest.mark.parametrize(("timeout", "interval"), [(8, 2.0), (2, 1.0), (0.5, 1.0), (7200, 60.0)])
+def test_the_expiry_interval_is_a_quarter_of_the_hang_up_timeout_within_bounds(
+    timeout: float, interval: float
+):
+    assert expiry_interval(timeout) == interval
+
+
+async def test_the_service_finishes_a_call_soon_after_a_short_hang_up_timeout(tmp_path: Path):
+    """The service's own expiry loop (not a test calling it) closes a call whose hang-up was
+    lost, a quarter of the timeout later: with a 2 s timeout it no longer waits a minute."""
+    clock = FakeClock()
+    extra = "hangup_timeout_seconds = 2"  # the harness puts it under [tracker]
+    async with world(tmp_path, extra=extra, clock=clock, background=True) as w:
+        assert w.app[SUPERVISOR].loops["expiry"].interval == 1.0
+        lost = scenarios.without_final_hangup(scenarios.inbound_answered(client=NEW))
+        for params in lost.events:
+            response = await w.client.get(f"/sipuni/{TOKEN}", params=params)
+            assert await response.json() == {"success": True}
+        await eventually(lambda: len(w.tickets_of_number(NEW)) == 1)
+        clock.advance(3)  # past the hang-up timeout; the next expiry round is ≤ 1 s away
+        await eventually(lambda: any(call_comments(t) for t in w.tickets_of_number(NEW)))
+        [ticket] = w.tickets_of_number(NEW)
+        [comment] = call_comments(ticket)
+        assert "Конец звонка: Не сообщён: звонок закрыт по тайм-ауту" in comment["message"]

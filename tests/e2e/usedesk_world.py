@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from connector_core.app import create_app
 from connector_core.clock import Clock
 from connector_core.simulator import scenarios
 from plugins.usedesk.sandbox import UsedeskSandbox
@@ -49,6 +50,9 @@ class World:
     def tickets_of(self, client_id: int) -> list[dict[str, Any]]:
         return [t for t in self.state()["tickets"] if t["client_id"] == client_id]
 
+    def tickets_of_number(self, digits: str) -> list[dict[str, Any]]:
+        return [t for c in self.clients_with(digits) for t in self.tickets_of(c["id"])]
+
     def writes(self) -> list[str]:
         return [r.path for r in self.sandbox.requests(writes_only=True)]
 
@@ -67,10 +71,12 @@ async def world(
     others: str = "",
     clock: Clock | None = None,
     seed: SeedSource = None,
+    background: bool = False,
 ) -> AsyncIterator[World]:
     """The service with a Usedesk integration (``settings`` added to its table), other
     integrations' tables in ``others``, and top-level tables in ``extra``; the sandbox holds
-    ``seed`` (the default seed if None)."""
+    ``seed`` (the default seed if None). With ``background`` the service's own loops run (do
+    not ``World.call`` then: it drains the queue itself)."""
     sandbox = UsedeskSandbox(seed=seed)
     async with sandbox.serve() as base_url:
         config, host = make_config(
@@ -88,7 +94,11 @@ on_duty_user = 4
 """,
             extra=extra,
         )
-        app = app_for(config, host, clock=clock)
+        app = (
+            create_app(config, host=host, clock=clock)
+            if background
+            else app_for(config, host, clock=clock)
+        )
         client = TestClient(TestServer(app))
         await client.start_server()
         try:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from connector_core import tracker
+from connector_core import templates, tracker
 from connector_core.callstate import CallState, Direction, Outcome
 from connector_core.events import SipuniEvent, parse_event
 from connector_core.simulator import scenarios as sc
@@ -481,6 +481,44 @@ def test_an_overridden_template_wins_over_the_language_default() -> None:
     config = settings(language="en", templates={"client_name": "Абонент {phone}"})
     assert config.template("client_name") == "Абонент {phone}"
     assert config.template("ticket_subject") == "{direction} call {phone}"
+
+
+NAMES = {"101": "Борис Операторов", "102": "Вера Продажина", "103": "Анна Админова"}
+
+
+def default_comment(call: CallState, language: str = "ru") -> str:
+    """The call's comment as the default template writes it, with the agents' Usedesk names."""
+    config = settings(language=language)
+    values = templates.variables(call, language=language, agent_names=NAMES)
+    return templates.render(config.template("comment"), values, escape_html=True)
+
+
+def test_the_default_comment_of_an_unanswered_outbound_call_names_who_dialled() -> None:
+    comment = default_comment(ended(sc.outbound_unanswered(employee="103")))
+    assert "Исходящий звонок</b>: Не отвечен" in comment
+    assert "Сотрудник: Анна Админова<br>" in comment
+
+
+def test_the_default_comment_of_an_answered_call_names_the_agent_and_the_scheme() -> None:
+    comment = default_comment(ended(sc.inbound_transferred(first="101", to="102")))
+    assert "Сотрудник: Вера Продажина<br>" in comment  # the last to answer
+    assert "Схема: Входящая<br>" in comment
+    assert "Конец звонка: Сообщён</p>" in comment
+
+
+def test_the_default_comment_of_a_call_moved_to_another_scheme_names_where_it_ended() -> None:
+    comment = default_comment(ended(sc.scheme_transfer(target=("000-300", "Поддержка"))))
+    assert "Схема: Поддержка<br>" in comment
+
+
+def test_the_default_comment_of_a_timed_out_call_says_its_end_was_not_reported() -> None:
+    lost = ended(sc.without_final_hangup(sc.inbound_answered(["101"], "101")))
+    assert lost.finished_by == "timeout"
+    comment = default_comment(lost)
+    assert "Конец звонка: Не сообщён: звонок закрыт по тайм-ауту</p>" in comment
+    english = default_comment(lost, "en")
+    assert "Call end: Not reported: the call was closed by the time-out</p>" in english
+    assert "Employee: Борис Операторов<br>" in english
 
 
 # --- pick_client -------------------------------------------------------------------------------
