@@ -17,7 +17,12 @@ from dataclasses import dataclass
 
 from connector_core.callstate import CallState
 from connector_core.clock import Clock
-from connector_core.errors import AuthError, InvalidRequestError, TransientError
+from connector_core.errors import (
+    AuthError,
+    InvalidRequestError,
+    TransientError,
+    describe_error,
+)
 from connector_core.hooks import PluginHost
 from connector_core.hooktime import waiting_for_turn
 from connector_core.integrations import AuthResult, AuthStatus, Integration
@@ -349,5 +354,4 @@ class Dispatcher:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "the plugin did not finish within its hook timeout"
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"[:500]
+    return describe_error(exc)

@@ -43,3 +43,8 @@ class ConfigError(Exception):
     def __init__(self, errors: list[str]) -> None:
         super().__init__("\n".join(errors))
         self.errors = errors
+
+
+def describe_error(exc: BaseException) -> str:
+    """``Type: message``, short enough for a log line and a store column."""
+    return f"{type(exc).__name__}: {str(exc) or type(exc).__name__}"[:500]

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from connector_core import router, tracker
 from connector_core.callstate import CallState
 from connector_core.clock import Clock
+from connector_core.errors import describe_error
 from connector_core.events import EventError, SipuniEvent, parse_event
 from connector_core.hooks import PluginHost
 from connector_core.ingest import loggable_call_id
@@ -219,8 +220,3 @@ class Worker:
     async def expiry_round(self, batch: int = 500) -> bool:
         """The expiry loop's round: ``True`` when a full batch suggests more are idle."""
         return await self.expire_idle(batch) >= batch
-
-
-def describe_error(exc: BaseException) -> str:
-    """``Type: message``, short enough for a log line and a store column."""
-    return f"{type(exc).__name__}: {str(exc) or type(exc).__name__}"[:500]
