@@ -321,12 +321,12 @@ async def _client(
 ) -> tuple[int | None, str, bool, list[TicketSummary] | None]:
     """The client with this phone (id, name, just created?, its searched tickets if read):
     remembered, found, or created."""
-    if isinstance(plan, scenario.HiddenLookup):
-        return await _hidden_client(integration, plan)
-    effects, key = integration.effects, client_key(integration, plan.phone)
+    effects, key = integration.effects, _link_key(integration, plan)
     remembered = await effects.get(key)
     if remembered is not None:
         return int(remembered["id"]), remembered.get("name", ""), False, None
+    if isinstance(plan, scenario.HiddenLookup):
+        return await _hidden_client(integration, plan, key)
     rt = runtime(integration)
     hits = await rt.client.find_clients_by_phone(plan.phone, region=integration.region)
     if hits:
@@ -344,14 +344,11 @@ async def _client(
 
 
 async def _hidden_client(
-    integration: Integration, plan: scenario.HiddenLookup
+    integration: Integration, plan: scenario.HiddenLookup, key: str
 ) -> tuple[int, str, bool, None]:
-    """The client that calls without a number go to: remembered, found by its exact name
-    (of several, the lowest id, with a warning), or created without a phone."""
-    effects, key = integration.effects, _link_key(integration, plan)
-    remembered = await effects.get(key)
-    if remembered is not None:
-        return int(remembered["id"]), remembered.get("name", ""), False, None
+    """The client that calls without a number go to, not remembered under ``key`` yet: found
+    by its exact name (of several, the lowest id, with a warning), or created without a
+    phone."""
     rt, name = runtime(integration), plan.client_name
     hits = await rt.client.search_clients(name, search_type="full_match")
     named = sorted(
@@ -372,7 +369,7 @@ async def _hidden_client(
         client_id, new = named[0].id, False
     else:
         client_id, new = await rt.client.create_client(name=name, phone_digits=None), True
-    await effects.put(key, {"id": client_id, "name": name})
+    await integration.effects.put(key, {"id": client_id, "name": name})
     return client_id, name, new, None
 
 
