@@ -74,7 +74,6 @@ __all__ = [
     "TicketSummary",
     "UnknownIdError",
     "UsedeskClient",
-    "normalize_phone",
     "parse_retry_after",
 ]
 
@@ -236,17 +235,6 @@ class Agent:
 # --------------------------------------------------------------------------------------------
 # Small pure helpers (public ones are used by the plugin and by tests).
 # --------------------------------------------------------------------------------------------
-
-
-def normalize_phone(raw: str) -> str:
-    """Digits only; an 11-digit number starting with 8 becomes 7 (Russian trunk prefix → E.164).
-
-    ``"+7 (916) 123-45-67"``, ``"89161234567"`` and ``"79161234567"`` all give ``"79161234567"``.
-    """
-    digits = re.sub(r"\D", "", raw)
-    if len(digits) == 11 and digits.startswith("8"):
-        digits = "7" + digits[1:]
-    return digits
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:

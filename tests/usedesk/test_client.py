@@ -30,7 +30,6 @@ from plugins.usedesk.client import (
     TicketSummary,
     UnknownIdError,
     UsedeskClient,
-    normalize_phone,
     parse_retry_after,
 )
 
@@ -1146,21 +1145,6 @@ async def test_failing_hook_never_fails_the_call(
 # --------------------------------------------------------------------------------------------
 # Pure helpers
 # --------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ("+7 (916) 123-45-67", "79161234567"),
-        ("8 916 123 45 67", "79161234567"),
-        ("79161234567", "79161234567"),
-        ("9161234567", "9161234567"),
-        ("8800", "8800"),  # only 11-digit numbers get the trunk 8 rewritten
-        ("+49 151 12345678", "4915112345678"),
-    ],
-)
-def test_normalize_phone(raw: str, expected: str) -> None:
-    assert normalize_phone(raw) == expected
 
 
 NOW = 1_700_000_000.0
