@@ -29,6 +29,16 @@ class TransientError(CrmError):
         self.retry_after = retry_after
 
 
+class RetryLater(CrmError):
+    """Not a failure: the hook waits for something to settle in the CRM (a create whose answer
+    never came may still land) and asks to run again in ``seconds``. The dispatcher schedules
+    the retry without counting it against the CRM's circuit breaker."""
+
+    def __init__(self, message: str, *, seconds: float, integration: str | None = None) -> None:
+        super().__init__(message, integration=integration)
+        self.seconds = max(0.0, seconds)
+
+
 class InvalidRequestError(CrmError):
     """The CRM refused the request itself; repeating it cannot help (dead letter at once)."""
 
