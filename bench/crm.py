@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 
-from connector_core.phones import search_queries
+from connector_core.phones import search_pattern, search_queries
 from plugins.usedesk.sandbox import LoggedRequest, UsedeskSandbox
 
 from .calls import BenchCall, usedesk_seed
@@ -67,11 +67,15 @@ def attribute(
     clients and tickets are traced from the sandbox's state and the replies that made them.
     """
     by_phone = {_last10(c.scenario.expected["client_number"]): c.call_id for c in calls}
-    # A phone search sends the number's tail in several spellings (phones.search_queries).
+    # A phone search sends the number's tail in several spellings (phones.search_queries),
+    # or as one LIKE pattern (phones.search_pattern) when the account's search takes it.
     by_query = {
         query: c.call_id
         for c in calls
-        for query in search_queries(c.scenario.expected["client_number"])
+        for query in [
+            *search_queries(c.scenario.expected["client_number"]),
+            search_pattern(c.scenario.expected["client_number"]),
+        ]
     }
     call_ids = {c.call_id for c in calls}
     by_client: dict[int, str] = {}
