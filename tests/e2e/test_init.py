@@ -39,9 +39,8 @@ REFUSED_KEY = [
 
 
 @pytest.fixture
-def usedesk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SandboxThread]:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("CONNECTOR_CONFIG", raising=False)
+def usedesk() -> Iterator[SandboxThread]:
+    """The sandbox on a loopback port, in a thread of its own: ``cli.main`` runs its own loop."""
     with SandboxThread() as served:
         yield served
 
