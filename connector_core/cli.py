@@ -1,4 +1,4 @@
-"""The ``connector`` command: serve, check, plugins, schema, replay, journal."""
+"""The ``connector`` command: init, serve, check, plugins, schema, replay, journal…"""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from connector_core import app as service
-from connector_core import demo, forget, settings_check
+from connector_core import demo, forget, init_config, settings_check
 from connector_core.appkeys import CLOCK, DISPATCHER, HOST, INTEGRATIONS, STORE, WORKER
 from connector_core.config import (
     Config,
@@ -35,6 +35,7 @@ from connector_core.events import EventError, SipuniEvent, parse_event
 from connector_core.hooks import PluginHost
 from connector_core.integrations import CheckLevel
 from connector_core.logcontext import setup_logging
+from connector_core.prompts import Questions, TerminalAsker
 from connector_core.simulator import scenarios
 from connector_core.simulator.sender import send_calls
 from connector_core.store.base import Dispatch, InboxItem
@@ -167,6 +168,29 @@ def cmd_check(args: argparse.Namespace) -> int:
         return EXIT_CHECK_FAILED if failed else EXIT_OK
 
     return asyncio.run(_with_service(config, host, checks))
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Ask the set-up questions and write the config (:mod:`connector_core.init_config`)."""
+    path = Path(args.config or os.environ.get("CONNECTOR_CONFIG") or init_config.DEFAULT_FILE)
+    try:
+        init_config.refuse_existing(path, force=args.force)
+        host = PluginHost()
+        host.load()
+        for name, error in sorted(host.errors.items()):
+            print(f"warning: plugin {name} cannot be used: {error}", file=sys.stderr)
+        questions = Questions(TerminalAsker())
+        asyncio.run(init_config.run(path, questions, host, force=args.force))
+    except init_config.InitError as exc:
+        print(f"connector init: {exc}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    except EOFError:
+        print("\nconnector init: the input ended before every answer; nothing was written")
+        return EXIT_CHECK_FAILED
+    except KeyboardInterrupt:
+        print("\nconnector init: stopped; nothing was written")
+        return EXIT_CHECK_FAILED
+    return EXIT_OK
 
 
 class _PluginEntry(TypedDict):
@@ -619,6 +643,14 @@ def build_parser() -> argparse.ArgumentParser:
         " settings name things that exist (exit 0 ok, 1 a check failed, 2 invalid config)",
     )
     p.add_argument("--config", help=config_help)
+    p = command(
+        "init",
+        cmd_init,
+        "ask the set-up questions (Sipuni account, integrations and their keys) and write"
+        " the config file; prints the URL to paste into Sipuni",
+    )
+    p.add_argument("--config", help="file to write (default: $CONNECTOR_CONFIG, ./connector.toml)")
+    p.add_argument("--force", action="store_true", help="replace the file if it exists")
     p = command("plugins", cmd_plugins, "list installed plugins, their hooks and settings")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     command("schema", cmd_schema, "print the JSON schema of the config, plugin settings included")

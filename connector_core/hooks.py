@@ -47,6 +47,7 @@ from connector_core.integrations import (
     Integration,
     IntegrationType,
 )
+from connector_core.prompts import Questions
 
 if TYPE_CHECKING:
     from connector_core.notifications import Sink
@@ -221,6 +222,33 @@ class PluginHost:
             )
         return result
 
+    async def setup_integration(
+        self, kind: IntegrationType[Any, Any], questions: Questions
+    ) -> dict[str, Any] | None:
+        """``connector_setup_integration`` on the plugin that registered ``kind``.
+
+        ``None`` when that plugin has no such hook (``connector init`` then asks the settings
+        its model requires); ``{}`` when the hook answered ``None``. No timeout: a person is
+        answering. Raises what the plugin raised, and ``TypeError`` for an answer that is
+        not a table.
+        """
+        caller = self._type_caller("connector_setup_integration", kind.name)
+        if not caller.get_hookimpls():
+            return None
+        result: object = None
+        for answer in caller(integration_type=kind, questions=questions):
+            result = await answer if inspect.isawaitable(answer) else answer
+            if result is not None:
+                break
+        if result is None:
+            return {}
+        if not isinstance(result, dict) or not all(isinstance(k, str) for k in result):
+            raise TypeError(
+                f"connector_setup_integration of {kind.name} returned {type(result).__name__}, "
+                "not a table (a dict of setting names to values)"
+            )
+        return result
+
     async def call_started(self, integration: Integration, call: CallState) -> None:
         """``connector_call_started`` on the plugin owning ``integration``."""
         await self.call("connector_call_started", integration, call=call)
@@ -308,7 +336,11 @@ class PluginHost:
     # -- the primitives under the facade ----------------------------------------------------
 
     def _owner_caller(self, hook_name: str, integration: Integration) -> Any:
-        owner = self._owner[integration.type.name]
+        return self._type_caller(hook_name, integration.type.name)
+
+    def _type_caller(self, hook_name: str, type_name: str) -> Any:
+        """The hook's caller restricted to the plugin that registered ``type_name``."""
+        owner = self._owner[type_name]
         cache_key = (hook_name, id(owner))
         caller = self._callers.get(cache_key)
         if caller is None:

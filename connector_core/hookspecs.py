@@ -8,6 +8,9 @@ another. Routing hooks (``connector_filter_call``, ``connector_transfer_scheme``
 functions: they decide, they do no I/O; one that raises is skipped and logged, and the next
 implementation decides (the built-in one last).
 
+``connector_setup_integration`` is called by ``connector init`` only, while a person answers
+its questions.
+
 Lifecycle hooks are called once per configured integration instance, only on the plugin that
 registered the instance's type, and at least once per call event: a crash or a retry may
 call a hook again for the same call, so record effects in ``integration.effects`` (keyed by
@@ -17,7 +20,7 @@ call id and action) and look before you create.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -27,8 +30,10 @@ from connector_core.integrations import (
     CardPart,
     CheckFinding,
     Integration,
+    IntegrationType,
     RegisterIntegrationType,
 )
+from connector_core.prompts import Questions
 
 if TYPE_CHECKING:  # notifications imports the host, which imports these specs
     from connector_core.notifications import Sink
@@ -82,6 +87,34 @@ def connector_check_settings(
 
     :param integration: the configured instance to check; its authorisation has succeeded.
     :return: the findings, in the order they should be printed; ``[]`` when all is well.
+    """
+    raise NotImplementedError("a hook specification is not called")
+
+
+@hookspec
+def connector_setup_integration(
+    integration_type: IntegrationType, questions: Questions
+) -> dict[str, Any] | Awaitable[dict[str, Any] | None] | None:
+    """Ask the operator this integration's settings, for ``connector init``.
+
+    Called by ``connector init`` only, once for each integration the operator chose to
+    enable, on the plugin that registered the type, with no timeout (a person is typing).
+    Ask through ``questions`` (never ``input()`` or ``print()``: a test answers them from a
+    script), check what can be checked at once (a key with one request to the CRM), and ask
+    again with a message when an answer is wrong. A plugin without this hook is asked the
+    settings its model requires, one plain question each.
+
+    :param integration_type: the type being set up; a plugin that registers several tells
+        them apart by ``integration_type.name``.
+    :param questions: ``questions.ask(prompt, parse, default=…)`` (``parse`` raises
+        ``ValueError("what to type")`` and the question is asked again), ``text``,
+        ``confirm``, ``secret`` (a ``SecretAnswer``: use ``.value``, write ``.written``, which
+        is ``${NAME}`` when the operator typed that) and ``tell`` to show a list or a hint.
+    :return: the integration's table for the config file: the plugin's keys (and core keys
+        such as ``notifications`` if it asks them) with values TOML can hold (strings,
+        numbers, booleans, lists, tables); leave a key out to keep its default. The host
+        checks it as ``connector check`` would and, if it is refused, shows the errors and
+        calls the hook again.
     """
     raise NotImplementedError("a hook specification is not called")
 

@@ -21,6 +21,9 @@ and may move. A plugin that imports only from this module keeps working across t
 - ``queue_wait()`` wraps a wait that is not the CRM's time (a rate limiter, a lock of the
   plugin's own), so the hook's timeout stops meanwhile; a runtime with a rate budget reports
   it as a ``Budget`` through the ``Paced`` protocol, and the dispatcher starts work at its pace.
+- ``Questions`` is what ``connector_setup_integration`` asks the operator through (``ask``
+  with a ``parse`` function, ``text``, ``confirm``, ``secret`` giving a ``SecretAnswer``,
+  ``tell``), for ``connector init``.
 - ``Sink`` is what ``connector_register_notification_sinks`` hands over: an object with
   ``async deliver(account, extension, card)``.
 """
@@ -60,6 +63,7 @@ from connector_core.integrations import (
 )
 from connector_core.notifications import Sink
 from connector_core.pacing import Budget, Paced
+from connector_core.prompts import Questions, SecretAnswer
 from connector_core.store.base import EffectStore
 
 __all__ = [
@@ -83,10 +87,12 @@ __all__ = [
     "Leg",
     "Outcome",
     "Paced",
+    "Questions",
     "RegisterIntegrationType",
     "RetryLater",
     "RoutingSettings",
     "SchemeVisit",
+    "SecretAnswer",
     "Sink",
     "Transfer",
     "TransientError",

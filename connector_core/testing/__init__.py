@@ -47,9 +47,9 @@ from connector_core.testing.service import (
     parse_config,
     run_service,
     settle,
-    toml_value,
 )
 from connector_core.testing.watch import ResourceWatch
+from connector_core.tomlwrite import toml_value
 
 __all__ = [
     "ACCOUNT",

@@ -47,6 +47,7 @@ from connector_core.integrations import (
     Integration,
     IntegrationType,
 )
+from connector_core.prompts import Questions, ScriptedAsker, ScriptExhausted
 from connector_core.simulator import scenarios
 from connector_core.simulator.scenarios import Scenario
 from connector_core.store.base import Dispatch
@@ -114,6 +115,14 @@ class PluginContract:
         plugin's request timeout short).
         """
         return {"ok": settings}
+
+    def setup_answers(self, settings: Mapping[str, Any]) -> Sequence[str]:
+        """What an operator types at the plugin's ``connector init`` questions, in order.
+
+        ``settings`` are the environment's (its address, its working key). Needed only when
+        the plugin implements ``connector_setup_integration``; the default answers nothing.
+        """
+        return ()
 
     async def observe(self, app: web.Application, integration: Integration) -> Any:
         """A comparable snapshot of what ``integration`` has done in its CRM.
@@ -407,6 +416,55 @@ class PluginContract:
         assert after == before, "the settings check changed the CRM (it must only read):\n" + _diff(
             before, after
         )
+
+    @pytest.mark.asyncio
+    async def test_setup_questions_make_valid_settings(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """``connector_setup_integration`` (when the plugin has it), answered by a script."""
+        kind = self._kind()
+        host = load_host([self._name()])
+        if not host.pm.hook.connector_setup_integration.get_hookimpls():
+            pytest.skip(f"{self.plugin} does not implement connector_setup_integration")
+        async with self._environment(tmp_path) as settings:
+            asker = ScriptedAsker(self.setup_answers(settings))
+            try:
+                table = await host.setup_integration(kind, Questions(asker, environ={}))
+            except ScriptExhausted as exc:
+                pytest.fail(
+                    "connector_setup_integration asked more questions than setup_answers() "
+                    f"answers; return what an operator types there, in order. {exc}"
+                )
+            except Exception as exc:
+                pytest.fail(
+                    f"connector_setup_integration raised {type(exc).__name__}: {exc} — a bad "
+                    "answer is a ValueError in the question's parse function (the person sees "
+                    "the message and the question again), never an exception out of the hook"
+                )
+        out = capsys.readouterr()
+        assert not (out.out or out.err), (
+            "connector_setup_integration wrote to the terminal itself; ask and tell through "
+            f"`questions` (a test answers them from a script):\n{out.out}{out.err}"
+        )
+        assert table is not None
+        try:
+            parse_config(self._table(table), host, tmp_path)
+        except ConfigError as exc:
+            pytest.fail(
+                f"the settings made from the answers ({sorted(table)}) would be refused by "
+                "connector check; check each answer as it is typed:\n" + str(exc)
+            )
+        assert not asker.answers, (
+            f"setup_answers() gives {len(asker.answers)} answer(s) the plugin never asked "
+            f"for: {asker.answers}; the transcript:\n" + "\n".join(asker.transcript)
+        )
+        echoed = [
+            f"{line!r} shows a secret typed at a secret question"
+            for line in asker.told
+            for secret in asker.secrets
+            if len(secret) >= MIN_SECRET and secret in line
+        ]
+        assert not echoed, "\n".join(echoed)
 
     # -- 5. lifecycle --------------------------------------------------------------------------
 

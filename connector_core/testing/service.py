@@ -8,10 +8,6 @@ back a ``KitService`` through which a test sends webhooks over HTTP and then pro
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import math
-import re
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,7 +16,6 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from pydantic import SecretBytes, SecretStr
 
 from connector_core.app import check_authorization, create_app
 from connector_core.appkeys import DISPATCHER, HOST, INTEGRATIONS, NOTIFIER, STORE, WORKER
@@ -31,49 +26,12 @@ from connector_core.hooks import PluginHost
 from connector_core.integrations import AuthResult, Integration
 from connector_core.simulator.scenarios import Scenario
 from connector_core.store.base import Dispatch
+from connector_core.tomlwrite import toml_key, toml_value
 
 ACCOUNT = "012345"
 """The account every kit config uses (the simulator's scenarios call it too)."""
 TOKEN = "contract-kit-token-0123456789"
 """The account's webhook token: events go to ``/sipuni/<TOKEN>``."""
-
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def toml_key(key: str) -> str:
-    return key if _BARE_KEY.fullmatch(key) else json.dumps(key, ensure_ascii=False)
-
-
-def toml_value(value: Any) -> str:
-    """``value`` written as TOML (strings, numbers, booleans, dates, lists, inline tables).
-
-    ``None`` has no TOML spelling: keys whose value is ``None`` are left out of tables, so the
-    setting takes its default. ``SecretStr`` values are written in clear (this is a config).
-    """
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, SecretStr):
-        return toml_value(value.get_secret_value())
-    if isinstance(value, SecretBytes):
-        return toml_value(value.get_secret_value().decode())
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)  # a valid TOML basic string
-    if isinstance(value, dt.date | dt.time):
-        return value.isoformat()
-    if isinstance(value, Mapping):
-        items = [f"{toml_key(str(k))} = {toml_value(v)}" for k, v in value.items() if v is not None]
-        return "{" + ", ".join(items) + "}"
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} as a TOML value: {value!r}")
 
 
 def config_text(

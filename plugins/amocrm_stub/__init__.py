@@ -13,6 +13,7 @@ runtime (``Integration[AmoCrmStubSettings, AmoCrmStubClient]``, so mypy checks e
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -27,6 +28,7 @@ from connector_core.plugin import (
     Integration,
     IntegrationType,
     InvalidRequestError,
+    Questions,
     RegisterIntegrationType,
     SchemeVisit,
     TransientError,
@@ -35,6 +37,7 @@ from connector_core.plugin import (
 
 NAME = "amocrm_stub"
 PLACEHOLDER_SUBDOMAIN = "example"
+SUBDOMAIN = r"^[a-z0-9-]{1,63}$"
 
 
 class AmoCrmStubSettings(BaseModel):
@@ -42,7 +45,7 @@ class AmoCrmStubSettings(BaseModel):
 
     subdomain: str = Field(
         PLACEHOLDER_SUBDOMAIN,
-        pattern=r"^[a-z0-9-]{1,63}$",
+        pattern=SUBDOMAIN,
         description="the account's subdomain: <subdomain>.amocrm.ru",
     )
     # Unused by the stub; a real amoCRM plugin needs it. SecretStr keeps it out of reprs,
@@ -128,6 +131,28 @@ def connector_check_settings(integration: AmoCrm) -> list[CheckFinding]:
             )
         ]
     return []
+
+
+@hookimpl
+def connector_setup_integration(questions: Questions) -> dict[str, Any]:
+    # `connector init` asks this; ask through `questions`, never input()/print(), so a test
+    # can answer from a script. A bad answer raises ValueError in the parse function: the
+    # person sees the message and the question again.
+    subdomain = questions.ask(
+        "amoCRM subdomain (<subdomain>.amocrm.ru)", parse_subdomain, default=PLACEHOLDER_SUBDOMAIN
+    )
+    return {"subdomain": subdomain}
+
+
+def parse_subdomain(answer: str) -> str:
+    """``acme``, ``acme.amocrm.ru`` and ``https://acme.amocrm.ru/`` all give ``acme``."""
+    name = answer.lower().removeprefix("https://").removeprefix("http://")
+    name = name.split("/", 1)[0].removesuffix(".amocrm.ru")
+    if not re.fullmatch(SUBDOMAIN, name):
+        raise ValueError(
+            "expected the part before .amocrm.ru: latin letters, digits and -, e.g. acme"
+        )
+    return name
 
 
 async def _contact_and_lead(integration: AmoCrm, call: CallState) -> None:

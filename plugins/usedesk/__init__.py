@@ -9,6 +9,8 @@ See docs/usedesk.md for every setting.
 
 from __future__ import annotations
 
+from typing import Any
+
 from connector_core.plugin import (
     AuthError,
     AuthResult,
@@ -20,13 +22,14 @@ from connector_core.plugin import (
     Integration,
     IntegrationType,
     InvalidRequestError,
+    Questions,
     RegisterIntegrationType,
     SchemeVisit,
     TransientError,
     hookimpl,
 )
 
-from . import check, flow
+from . import check, flow, setup
 from .settings import UsedeskSettings
 
 NAME = "usedesk"
@@ -62,6 +65,11 @@ async def connector_check_authorization(integration: Usedesk) -> AuthResult:
 @hookimpl
 async def connector_check_settings(integration: Usedesk) -> list[CheckFinding]:
     return await check.check(integration.settings, flow.runtime(integration).client)
+
+
+@hookimpl
+async def connector_setup_integration(questions: Questions) -> dict[str, Any]:
+    return await setup.ask(questions)
 
 
 @hookimpl

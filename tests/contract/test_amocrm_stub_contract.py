@@ -4,6 +4,7 @@ closed at shutdown, and the core's error classes."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -36,6 +37,9 @@ class TestAmoCrmStubContract(PluginContract):
         "access_token": "amo-secret-token-123456",
     }
     secrets = ("amo-secret-token-123456",)
+
+    def setup_answers(self, settings: Mapping[str, Any]) -> list[str]:
+        return ["https://acme.amocrm.ru/"]  # the subdomain, as a person may paste it
 
 
 # --- what the stub shows plugin authors, beyond the contract ---------------------------------

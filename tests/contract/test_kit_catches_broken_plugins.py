@@ -105,6 +105,23 @@ async def connector_check_authorization(integration):
 
 
 @hookimpl
+async def connector_setup_integration(questions):
+    base_url = questions.ask("CRM address", lambda answer: answer, default="http://127.0.0.1:9")
+    while True:
+        token = questions.secret("API token")
+        async with aiohttp.ClientSession() as session:
+            headers = {{"Authorization": "Bearer " + token.value}}
+            async with session.get(base_url + "/me", headers=headers) as response:
+                if response.status == 200:
+                    break
+        questions.tell(f"the CRM refused the token (HTTP {{response.status}}); paste it again")
+    if BROKEN == "setup_prints":  # talks to the terminal past the questions
+        print(f"token for {{base_url}} checked")
+    key = "api_key" if BROKEN == "setup_misspelt" else "api_token"  # not a settings key
+    return {{key: token.written, "base_url": base_url}}
+
+
+@hookimpl
 async def connector_check_settings(integration):
     from connector_core.integrations import CheckFinding, CheckLevel
     if BROKEN == "settings_check_raises":  # a user id the CRM does not know
@@ -226,6 +243,9 @@ class TinyContract(PluginContract):
         async with serve() as url:
             yield {"api_token": TOKEN, "base_url": url, "timeout_seconds": 2}
 
+    def setup_answers(self, settings):
+        return [settings["base_url"], "kit-wrong-token-000", settings["api_token"]]
+
     async def auth_cases(self, settings):
         return {
             "ok": settings,
@@ -274,6 +294,14 @@ VARIANTS: dict[str, tuple[str, set[str]]] = {
         "connector_check_settings writes to the CRM",
         {"test_settings_check_reads_only_and_never_raises"},
     ),
+    "kit_setup_misspelt": (
+        "its set-up questions make a table with a key its settings do not have",
+        {"test_setup_questions_make_valid_settings"},
+    ),
+    "kit_setup_prints": (
+        "its set-up questions print to the terminal instead of telling through `questions`",
+        {"test_setup_questions_make_valid_settings"},
+    ),
     "kit_hook_raises": (
         "connector_call_answered raises for outbound calls",
         {"test_every_canonical_call_handled"},
@@ -309,6 +337,7 @@ KIT_TESTS = {
     "test_secrets_not_logged",
     "test_authorization_check_reports_each_status",
     "test_settings_check_reads_only_and_never_raises",
+    "test_setup_questions_make_valid_settings",
     "test_every_canonical_call_handled",
     "test_agent_card_never_raises",
     "test_unknown_events_skipped",

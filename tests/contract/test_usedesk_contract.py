@@ -89,6 +89,10 @@ class TestUsedeskContract(PluginContract):
                 "on_duty_user": 4,
             }
 
+    def setup_answers(self, settings: Mapping[str, Any]) -> list[str]:
+        # The address, the key, an extension for each of the sandbox's four agents, on duty.
+        return [settings["base_url"], settings["api_token"], "201", "202, 212", "", "", "4"]
+
     async def auth_cases(self, settings: Mapping[str, Any]) -> Mapping[str, Mapping[str, Any]]:
         return {
             "ok": settings,
