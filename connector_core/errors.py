@@ -20,13 +20,21 @@ class TransientError(CrmError):
     """Worth retrying later: timeouts, 5xx, 429, dropped connections.
 
     ``retry_after`` (seconds) is set when the CRM said how long to wait (``Retry-After``).
+    ``unanswered`` is set when no answer came at all (a timeout, a dropped connection): a
+    write may then still be carried out later, while one answered with an error is over.
     """
 
     def __init__(
-        self, message: str, *, retry_after: float | None = None, integration: str | None = None
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        integration: str | None = None,
+        unanswered: bool = False,
     ) -> None:
         super().__init__(message, integration=integration)
         self.retry_after = retry_after
+        self.unanswered = unanswered
 
 
 class RetryLater(CrmError):

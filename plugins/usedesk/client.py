@@ -782,6 +782,7 @@ class UsedeskClient:
                     TransientError,
                     f"Usedesk did not answer within {self._timeout:g} s (POST /{method}); "
                     "if this call creates something, it may have been created anyway",
+                    unanswered=True,
                 ) from exc
             except aiohttp.ClientError as exc:
                 # Refused/reset, DNS, or the connection dropped mid-body: all worth a retry.
@@ -790,6 +791,7 @@ class UsedeskClient:
                     TransientError,
                     f"could not reach Usedesk at {self._base_url} (POST /{method}): "
                     f"{type(exc).__name__}: {exc}",
+                    unanswered=True,
                 ) from exc
             try:
                 return self._decode(method, status, headers, content_type, raw)

@@ -70,6 +70,9 @@ class UsedeskRuntime:
         )
         self._agents: Agents | None = None
         self._agents_refused = False
+        # Intents whose create got an answer in this process: looked for at once if the
+        # answer could not be recorded (flow._answered_or_pending).
+        self.answered_creates: set[str] = set()
         # Whether /clients takes LIKE wildcards, and when that was last asked (None: unknown).
         self._wildcards: bool | None = None
         self._wildcards_asked_at = -WILDCARDS_TTL
@@ -266,8 +269,28 @@ async def ensure_ticket(integration: Integration, call: CallState) -> dict[str, 
                 retry=again,
             )
             await effects.put(key, record)
+            await _record_steps_done(integration, plan, call, record)
             log.info("%s: %s", integration.key, _describe(record))
     return record
+
+
+async def _record_steps_done(
+    integration: Integration, plan: Plan, call: CallState, record: dict[str, Any]
+) -> None:
+    """The steps a ticket's create also did, as the steps' own keys, after the call record
+    that holds them too: the number's link (a client made with the ticket is found through
+    it), the owner, the decision, the comment carried as its first message."""
+    effects, ticket_id = integration.effects, record.get("ticket_id")
+    if record.get("link"):
+        await effects.put(_link_key(integration, plan), record["link"])
+    if record.get("owner_set") is not None:
+        owner = {"agent": record["owner_set"], "call": call.call_id}
+        await effects.put(f"ticket_owner:{ticket_id}", owner)
+    if record.get("assigned") is not None:
+        await effects.put(f"assigned:{call.call_id}", record["assigned"])
+    if record.get("comment_in_ticket"):
+        done = {"id": None, "ticket_id": ticket_id, "first_message": True}
+        await effects.put(f"comment:{call.call_id}", done)
 
 
 def client_key(integration: Integration, phone: str) -> str:
@@ -403,6 +426,7 @@ async def _create_ticket(
     rt, effects, settings = runtime(integration), integration.effects, runtime(integration).settings
     client_id: int | None = found.get("client_id")
     intent = f"intent:ticket:{call.call_id}"
+    earlier = await effects.get(intent) or {}  # what an earlier attempt sent, if it did
     made = await _made_by_earlier_attempt(
         integration, intent, lambda: _ticket_made_for(integration, plan, client_id, call.call_id)
     )
@@ -421,7 +445,10 @@ async def _create_ticket(
     )
     subject = rt.render("ticket_subject", call)[:255]
     if made is not None:
+        # As the earlier attempt sent it: its owner, and its first message (the comment, if
+        # the call had ended then).
         ticket_id, client_new = made, client_id is None
+        owner, with_comment = earlier.get("owner"), bool(earlier.get("with_comment"))
     else:
         author = None
         if call.finished and agents is not None:
@@ -431,7 +458,16 @@ async def _create_ticket(
             if call.finished and agents is not None
             else rt.render("ticket_message", call)
         )
-        await effects.put(intent, {"client_id": client_id, "sent_at": time.time()})
+        with_comment = call.finished and agents is not None
+        await effects.put(
+            intent,
+            {
+                "client_id": client_id,
+                "sent_at": time.time(),
+                "owner": owner,
+                "with_comment": with_comment,
+            },
+        )
         new_client = None
         if client_id is None:
             digits = (
@@ -457,19 +493,6 @@ async def _create_ticket(
             ),
         )
         client_new = new_client is not None
-    if client_new:
-        # The client's id is not in the answer: the ticket leads to it when it is needed.
-        await effects.put(
-            _link_key(integration, plan), {"id": None, "name": name, "ticket": ticket_id}
-        )
-    if owner is not None:
-        await effects.put(f"ticket_owner:{ticket_id}", {"agent": owner, "call": call.call_id})
-    if assigned is not None:
-        await effects.put(f"assigned:{call.call_id}", assigned)
-    if call.finished and agents is not None:
-        await effects.put(
-            f"comment:{call.call_id}", {"id": None, "ticket_id": ticket_id, "first_message": True}
-        )
     return {
         **found,
         "client_id": client_id,
@@ -480,21 +503,35 @@ async def _create_ticket(
         "ticket_assignee": owner,
         "ticket_subject": subject,
         "ticket_status": STATUS_NEW,
+        # What the one request also did: the call record says so, so a retry after a failed
+        # write of the steps below (a full disk) neither comments twice nor re-decides.
+        "link": {"id": None, "name": name, "ticket": ticket_id} if client_new else None,
+        "owner_set": owner,
+        "assigned": assigned if with_comment else None,
+        "comment_in_ticket": with_comment,
     }
 
 
 async def _answered_or_pending(
     integration: Integration, intent: str, create: Awaitable[int]
 ) -> int:
-    """The id ``create`` makes. A create Usedesk answered with a refusal made nothing, so its
-    intent goes; one that got no answer (a timeout, a dropped connection, a 5xx) keeps it, as
-    Usedesk may still carry it out (:func:`_made_by_earlier_attempt`)."""
+    """The id ``create`` makes. A create Usedesk refused (a 4xx) made nothing, so its intent
+    goes. One that got an answer (the id, a server error, a 429) is over, whatever it did: a
+    later attempt in this process looks for it at once, even when recording the answer failed
+    (a full disk). One that got no answer at all (a timeout, a dropped connection), or whose
+    fate this process does not know (it started after a crash), may still land: it is looked
+    for after ``write_settle_seconds`` (:func:`_made_by_earlier_attempt`)."""
+    answered = runtime(integration).answered_creates
     try:
-        return await create
+        made = await create
     except CrmError as exc:
         if not isinstance(exc, TransientError):
             await integration.effects.drop(intent)
+        elif not exc.unanswered:
+            answered.add(intent)
         raise
+    answered.add(intent)
+    return made
 
 
 async def _made_by_earlier_attempt(
@@ -509,7 +546,8 @@ async def _made_by_earlier_attempt(
     pending = await integration.effects.get(intent)
     if pending is None:
         return None
-    settle = runtime(integration).settings.write_settle_seconds
+    rt = runtime(integration)
+    settle = 0.0 if intent in rt.answered_creates else rt.settings.write_settle_seconds
     wait = float(pending.get("sent_at", 0.0)) + settle - time.time()
     if wait > 0:
         raise RetryLater(
@@ -518,6 +556,7 @@ async def _made_by_earlier_attempt(
             seconds=wait,
         )
     made = await find()
+    rt.answered_creates.discard(intent)
     if made is None:
         await integration.effects.drop(intent)
     else:
@@ -731,13 +770,15 @@ async def _finish(integration: Integration, call: CallState) -> None:
     if not ticket_id:
         return
     rt, effects = runtime(integration), integration.effects
-    assigned = await effects.get(f"assigned:{call.call_id}")
+    assigned = await effects.get(f"assigned:{call.call_id}") or record.get("assigned")
     if assigned is None:
         agents = await rt.agents()
         # Another call on the same ticket (the same client calling twice at once) may have
         # set its owner since this call looked the ticket up: that owner stays. An owner this
         # call set when it created the ticket (on answer) is this call's to change.
         owner = await effects.get(f"ticket_owner:{ticket_id}")
+        if owner is None and record.get("owner_set") is not None:
+            owner = {"agent": record["owner_set"], "call": call.call_id}
         own = owner is not None and owner.get("call") == call.call_id
         current = owner["agent"] if owner else record.get("ticket_assignee")
         if current is None and not record.get("ticket_new") and call.outcome is not Outcome.MISSED:
@@ -757,7 +798,8 @@ async def _finish(integration: Integration, call: CallState) -> None:
         assigned = {"agent": decision.agent, "reason": decision.reason}
         await effects.put(f"assigned:{call.call_id}", assigned)
         log.info("%s: ticket %s owner: %s", integration.key, ticket_id, decision.reason)
-    if await effects.get(f"comment:{call.call_id}") is None:
+    done = record.get("comment_in_ticket") or await effects.get(f"comment:{call.call_id}")
+    if not done:
         agents = await rt.agents()  # read once per ten minutes: no request here as a rule
         author = await rt.usable_author(_author(call, integration, agents, assigned))
         intent = f"intent:comment:{call.call_id}"
@@ -852,7 +894,8 @@ async def card(integration: Integration, call: CallState) -> CardPart | None:
     words = CARD_WORDS[rt.settings.language]
     name = record.get("client_name") or ""
     known = record.get("client_id") is not None and not record.get("client_new")
-    lines = [f"{name} ({words['known'] if known else words['new']})".lstrip()]
+    kind = words["known"] if known else words["new"]
+    lines = [f"{name} ({kind})" if name else kind.capitalize()]
     links = []
     if record.get("client_id") is not None:
         links.append((words["client"], f"{web}/clients/{record['client_id']}"))
@@ -871,6 +914,9 @@ async def card(integration: Integration, call: CallState) -> CardPart | None:
         )
         lines.append(f"{words['ticket']} #{record['ticket_id']}{new}: {details}")
         links.append((words["ticket"], f"{web}/tickets/{record['ticket_id']}"))
+    elif rt.settings.create_ticket and not record.get("skipped"):
+        # No open ticket yet: say when the call's ticket will be made.
+        lines.append(words[f"ticket_on_{rt.settings.ticket_created_on}"])
     return CardPart(title="Usedesk", lines=lines, links=links)
 
 
@@ -888,6 +934,9 @@ CARD_WORDS = {
         "ticket": "Тикет",
         "new_ticket": "новый",
         "owner": "агент",
+        "ticket_on_ring": "Тикет создаётся",
+        "ticket_on_answer": "Тикет будет создан при ответе",
+        "ticket_on_end": "Тикет будет создан после звонка",
     },
     "en": {
         "new": "new client",
@@ -896,6 +945,9 @@ CARD_WORDS = {
         "ticket": "Ticket",
         "owner": "agent",
         "new_ticket": "new",
+        "ticket_on_ring": "The ticket is being made",
+        "ticket_on_answer": "A ticket is made when the call is answered",
+        "ticket_on_end": "A ticket is made when the call ends",
     },
 }
 STATUS_NAMES = {

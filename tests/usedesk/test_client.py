@@ -1000,14 +1000,18 @@ async def test_5xx_and_408_are_transient_whatever_the_body(
         await client.list_tickets(client_id=1)
     assert fragment in info.value.message
     assert info.value.retry_after is None
+    assert not info.value.unanswered  # answered with an error: whatever it did is over
 
 
 async def test_timeout_is_transient_and_says_how_long(
     client: UsedeskClient, mocked: aioresponses
 ) -> None:
     mocked.post(url("create/ticket"), exception=TimeoutError())
-    with pytest.raises(TransientError, match=r"did not answer within 10 s \(POST /create/ticket\)"):
+    with pytest.raises(
+        TransientError, match=r"did not answer within 10 s \(POST /create/ticket\)"
+    ) as info:
         await client.create_ticket(subject="s", message="m", client_id=1)
+    assert info.value.unanswered  # no answer: the ticket may still be made
 
 
 @pytest.mark.parametrize(
@@ -1025,6 +1029,7 @@ async def test_connection_failures_are_transient(
     with pytest.raises(TransientError, match="could not reach Usedesk") as info:
         await client.check_auth()
     assert type(exc).__name__ in info.value.message
+    assert info.value.unanswered
 
 
 async def test_server_timeout_error_counts_as_timeout_not_connection(

@@ -81,3 +81,16 @@ async def test_a_card_that_gives_up_does_not_make_the_hook_search_again() -> Non
     # The client is made with its ticket, in one request.
     assert len(sandbox.requests("/create/ticket")) == 1
     assert len(sandbox.requests("/create/client")) == 0
+
+
+async def test_the_card_of_a_new_number_says_when_its_ticket_is_made_and_writes_nothing() -> None:
+    sandbox = UsedeskSandbox()
+    async with sandbox.serve() as base_url:
+        integration = usedesk(base_url, sandbox.token)  # ticket_created_on = "answer"
+        try:
+            part = await flow.card(integration, CALL)
+        finally:
+            await integration.runtime.aclose()
+    assert part is not None
+    assert part.lines == ["Новый клиент", "Тикет будет создан при ответе"] and part.links == []
+    assert sandbox.requests(writes_only=True) == []  # the ring only looked
