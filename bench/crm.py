@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 
-from connector_core.phones import search_queries
+from connector_core.phones import search_pattern, search_queries
 from plugins.usedesk.sandbox import LoggedRequest, UsedeskSandbox
 
 from .calls import BenchCall, usedesk_seed
@@ -67,11 +67,15 @@ def attribute(
     clients and tickets are traced from the sandbox's state and the replies that made them.
     """
     by_phone = {_last10(c.scenario.expected["client_number"]): c.call_id for c in calls}
-    # A phone search sends the number's tail in several spellings (phones.search_queries).
+    # A phone search sends the number's tail in several spellings (phones.search_queries),
+    # or as one LIKE pattern (phones.search_pattern) when the account's search takes it.
     by_query = {
         query: c.call_id
         for c in calls
-        for query in search_queries(c.scenario.expected["client_number"])
+        for query in [
+            *search_queries(c.scenario.expected["client_number"]),
+            search_pattern(c.scenario.expected["client_number"]),
+        ]
     }
     call_ids = {c.call_id for c in calls}
     by_client: dict[int, str] = {}
@@ -89,7 +93,9 @@ def attribute(
     result = Attribution(defaultdict(list), [], [])
     for entry in sandbox.log if entries is None else entries:
         p, owner = entry.params, None
-        if entry.path == "/users":
+        # The agents' list, and the one question whether the search takes wildcards ("%",
+        # then the list without a query): the account's, no call's own.
+        if entry.path == "/users" or (entry.path == "/clients" and p.get("query") in ("%", None)):
             result.shared.append(entry)
             continue
         if entry.path == "/clients":
@@ -139,16 +145,23 @@ def requests_by_kind(calls: list[BenchCall], attribution: Attribution) -> dict[s
     out["all"] = {
         "calls": len(calls),
         "mean": round(total / len(calls), 2) if calls else 0.0,
-        "shared_users_requests": len(attribution.shared),
+        "shared_requests": len(attribution.shared),
         "unattributed": len(attribution.unknown),
     }
     return out
 
 
 def comment_done(sandbox: TimedSandbox, attribution: Attribution, call_id: str) -> float | None:
-    """When the call's comment was written (monotonic), or None if it never was."""
+    """When the call's comment was written (monotonic), or None if it never was: a comment of
+    its own, or the first message of a ticket made at the call's end (it names the call)."""
     for entry in attribution.by_call.get(call_id, []):
-        if entry.path == "/create/comment" and entry.status == 200 and not entry.error:
+        if entry.status != 200 or entry.error:
+            continue
+        own = entry.path == "/create/comment"
+        in_ticket = entry.path == "/create/ticket" and f"ID: {call_id}<" in str(
+            entry.params.get("message", "")
+        )
+        if own or in_ticket:
             return sandbox.done_at.get(entry.seq)
     return None
 

@@ -108,7 +108,9 @@ def render(state: dict[str, Any]) -> str:
     ]
     ticket_rows, comment_rows = [], []
     for t in state["tickets"]:
-        calls = [c for c in t["comments"] if not c["is_first"]]
+        # A ticket made at the call's end carries that call's comment as its first message.
+        mark = t.get("additional_id") or "\0"
+        calls = [c for c in t["comments"] if not c["is_first"] or mark in c["message"]]
         ticket_rows.append(
             [
                 str(t["id"]),

@@ -20,6 +20,7 @@ from connector_core.clock import Clock
 from connector_core.errors import (
     AuthError,
     InvalidRequestError,
+    RetryLater,
     TransientError,
     describe_error,
 )
@@ -311,6 +312,9 @@ class Dispatcher:
             # The plugin could not record its effect keys (a full disk): the CRM is not at
             # fault, and its circuit must not keep calls back once the store is writable.
             retry_at = now + self.policy.delay(attempts)
+        elif isinstance(exc, RetryLater):
+            # The plugin is waiting for the CRM to settle, not failing: no breaker, no backoff.
+            retry_at = now + exc.seconds
         elif isinstance(exc, AuthError):
             # Not the call's fault: keep it queued until an operator fixes the credentials.
             integration.auth = AuthResult(AuthStatus.AUTH_FAILED, reason)
@@ -337,6 +341,8 @@ class Dispatcher:
                 attempts,
                 reason,
             )
+        elif isinstance(exc, RetryLater):
+            log.info("%s %s waits %.1f s: %s", integration.key, row.key, exc.seconds, exc.message)
         else:
             log.warning(
                 "%s %s failed (attempt %d), retry in %.1f s: %s",

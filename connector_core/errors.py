@@ -20,13 +20,31 @@ class TransientError(CrmError):
     """Worth retrying later: timeouts, 5xx, 429, dropped connections.
 
     ``retry_after`` (seconds) is set when the CRM said how long to wait (``Retry-After``).
+    ``unanswered`` is set when no answer came at all (a timeout, a dropped connection): a
+    write may then still be carried out later, while one answered with an error is over.
     """
 
     def __init__(
-        self, message: str, *, retry_after: float | None = None, integration: str | None = None
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        integration: str | None = None,
+        unanswered: bool = False,
     ) -> None:
         super().__init__(message, integration=integration)
         self.retry_after = retry_after
+        self.unanswered = unanswered
+
+
+class RetryLater(CrmError):
+    """Not a failure: the hook waits for something to settle in the CRM (a create whose answer
+    never came may still land) and asks to run again in ``seconds``. The dispatcher schedules
+    the retry without counting it against the CRM's circuit breaker."""
+
+    def __init__(self, message: str, *, seconds: float, integration: str | None = None) -> None:
+        super().__init__(message, integration=integration)
+        self.seconds = max(0.0, seconds)
 
 
 class InvalidRequestError(CrmError):

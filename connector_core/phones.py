@@ -145,6 +145,19 @@ def search_queries(e164: str) -> list[str]:
     return list(dict.fromkeys([tail, grouped, grouped.translate(_SWAP_SEPARATORS)]))
 
 
+def search_pattern(e164: str) -> str:
+    """One SQL ``LIKE`` pattern that finds ``e164`` in every spelling :func:`search_queries`
+    finds, for a search that lets ``%`` through as a wildcard.
+
+    The country's grouping of the last seven digits with each separator made ``%``:
+    ``123%45%67`` for ``+79161234567`` matches ``1234567``, ``123-45-67``, ``123 45 67`` and
+    groupings the three queries miss (``123 4567``). Only candidates: :func:`same_number`
+    decides. Raises ``ValueError`` if ``e164`` is not E.164.
+    """
+    tail, *grouped = search_queries(e164)
+    return re.sub(r"\D+", "%", grouped[0]) if grouped else tail
+
+
 def _suffix_holding(text: str, count: int) -> str:
     """The shortest end of ``text`` that holds its last ``count`` digits, from a digit on."""
     seen = 0

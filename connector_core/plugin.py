@@ -14,7 +14,8 @@ and may move. A plugin that imports only from this module keeps working across t
 - ``CallState`` and what it holds (``Direction``, ``Outcome``, ``Leg``, ``Answer``,
   ``Transfer``, ``SchemeVisit``, ``Hangup``) describe the call.
 - ``TransientError``, ``AuthError``, ``InvalidRequestError`` (all ``CrmError``) tell the core
-  to retry, to hold the work until the credentials are fixed, or to give up at once.
+  to retry, to hold the work until the credentials are fixed, or to give up at once;
+  ``RetryLater`` asks for another run after a wait that is not a failure (no circuit breaker).
 - ``EffectStore`` (``integration.effects``) and ``KeyedLocks`` (``integration.locks``) make
   hooks safe to run again.
 - ``queue_wait()`` wraps a wait that is not the CRM's time (a rate limiter, a lock of the
@@ -39,7 +40,13 @@ from connector_core.callstate import (
     SchemeVisit,
     Transfer,
 )
-from connector_core.errors import AuthError, CrmError, InvalidRequestError, TransientError
+from connector_core.errors import (
+    AuthError,
+    CrmError,
+    InvalidRequestError,
+    RetryLater,
+    TransientError,
+)
 from connector_core.hookspecs import hookimpl
 from connector_core.hooktime import queue_wait
 from connector_core.integrations import (
@@ -82,6 +89,7 @@ __all__ = [
     "Paced",
     "Questions",
     "RegisterIntegrationType",
+    "RetryLater",
     "RoutingSettings",
     "SchemeVisit",
     "SecretAnswer",

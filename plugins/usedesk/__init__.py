@@ -1,9 +1,10 @@
 """Usedesk (Юздеск): Sipuni's built-in Usedesk integration, rebuilt as a connector plugin.
 
-On ring: the client and the ticket are found by the caller's number, or created (per the
-scenario settings), so the agent's card can show them. On hang-up: the ticket gets its
-owner and one private comment with the call's details and recording link. See
-docs/usedesk.md for every setting.
+On ring: the client and its open ticket are found by the caller's number, so the agent's
+card can show them. A missing ticket (and client) is created on ring, on answer (with its
+owner) or at the end (with owner and comment), per ``ticket_created_on``. On hang-up: the
+ticket gets its owner and one private comment with the call's details and recording link.
+See docs/usedesk.md for every setting.
 """
 
 from __future__ import annotations
@@ -73,14 +74,19 @@ async def connector_setup_integration(questions: Questions) -> dict[str, Any]:
 
 @hookimpl
 async def connector_call_started(integration: Usedesk, call: CallState) -> None:
-    await flow.ensure_ticket(integration, call)
+    await flow.on_ring(integration, call)
+
+
+@hookimpl
+async def connector_call_answered(integration: Usedesk, call: CallState) -> None:
+    await flow.on_answer(integration, call)
 
 
 @hookimpl
 async def connector_call_reached_transfer_scheme(
     integration: Usedesk, call: CallState, scheme: SchemeVisit
 ) -> None:
-    await flow.ensure_ticket(integration, call)
+    await flow.on_ring(integration, call)
 
 
 @hookimpl

@@ -223,6 +223,14 @@ class TicketDetail(TicketSummary):
 
 
 @dataclass(frozen=True, slots=True)
+class NewClient:
+    """A client for Usedesk to create together with a ticket (``client_id=new_client``)."""
+
+    name: str
+    phone_digits: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Agent:
     """A Usedesk user (agent). ``role`` is ``admin``/``employee``/``support`` when known."""
 
@@ -411,8 +419,28 @@ class UsedeskClient:
             data = data["clients"]
         return [_parse_client_summary(item) for item in self._expect_list(data, "clients")]
 
+    async def search_takes_wildcards(self) -> bool | None:
+        """Whether ``/clients`` lets a query's ``%`` through as an SQL wildcard: one request.
+
+        The query ``%`` alone then matches every client; taken literally it matches only a
+        client with a ``%`` in its name, e-mail or phone. So a hit without any ``%`` proves
+        wildcards work; no hit while the account has clients (a second request, listing them
+        without a query) proves they do not; an account without clients gives ``None`` (ask
+        again later). Usedesk documents the search as ``LIKE %…%`` but not
+        whether it escapes the query, so the connector asks instead of assuming.
+        """
+        hits = await self.search_clients("%")
+        if any("%" not in " ".join([h.name, *h.emails, *h.phones]) for h in hits):
+            return True
+        if hits:
+            return False
+        # Nothing matched: a literal search, or an account without clients. The list
+        # without a query tells them apart.
+        everyone = self._expect_list(await self._call("clients", {"offset": 0}), "clients")
+        return False if everyone else None
+
     async def find_clients_by_phone(
-        self, number: str, *, region: str = "RU"
+        self, number: str, *, region: str = "RU", wildcards: bool = False
     ) -> list[ClientSummary]:
         """Clients with a phone that is the same number as ``number``, sorted by id.
 
@@ -425,6 +453,8 @@ class UsedeskClient:
         number's last seven digits, then those digits grouped as the country writes them with
         ``-`` and with spaces. That is three requests for a Russian number (fewer where the
         grouping has no separators), each reading at most :data:`MAX_PHONE_SEARCH_PAGES` pages.
+        With ``wildcards`` (the account's search takes them, :meth:`search_takes_wildcards`)
+        one request does: :func:`~connector_core.phones.search_pattern`, ``123%45%67``.
         Every hit is then compared by the whole number (country code included), so a number
         that only ends the same, ``379161234567``, is never returned.
         """
@@ -439,6 +469,8 @@ class UsedeskClient:
             )
         # One after another, not together: the dispatcher paces calls by the rate budget on
         # the understanding that a hook has one request waiting at a time (core pacing).
+        if wildcards:
+            queries = [phones.search_pattern(wanted)]
         merged: dict[int, ClientSummary] = {}
         for query in queries:
             merged.update((hit.id, hit) for hit in await self._phone_hits(query, wanted, region))
@@ -571,7 +603,7 @@ class UsedeskClient:
         *,
         subject: str,
         message: str,
-        client_id: int,
+        client_id: int | NewClient,
         type: str = "question",
         status: int = 8,
         tag: str | Sequence[str] | None = None,
@@ -579,21 +611,33 @@ class UsedeskClient:
         private_comment: bool = True,
         additional_id: str | None = None,
         channel_id: int | None = None,
+        user_id: int | None = None,
     ) -> int:
-        """``/create/ticket`` for an existing client; returns the ticket id.
+        """``/create/ticket``; returns the ticket id.
 
-        ``private_comment=True`` (default) makes the first message an internal note, so nothing
-        is ever sent to the customer through a messenger or e-mail channel (pitfall 10). ``tag``
-        may be a list; it is sent as one ``"a, b"`` string. ``additional_id`` is a hidden field,
-        handy for the Sipuni call id.
+        ``client_id`` is an existing client, or a :class:`NewClient` that Usedesk creates with
+        the ticket (``client_id=new_client`` with its name and phone): one request instead of
+        two. ``private_comment=True`` (default) makes the first message an internal note, so
+        nothing is ever sent to the customer through a messenger or e-mail channel (pitfall
+        10); ``user_id`` is the agent who authors it. ``tag`` may be a list; it is sent as one
+        ``"a, b"`` string. ``additional_id`` is a hidden field, handy for the Sipuni call id.
         """
         body: dict[str, Any] = {
             "subject": _clean_text(subject, "ticket subject"),
             "message": _clean_text(message, "ticket message", max_len=64_000),
-            "client_id": int(client_id),
             "type": _check_choice(type, TICKET_TYPES, "ticket type"),
             "status": _check_status(status),
         }
+        if isinstance(client_id, NewClient):
+            body["client_id"] = "new_client"
+            body["client_name"] = _clean_text(client_id.name, "client name")
+            if client_id.phone_digits is not None:
+                body["client_phone"] = _check_phone(client_id.phone_digits)
+        else:
+            body["client_id"] = int(client_id)
+        if user_id is not None:
+            body["from"] = "user"
+            body["user_id"] = int(user_id)
         if private_comment:
             # The API knows only `true` here; sending false is undocumented, so omit instead.
             body["private_comment"] = True
@@ -738,6 +782,7 @@ class UsedeskClient:
                     TransientError,
                     f"Usedesk did not answer within {self._timeout:g} s (POST /{method}); "
                     "if this call creates something, it may have been created anyway",
+                    unanswered=True,
                 ) from exc
             except aiohttp.ClientError as exc:
                 # Refused/reset, DNS, or the connection dropped mid-body: all worth a retry.
@@ -746,6 +791,7 @@ class UsedeskClient:
                     TransientError,
                     f"could not reach Usedesk at {self._base_url} (POST /{method}): "
                     f"{type(exc).__name__}: {exc}",
+                    unanswered=True,
                 ) from exc
             try:
                 return self._decode(method, status, headers, content_type, raw)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,14 +28,15 @@ from connector_core import templates
 from connector_core.callstate import CallState, Outcome
 from connector_core.integrations import CardPart, Integration
 from connector_core.phones import digits_only
-from connector_core.plugin import Budget
+from connector_core.plugin import Budget, CrmError, RetryLater, TransientError
 
 from . import scenario
-from .client import ClientSummary, TicketSummary, UnknownIdError, UsedeskClient
+from .client import ClientSummary, NewClient, TicketSummary, UnknownIdError, UsedeskClient
 from .settings import STATUS_NEW, UsedeskSettings
 
 log = logging.getLogger(__name__)
 AGENTS_TTL = 600.0  # agents rarely change; re-read them every ten minutes at most
+WILDCARDS_TTL = 600.0  # an unknown answer about the search's wildcards is asked again after this
 RECHECK = 3  # newest tickets looked at when an interrupted create is checked
 # Clients with one number whose tickets are read to choose among them: bounds the requests
 # when an account holds many cards for one number (the rest can still win on the lowest id).
@@ -68,6 +70,12 @@ class UsedeskRuntime:
         )
         self._agents: Agents | None = None
         self._agents_refused = False
+        # Intents whose create got an answer in this process: looked for at once if the
+        # answer could not be recorded (flow._answered_or_pending).
+        self.answered_creates: set[str] = set()
+        # Whether /clients takes LIKE wildcards, and when that was last asked (None: unknown).
+        self._wildcards: bool | None = None
+        self._wildcards_asked_at = -WILDCARDS_TTL
 
     async def aclose(self) -> None:
         await self.client.close()
@@ -100,6 +108,29 @@ class UsedeskRuntime:
             escape_html=html,
             language=self.settings.language,
         )
+
+    async def search_takes_wildcards(self) -> bool:
+        """Whether a number is searched with one ``LIKE`` pattern (``phone_search``): asked
+        of Usedesk once (:meth:`UsedeskClient.search_takes_wildcards`) under ``auto``, and
+        again within ten minutes while the answer is unknown (an account without clients)."""
+        mode = self.settings.phone_search
+        if mode != "auto":
+            return mode == "pattern"
+        if self._wildcards is None and time.monotonic() - self._wildcards_asked_at >= WILDCARDS_TTL:
+            async with self.integration.locks("wildcards"):
+                if time.monotonic() - self._wildcards_asked_at >= WILDCARDS_TTL:
+                    self._wildcards = await self.client.search_takes_wildcards()
+                    self._wildcards_asked_at = time.monotonic()
+                    log.info(
+                        "%s: Usedesk's client search %s",
+                        self.integration.key,
+                        {
+                            True: "takes LIKE wildcards: one query per number",
+                            False: "takes %% literally: three spellings per number",
+                            None: "has no clients yet: three spellings per number for now",
+                        }[self._wildcards],
+                    )
+        return bool(self._wildcards)
 
     def forget_agents(self) -> None:
         """Read ``/users`` again at the next need: Usedesk refused an agent id as unknown."""
@@ -161,9 +192,27 @@ def runtime(integration: Integration) -> UsedeskRuntime:
     return integration.runtime  # type: ignore[no-any-return]
 
 
-async def ensure_ticket(integration: Integration, call: CallState) -> dict[str, Any]:
-    """The call's client and ticket, found or created once; the record says which."""
-    effects, key = integration.effects, f"call:{call.call_id}"
+async def on_ring(integration: Integration, call: CallState) -> None:
+    """The phone rings (or the call reached a transfer scheme): look the number up, and
+    create the ticket now when ``ticket_created_on = "ring"``."""
+    if runtime(integration).settings.ticket_created_on == "ring":
+        await ensure_ticket(integration, call)
+    else:
+        await lookup(integration, call)
+
+
+async def lookup(integration: Integration, call: CallState) -> dict[str, Any]:
+    """What Usedesk holds for the call's number: its client (``client_id`` ``None`` when there
+    is none yet) and the client's open ticket. Writes nothing to Usedesk.
+
+    Found once per call and recorded (``lookup:<call_id>``): the card, a retry and the call's
+    end read the record and never search again. A call that already has its ticket returns
+    that record (``call:<call_id>``)."""
+    effects = integration.effects
+    done = await effects.get(f"call:{call.call_id}")
+    if done is not None:
+        return done
+    key = f"lookup:{call.call_id}"
     record = await effects.get(key)
     if record is not None:
         return record
@@ -174,16 +223,74 @@ async def ensure_ticket(integration: Integration, call: CallState) -> dict[str, 
         return {"skipped": plan.reason}
     if isinstance(plan, scenario.Skip):
         record = {"skipped": plan.reason}
-        await effects.put(key, record)
+        await effects.put(f"call:{call.call_id}", record)
         log.info("%s: call skipped: %s", integration.key, plan.reason)
         return record
     async with integration.locks(_lock_name(plan)):
+        record = await effects.get(key)  # looked up meanwhile by a concurrent run of this call
+        if record is None:
+            record = await _healing(integration, call, plan, lambda: _look_up(integration, plan))
+            await effects.put(key, record)
+    return record
+
+
+async def ensure_ticket(integration: Integration, call: CallState) -> dict[str, Any]:
+    """The call's client and ticket: the open ticket the lookup found, or one created now
+    (together with the client when Usedesk has none). Recorded under ``call:<call_id>``.
+
+    A ticket created once the call is answered gets its owner in the same request; one
+    created at the end also carries the call's comment as its first message."""
+    effects, key = integration.effects, f"call:{call.call_id}"
+    record = await effects.get(key)
+    if record is not None:
+        return record
+    found = await lookup(integration, call)
+    if "client_id" not in found:  # skipped, or waiting for the call's end
+        return found
+    plan = scenario.lookup_plan(call, runtime(integration).settings)
+    if isinstance(plan, scenario.Skip | scenario.Wait):  # the lookup would have said so
+        return {"skipped": plan.reason}
+    async with integration.locks(_lock_name(plan)):
         record = await effects.get(key)  # done meanwhile by a concurrent run of this call
         if record is None:
-            record = await _find_or_create_healing(integration, call, plan)
+
+            async def again() -> dict[str, Any]:
+                # After a stale link was dropped: the lookup is redone, then the ticket.
+                fresh = await _look_up(integration, plan)
+                await effects.drop(f"lookup:{call.call_id}")
+                await effects.put(f"lookup:{call.call_id}", fresh)
+                return await _ticket_for(integration, call, plan, fresh)
+
+            record = await _healing(
+                integration,
+                call,
+                plan,
+                lambda: _ticket_for(integration, call, plan, found),
+                retry=again,
+            )
             await effects.put(key, record)
+            await _record_steps_done(integration, plan, call, record)
             log.info("%s: %s", integration.key, _describe(record))
     return record
+
+
+async def _record_steps_done(
+    integration: Integration, plan: Plan, call: CallState, record: dict[str, Any]
+) -> None:
+    """The steps a ticket's create also did, as the steps' own keys, after the call record
+    that holds them too: the number's link (a client made with the ticket is found through
+    it), the owner, the decision, the comment carried as its first message."""
+    effects, ticket_id = integration.effects, record.get("ticket_id")
+    if record.get("link"):
+        await effects.put(_link_key(integration, plan), record["link"])
+    if record.get("owner_set") is not None:
+        owner = {"agent": record["owner_set"], "call": call.call_id}
+        await effects.put(f"ticket_owner:{ticket_id}", owner)
+    if record.get("assigned") is not None:
+        await effects.put(f"assigned:{call.call_id}", record["assigned"])
+    if record.get("comment_in_ticket"):
+        done = {"id": None, "ticket_id": ticket_id, "first_message": True}
+        await effects.put(f"comment:{call.call_id}", done)
 
 
 def client_key(integration: Integration, phone: str) -> str:
@@ -210,18 +317,22 @@ def _link_key(integration: Integration, plan: Plan) -> str:
     return client_key(integration, plan.phone)
 
 
-async def _find_or_create_healing(
-    integration: Integration, call: CallState, plan: Plan
+async def _healing(
+    integration: Integration,
+    call: CallState,
+    plan: Plan,
+    step: Callable[[], Awaitable[dict[str, Any]]],
+    retry: Callable[[], Awaitable[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
-    """``_find_or_create``; when Usedesk no longer knows the linked client, once more without
-    the link."""
+    """``step``; when Usedesk no longer knows the linked client (or the ticket it was
+    created with), the link is dropped and ``retry`` (or ``step``) runs once more."""
     key = _link_key(integration, plan)
     link = await integration.effects.get(key)
     try:
-        return await _find_or_create(integration, call, plan)
+        return await step()
     except UnknownIdError as exc:
-        if link is None or exc.field != "client_id":
-            raise  # not a remembered client (one found a moment ago): nothing stale to drop
+        if link is None or exc.field not in ("client_id", "ticket_id"):
+            raise  # not a remembered link (one found a moment ago): nothing stale to drop
         await integration.effects.drop(key)
         # The refused create made nothing, so there is nothing for its intent to look for.
         await integration.effects.drop(f"intent:ticket:{call.call_id}")
@@ -233,122 +344,306 @@ async def _find_or_create_healing(
             "%s: Usedesk no longer knows client %s linked to %s (deleted or merged): %s;"
             " looking the %s up again",
             integration.key,
-            link.get("id"),
+            link.get("id") or f"of ticket {link.get('ticket')}",
             linked,
             exc.message,
             what,
         )
-        return await _find_or_create(integration, call, plan)
+        return await (retry or step)()
 
 
-async def _find_or_create(integration: Integration, call: CallState, plan: Plan) -> dict[str, Any]:
+async def _look_up(integration: Integration, plan: Plan) -> dict[str, Any]:
+    """The client with the plan's number (remembered, or searched) and its open ticket."""
     rt = runtime(integration)
-    settings = rt.settings
-    client_id, client_name, client_new, tickets = await _client(integration, call, plan)
-    if client_id is None:
-        return {"skipped": "unknown number, and creating clients is off (create_client)"}
-    record: dict[str, Any] = {
-        "client_id": client_id,
-        "client_name": client_name,
-        "client_new": client_new,
+    link = await integration.effects.get(_link_key(integration, plan))
+    tickets: list[TicketSummary] | None = None
+    if link is not None:
+        linked = await _linked_client(integration, plan, link)
+        if linked.get("ticket_id"):  # the ticket the client was made with, still open
+            return {"client_new": False, **linked}
+        client_id, name = linked["client_id"], linked["client_name"]
+    else:
+        client_id, name, tickets = await _client(integration, plan)
+    record: dict[str, Any] = {"client_id": client_id, "client_name": name, "client_new": False}
+    if client_id is None or not plan.search_tickets:
+        return {**record, "ticket_id": None}
+    if tickets is None:  # not already read while choosing among several clients
+        tickets = await rt.client.list_tickets(
+            client_id=client_id, statuses=rt.settings.search_statuses
+        )
+    found = scenario.pick_ticket(tickets, rt.settings.search_statuses)
+    if found is None:
+        return {**record, "ticket_id": None}
+    return {**record, **_ticket_fields(found)}
+
+
+def _ticket_fields(ticket: TicketSummary) -> dict[str, Any]:
+    return {
+        "ticket_id": ticket.id,
+        "ticket_new": False,
+        "ticket_assignee": ticket.assignee_id,
+        "ticket_subject": ticket.subject,
+        "ticket_status": ticket.status_id,
     }
-    if plan.search_tickets and not client_new:  # a client made a moment ago has no tickets
-        if tickets is None:  # not already read while choosing among several clients
-            tickets = await rt.client.list_tickets(
-                client_id=client_id, statuses=settings.search_statuses
-            )
-        found = scenario.pick_ticket(tickets, settings.search_statuses)
-        if found is not None:
-            return {
-                **record,
-                "ticket_id": found.id,
-                "ticket_new": False,
-                "ticket_assignee": found.assignee_id,
-                "ticket_subject": found.subject,
-                "ticket_status": found.status_id,
-            }
+
+
+async def _ticket_for(
+    integration: Integration, call: CallState, plan: Plan, found: dict[str, Any]
+) -> dict[str, Any]:
+    """The record of the call's ticket: ``found``'s open ticket, or a new one."""
+    if found.get("ticket_id"):
+        return {**found, "ticket_new": False}
+    client_id = found.get("client_id")
+    if client_id is None:
+        # Another call from this number may have made the client since this call looked
+        # (links are written under the lock this runs in).
+        if await integration.effects.get(_link_key(integration, plan)) is not None:
+            found = await _look_up(integration, plan)  # the link, and that client's tickets
+            if found.get("ticket_id"):
+                return {**found, "ticket_new": False}
+            client_id = found["client_id"]
+    if client_id is None and isinstance(plan, scenario.Lookup) and not plan.create_client:
+        return {**found, "skipped": "unknown number, and creating clients is off (create_client)"}
     if not plan.create_ticket:
+        if client_id is None:
+            client_id = await _create_client_only(integration, call, plan)
+            found = {**found, "client_id": client_id, "client_new": True}
         return {
-            **record,
+            **found,
             "ticket_id": None,
             "skipped": "no ticket in the searched statuses, and creating tickets is off",
         }
+    return await _create_ticket(integration, call, plan, found)
+
+
+async def _create_ticket(
+    integration: Integration, call: CallState, plan: Plan, found: dict[str, Any]
+) -> dict[str, Any]:
+    """Create the call's ticket (and its client when ``found`` has none): the owner is set in
+    the same request when the call was answered, and at the call's end the first message is
+    the call's comment. The intent and the ticket's ``additional_id`` (the call id) let a
+    later attempt find a ticket whose create got no answer."""
+    rt, effects, settings = runtime(integration), integration.effects, runtime(integration).settings
+    client_id: int | None = found.get("client_id")
     intent = f"intent:ticket:{call.call_id}"
-    if not await integration.effects.put(intent, {"client_id": client_id}):
-        # An earlier attempt got as far as creating the ticket; did Usedesk make it?
-        made = await _ticket_made_for(rt, client_id, call.call_id)
-        if made is not None:
-            return {**record, "ticket_id": made, "ticket_new": True, "ticket_assignee": None}
-    subject = rt.render("ticket_subject", call)[:255]
-    ticket_id = await rt.client.create_ticket(
-        subject=subject,
-        message=rt.render("ticket_message", call),
-        client_id=client_id,
-        type=settings.ticket_type,
-        tag=rt.render("ticket_tag", call) or None,
-        private_comment=True,
-        additional_id=call.call_id,
-        channel_id=settings.channel_id,
+    earlier = await effects.get(intent) or {}  # what an earlier attempt sent, if it did
+    made = await _made_by_earlier_attempt(
+        integration, intent, lambda: _ticket_made_for(integration, plan, client_id, call.call_id)
     )
+    owner: Any = None
+    assigned: dict[str, Any] | None = None
+    agents = await rt.agents() if call.answered or call.finished else None
+    if agents is not None:
+        decision = _decide_owner(integration, call, agents, ticket_is_new=True, current=None)
+        owner = decision.agent
+        if call.finished:
+            assigned = {"agent": decision.agent, "reason": decision.reason}
+    name = (
+        plan.client_name
+        if isinstance(plan, scenario.HiddenLookup)
+        else rt.render("client_name", call)[:255]
+    )
+    subject = rt.render("ticket_subject", call)[:255]
+    if made is not None:
+        # As the earlier attempt sent it: its owner, and its first message (the comment, if
+        # the call had ended then).
+        ticket_id, client_new = made, client_id is None
+        owner, with_comment = earlier.get("owner"), bool(earlier.get("with_comment"))
+    else:
+        author = None
+        if call.finished and agents is not None:
+            author = await rt.usable_author(_author(call, integration, agents, assigned or {}))
+        message = (
+            rt.render("comment", call, html=True, agent_names=agents.names)
+            if call.finished and agents is not None
+            else rt.render("ticket_message", call)
+        )
+        with_comment = call.finished and agents is not None
+        await effects.put(
+            intent,
+            {
+                "client_id": client_id,
+                "sent_at": time.time(),
+                "owner": owner,
+                "with_comment": with_comment,
+            },
+        )
+        new_client = None
+        if client_id is None:
+            digits = (
+                digits_only(plan.phone, settings.phone_format)
+                if isinstance(plan, scenario.Lookup)
+                else None
+            )
+            new_client = NewClient(name, digits)
+        ticket_id = await _answered_or_pending(
+            integration,
+            intent,
+            rt.client.create_ticket(
+                subject=subject,
+                message=message,
+                client_id=new_client or client_id,  # type: ignore[arg-type]
+                type=settings.ticket_type,
+                tag=rt.render("ticket_tag", call) or None,
+                private_comment=True,
+                additional_id=call.call_id,
+                channel_id=settings.channel_id,
+                assignee_id=owner,
+                user_id=author,
+            ),
+        )
+        client_new = new_client is not None
     return {
-        **record,
+        **found,
+        "client_id": client_id,
+        "client_name": found.get("client_name") or name,
+        "client_new": client_new,
         "ticket_id": ticket_id,
         "ticket_new": True,
-        "ticket_assignee": None,
+        "ticket_assignee": owner,
         "ticket_subject": subject,
         "ticket_status": STATUS_NEW,
+        # What the one request also did: the call record says so, so a retry after a failed
+        # write of the steps below (a full disk) neither comments twice nor re-decides.
+        "link": {"id": None, "name": name, "ticket": ticket_id} if client_new else None,
+        "owner_set": owner,
+        "assigned": assigned if with_comment else None,
+        "comment_in_ticket": with_comment,
     }
 
 
-async def _ticket_made_for(rt: UsedeskRuntime, client_id: int, call_id: str) -> int | None:
-    """After a crash mid-create: the client's newest ticket carrying this call's id, if any."""
-    for ticket in (await rt.client.list_tickets(client_id=client_id))[:RECHECK]:
-        if (await rt.client.get_ticket(ticket.id)).additional_id == call_id:
-            return ticket.id
+async def _answered_or_pending(
+    integration: Integration, intent: str, create: Awaitable[int]
+) -> int:
+    """The id ``create`` makes. A create Usedesk refused (a 4xx) made nothing, so its intent
+    goes. One that got an answer (the id, a server error, a 429) is over, whatever it did: a
+    later attempt in this process looks for it at once, even when recording the answer failed
+    (a full disk). One that got no answer at all (a timeout, a dropped connection), or whose
+    fate this process does not know (it started after a crash), may still land: it is looked
+    for after ``write_settle_seconds`` (:func:`_made_by_earlier_attempt`)."""
+    answered = runtime(integration).answered_creates
+    try:
+        made = await create
+    except CrmError as exc:
+        if not isinstance(exc, TransientError):
+            await integration.effects.drop(intent)
+        elif not exc.unanswered:
+            answered.add(intent)
+        raise
+    answered.add(intent)
+    return made
+
+
+async def _made_by_earlier_attempt(
+    integration: Integration, intent: str, find: Callable[[], Awaitable[int | None]]
+) -> int | None:
+    """What an earlier attempt's create made, when that create was sent but never answered.
+
+    Usedesk may carry out a request it answers late or never (the answer timed out): until
+    ``write_settle_seconds`` after it was sent it may still land, so the hook asks to run
+    again then (:class:`RetryLater`) rather than look too early and create a second one.
+    ``None``: no create was pending, or it never landed (the intent is dropped)."""
+    pending = await integration.effects.get(intent)
+    if pending is None:
+        return None
+    rt = runtime(integration)
+    settle = 0.0 if intent in rt.answered_creates else rt.settings.write_settle_seconds
+    wait = float(pending.get("sent_at", 0.0)) + settle - time.time()
+    if wait > 0:
+        raise RetryLater(
+            f"a create sent earlier got no answer and may still land in Usedesk;"
+            f" looking for it in {wait:.0f} s (write_settle_seconds)",
+            seconds=wait,
+        )
+    made = await find()
+    rt.answered_creates.discard(intent)
+    if made is None:
+        await integration.effects.drop(intent)
+    else:
+        log.info("%s: a create Usedesk did not answer had landed: %s", integration.key, made)
+    return made
+
+
+async def _ticket_made_for(
+    integration: Integration, plan: Plan, client_id: int | None, call_id: str
+) -> int | None:
+    """The ticket carrying ``call_id`` in ``additional_id`` among the newest tickets of the
+    client, or of the clients with the number when the client was to be created with it."""
+    rt = runtime(integration)
+    if client_id is not None:
+        owners = [client_id]
+    elif isinstance(plan, scenario.HiddenLookup):
+        hits = await rt.client.search_clients(plan.client_name, search_type="full_match")
+        owners = [h.id for h in hits]
+    else:
+        hits = await _phone_search(integration, plan.phone)
+        owners = [h.id for h in hits]
+    for owner in owners[:MAX_CANDIDATES_ASKED]:
+        for ticket in (await rt.client.list_tickets(client_id=owner))[:RECHECK]:
+            if (await rt.client.get_ticket(ticket.id)).additional_id == call_id:
+                return ticket.id
     return None
 
 
-async def _comment_made_for(rt: UsedeskRuntime, ticket_id: int, call_id: str) -> int | None:
-    """After a crash mid-create: this call's comment on the ticket, found by the call id."""
-    for comment in (await rt.client.get_ticket(ticket_id)).comments:
-        if call_id in comment.message:
-            return comment.id
-    return None
+async def _create_client_only(integration: Integration, call: CallState, plan: Plan) -> int:
+    """A client without a ticket (``create_ticket = false``): one request, guarded by an
+    intent like a ticket's, its phone (or name) being what a later attempt looks for."""
+    rt, key = runtime(integration), _link_key(integration, plan)
+    intent = f"intent:client:{key}"
+
+    async def find() -> int | None:
+        remembered = await _client(integration, plan)
+        return remembered[0]
+
+    made = await _made_by_earlier_attempt(integration, intent, find)
+    if isinstance(plan, scenario.HiddenLookup):
+        name, digits = plan.client_name, None
+    else:
+        name = rt.render("client_name", call)[:255]
+        digits = digits_only(plan.phone, rt.settings.phone_format)
+    if made is None:
+        await integration.effects.put(intent, {"sent_at": time.time()})
+        made = await _answered_or_pending(
+            integration, intent, rt.client.create_client(name=name, phone_digits=digits)
+        )
+    await integration.effects.put(key, {"id": made, "name": name})
+    await integration.effects.drop(intent)
+    return made
+
+
+async def _phone_search(integration: Integration, phone: str) -> list[ClientSummary]:
+    """``/clients`` for the number: one pattern query when the account's search takes
+    wildcards (``phone_search``), else three spellings."""
+    rt = runtime(integration)
+    return await rt.client.find_clients_by_phone(
+        phone, region=integration.region, wildcards=await rt.search_takes_wildcards()
+    )
 
 
 async def _client(
-    integration: Integration, call: CallState, plan: Plan
-) -> tuple[int | None, str, bool, list[TicketSummary] | None]:
-    """The client with this phone (id, name, just created?, its searched tickets if read):
-    remembered, found, or created."""
-    effects, key = integration.effects, _link_key(integration, plan)
-    remembered = await effects.get(key)
-    if remembered is not None:
-        return int(remembered["id"]), remembered.get("name", ""), False, None
+    integration: Integration, plan: Plan
+) -> tuple[int | None, str, list[TicketSummary] | None]:
+    """The client Usedesk has with the plan's number, searched (id, name, its searched
+    tickets if they were read to choose), remembered from now on; ``None`` when it has none."""
+    key = _link_key(integration, plan)
     if isinstance(plan, scenario.HiddenLookup):
         return await _hidden_client(integration, plan, key)
-    rt = runtime(integration)
-    hits = await rt.client.find_clients_by_phone(plan.phone, region=integration.region)
-    if hits:
-        chosen, tickets = await _one_of(integration, plan.phone, hits)
-        await effects.put(key, {"id": chosen.id, "name": chosen.name})
-        return chosen.id, chosen.name, False, tickets
-    if not plan.create_client:
-        return None, "", False, None
-    name = rt.render("client_name", call)[:255]
-    client_id = await rt.client.create_client(
-        name=name, phone_digits=digits_only(plan.phone, rt.settings.phone_format)
-    )
-    await effects.put(key, {"id": client_id, "name": name})
-    return client_id, name, True, None
+    hits = await _phone_search(integration, plan.phone)
+    if not hits:
+        return None, "", None
+    chosen, tickets = await _one_of(integration, plan.phone, hits)
+    await integration.effects.put(key, {"id": chosen.id, "name": chosen.name})
+    if tickets is None and not chosen.ticket_ids:
+        tickets = []  # the search listed no ticket at all: none can be open, nothing to ask
+    return chosen.id, chosen.name, tickets
 
 
 async def _hidden_client(
     integration: Integration, plan: scenario.HiddenLookup, key: str
-) -> tuple[int, str, bool, None]:
-    """The client that calls without a number go to, not remembered under ``key`` yet: found
-    by its exact name (of several, the lowest id, with a warning), or created without a
-    phone."""
+) -> tuple[int | None, str, None]:
+    """The client that calls without a number go to: found by its exact name (of several,
+    the lowest id, with a warning) and remembered under ``key``; ``None`` when absent (it is
+    created with the first such ticket)."""
     rt, name = runtime(integration), plan.client_name
     hits = await rt.client.search_clients(name, search_type="full_match")
     named = sorted(
@@ -365,12 +660,10 @@ async def _hidden_client(
             ", ".join(str(h.id) for h in named),
             named[0].id,
         )
-    if named:
-        client_id, new = named[0].id, False
-    else:
-        client_id, new = await rt.client.create_client(name=name, phone_digits=None), True
-    await integration.effects.put(key, {"id": client_id, "name": name})
-    return client_id, name, new, None
+    if not named:
+        return None, name, None
+    await integration.effects.put(key, {"id": named[0].id, "name": name})
+    return named[0].id, name, None
 
 
 async def _one_of(
@@ -401,15 +694,52 @@ async def _one_of(
     return choice.client, listed.get(choice.client.id)
 
 
+async def _linked_client(
+    integration: Integration, plan: Plan, link: dict[str, Any]
+) -> dict[str, Any]:
+    """The remembered client. A client Usedesk made with a ticket is remembered by that
+    ticket until its id is needed: one ``/ticket`` then gives the id (kept from then on) and,
+    while that ticket is still open, the ticket the call goes to."""
+    if link.get("id") is not None:
+        return {"client_id": int(link["id"]), "client_name": link.get("name", "")}
+    rt = runtime(integration)
+    ticket = await rt.client.get_ticket(int(link["ticket"]))
+    if ticket.client_id is None:
+        raise UnknownIdError("the remembered ticket has no client", field="ticket_id")
+    await integration.effects.drop(_link_key(integration, plan))
+    await integration.effects.put(
+        _link_key(integration, plan), {"id": ticket.client_id, "name": link.get("name", "")}
+    )
+    linked: dict[str, Any] = {"client_id": ticket.client_id, "client_name": link.get("name", "")}
+    if plan.search_tickets and ticket.status_id in rt.settings.search_statuses:
+        linked.update(_ticket_fields(ticket))
+    return linked
+
+
 async def finish(integration: Integration, call: CallState) -> None:
     """Set the ticket's owner and write the call's one comment; a ticket or agent Usedesk
     refuses as unknown is looked up again once (the ticket through the call's client)."""
+    await _healed(integration, call, _finish)
+
+
+async def on_answer(integration: Integration, call: CallState) -> None:
+    """The call was answered: create its ticket now when ``ticket_created_on = "answer"``,
+    with the agent who answered as its owner."""
+    if runtime(integration).settings.ticket_created_on == "answer":
+        await _healed(integration, call, ensure_ticket)
+
+
+async def _healed(
+    integration: Integration,
+    call: CallState,
+    step: Callable[[Integration, CallState], Awaitable[Any]],
+) -> None:
     try:
-        await _finish(integration, call)
+        await step(integration, call)
     except UnknownIdError as exc:
         if not await _forget_refused(integration, call, exc):
             raise
-        await _finish(integration, call)
+        await step(integration, call)
 
 
 async def _forget_refused(integration: Integration, call: CallState, exc: UnknownIdError) -> bool:
@@ -440,46 +770,85 @@ async def _finish(integration: Integration, call: CallState) -> None:
     if not ticket_id:
         return
     rt, effects = runtime(integration), integration.effects
-    assigned = await effects.get(f"assigned:{call.call_id}")
+    assigned = await effects.get(f"assigned:{call.call_id}") or record.get("assigned")
     if assigned is None:
         agents = await rt.agents()
         # Another call on the same ticket (the same client calling twice at once) may have
-        # set its owner since this call looked the ticket up: that owner stays.
+        # set its owner since this call looked the ticket up: that owner stays. An owner this
+        # call set when it created the ticket (on answer) is this call's to change.
         owner = await effects.get(f"ticket_owner:{ticket_id}")
+        if owner is None and record.get("owner_set") is not None:
+            owner = {"agent": record["owner_set"], "call": call.call_id}
+        own = owner is not None and owner.get("call") == call.call_id
         current = owner["agent"] if owner else record.get("ticket_assignee")
         if current is None and not record.get("ticket_new") and call.outcome is not Outcome.MISSED:
             # Unowned when the phone rang: a person may have taken it since. Ask again.
             current = (await rt.client.get_ticket(ticket_id)).assignee_id
-        decision = scenario.assignment(
+        decision = _decide_owner(
+            integration,
             call,
-            rt.settings,
-            ticket_is_new=bool(record.get("ticket_new")) and owner is None,
-            ticket_assignee=current,
-            agents=agents.by_extension,
-            on_duty=agents.on_duty,
-            known_agents=agents.known,
-            answered_owner=integration.answered_owner,
+            agents,
+            ticket_is_new=bool(record.get("ticket_new")) and (owner is None or own),
+            current=current,
         )
-        if decision.agent is not None:
+        if decision.agent is not None and not (own and decision.agent == current):
             await rt.client.update_ticket(ticket_id, assignee_id=decision.agent, silent=True)
+            await effects.drop(f"ticket_owner:{ticket_id}")
             await effects.put(f"ticket_owner:{ticket_id}", {"agent": decision.agent})
         assigned = {"agent": decision.agent, "reason": decision.reason}
         await effects.put(f"assigned:{call.call_id}", assigned)
         log.info("%s: ticket %s owner: %s", integration.key, ticket_id, decision.reason)
-    if await effects.get(f"comment:{call.call_id}") is None:
+    done = record.get("comment_in_ticket") or await effects.get(f"comment:{call.call_id}")
+    if not done:
         agents = await rt.agents()  # read once per ten minutes: no request here as a rule
         author = await rt.usable_author(_author(call, integration, agents, assigned))
-        made = None
-        if not await effects.put(f"intent:comment:{call.call_id}", {"ticket_id": ticket_id}):
-            made = await _comment_made_for(rt, ticket_id, call.call_id)
-        comment_id = made or await rt.client.create_comment(
-            ticket_id,
-            message=rt.render("comment", call, html=True, agent_names=agents.names),
-            type="private",
-            from_="user",
-            user_id=author,
+        intent = f"intent:comment:{call.call_id}"
+        made = await _made_by_earlier_attempt(
+            integration, intent, lambda: _comment_made_for(rt, ticket_id, call.call_id)
         )
-        await effects.put(f"comment:{call.call_id}", {"id": comment_id, "ticket_id": ticket_id})
+        if made is None:
+            await effects.put(intent, {"ticket_id": ticket_id, "sent_at": time.time()})
+            made = await _answered_or_pending(
+                integration,
+                intent,
+                rt.client.create_comment(
+                    ticket_id,
+                    message=rt.render("comment", call, html=True, agent_names=agents.names),
+                    type="private",
+                    from_="user",
+                    user_id=author,
+                ),
+            )
+        await effects.put(f"comment:{call.call_id}", {"id": made, "ticket_id": ticket_id})
+
+
+def _decide_owner(
+    integration: Integration,
+    call: CallState,
+    agents: Agents,
+    *,
+    ticket_is_new: bool,
+    current: int | None,
+) -> scenario.Assignment:
+    return scenario.assignment(
+        call,
+        runtime(integration).settings,
+        ticket_is_new=ticket_is_new,
+        ticket_assignee=current,
+        agents=agents.by_extension,
+        on_duty=agents.on_duty,
+        known_agents=agents.known,
+        answered_owner=integration.answered_owner,
+    )
+
+
+async def _comment_made_for(rt: UsedeskRuntime, ticket_id: int, call_id: str) -> int | None:
+    """This call's comment on the ticket, found by the call id its text carries (the comment
+    template must hold ``{call_id}``)."""
+    for comment in (await rt.client.get_ticket(ticket_id)).comments:
+        if call_id in comment.message:
+            return comment.id
+    return None
 
 
 def _author(
@@ -499,7 +868,7 @@ def _author(
 def _describe(record: dict[str, Any]) -> str:
     if "skipped" in record and not record.get("ticket_id"):
         return f"call skipped: {record['skipped']}"
-    client = ("new client " if record.get("client_new") else "client ") + str(record["client_id"])
+    client = "new client" if record.get("client_new") else f"client {record['client_id']}"
     ticket = ("new ticket " if record.get("ticket_new") else "ticket ") + str(record["ticket_id"])
     return f"{client}, {ticket}"
 
@@ -508,22 +877,28 @@ async def card(integration: Integration, call: CallState) -> CardPart | None:
     """The agent card's Usedesk part: new or known client, the open ticket, links.
 
     Uses what the start of the call already found; when the card is asked for before that
-    (the usual case: the phone rings first), it waits for the same find-or-create under the
-    phone lock rather than searching twice.
+    (the usual case: the phone rings first), it waits for the same lookup (with
+    ``ticket_created_on = "ring"``, the same find-or-create) under the phone lock rather than
+    searching twice.
     """
     rt = runtime(integration)
+    step = ensure_ticket if rt.settings.ticket_created_on == "ring" else lookup
     # A card that gives up waiting must not cancel the lookup half-way: the call's own hook
     # would then search again from the start, spending the rate budget twice.
-    lookup = asyncio.ensure_future(ensure_ticket(integration, call))
-    lookup.add_done_callback(_error_seen)
-    record = await asyncio.shield(lookup)
+    task = asyncio.ensure_future(step(integration, call))
+    task.add_done_callback(_error_seen)
+    record = await asyncio.shield(task)
     if "client_id" not in record:
         return CardPart(title="Usedesk", lines=[record.get("skipped", "")])
     web = rt.settings.web_url.rstrip("/")
     words = CARD_WORDS[rt.settings.language]
     name = record.get("client_name") or ""
-    lines = [f"{name} ({words['new'] if record.get('client_new') else words['known']})"]
-    links = [(words["client"], f"{web}/clients/{record['client_id']}")]
+    known = record.get("client_id") is not None and not record.get("client_new")
+    kind = words["known"] if known else words["new"]
+    lines = [f"{name} ({kind})" if name else kind.capitalize()]
+    links = []
+    if record.get("client_id") is not None:
+        links.append((words["client"], f"{web}/clients/{record['client_id']}"))
     if record.get("ticket_id"):
         new = f" ({words['new_ticket']})" if record.get("ticket_new") else ""
         status = STATUS_NAMES.get(record.get("ticket_status") or 0, "")
@@ -539,6 +914,9 @@ async def card(integration: Integration, call: CallState) -> CardPart | None:
         )
         lines.append(f"{words['ticket']} #{record['ticket_id']}{new}: {details}")
         links.append((words["ticket"], f"{web}/tickets/{record['ticket_id']}"))
+    elif rt.settings.create_ticket and not record.get("skipped"):
+        # No open ticket yet: say when the call's ticket will be made.
+        lines.append(words[f"ticket_on_{rt.settings.ticket_created_on}"])
     return CardPart(title="Usedesk", lines=lines, links=links)
 
 
@@ -556,6 +934,9 @@ CARD_WORDS = {
         "ticket": "Тикет",
         "new_ticket": "новый",
         "owner": "агент",
+        "ticket_on_ring": "Тикет создаётся",
+        "ticket_on_answer": "Тикет будет создан при ответе",
+        "ticket_on_end": "Тикет будет создан после звонка",
     },
     "en": {
         "new": "new client",
@@ -564,6 +945,9 @@ CARD_WORDS = {
         "ticket": "Ticket",
         "owner": "agent",
         "new_ticket": "new",
+        "ticket_on_ring": "The ticket is being made",
+        "ticket_on_answer": "A ticket is made when the call is answered",
+        "ticket_on_end": "A ticket is made when the call ends",
     },
 }
 STATUS_NAMES = {

@@ -150,6 +150,14 @@ class UsedeskSettings(BaseModel):
         False, description="«Ставить ответственным первого пользователя на линии»"
     )
 
+    # When a ticket is created for a call whose client has none open (Sipuni's integration
+    # creates it on ring and has no such setting): see docs/usedesk.md for the trade-off.
+    ticket_created_on: Literal["ring", "answer", "end"] = Field(
+        "answer",
+        description="create a call's new ticket when the phone rings, when it is answered"
+        " (owner set at creation), or at the end (owner and comment in the one request)",
+    )
+
     # «Шаблоны»
     language: Literal["ru", "en"] = Field("ru", description="language of the default templates")
     templates: Templates = Field(default_factory=Templates)
@@ -188,6 +196,18 @@ class UsedeskSettings(BaseModel):
         5, ge=1, le=100, description="at most this many requests in any one second"
     )
     request_timeout_seconds: float = Field(10.0, gt=0, le=120)
+    write_settle_seconds: float = Field(
+        60.0,
+        ge=0,
+        le=600,
+        description="how long a create Usedesk never answered may still be carried out: the"
+        " next attempt looks for it this long after it was sent, before creating again",
+    )
+    phone_search: Literal["auto", "pattern", "spellings"] = Field(
+        "auto",
+        description="how /clients is searched for a number: one LIKE pattern (123%45%67), three"
+        " spellings, or auto (the pattern when the account's search takes wildcards)",
+    )
 
     @field_validator("search_statuses")
     @classmethod

@@ -43,6 +43,9 @@ burst_per_second = 50
 notifications = {str(notifications).lower()}
 users = [{{ extension = "101", agent = 2 }}, {{ extension = "102", agent = 3 }}]
 on_duty_user = 4
+# The ticket is made while the phone rings, so the card links to it (the default makes it
+# when someone answers).
+ticket_created_on = "ring"
 """
 
 

@@ -6,9 +6,11 @@ Pure functions, no servers: ``same_number`` decides, ``search_queries`` proposes
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from connector_core.phones import same_number, search_queries
+from connector_core.phones import same_number, search_pattern, search_queries
 
 IVAN = "+79161234567"
 FIVE_SPELLINGS = [
@@ -92,6 +94,28 @@ def test_search_queries_for_a_russian_number() -> None:
 def test_some_query_is_inside_every_common_spelling(stored: str) -> None:
     """What Usedesk's ``LIKE %query%`` does: a plain substring test on the stored string."""
     assert any(query in stored for query in search_queries(IVAN))
+
+
+def like(pattern: str, stored: str) -> bool:
+    """SQL ``LIKE '%pattern%'`` with the pattern's own ``%`` live."""
+    return re.search(".*".join(map(re.escape, pattern.split("%"))), stored) is not None
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [*FIVE_SPELLINGS, "8 916 123 45 67", "+7-916-123-45-67", "+7 916 123 4567", "8 916 123-4567"],
+)
+def test_one_like_pattern_matches_every_common_spelling(stored: str) -> None:
+    assert search_pattern(IVAN) == "123%45%67"
+    assert like(search_pattern(IVAN), stored)
+
+
+@pytest.mark.parametrize(
+    ("e164", "pattern"),
+    [("+77011234567", "123%4567"), ("+16502530000", "253%0000"), ("+493012345678", "2345678")],
+)
+def test_the_like_pattern_follows_the_countrys_grouping(e164: str, pattern: str) -> None:
+    assert search_pattern(e164) == pattern
 
 
 @pytest.mark.parametrize(

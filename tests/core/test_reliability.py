@@ -12,7 +12,7 @@ from connector_core.appkeys import DISPATCHER, INTEGRATIONS, STORE, WORKER
 from connector_core.cli import main, parse_since
 from connector_core.clock import FakeClock
 from connector_core.dispatcher import Breaker, RetryPolicy
-from connector_core.errors import AuthError, InvalidRequestError, TransientError
+from connector_core.errors import AuthError, InvalidRequestError, RetryLater, TransientError
 from connector_core.simulator import scenarios
 from tests.harness import ACCOUNT, TOKEN, app_for, make_config
 from tests.plugin_kit import add_test_plugin
@@ -96,6 +96,25 @@ async def test_transient_failures_are_retried_after_backoff_honouring_retry_afte
     await run_due(app)
     [row] = await rows(app, call)
     assert row.status == "done" and flaky.CALLS == [call.call_id] * 2
+
+
+async def test_a_hook_that_asks_to_retry_later_waits_that_long_and_opens_no_circuit(
+    service, flaky
+) -> None:
+    app, _, clock, call = service
+    policy = RetryPolicy()
+    waits = policy.breaker_threshold + 2  # more than would open the circuit as failures
+    flaky.FAILURES.extend([RetryLater("a create may still land", seconds=40)] * waits)
+    for _ in range(waits):
+        await run_due(app)
+        [row] = await rows(app, call)
+        assert row.status == "pending" and row.not_before == clock.now() + 40  # no backoff
+        clock.advance(40)
+    breaker = app[DISPATCHER].breaker(f"{ACCOUNT}/crm")
+    assert not breaker.is_open and breaker.failures == 0
+    await run_due(app)
+    [row] = await rows(app, call)
+    assert row.status == "done" and flaky.CALLS == [call.call_id] * (waits + 1)
 
 
 async def test_invalid_requests_are_dead_lettered_at_once(service, flaky) -> None:

@@ -45,12 +45,13 @@ REQUEST_TIMEOUT = 1.0
 JITTER = 0.1  # seconds: how much later than sent a request may arrive (shared event loop)
 # Each phase: the sandbox's fault plan (count = how many requests get it). "apply": Usedesk
 # carries the request out, then answers with the fault: the service must not make it again.
+# (New clients are made with their tickets, so there is no /create/client to fault.)
 PHASES: list[dict[str, Any]] = [
     {"mode": "500", "status": 503, "count": 2},
     {"mode": "429", "retry_after": 2, "count": 2},
     {"mode": "hang", "count": 1, "paths": ["/create/ticket"], "apply": True},
     {"mode": "drop", "count": 2, "paths": ["/create/comment"], "apply": True},
-    {"mode": "500", "count": 1, "paths": ["/create/client"], "apply": True},
+    {"mode": "500", "count": 1, "paths": ["/update/ticket"], "apply": True},
     {"mode": "drop", "count": 2},
     {"mode": "hang", "count": 1, "paths": ["/clients"]},
     {"mode": "429", "retry_after": 1, "count": 1, "paths": ["/create/comment"], "apply": True},
@@ -93,6 +94,10 @@ base_url = "{base_url}"
 rate_limit_per_minute = {RATE_PER_MINUTE}
 burst_per_second = {BURST}
 request_timeout_seconds = {REQUEST_TIMEOUT}
+# Tickets made on ring, so owners and comments are requests of their own for the faults to
+# hit; a create that got no answer has landed by then (the faults apply it at once).
+ticket_created_on = "ring"
+write_settle_seconds = 3
 users = {USERS}
 on_duty_user = 4
 """,

@@ -122,6 +122,7 @@ base_url = "{base_url}"
 rate_limit_per_minute = 1000
 burst_per_second = 50
 request_timeout_seconds = 3
+write_settle_seconds = 3  # the faults here apply a create before it hangs
 users = {USERS}
 on_duty_user = 4
 """,

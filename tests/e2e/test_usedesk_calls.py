@@ -133,8 +133,9 @@ async def test_repeat_caller_reuses_client_and_ticket_with_two_requests(tmp_path
         [client] = w.clients_with(NEW)
         [ticket] = w.tickets_of(client["id"])
         assert len(call_comments(ticket)) == 2
-        # The number → client mapping is remembered; the ticket is already assigned.
-        assert repeat == ["/tickets", "/create/comment"]
+        # The number is remembered with the ticket its client was made with: one /ticket
+        # shows it still open (and gives the client's id); the ticket is already assigned.
+        assert repeat == ["/ticket", "/create/comment"]
 
 
 async def test_existing_assigned_ticket_keeps_its_owner(tmp_path: Path):

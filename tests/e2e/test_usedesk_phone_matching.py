@@ -75,20 +75,28 @@ async def test_a_stranger_whose_number_only_ends_the_same_is_never_the_caller(
         assert call_comments(ticket_by_id(w, 6001)) == []
 
 
+@pytest.mark.parametrize("literal", [False, True], ids=["wildcards", "literal"])
 @pytest.mark.parametrize("spelling", FIVE_SPELLINGS)
-async def test_each_spelling_an_agent_types_finds_the_client(tmp_path: Path, spelling: str) -> None:
+async def test_each_spelling_an_agent_types_finds_the_client(
+    tmp_path: Path, spelling: str, literal: bool
+) -> None:
     typed = {"id": 2001, "name": "Ольга Набранная", "phones": [spelling]}
     seed = seed_with([typed], [ticket(6001, 2001, status=1)])
-    async with world(tmp_path, seed=seed) as w:
+    async with world(tmp_path, seed=seed, literal_search=literal) as w:
         before = client_ids(w)
         await w.call(scenarios.inbound_answered(client=CALLER))
         assert client_ids(w) == before  # no duplicate client
         assert [t["id"] for t in w.tickets_of(2001)] == [6001]
         [comment] = call_comments(ticket_by_id(w, 6001))
         assert f"Клиент: {CALLER}" in comment["message"]
-        # A number not seen before costs three searches: the digits, "555-01-01", "555 01 01".
-        queries = [r.params["query"] for r in w.sandbox.requests("/clients")]
-        assert queries == ["5550101", "555-01-01", "555 01 01"]
+        # The connector first asks whether the search takes LIKE wildcards ("%"; when nothing
+        # matches, the list without a query tells a literal search from an empty account).
+        queries = [r.params.get("query") for r in w.sandbox.requests("/clients")]
+        if literal:
+            # A number not seen before then costs three searches.
+            assert queries == ["%", None, "5550101", "555-01-01", "555 01 01"]
+        else:
+            assert queries == ["%", "555%01%01"]  # one pattern finds every spelling
 
 
 async def test_several_clients_with_the_number_the_one_with_an_open_ticket_gets_the_call(

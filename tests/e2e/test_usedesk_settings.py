@@ -287,9 +287,10 @@ async def test_overridden_templates_and_english(tmp_path: Path):
         # Subjects are plain text: nothing is escaped there.
         assert made["subject"] == f"Inbound call from +{NEW} to +74951234567 <VIP & Co>"
         assert made["tags"] == ["phone", "inbound", "line +74951234567"]
-        first = next(c for c in made["comments"] if c["is_first"])
-        assert first["message"].startswith(f"Inbound call +{NEW}, 2024-")  # the default, en
+        # Made at the call's end (ticket_created_on = "answer", and the hook ran after the
+        # hang-up), the ticket's first message is the call's comment.
         [comment] = call_comments(made)
+        assert comment["is_first"]
         link = html.escape(call.expected["record_url"], quote=True)
         assert comment["message"] == (
             "<p>Inbound: Answered by 102 (3:06) VIP &amp; Co</p>"
@@ -419,8 +420,8 @@ async def test_five_concurrent_calls_from_one_new_number(tmp_path: Path):
         ids = {s.call_id for s in calls}
         assert {i for i in ids if any(i in c["message"] for c in comments)} == ids
         assert made["assignee_id"] in (2, 3)
-        assert w.writes().count("/create/client") == 1
-        assert w.writes().count("/create/ticket") == 1
+        # One ticket, the client made with it; the other four calls comment on it.
+        assert sorted(w.writes()) == ["/create/comment"] * 4 + ["/create/ticket"]
 
 
 # --- channel ----------------------------------------------------------------------------------
@@ -442,17 +443,10 @@ async def test_requests_per_call(tmp_path: Path):
     async with world(tmp_path) as w:
         await w.call(answered(n=1))
         first = paths(w)
+        # The hooks ran after the hang-up, so the ticket is made at the end: client, owner
+        # and comment in one request. "%" asks once whether the search takes wildcards.
         assert sorted(first) == sorted(
-            [
-                *["/clients"] * 3,  # the tail as digits and in two groupings
-                "/create/client",
-                "/create/ticket",
-                "/users",
-                "/users",
-                "/users",
-                "/update/ticket",
-                "/create/comment",
-            ]
+            ["/clients", "/clients", "/users", "/users", "/users", "/create/ticket"]
         )
         await w.call(
             scenarios.inbound_missed(
@@ -461,9 +455,49 @@ async def test_requests_per_call(tmp_path: Path):
         )
         known = paths(w)[len(first) :]
         # An unremembered known client with no open ticket: search, look at its tickets, create.
-        assert sorted(known) == sorted(
-            [*["/clients"] * 3, "/tickets", "/create/ticket", "/update/ticket", "/create/comment"]
+        assert sorted(known) == sorted(["/clients", "/tickets", "/create/ticket"])
+
+
+def phases(call: scenarios.Scenario) -> list[scenarios.Scenario]:
+    """The call's events as three deliveries: the ringing, the answer, the hang-up."""
+    kinds = [("1",), ("3",), ("2", "4")]
+    return [
+        scenarios.Scenario(
+            **{**vars(call), "events": [e for e in call.events if e["event"] in kind]}
         )
+        for kind in kinds
+    ]
+
+
+@pytest.mark.parametrize(
+    ("when", "after_ring", "after_answer", "at_end"),
+    [
+        # ring: the ticket exists while the phone rings; owner and comment come later.
+        ("ring", ["/create/ticket"], [], ["/update/ticket", "/create/comment"]),
+        # answer: made with its owner once answered; the comment at the end.
+        ("answer", [], ["/create/ticket"], ["/create/comment"]),
+        # end: one request with the owner and the comment as its first message.
+        ("end", [], [], ["/create/ticket"]),
+    ],
+)
+async def test_ticket_created_on_ring_answer_or_end(
+    tmp_path: Path, when: str, after_ring: list[str], after_answer: list[str], at_end: list[str]
+):
+    call = answered(answered_by="102")
+    async with world(tmp_path, f'ticket_created_on = "{when}"') as w:
+        writes = []
+        for phase in phases(call):
+            before = len(w.writes())
+            await w.call(phase)
+            writes.append(w.writes()[before:])
+        assert writes == [after_ring, after_answer, at_end]
+        [client] = w.clients_with(NEW)
+        [made] = w.tickets_of(client["id"])
+        assert made["assignee_id"] == 3  # extension 102's agent, whenever it was made
+        [comment] = call_comments(made)
+        assert call.call_id in comment["message"] and comment["user_id"] == 3
+        # The search ran once, when the phone rang, whatever the setting.
+        assert [r.params.get("query") for r in w.sandbox.requests("/clients")] == ["%", "000%00%01"]
 
 
 # --- the owner is decided when the call ends --------------------------------------------------

@@ -58,8 +58,14 @@ class World:
 
 
 def call_comments(ticket: dict[str, Any]) -> list[dict[str, Any]]:
-    """Comments the calls wrote (the ticket's first message is its body, not a call comment)."""
-    return [c for c in ticket["comments"] if not c["is_first"]]
+    """Comments the calls wrote. A ticket created at the call's end carries that call's
+    comment as its first message (it names the call id, ``additional_id``); the first message
+    of a ticket created earlier is its body, not a call comment."""
+    return [
+        c
+        for c in ticket["comments"]
+        if not c["is_first"] or (ticket["additional_id"] or "\0") in c["message"]
+    ]
 
 
 @asynccontextmanager
@@ -72,12 +78,14 @@ async def world(
     clock: Clock | None = None,
     seed: SeedSource = None,
     background: bool = False,
+    literal_search: bool = False,
 ) -> AsyncIterator[World]:
     """The service with a Usedesk integration (``settings`` added to its table), other
     integrations' tables in ``others``, and top-level tables in ``extra``; the sandbox holds
     ``seed`` (the default seed if None). With ``background`` the service's own loops run (do
-    not ``World.call`` then: it drains the queue itself)."""
-    sandbox = UsedeskSandbox(seed=seed)
+    not ``World.call`` then: it drains the queue itself). ``literal_search`` makes the
+    sandbox's /clients take ``%`` literally (an API that escapes LIKE wildcards)."""
+    sandbox = UsedeskSandbox(seed=seed, like_wildcards=not literal_search)
     async with sandbox.serve() as base_url:
         config, host = make_config(
             tmp_path,

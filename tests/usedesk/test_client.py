@@ -254,6 +254,43 @@ async def test_find_clients_by_phone_sends_the_digit_tail_and_both_groupings(
     assert asked == [("1234567", 0), ("123-45-67", 0), ("123 45 67", 0)]
 
 
+async def test_find_clients_by_phone_with_wildcards_sends_one_pattern(
+    client: UsedeskClient, mocked: aioresponses
+) -> None:
+    ivan = [{"id": 7, "name": "Иван", "phone": "+7 916 123-45-67"}]
+    asked = serve_clients(mocked, {("123%45%67", 0): ivan})
+    found = await client.find_clients_by_phone("+79161234567", wildcards=True)
+    assert [c.id for c in found] == [7] and asked == [("123%45%67", 0)]
+
+
+@pytest.mark.parametrize(
+    ("pages", "answer"),
+    [
+        # "%" matched clients without a "%" in them: the wildcard works.
+        ({("%", 0): [{"id": 1, "name": "Анна", "phone": "79160000001"}]}, True),
+        # Only a client with a literal "%" in its name: the query was taken literally.
+        ({("%", 0): [{"id": 2, "name": "Скидка 10%", "phone": None}]}, False),
+    ],
+)
+async def test_search_takes_wildcards_reads_the_hits_of_a_bare_percent(
+    client: UsedeskClient, mocked: aioresponses, pages: Any, answer: bool
+) -> None:
+    serve_clients(mocked, pages)
+    assert await client.search_takes_wildcards() is answer
+
+
+@pytest.mark.parametrize(("listed", "answer"), [([{"id": 1, "name": "Анна"}], False), ([], None)])
+async def test_no_hit_for_percent_is_literal_search_or_an_empty_account(
+    client: UsedeskClient, mocked: aioresponses, listed: list[dict[str, Any]], answer: bool | None
+) -> None:
+    def reply(_: Any, **kwargs: Any) -> CallbackResult:
+        # The question ("%": nothing), then the list without a query.
+        return answered(payload=[] if "query" in kwargs["json"] else listed)
+
+    mocked.post(url("clients"), callback=reply, repeat=True)
+    assert await client.search_takes_wildcards() is answer
+
+
 async def test_find_clients_by_phone_groups_the_digits_as_the_country_writes_them(
     client: UsedeskClient, mocked: aioresponses
 ) -> None:
@@ -963,14 +1000,18 @@ async def test_5xx_and_408_are_transient_whatever_the_body(
         await client.list_tickets(client_id=1)
     assert fragment in info.value.message
     assert info.value.retry_after is None
+    assert not info.value.unanswered  # answered with an error: whatever it did is over
 
 
 async def test_timeout_is_transient_and_says_how_long(
     client: UsedeskClient, mocked: aioresponses
 ) -> None:
     mocked.post(url("create/ticket"), exception=TimeoutError())
-    with pytest.raises(TransientError, match=r"did not answer within 10 s \(POST /create/ticket\)"):
+    with pytest.raises(
+        TransientError, match=r"did not answer within 10 s \(POST /create/ticket\)"
+    ) as info:
         await client.create_ticket(subject="s", message="m", client_id=1)
+    assert info.value.unanswered  # no answer: the ticket may still be made
 
 
 @pytest.mark.parametrize(
@@ -988,6 +1029,7 @@ async def test_connection_failures_are_transient(
     with pytest.raises(TransientError, match="could not reach Usedesk") as info:
         await client.check_auth()
     assert type(exc).__name__ in info.value.message
+    assert info.value.unanswered
 
 
 async def test_server_timeout_error_counts_as_timeout_not_connection(

@@ -66,8 +66,9 @@ async def test_a_card_that_gives_up_does_not_make_the_hook_search_again() -> Non
             sandbox.faults.configure({"latency_ms": 300})  # every answer comes late
             card = asyncio.create_task(flow.card(integration, CALL))
             async with asyncio.timeout(10):
-                while len(sandbox.rate.timestamps("/clients")) < 3:
-                    await asyncio.sleep(0.01)  # until the three phone queries are in flight
+                # until the search is in flight: the wildcard question, then the number's query
+                while len(sandbox.rate.timestamps("/clients")) < 2:
+                    await asyncio.sleep(0.01)
             card.cancel()  # what the card part's timeout does
             with contextlib.suppress(asyncio.CancelledError):
                 await card
@@ -76,5 +77,20 @@ async def test_a_card_that_gives_up_does_not_make_the_hook_search_again() -> Non
             await integration.runtime.aclose()
     assert record["client_new"] is True and record["ticket_new"] is True
     # The searches the card started were finished and used: none was sent twice.
-    assert len(sandbox.rate.timestamps("/clients")) == 3
-    assert len(sandbox.requests("/create/client")) == 1
+    assert len(sandbox.rate.timestamps("/clients")) == 2
+    # The client is made with its ticket, in one request.
+    assert len(sandbox.requests("/create/ticket")) == 1
+    assert len(sandbox.requests("/create/client")) == 0
+
+
+async def test_the_card_of_a_new_number_says_when_its_ticket_is_made_and_writes_nothing() -> None:
+    sandbox = UsedeskSandbox()
+    async with sandbox.serve() as base_url:
+        integration = usedesk(base_url, sandbox.token)  # ticket_created_on = "answer"
+        try:
+            part = await flow.card(integration, CALL)
+        finally:
+            await integration.runtime.aclose()
+    assert part is not None
+    assert part.lines == ["Новый клиент", "Тикет будет создан при ответе"] and part.links == []
+    assert sandbox.requests(writes_only=True) == []  # the ring only looked

@@ -284,11 +284,25 @@ async def test_clients_grouped_tail_finds_every_client_whose_phone_contains_it(
     assert [c["id"] for c in mobile] == [1002]
 
 
-async def test_clients_query_characters_are_literal_not_wildcards(api: ApiCall) -> None:
-    _, hits = await api("/clients", query="916%45")
-    assert hits == []
+async def test_clients_query_wildcards_work_as_in_sql_like(api: ApiCall) -> None:
+    # LIKE '%query%' built from the text as given: its own % and _ are wildcards.
+    _, hits = await api("/clients", query="123%45%67")
+    assert 1001 in [c["id"] for c in hits]  # "+7 916 123-45-67"
     _, hits = await api("/clients", query="123_45_67")
-    assert hits == []
+    assert 1001 in [c["id"] for c in hits]
+    _, everyone = await api("/clients", query="%")
+    _, listed = await api("/clients")
+    assert [c["id"] for c in everyone] == [c["id"] for c in listed] != []
+
+
+async def test_clients_literal_search_option_takes_wildcards_as_text(
+    aiohttp_client: Any,
+) -> None:
+    sandbox = UsedeskSandbox(like_wildcards=False)
+    client = await aiohttp_client(create_app(sandbox))
+    for query in ("123%45%67", "123_45_67", "%"):
+        resp = await client.post("/clients", json={"api_token": sandbox.token, "query": query})
+        assert await resp.json() == [], query
 
 
 async def test_clients_full_match_needs_the_whole_value(api: ApiCall) -> None:

@@ -48,6 +48,19 @@ def time_window(
     return after, before
 
 
+def like(query: str, text: str, *, full: bool, wildcards: bool) -> bool:
+    """SQL ``LIKE`` as the search runs it: ``LIKE '%query%'`` (``query`` for a full match),
+    case-insensitive. With ``wildcards`` the query's own ``%`` (any run) and ``_`` (one
+    character) are live, as they are when an application puts the text into the pattern
+    unescaped; without, the query is taken literally (an API that escapes them)."""
+    if not wildcards:
+        query, text = query.lower(), text.lower()
+        return text == query if full else query in text
+    pattern = "".join(".*" if ch == "%" else "." if ch == "_" else re.escape(ch) for ch in query)
+    rule = re.compile(pattern, re.IGNORECASE | re.DOTALL)
+    return bool(rule.fullmatch(text) if full else rule.search(text))
+
+
 def _phone_matches(state: SandboxState, query: str, stored: str, full: bool) -> bool:
     # The real search is SQL LIKE on the stored string; "digits" mode is an opt-in for
     # connectors that want to test against an account whose phones were normalised.
@@ -56,16 +69,12 @@ def _phone_matches(state: SandboxState, query: str, stored: str, full: bool) -> 
         if not wanted:
             return False
         query = wanted
-    return stored == query if full else query in stored
+    return like(query, stored, full=full, wildcards=state.like_wildcards)
 
 
 def _matches(state: SandboxState, client: Client, query: str, full: bool) -> bool:
-    needle = query.lower()
     texts = [client.name or "", *(e.email for e in client.emails)]
-    if full:
-        text_hit = any(text.lower() == needle for text in texts)
-    else:
-        text_hit = any(needle in text.lower() for text in texts)
+    text_hit = any(like(query, text, full=full, wildcards=state.like_wildcards) for text in texts)
     return text_hit or any(_phone_matches(state, query, ph.phone, full) for ph in client.phones)
 
 

@@ -92,6 +92,13 @@ async def _faulty(
     return _drop(request)
 
 
+async def _carry_out_late(
+    sandbox: UsedeskSandbox, entry: LoggedRequest, params: dict[str, Any], seconds: float
+) -> tuple[int, Any]:
+    await asyncio.sleep(seconds)
+    return sandbox.dispatch(entry, params)
+
+
 def _api_view(path: str) -> View:
     async def view(request: web.Request) -> web.StreamResponse:
         sandbox = request.app[SANDBOX_KEY]
@@ -107,6 +114,15 @@ def _api_view(path: str) -> View:
             return web.json_response({"error": str(exc)}, status=400)
         entry = sandbox.begin(request.method, path, params, arrived)
         plan = sandbox.faults.take(path)
+        if plan is not None and plan.mode == "late":
+            entry.fault = plan.mode
+            # Carried out later whatever the client does (aiohttp may cancel this handler
+            # when the client gives up; the write must land all the same).
+            landing = asyncio.ensure_future(_carry_out_late(sandbox, entry, params, plan.late_s))
+            sandbox.late_writes.add(landing)
+            landing.add_done_callback(sandbox.late_writes.discard)
+            status, body = await asyncio.shield(landing)
+            return web.json_response(body, status=status)
         if plan is None:
             status, body = sandbox.dispatch(entry, params)
             return web.json_response(body, status=status)

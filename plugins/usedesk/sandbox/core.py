@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -91,7 +92,9 @@ class UsedeskSandbox:
     ``seed`` is a dict, a .json/.toml path, or None for the default seed (seed.DEFAULT_SEED).
     ``api_token`` overrides the seed's token. ``clock`` dates records; ``monotonic`` times
     arrivals for the rate observer. ``phone_search`` "raw" matches /clients phone queries
-    against the stored spelling (SQL LIKE), "digits" against digits only. ``string_ids`` makes
+    against the stored spelling (SQL LIKE), "digits" against digits only. ``like_wildcards``
+    False takes a query's ``%`` and ``_`` literally (an API that escapes them; by default they
+    are SQL wildcards, as in ``LIKE '%query%'`` built from unescaped text). ``string_ids`` makes
     /ticket quote its numbers like the documented example.
     """
 
@@ -100,10 +103,15 @@ class UsedeskSandbox:
     clock: Callable[[], datetime] = utc_now
     monotonic: Callable[[], float] = time.monotonic
     phone_search: Literal["raw", "digits"] = "raw"
+    like_wildcards: bool = True
     string_ids: bool = False
     faults: FaultInjector = field(default_factory=FaultInjector, init=False)
     rate: RateObserver = field(init=False, repr=False)
     log: list[LoggedRequest] = field(default_factory=list, init=False, repr=False)
+    # Requests a "late" fault carries out later (kept so they are not garbage-collected).
+    late_writes: set[asyncio.Future[tuple[int, Any]]] = field(
+        default_factory=set, init=False, repr=False
+    )
     state: SandboxState = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -120,6 +128,7 @@ class UsedeskSandbox:
         if self.api_token is not None:
             state.api_token = self.api_token
         state.phone_search = self.phone_search
+        state.like_wildcards = self.like_wildcards
         state.string_ids = self.string_ids
         return state
 

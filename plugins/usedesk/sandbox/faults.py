@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-FAULT_MODES = ("none", "429", "500", "hang", "drop", "error")
+FAULT_MODES = ("none", "429", "500", "hang", "drop", "error", "late")
 _KEYS = {
     "mode",
     "count",
@@ -24,6 +24,7 @@ _KEYS = {
     "apply",
     "message",
     "hang_max_s",
+    "late_s",
 }
 
 
@@ -37,7 +38,8 @@ class FaultPlan:
 
     ``count`` None means "every matching request until changed". ``apply`` runs the real handler
     first, so the state changes although the client sees a failure: the ambiguous outcome a
-    retrying client must survive without creating duplicates.
+    retrying client must survive without creating duplicates. ``late`` carries the request out
+    ``late_s`` seconds after it arrived, whether or not the client still waits.
     """
 
     mode: str = "none"
@@ -51,6 +53,9 @@ class FaultPlan:
     # A hung request is let go after this long even if nobody releases it, so a forgotten
     # hang cannot keep a test run alive forever.
     hang_max_s: float = 300.0
+    # "late": the request is carried out this long after it arrived, and answered then (a
+    # client with a shorter timeout has given up by then: it never learns the write landed).
+    late_s: float = 20.0
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -109,6 +114,8 @@ def merge_plan(current: FaultPlan, body: Mapping[str, Any]) -> FaultPlan:
         changes["paths"] = tuple(paths) if paths is not None else None
     if "latency_ms" in body:
         changes["latency_ms"] = _number(body, "latency_ms", minimum=0)
+    if "late_s" in body:
+        changes["late_s"] = _number(body, "late_s", minimum=0)
     if "hang_max_s" in body:
         changes["hang_max_s"] = _number(body, "hang_max_s", minimum=0)
     if "apply" in body:

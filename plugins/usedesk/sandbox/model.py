@@ -151,6 +151,7 @@ class SandboxState:
     api_channel_id: int | None = None
     # Behaviour switches where the real API's behaviour is unknown (docs/usedesk-sandbox.md).
     phone_search: str = "raw"
+    like_wildcards: bool = True
     string_ids: bool = False
     groups: dict[int, Group] = field(default_factory=dict)
     agents: dict[int, Agent] = field(default_factory=dict)
