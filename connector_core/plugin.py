@@ -20,12 +20,18 @@ and may move. A plugin that imports only from this module keeps working across t
 - ``queue_wait()`` wraps a wait that is not the CRM's time (a rate limiter, a lock of the
   plugin's own), so the hook's timeout stops meanwhile; a runtime with a rate budget reports
   it as a ``Budget`` through the ``Paced`` protocol, and the dispatcher starts work at its pace.
+- ``Decision`` is what a hook reports through ``integration.report(...)``: what it decided
+  about the call and why (``owner 514``, ``missed call, on-duty agent``), with the CRM
+  object's link and the text written; ``connector trace`` and the console show it. A CRM
+  client reports each request through ``integration.on_crm_request(method, seconds,
+  outcome, status=..., path=...)``.
 - ``Sink`` is what ``connector_register_notification_sinks`` hands over: an object with
   ``async deliver(account, extension, card)``.
 """
 
 from __future__ import annotations
 
+from connector_core.callrecords import Decision
 from connector_core.callstate import (
     Answer,
     CallState,
@@ -66,6 +72,7 @@ __all__ = [
     "CheckFinding",
     "CheckLevel",
     "CrmError",
+    "Decision",
     "Direction",
     "EffectStore",
     "Hangup",
