@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from connector_core import agent_stream, callrecords, health, ingest
+from connector_core import agent_stream, callrecords, health, ingest, public_url
 from connector_core.appkeys import (
     ACCOUNTS,
     BOARD,
@@ -301,6 +301,8 @@ def run(config: Config, host: PluginHost | None = None) -> None:
         server_log, on_error=lambda kind: metrics.http_errors.labels(kind.value).inc()
     )
     server_log.addFilter(errors)
+    for line in public_url.addresses(config):
+        log.info(line)
     try:
         web.run_app(
             app,
