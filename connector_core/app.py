@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from connector_core import agent_stream, health, ingest
+from connector_core import agent_stream, callrecords, health, ingest, public_url
 from connector_core.appkeys import (
     ACCOUNTS,
     BOARD,
@@ -135,7 +135,9 @@ async def _integrations_ctx(app: web.Application) -> AsyncIterator[None]:
                 effects=store.effects(f"{number}/{name}"),
                 region=account.default_region,
                 answered_owner=config.tracker.answered_owner,
-                on_crm_request=app[METRICS].crm_request_observer(f"{number}/{name}"),
+                on_crm_request=callrecords.crm_request_observer(
+                    app[METRICS].crm_request_observer(f"{number}/{name}")
+                ),
             )
             if kind.factory is not None:
                 runtime = kind.factory(integration)
@@ -159,7 +161,14 @@ async def _integrations_ctx(app: web.Application) -> AsyncIterator[None]:
     def count_hook_call(row: Dispatch, outcome: str) -> None:
         metrics.hook_calls.labels(row.integration, row.kind or "unknown", outcome).inc()
 
-    dispatcher = Dispatcher(store, host, by_key, app[CLOCK], on_result=count_hook_call)
+    dispatcher = Dispatcher(
+        store,
+        host,
+        by_key,
+        app[CLOCK],
+        on_result=count_hook_call,
+        redact=Redactor(config.secrets()),
+    )
     app[DISPATCHER] = dispatcher
     board = CardBoard()
     sinks: list[Sink] = [board, *host.notification_sinks()]
@@ -292,6 +301,8 @@ def run(config: Config, host: PluginHost | None = None) -> None:
         server_log, on_error=lambda kind: metrics.http_errors.labels(kind.value).inc()
     )
     server_log.addFilter(errors)
+    for line in public_url.addresses(config):
+        log.info(line)
     try:
         web.run_app(
             app,

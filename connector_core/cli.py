@@ -1,4 +1,4 @@
-"""The ``connector`` command: init, serve, check, plugins, schema, replay, journal…"""
+"""The ``connector`` command: init, serve, check, plugins, schema, replay, calls, trace…"""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from connector_core import app as service
-from connector_core import demo, forget, init_config, settings_check
+from connector_core import calls_cli, demo, forget, init_config, settings_check
 from connector_core.appkeys import CLOCK, DISPATCHER, HOST, INTEGRATIONS, STORE, WORKER
 from connector_core.config import (
     Config,
@@ -610,6 +610,22 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     return _manage(args, QUARANTINE)
 
 
+def cmd_calls(args: argparse.Namespace) -> int:
+    """Recent calls, found by number, extension, outcome or integration status."""
+    config, _ = load(args.config)
+    since = parse_since(args.since, time.time()) if args.since else None
+    regions = {number: account.default_region for number, account in config.accounts.items()}
+    return asyncio.run(
+        _with_store(config, lambda store: calls_cli.calls(store, regions, args, since))
+    )
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    """Everything stored about one call: its webhooks, routing, hook calls, CRM requests."""
+    config, _ = load(args.config)
+    return asyncio.run(_with_store(config, lambda store: calls_cli.trace(store, args)))
+
+
 def parse_since(text: str, now: float) -> float:
     """``2h``, ``30m``, ``90s``, ``3d`` ago, or an ISO date/time (UTC unless it says)."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -711,6 +727,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="*", type=int, help="inbox ids (from `connector quarantine list`)")
     p.add_argument("--all", action="store_true", help="with retry: every quarantined webhook")
     p.add_argument("--limit", type=int, default=100, help="with list: how many")
+    p.add_argument("--config", help=config_help)
+    p = command("calls", cmd_calls, "recent calls and where each integration stands with them")
+    calls_cli.add_calls_arguments(p)
+    p.add_argument("--config", help=config_help)
+    p = command(
+        "trace",
+        cmd_trace,
+        "one call: Sipuni's webhooks, the routing, each hook call, CRM request and decision",
+    )
+    calls_cli.add_trace_arguments(p)
     p.add_argument("--config", help=config_help)
     p = command("journal", cmd_journal, "show what a journaling plugin (amocrm_stub) recorded")
     p.add_argument("integration", help="integration name, or <account>/<name>")

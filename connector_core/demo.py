@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from connector_core import public_url
 from connector_core.app import RedactingAccessLogger, create_app
 from connector_core.appkeys import STORE
 from connector_core.config import parse_config_text
@@ -24,6 +25,7 @@ from connector_core.simulator import scenarios as sc
 from connector_core.simulator.sender import send_calls
 
 TOKEN = "demo-token-change-me-0000"
+ACCOUNT = "012345"
 CONFIG = """
 [server]
 host = "127.0.0.1"
@@ -171,15 +173,14 @@ async def run(
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", port)
             await site.start()
-            url = f"http://127.0.0.1:{port}"
+            url = public_url.base_url(config.server)
+            webhook = public_url.webhook_url(config.server, ACCOUNT, TOKEN)
             try:
-                print(f"connector is serving on {url} (webhook: {url}/sipuni/{TOKEN})")
+                print(f"connector is serving on {url} (webhook: {webhook})")
                 print(f"Usedesk sandbox on {sandbox_url} (state: {sandbox_url}/_sandbox/state)")
                 calls = demo_calls()
                 print(f"Sending {len(calls)} simulated Sipuni calls ({speed:g}× real time)…\n")
-                await send_calls(
-                    f"{url}/sipuni/{TOKEN}", calls, speed=speed, stagger=0.3, method="mixed"
-                )
+                await send_calls(webhook, calls, speed=speed, stagger=0.3, method="mixed")
                 await _until_processed(app)
                 table = render(sandbox.snapshot())
                 print(table)

@@ -12,9 +12,12 @@ import asyncio
 import functools
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from connector_core import callrecords
+from connector_core.callrecords import HookCall, HookOutcome, NewCallRecord
 from connector_core.callstate import CallState
 from connector_core.clock import Clock
 from connector_core.errors import (
@@ -126,6 +129,7 @@ class Dispatcher:
         *,
         policy: RetryPolicy | None = None,
         on_result: Callable[[Dispatch, str], None] = lambda d, outcome: None,
+        redact: Callable[[str], str] = lambda text: text,
     ) -> None:
         # on_result(row, outcome): outcome is "done", "retry", "dead" or "waiting".
         self.store = store
@@ -134,6 +138,8 @@ class Dispatcher:
         self.clock = clock
         self.policy = policy or RetryPolicy()
         self.on_result = on_result
+        # Masks configured secrets in what is kept of each hook call (httplog.Redactor).
+        self.redact = redact
         self.wakeup = asyncio.Event()
         self._running: dict[tuple[str, str, str], asyncio.Task[None]] = {}
         self._probes: set[tuple[str, str, str]] = set()
@@ -274,7 +280,12 @@ class Dispatcher:
                     return
 
     async def _run_one(self, row: Dispatch) -> bool:
-        """Run one row; ``True`` if the rows behind it may run now."""
+        """Run one row; ``True`` if the rows behind it may run now.
+
+        The attempt is kept with the call (``callrecords.HookCall``: start, duration,
+        outcome, and the CRM requests and decisions the plugin reported meanwhile), in the
+        same write that records the row's result.
+        """
         # Only configured integrations are dispatched (dispatch_due asks per integration):
         # rows of one removed from the config wait, pending, for it to come back.
         integration = self.integrations[row.integration]
@@ -282,14 +293,44 @@ class Dispatcher:
         if call is None:
             await self.store.fail_dispatch(row.id, "call state missing", None)
             return True
-        try:
-            await self._call_hook(integration, call, row)
-        except Exception as exc:  # every plugin failure is contained to this row
-            return await self._failed(integration, row, exc)
+        started_at, monotonic_start = self.clock.now(), time.monotonic()
+        failure: Exception | None = None
+        with callrecords.recording(integration.key, self.clock.now) as recording:
+            try:
+                await self._call_hook(integration, call, row)
+            except Exception as exc:  # every plugin failure is contained to this row
+                failure = exc
+        attempt = _Attempt(row, started_at, time.monotonic() - monotonic_start, recording)
+        if failure is not None:
+            return await self._failed(integration, row, failure, attempt)
         self.breaker(integration.key).success()
-        await self.store.complete_dispatch(row.id)
+        await self.store.complete_dispatch(row.id, self._records(attempt, HookOutcome.DONE))
         self.on_result(row, "done")
         return True
+
+    def _records(
+        self,
+        attempt: _Attempt,
+        outcome: HookOutcome,
+        error: str | None = None,
+        retry_at: float | None = None,
+    ) -> list[NewCallRecord]:
+        """The attempt's record, with every text in it masked (a CRM may echo a secret)."""
+        row = attempt.row
+        record = attempt.recording.filled(
+            HookCall(
+                hook=row.kind.hook if row.kind else "unknown",
+                record=row.key,
+                attempt=row.attempts + 1,
+                started_at=attempt.started_at,
+                seconds=attempt.seconds,
+                outcome=outcome,
+                error=error,
+                retry_at=retry_at,
+            )
+        )
+        masked = callrecords.redacted(record, self.redact)
+        return [NewCallRecord(row.integration, masked, attempt.started_at)]
 
     async def _call_hook(self, integration: Integration, call: CallState, row: Dispatch) -> None:
         # The row's own record, refreshed: a scheme stored by its name is passed with the
@@ -297,7 +338,9 @@ class Dispatcher:
         record = row.hook_record(call)
         await self.host.call_lifecycle(integration, call, record)
 
-    async def _failed(self, integration: Integration, row: Dispatch, exc: Exception) -> bool:
+    async def _failed(
+        self, integration: Integration, row: Dispatch, exc: Exception, attempt: _Attempt
+    ) -> bool:
         now = self.clock.now()
         attempts = row.attempts + 1
         reason = _describe(exc)
@@ -352,9 +395,21 @@ class Dispatcher:
                 retry_at - now,
                 reason,
             )
-        await self.store.fail_dispatch(row.id, reason, retry_at)
-        self.on_result(row, "dead" if retry_at is None else "retry")
+        outcome = HookOutcome.DEAD if retry_at is None else HookOutcome.RETRY
+        records = self._records(attempt, outcome, reason, retry_at)
+        await self.store.fail_dispatch(row.id, reason, retry_at, records)
+        self.on_result(row, outcome.value)
         return False
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One run of a row's hook: when it started, and what its plugin reported."""
+
+    row: Dispatch
+    started_at: float  # the service clock, for people
+    seconds: float
+    recording: callrecords.Recording
 
 
 def _describe(exc: BaseException) -> str:

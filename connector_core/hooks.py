@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 _Answer = TypeVar("_Answer")
 ENTRY_POINT_GROUP = "connector_core"
 HOOK_PREFIX = "connector_"
+# The name the core's own routing (``builtin_routing``) is registered under.
+BUILTIN_ROUTING = "builtin_routing"
 # Routing hooks and the answer each must give (``None`` leaves the decision to the next).
 ROUTING_ANSWERS: dict[str, type] = {
     "connector_filter_call": bool,
@@ -87,7 +89,7 @@ class PluginHost:
     def __init__(self) -> None:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
-        self.pm.register(builtin_routing, name="builtin_routing")
+        self.pm.register(builtin_routing, name=BUILTIN_ROUTING)
         self.types: dict[str, IntegrationType[Any, Any]] = {}
         self._owner: dict[str, object] = {}  # integration type name -> plugin that owns it
         self._entry_points: dict[str, EntryPoint] = {}
@@ -320,12 +322,23 @@ class PluginHost:
         Plugins answer first, the built-in scheme filter last; one that raises is skipped
         (see ``routing_errors``). No answer at all hides the call.
         """
-        return self._first_answer("connector_filter_call", integration, call=call) is True
+        return self.filter_call_by(integration, call)[0]
+
+    def filter_call_by(self, integration: Integration, call: CallState) -> tuple[bool, str | None]:
+        """``filter_call``, and the name of the plugin that answered (``None``: nobody did)."""
+        answer, by = self._answer_by("connector_filter_call", integration, call=call)
+        return answer is True, by
 
     def transfer_scheme(self, integration: Integration, call: CallState) -> SchemeVisit | None:
         """``connector_transfer_scheme`` across plugins: the visit that opens ``call``."""
-        answer = self._first_answer("connector_transfer_scheme", integration, call=call)
-        return answer if isinstance(answer, SchemeVisit) else None
+        return self.transfer_scheme_by(integration, call)[0]
+
+    def transfer_scheme_by(
+        self, integration: Integration, call: CallState
+    ) -> tuple[SchemeVisit | None, str | None]:
+        """``transfer_scheme``, and the name of the plugin that answered."""
+        answer, by = self._answer_by("connector_transfer_scheme", integration, call=call)
+        return (answer, by) if isinstance(answer, SchemeVisit) else (None, by)
 
     def notification_sinks(self) -> list[Sink]:
         """Every sink the plugins hand over through ``connector_register_notification_sinks``."""
@@ -382,7 +395,13 @@ class PluginHost:
         return self._first_answer(hook_name, integration, **kwargs)
 
     def _first_answer(self, hook_name: str, integration: Integration, **kwargs: Any) -> Any:
-        """pluggy's firstresult, one implementation at a time, skipping those that fail.
+        return self._answer_by(hook_name, integration, **kwargs)[0]
+
+    def _answer_by(
+        self, hook_name: str, integration: Integration, **kwargs: Any
+    ) -> tuple[Any, str | None]:
+        """pluggy's firstresult, one implementation at a time, skipping those that fail;
+        with the name of the plugin that answered.
 
         ``get_hookimpls()`` lists implementations in registration order, adjusted by
         tryfirst/trylast; pluggy calls them last to first, and so does this loop, so the
@@ -404,8 +423,8 @@ class PluginHost:
                 self._routing_failed(impl, hook_name, integration, exc)
                 continue
             if answer is not None:
-                return answer
-        return None
+                return answer, impl.plugin_name
+        return None, None
 
     def _routing_failed(
         self, impl: pluggy.HookImpl, hook_name: str, integration: Integration, exc: Exception

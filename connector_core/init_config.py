@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretBytes, SecretStr
 
+from connector_core import public_url
 from connector_core.config import parse_config_text
 from connector_core.errors import ConfigError, describe_error
 from connector_core.hooks import PluginHost
@@ -35,8 +36,7 @@ DEFAULT_FILE = Path("connector.toml")
 DEFAULT_PORT = 8080
 STORAGE_PATH = "connector.db"
 TOKEN_BYTES = 24  # token_urlsafe: 32 characters of A-Z a-z 0-9 _ -
-WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
-UNKNOWN_ADDRESS = "<this machine's address>"
+WILDCARD_HOSTS, UNKNOWN_ADDRESS = public_url.WILDCARD_HOSTS, public_url.UNKNOWN_ADDRESS
 SIPUNI_SETTING = "Настройки → API → События на АТС"
 _ACCOUNT = re.compile(r"[0-9]{6}")
 
@@ -108,16 +108,9 @@ def _setting(key: str, value: Any) -> str:
     return f"{toml_key(key)} = {toml_value(value)}"
 
 
-def webhook_url(server: Server, token: str) -> str:
+def webhook_url(server: Server, account: str, token: str) -> str:
     """The URL to paste into Sipuni: ``public_url``, else the address the service listens on."""
-    if server.public_url:
-        return f"{server.public_url}/sipuni/{token}"
-    host = server.host
-    if host in WILDCARD_HOSTS:
-        host = UNKNOWN_ADDRESS
-    elif ":" in host:
-        host = f"[{host}]"  # an IPv6 address in a URL
-    return f"http://{host}:{server.port}/sipuni/{token}"
+    return public_url.webhook_url(server, account, token)
 
 
 def reachability_note(server: Server) -> str | None:
@@ -421,7 +414,7 @@ async def run(
     refuse_existing(path, force=force)
     answers = await ask(questions, host, base_dir=path.parent)
     write_config(path, render(answers), force=force)
-    result = InitResult(path, answers, webhook_url(answers.server, answers.token))
+    result = InitResult(path, answers, webhook_url(answers.server, answers.account, answers.token))
     for line in closing_lines(result):
         questions.tell(line)
     return result

@@ -17,6 +17,12 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol
 from pydantic import BaseModel
 from typing_extensions import TypeVar
 
+from connector_core.callrecords import (
+    CrmRequestObserver,
+    Decision,
+    crm_request_observer,
+    report_decision,
+)
 from connector_core.hooktime import queue_wait
 
 if TYPE_CHECKING:
@@ -185,13 +191,24 @@ class Integration(Generic[SettingsT, RuntimeT]):
     answered_owner: str = "last"  # tracker.answered_owner: who owns a transferred call
     runtime: RuntimeT = _NOT_MADE
     locks: KeyedLocks = field(default_factory=KeyedLocks)
-    # A CRM client reports each request here: (API method, seconds, outcome) → /metrics.
-    on_crm_request: Callable[[str, float, str], None] = lambda method, seconds, outcome: None
+    # A CRM client reports each request here: ``(API method, seconds, outcome)`` feeds
+    # /metrics; inside a hook call the request is kept with the call too, with the optional
+    # ``status=`` (HTTP) and ``path=`` (``connector trace``).
+    on_crm_request: CrmRequestObserver = field(default_factory=crm_request_observer)
     auth: AuthResult = field(default_factory=lambda: AuthResult(AuthStatus.NOT_CHECKED))
 
     @property
     def key(self) -> str:
         return f"{self.account}/{self.name}"
+
+    def report(self, decision: Decision) -> None:
+        """Keep what the plugin decided about the call, and why, with the hook call running.
+
+        ``connector trace`` and the console show it (``owner 514: missed call, on-duty
+        agent``); a ``decision.link`` to the CRM object is shown in the calls list. Outside
+        a lifecycle hook call it is not kept.
+        """
+        report_decision(self.key, decision)
 
     def __repr__(self) -> str:
         # Settings may hold secrets; pydantic's SecretStr hides them, but keep reprs short.

@@ -24,12 +24,18 @@ and may move. A plugin that imports only from this module keeps working across t
 - ``Questions`` is what ``connector_setup_integration`` asks the operator through (``ask``
   with a ``parse`` function, ``text``, ``confirm``, ``secret`` giving a ``SecretAnswer``,
   ``tell``), for ``connector init``.
+- ``Decision`` is what a hook reports through ``integration.report(...)``: what it decided
+  about the call and why (``owner 514``, ``missed call, on-duty agent``), with the CRM
+  object's link and the text written; ``connector trace`` and the console show it. A CRM
+  client reports each request through ``integration.on_crm_request(method, seconds,
+  outcome, status=..., path=...)``.
 - ``Sink`` is what ``connector_register_notification_sinks`` hands over: an object with
   ``async deliver(account, extension, card)``.
 """
 
 from __future__ import annotations
 
+from connector_core.callrecords import Decision
 from connector_core.callstate import (
     Answer,
     CallState,
@@ -77,6 +83,7 @@ __all__ = [
     "CheckFinding",
     "CheckLevel",
     "CrmError",
+    "Decision",
     "Direction",
     "EffectStore",
     "Hangup",

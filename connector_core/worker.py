@@ -25,7 +25,7 @@ from connector_core.hooks import PluginHost
 from connector_core.ingest import loggable_call_id
 from connector_core.integrations import Integration
 from connector_core.logcontext import call_context
-from connector_core.store.base import InboxItem, Store, is_store_failure
+from connector_core.store.base import InboxItem, Store, call_id_of, is_store_failure
 
 log = logging.getLogger(__name__)
 # Attempts at one inbox item before it is quarantined: a few, as an error that is not the
@@ -90,7 +90,7 @@ class Worker:
             chains: dict[tuple[str, str], list[InboxItem]] = {}
             for item in items:
                 # As parse_event reads it; an item without one runs alone.
-                call_id = str(item.params.get("call_id") or "").strip() or f"#{item.id}"
+                call_id = call_id_of(item.params) or f"#{item.id}"
                 chains.setdefault((item.account, call_id), []).append(item)
             settled = 0
 
@@ -176,14 +176,16 @@ class Worker:
             self.on_processed()
 
     async def _commit(self, item_id: int | None, state: CallState) -> None:
-        dispatches = router.plan(
+        routed = router.route(
             state,
             self.integrations.get(state.account, []),
             self.host,
             now=self.clock.now(),
             finish_settle_seconds=self.finish_settle,
         )
-        await self.store.commit_event(item_id, state, dispatches)
+        dispatches = routed.dispatches
+        # The routing decisions go with the state: the store keeps each one that changed.
+        await self.store.commit_event(item_id, state, dispatches, routed.decisions)
         self.on_call(state, [d.key for d in dispatches])
         if dispatches:
             self.on_dispatches()

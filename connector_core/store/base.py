@@ -14,10 +14,13 @@ can take its place by implementing the same methods. The guarantees every backen
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Protocol
 
 from connector_core import tracker
+from connector_core.callrecords import CallRecord, NewCallRecord
 from connector_core.callstate import CallState, LifecycleEvent, LifecycleKind
 from connector_core.errors import InvalidRequestError
 
@@ -33,6 +36,11 @@ def is_store_failure(exc: BaseException) -> bool:
     ``OperationalError``: retrying the work later helps, quarantining it would not.
     """
     return isinstance(exc, StoreUnavailable | sqlite3.OperationalError)
+
+
+def call_id_of(params: Mapping[str, Any]) -> str | None:
+    """The call id a stored webhook names, as the worker groups webhooks by call."""
+    return str(params.get("call_id") or "").strip() or None
 
 
 @dataclass(frozen=True)
@@ -158,6 +166,49 @@ class SeenScheme:
         return selector in (self.id, self.name)
 
 
+class DeliveryStatus(StrEnum):
+    """Where an integration's hook calls for one call stand, worst first.
+
+    ``dead``: one is in the dead-letter queue; ``retrying``: one failed and waits for its
+    retry; ``pending``: one waits for its first run; ``dropped``: an operator gave one up;
+    ``done``: every one ran. The store works it out from the dispatch rows (one definition,
+    in SQL, so a list can be filtered by it).
+    """
+
+    DEAD = "dead"
+    RETRYING = "retrying"
+    PENDING = "pending"
+    DROPPED = "dropped"
+    DONE = "done"
+
+
+@dataclass(frozen=True)
+class CallQuery:
+    """Which stored calls to list, newest start first; every filter given must hold."""
+
+    limit: int = 50
+    since: float | None = None  # started at or after (seconds since the epoch)
+    before: float | None = None  # started before: the next page
+    account: str | None = None
+    call_id: str | None = None
+    # (account, E.164) pairs: the caller's number, read in each account's region.
+    numbers: tuple[tuple[str, str], ...] | None = None
+    extension: str | None = None  # rung, answered, or dialled
+    outcome: str | None = None  # callstate.Outcome
+    status: DeliveryStatus | None = None  # of any integration, or of ``integration``
+    integration: str | None = None
+
+
+@dataclass(frozen=True)
+class CallRow:
+    """A stored call as a list shows it: its state, and per integration where it stands."""
+
+    state: CallState
+    statuses: dict[str, DeliveryStatus] = field(default_factory=dict)  # by Integration.key
+    # The latest CRM link a plugin reported (``Decision.link``), by Integration.key.
+    links: dict[str, str] = field(default_factory=dict)
+
+
 class EffectStore(Protocol):
     """Idempotency keys of CRM effects for one integration."""
 
@@ -200,9 +251,14 @@ class Store(Protocol):
     async def load_call(self, account: str, call_id: str) -> CallState | None: ...
 
     async def commit_event(
-        self, item_id: int | None, state: CallState | None, dispatches: list[NewDispatch]
+        self,
+        item_id: int | None,
+        state: CallState | None,
+        dispatches: list[NewDispatch],
+        records: Sequence[NewCallRecord] = (),
     ) -> None:
-        """Atomically save ``state``, mark inbox item ``item_id`` done, add ``dispatches``."""
+        """Atomically save ``state``, mark inbox item ``item_id`` done, add ``dispatches``
+        and the call's ``records`` (a routing record only when it differs from the last)."""
         ...
 
     async def idle_open_calls(self, idle_before: float, limit: int) -> list[CallState]:
@@ -219,10 +275,40 @@ class Store(Protocol):
         """A group's pending rows, in the order they must run."""
         ...
 
-    async def complete_dispatch(self, dispatch_id: int) -> None: ...
+    async def complete_dispatch(
+        self, dispatch_id: int, records: Sequence[NewCallRecord] = ()
+    ) -> None:
+        """Mark a row done and keep ``records`` with its call."""
+        ...
 
-    async def fail_dispatch(self, dispatch_id: int, error: str, retry_at: float | None) -> None:
-        """Record a failed attempt; retry at ``retry_at``, or dead-letter it when ``None``."""
+    async def fail_dispatch(
+        self,
+        dispatch_id: int,
+        error: str,
+        retry_at: float | None,
+        records: Sequence[NewCallRecord] = (),
+    ) -> None:
+        """Record a failed attempt; retry at ``retry_at``, or dead-letter it when ``None``;
+        keep ``records`` with the row's call."""
+        ...
+
+    async def add_call_records(
+        self, account: str, call_id: str, records: Sequence[NewCallRecord]
+    ) -> None:
+        """Keep ``records`` with a call: at most ``callrecords.MAX_RECORDS_PER_CALL`` per
+        call, the oldest hook calls dropped first."""
+        ...
+
+    async def call_records(self, account: str, call_id: str) -> list[CallRecord]:
+        """A call's records, in the order they were stored."""
+        ...
+
+    async def call_events(self, account: str, call_id: str) -> list[InboxItem]:
+        """The webhooks stored for a call, in arrival order."""
+        ...
+
+    async def find_calls(self, query: CallQuery) -> list[CallRow]:
+        """Stored calls matching ``query``, newest start first."""
         ...
 
     def effects(self, integration: str) -> EffectStore: ...

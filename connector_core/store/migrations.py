@@ -108,6 +108,48 @@ CREATE TABLE IF NOT EXISTS probe (
 INSERT OR IGNORE INTO probe (id, written_at) VALUES (1, 0)
 """,
     ),
+    Step(
+        4,
+        "each call keeps what happened to it (routing decisions, hook calls with their CRM"
+        " requests and the plugins' decisions) for `connector trace` and the console; calls"
+        " are listed by start and found by number, a call's webhooks and hook rows by call",
+        """
+CREATE TABLE IF NOT EXISTS call_records (
+    id INTEGER PRIMARY KEY,
+    account TEXT NOT NULL,
+    call_id TEXT NOT NULL,
+    integration TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    at REAL NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS call_records_call ON call_records(account, call_id, id);
+ALTER TABLE calls ADD COLUMN started_at REAL;
+ALTER TABLE calls ADD COLUMN client_number TEXT;
+ALTER TABLE calls ADD COLUMN extensions TEXT;
+UPDATE calls SET
+    started_at = coalesce(json_extract(state, '$.started_at'), last_received_at),
+    client_number = json_extract(state, '$.client_number'),
+    extensions = ',' || coalesce((
+        SELECT group_concat(extension, ',') FROM (
+            SELECT json_extract(leg.value, '$.extension') AS extension
+                FROM json_each(calls.state, '$.legs') AS leg
+            UNION SELECT json_extract(answer.value, '$.extension')
+                FROM json_each(calls.state, '$.answers') AS answer
+            UNION SELECT json_extract(calls.state, '$.employee'))
+        WHERE extension IS NOT NULL), '') || ',';
+-- Covering: a page filtered by extension or status walks the index, not the call states.
+CREATE INDEX IF NOT EXISTS calls_started ON calls(started_at, call_id, account, extensions);
+CREATE INDEX IF NOT EXISTS calls_client_number ON calls(client_number, started_at);
+CREATE INDEX IF NOT EXISTS calls_call_id ON calls(call_id);
+ALTER TABLE inbox ADD COLUMN call_id TEXT;
+UPDATE inbox SET call_id = nullif(trim(CAST(json_extract(params, '$.call_id') AS TEXT)), '');
+CREATE INDEX IF NOT EXISTS inbox_call ON inbox(account, call_id);
+-- Covering: each integration's status per call is worked out from the index alone.
+CREATE INDEX IF NOT EXISTS dispatches_call
+    ON dispatches(account, call_id, integration, status, attempts)
+""",
+    ),
 )
 LATEST = STEPS[-1].version
 

@@ -19,20 +19,26 @@ import concurrent.futures
 import functools
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from connector_core import callrecords
+from connector_core.callrecords import CallRecord, NewCallRecord
 from connector_core.callstate import CallState, LifecycleEvent
 from connector_core.clock import Clock, SystemClock
 from connector_core.store.base import (
+    CallQuery,
+    CallRow,
+    DeliveryStatus,
     Dispatch,
     InboxItem,
     NewDispatch,
     Rejected,
     SeenScheme,
     StoreUnavailable,
+    call_id_of,
 )
 from connector_core.store.migrations import migrate
 
@@ -183,11 +189,12 @@ class SQLiteStore:
         Group commit (see the module doc): appends that arrive while a transaction is being
         written go together into the next one, so one fsync serves many webhooks.
         """
-        row = (account, received_at, json.dumps(params, ensure_ascii=False))
+        row = (account, call_id_of(params), received_at, json.dumps(params, ensure_ascii=False))
 
         def insert(db: sqlite3.Connection) -> int:
             cur = db.execute(
-                "INSERT INTO inbox (account, received_at, params) VALUES (?, ?, ?)", row
+                "INSERT INTO inbox (account, call_id, received_at, params) VALUES (?, ?, ?, ?)",
+                row,
             )
             return int(cur.lastrowid or 0)
 
@@ -324,7 +331,11 @@ class SQLiteStore:
         return CallState.model_validate_json(text) if text else None
 
     async def commit_event(
-        self, item_id: int | None, state: CallState | None, dispatches: list[NewDispatch]
+        self,
+        item_id: int | None,
+        state: CallState | None,
+        dispatches: list[NewDispatch],
+        records: Sequence[NewCallRecord] = (),
     ) -> None:
         now = self.clock.now()
         state_row = (
@@ -334,6 +345,9 @@ class SQLiteStore:
                 state.model_dump_json(),
                 int(state.finished),
                 state.last_received_at,
+                state.started_at if state.started_at is not None else state.last_received_at,
+                state.client_number,
+                _extensions(state),
             )
             if state is not None
             else None
@@ -343,10 +357,13 @@ class SQLiteStore:
             # All or nothing: a write runs under a savepoint of its own (see _commit_batch).
             if state_row is not None:
                 db.execute(
-                    "INSERT INTO calls (account, call_id, state, finished, last_received_at)"
-                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (account, call_id) DO UPDATE SET"
+                    "INSERT INTO calls (account, call_id, state, finished, last_received_at,"
+                    " started_at, client_number, extensions) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (account, call_id) DO UPDATE SET"
                     " state = excluded.state, finished = excluded.finished,"
-                    " last_received_at = excluded.last_received_at",
+                    " last_received_at = excluded.last_received_at,"
+                    " started_at = excluded.started_at, client_number = excluded.client_number,"
+                    " extensions = excluded.extensions",
                     state_row,
                 )
             if item_id is not None:
@@ -374,6 +391,7 @@ class SQLiteStore:
                         for d in dispatches
                     ],
                 )
+                _insert_records(db, state.account, state.call_id, records)
 
         await self._write(write)
 
@@ -495,17 +513,28 @@ class SQLiteStore:
 
         return await self._write(update)
 
-    async def complete_dispatch(self, dispatch_id: int) -> None:
+    async def complete_dispatch(
+        self, dispatch_id: int, records: Sequence[NewCallRecord] = ()
+    ) -> None:
         now = self.clock.now()
-        await self._write(
-            lambda db: db.execute(
+
+        def update(db: sqlite3.Connection) -> None:
+            db.execute(
                 "UPDATE dispatches SET status = 'done', done_at = ?, attempts = attempts + 1"
                 " WHERE id = ?",
                 (now, dispatch_id),
             )
-        )
+            _insert_records_of_row(db, dispatch_id, records)
 
-    async def fail_dispatch(self, dispatch_id: int, error: str, retry_at: float | None) -> None:
+        await self._write(update)
+
+    async def fail_dispatch(
+        self,
+        dispatch_id: int,
+        error: str,
+        retry_at: float | None,
+        records: Sequence[NewCallRecord] = (),
+    ) -> None:
         args: tuple[object, ...]
         if retry_at is None:
             sql, args = (
@@ -519,7 +548,12 @@ class SQLiteStore:
                 " WHERE id = ?",
                 (error, retry_at, dispatch_id),
             )
-        await self._write(lambda db: db.execute(sql, args))
+
+        def update(db: sqlite3.Connection) -> None:
+            db.execute(sql, args)
+            _insert_records_of_row(db, dispatch_id, records)
+
+        await self._write(update)
 
     # -- effects ----------------------------------------------------------------------------
 
@@ -587,6 +621,63 @@ class SQLiteStore:
             ).fetchall()
 
         return [(k, json.loads(v)) for k, v in await self._run(select)]
+
+    # -- call records and the calls list ----------------------------------------------------
+
+    async def add_call_records(
+        self, account: str, call_id: str, records: Sequence[NewCallRecord]
+    ) -> None:
+        await self._write(lambda db: _insert_records(db, account, call_id, records))
+
+    async def call_records(self, account: str, call_id: str) -> list[CallRecord]:
+        def select(db: sqlite3.Connection) -> list[tuple[int, str, float, str]]:
+            return db.execute(
+                "SELECT id, integration, at, data FROM call_records"
+                " WHERE account = ? AND call_id = ? ORDER BY id",
+                (account, call_id),
+            ).fetchall()
+
+        return [
+            CallRecord(id_, integration, at, callrecords.decode(data))
+            for id_, integration, at, data in await self._run(select)
+        ]
+
+    async def call_events(self, account: str, call_id: str) -> list[InboxItem]:
+        def select(db: sqlite3.Connection) -> list[InboxItem]:
+            rows = db.execute(
+                f"SELECT {self._INBOX_COLUMNS} FROM inbox"
+                " WHERE account = ? AND call_id = ? ORDER BY id",
+                (account, call_id),
+            ).fetchall()
+            return [self._inbox_item(r) for r in rows]
+
+        return await self._run(select)
+
+    async def find_calls(self, query: CallQuery) -> list[CallRow]:
+        """Stored calls matching ``query``, newest start first.
+
+        Walks the calls by start (``calls_started``, or ``calls_client_number`` for a number)
+        and reads the per-integration status and link of the page's calls only, so a page
+        costs the same with ten calls stored or a hundred thousand.
+        """
+        where, args = _call_filters(query)
+
+        def select(db: sqlite3.Connection) -> list[CallRow]:
+            rows = db.execute(
+                "SELECT account, call_id, state FROM calls"
+                f" WHERE {where} ORDER BY started_at DESC, call_id DESC LIMIT ?",
+                [*args, query.limit],
+            ).fetchall()
+            return [
+                CallRow(
+                    CallState.model_validate_json(state),
+                    _statuses(db, account, call_id),
+                    _links(db, account, call_id),
+                )
+                for account, call_id, state in rows
+            ]
+
+        return await self._run(select)
 
     # -- inspection -------------------------------------------------------------------------
 
@@ -667,6 +758,145 @@ def _commit_batch(
             raise
         return [_Failed(exc)] * len(fns)
     return results
+
+
+# Where one integration's rows for one call stand (DeliveryStatus), from their aggregates.
+_STATUS_OF_GROUP = (
+    "CASE WHEN sum(status = 'dead') > 0 THEN 'dead'"
+    " WHEN sum(status = 'pending' AND attempts > 0) > 0 THEN 'retrying'"
+    " WHEN sum(status = 'pending') > 0 THEN 'pending'"
+    " WHEN sum(status = 'dropped') > 0 THEN 'dropped'"
+    " ELSE 'done' END"
+)
+
+
+def _call_filters(query: CallQuery) -> tuple[str, list[Any]]:
+    """The WHERE clause over ``calls`` for ``query``, and its arguments."""
+    clauses: list[str] = ["1"]
+    args: list[Any] = []
+    if query.since is not None:
+        clauses.append("started_at >= ?")
+        args.append(query.since)
+    if query.before is not None:
+        clauses.append("started_at < ?")
+        args.append(query.before)
+    if query.account is not None:
+        clauses.append("account = ?")
+        args.append(query.account)
+    if query.call_id is not None:
+        clauses.append("call_id = ?")
+        args.append(query.call_id)
+    if query.numbers is not None:
+        if not query.numbers:
+            clauses.append("0")
+        else:
+            # The plain IN lets SQLite use the number's index; the pairs keep each number
+            # to the account in whose region it was read.
+            marks = ", ".join("?" for _ in query.numbers)
+            pairs = ", ".join("(?, ?)" for _ in query.numbers)
+            clauses.append(
+                f"client_number IN ({marks}) AND (account, client_number) IN (VALUES {pairs})"
+            )
+            args += [number for _, number in query.numbers]
+            args += [part for pair in query.numbers for part in pair]
+    if query.extension is not None:
+        clauses.append("instr(extensions, ?) > 0")
+        args.append(f",{query.extension},")
+    if query.outcome is not None:
+        clauses.append("json_extract(state, '$.outcome') = ?")
+        args.append(query.outcome)
+    if query.status is not None or query.integration is not None:
+        # Worked out once over the outbox, not once per call: a rare status (dead) would
+        # otherwise cost a group per call walked.
+        only = " WHERE integration = ?" if query.integration is not None else ""
+        having = f" HAVING {_STATUS_OF_GROUP} = ?" if query.status is not None else ""
+        clauses.append(
+            "(account, call_id) IN (SELECT account, call_id FROM dispatches"
+            f"{only} GROUP BY account, call_id, integration{having})"
+        )
+        if query.integration is not None:
+            args.append(query.integration)
+        if query.status is not None:
+            args.append(query.status.value)
+    return " AND ".join(clauses), args
+
+
+def _extensions(state: CallState) -> str:
+    """The extensions a call rang, was answered by or was made from, as ``,101,102,``."""
+    found = [leg.extension for leg in state.legs] + [a.extension for a in state.answers]
+    if state.employee:
+        found.append(state.employee)
+    return "," + ",".join(dict.fromkeys(found)) + ","
+
+
+def _statuses(db: sqlite3.Connection, account: str, call_id: str) -> dict[str, DeliveryStatus]:
+    rows = db.execute(
+        f"SELECT integration, {_STATUS_OF_GROUP} FROM dispatches"
+        " WHERE account = ? AND call_id = ? GROUP BY integration ORDER BY min(id)",
+        (account, call_id),
+    ).fetchall()
+    return {integration: DeliveryStatus(status) for integration, status in rows}
+
+
+def _links(db: sqlite3.Connection, account: str, call_id: str) -> dict[str, str]:
+    """The latest CRM link each integration's plugin reported for the call."""
+    rows = db.execute(
+        "SELECT record.integration, json_extract(decision.value, '$.link')"
+        " FROM call_records AS record, json_each(record.data, '$.decisions') AS decision"
+        " WHERE record.account = ? AND record.call_id = ? AND record.kind = 'hook'"
+        " AND json_extract(decision.value, '$.link') IS NOT NULL"
+        " ORDER BY record.id, decision.key",
+        (account, call_id),
+    ).fetchall()
+    return dict(rows)
+
+
+def _insert_records(
+    db: sqlite3.Connection, account: str, call_id: str, records: Sequence[NewCallRecord]
+) -> None:
+    """Keep ``records`` with a call: a routing record only when the decision changed; then
+    the call's oldest hook calls beyond ``MAX_RECORDS_PER_CALL`` are dropped."""
+    added = 0
+    for record in records:
+        data = callrecords.encode(record.entry)
+        kind = record.entry.kind
+        if kind == "routing":
+            last = db.execute(
+                "SELECT data FROM call_records WHERE account = ? AND call_id = ?"
+                " AND integration = ? AND kind = 'routing' ORDER BY id DESC LIMIT 1",
+                (account, call_id, record.integration),
+            ).fetchone()
+            if last is not None and last[0] == data:
+                continue
+        db.execute(
+            "INSERT INTO call_records (account, call_id, integration, kind, at, data)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (account, call_id, record.integration, kind, record.at, data),
+        )
+        added += 1
+    if not added:
+        return
+    (count,) = db.execute(
+        "SELECT count(*) FROM call_records WHERE account = ? AND call_id = ?", (account, call_id)
+    ).fetchone()
+    if count > callrecords.MAX_RECORDS_PER_CALL:
+        db.execute(
+            "DELETE FROM call_records WHERE id IN (SELECT id FROM call_records"
+            " WHERE account = ? AND call_id = ? AND kind != 'routing' ORDER BY id LIMIT ?)",
+            (account, call_id, count - callrecords.MAX_RECORDS_PER_CALL),
+        )
+
+
+def _insert_records_of_row(
+    db: sqlite3.Connection, dispatch_id: int, records: Sequence[NewCallRecord]
+) -> None:
+    if not records:
+        return
+    row = db.execute(
+        "SELECT account, call_id FROM dispatches WHERE id = ?", (dispatch_id,)
+    ).fetchone()
+    if row is not None:
+        _insert_records(db, row[0], row[1], records)
 
 
 class SQLiteEffects:

@@ -6,6 +6,11 @@ lead, write the call note, set the responsible user. ``connector journal amocrm_
 shows the journal. Every action is keyed, so a hook called again for the same call (a retry,
 a redelivered webhook) records nothing new.
 
+It tells the connector what it did, so ``connector trace`` and the console explain each
+call: every journaled action is reported as the amoCRM request it stands for
+(``integration.on_crm_request``), and every choice with its reason (``integration.report``
+with a ``Decision``: which contact, which responsible user and why, the note's text).
+
 It imports only from ``connector_core.plugin``, types its hooks with its own settings and
 runtime (``Integration[AmoCrmStubSettings, AmoCrmStubClient]``, so mypy checks every
 ``integration.settings.…`` without casts), and classifies failures with the core's errors.
@@ -25,6 +30,7 @@ from connector_core.plugin import (
     CardPart,
     CheckFinding,
     CheckLevel,
+    Decision,
     Integration,
     IntegrationType,
     InvalidRequestError,
@@ -38,6 +44,13 @@ from connector_core.plugin import (
 NAME = "amocrm_stub"
 PLACEHOLDER_SUBDOMAIN = "example"
 SUBDOMAIN = r"^[a-z0-9-]{1,63}$"
+# The amoCRM API request each journaled action stands for (reported as the CRM request).
+REQUESTS = {
+    "contact_find_or_create": "POST /api/v4/contacts",
+    "lead_create": "POST /api/v4/leads",
+    "call_note": "POST /api/v4/leads/notes",
+    "set_responsible": "PATCH /api/v4/leads",
+}
 
 
 class AmoCrmStubSettings(BaseModel):
@@ -70,6 +83,7 @@ class AmoCrmStubClient:
     def __init__(self, integration: Integration[AmoCrmStubSettings]) -> None:
         self.settings = integration.settings
         self.effects = integration.effects
+        self.on_request = integration.on_crm_request
         self.closed = False
 
     async def request(self, key: str, action: str, **fields: Any) -> bool:
@@ -89,7 +103,11 @@ class AmoCrmStubClient:
                 f"subdomain is still the placeholder '{PLACEHOLDER_SUBDOMAIN}': set it to the "
                 "account's <subdomain>.amocrm.ru"
             )
-        return await self.effects.put(f"journal:{key}", {"action": action, **fields})
+        journaled = await self.effects.put(f"journal:{key}", {"action": action, **fields})
+        if journaled:
+            # A real client reports each request it makes: metrics, and `connector trace`.
+            self.on_request(action, 0.0, "ok", path=REQUESTS[action])
+        return journaled
 
     async def aclose(self) -> None:
         self.closed = True
@@ -155,18 +173,39 @@ def parse_subdomain(answer: str) -> str:
     return name
 
 
+def _contact_link(settings: AmoCrmStubSettings, phone: str) -> str:
+    return f"https://{settings.subdomain}.amocrm.ru/contacts/list/?term={phone.lstrip('+')}"
+
+
+def _done(journaled: bool) -> str:
+    return "recorded" if journaled else "already recorded by an earlier attempt"
+
+
 async def _contact_and_lead(integration: AmoCrm, call: CallState) -> None:
     phone = call.client_number
     if phone is None:
+        integration.report(Decision("nothing to do", "the call has no client number"))
         return
     client = integration.runtime
-    await client.request(f"contact:{phone}", "contact_find_or_create", phone=phone)
-    await client.request(
+    journaled = await client.request(f"contact:{phone}", "contact_find_or_create", phone=phone)
+    integration.report(
+        Decision(
+            f"contact {phone}",
+            f"found or created by the caller's number ({_done(journaled)})",
+            link=_contact_link(integration.settings, phone),
+        )
+    )
+    journaled = await client.request(
         f"lead:{call.call_id}",
         "lead_create",
         phone=phone,
         call_id=call.call_id,
         pipeline_id=integration.settings.pipeline_id,
+    )
+    funnel = integration.settings.pipeline_id
+    where = f"funnel {funnel}" if funnel is not None else "the default funnel"
+    integration.report(
+        Decision(f"lead for call {call.call_id}", f"in {where} ({_done(journaled)})")
     )
 
 
@@ -183,15 +222,36 @@ async def connector_call_reached_transfer_scheme(
     await _contact_and_lead(integration, call)
 
 
+def _responsible(integration: AmoCrm, call: CallState) -> tuple[str | None, int | None, str]:
+    """The employee who owns the call, their amoCRM user, and why, in words."""
+    settings = integration.settings
+    # The operator's tracker.answered_owner: the last or the first employee who answered.
+    owner = call.owner(integration.answered_owner)
+    if owner is None:
+        why = f"{call.outcome.value} call: nobody answered, default_responsible"
+        return None, settings.default_responsible, why
+    user = settings.users.get(owner)
+    if call.answers:
+        why = f"extension {owner} answered (answered_owner = {integration.answered_owner})"
+    else:
+        why = f"extension {owner} made the call"
+    if user is None:
+        why += f"; extension {owner} has no user in users"
+    return owner, user, why
+
+
 @hookimpl
 async def connector_call_finished(integration: AmoCrm, call: CallState) -> None:
     if call.client_number is None:
+        integration.report(Decision("nothing to do", "the call has no client number"))
         return
-    settings, client = integration.settings, integration.runtime
-    # The operator's tracker.answered_owner: the last or the first employee who answered.
-    owner = call.owner(integration.answered_owner)
-    responsible = settings.users.get(owner) if owner else settings.default_responsible
-    await client.request(
+    client = integration.runtime
+    owner, responsible, why = _responsible(integration, call)
+    note = (
+        f"{call.direction.value} call {call.call_id}: {call.outcome.value},"
+        f" {call.duration_seconds or 0} s (talk {call.talk_seconds} s)"
+    )
+    journaled = await client.request(
         f"note:{call.call_id}",
         "call_note",
         call_id=call.call_id,
@@ -201,21 +261,23 @@ async def connector_call_finished(integration: AmoCrm, call: CallState) -> None:
         talk=call.talk_seconds,
         record_url=call.record_url,
     )
-    await client.request(
+    integration.report(Decision("call note", _done(journaled), text=note))
+    journaled = await client.request(
         f"responsible:{call.call_id}",
         "set_responsible",
         call_id=call.call_id,
         extension=owner,
         user_id=responsible,
     )
+    user = f"user {responsible}" if responsible is not None else "nobody"
+    integration.report(Decision(f"responsible {user}", f"{why} ({_done(journaled)})"))
 
 
 @hookimpl
 def connector_agent_card(integration: AmoCrm, call: CallState, extension: str) -> CardPart | None:
     if call.client_number is None:
         return None
-    subdomain = integration.settings.subdomain
-    link = f"https://{subdomain}.amocrm.ru/contacts/list/?term={call.client_number.lstrip('+')}"
+    link = _contact_link(integration.settings, call.client_number)
     return CardPart(
         title="amoCRM", lines=["contact looked up by phone"], links=[("amoCRM contact", link)]
     )

@@ -126,7 +126,7 @@ def test_the_written_text_reads_back_as_the_answers_with_users_one_per_line() ->
 def test_the_url_for_sipuni_is_public_url_else_the_listening_address(
     server: Server, url: str, note: str | None
 ) -> None:
-    assert init_config.webhook_url(server, TOKEN) == f"{url}/sipuni/{TOKEN}"
+    assert init_config.webhook_url(server, "012345", TOKEN) == f"{url}/sipuni/{TOKEN}"
     said = init_config.reachability_note(server)
     assert (said or "").startswith(note or "") and (said is None) == (note is None)
 

@@ -1,0 +1,286 @@
+"""What the connector records about each call, so ``connector trace`` and the console explain it.
+
+Per call and integration the store keeps typed records (the one place they become JSON is
+:func:`encode` / :func:`decode` here):
+
+- ``Routing``: whether the integration sees the call and why (the scheme filter, the
+  transfer-scheme gate), kept each time the decision changes;
+- ``HookCall``: one attempt at a lifecycle hook (which record, attempt number, start,
+  duration, outcome, error), with the CRM requests the plugin made during it
+  (``CrmRequest``: method, path, HTTP status, outcome, latency) and what it decided and why
+  (``Decision``, reported by the plugin through ``integration.report``).
+
+A hook call collects its requests and decisions in a :func:`recording` that the dispatcher
+opens around the hook; plugins reach it without passing anything around, through
+``integration.on_crm_request`` and ``integration.report`` (a context variable, as the log's
+account and call id). Outside a hook call nothing is recorded.
+
+Bounded: a call keeps at most ``MAX_RECORDS_PER_CALL`` records (the oldest hook calls are
+dropped first; routing records stay), and a hook call at most ``MAX_ENTRIES_PER_HOOK_CALL``
+requests and as many decisions (the rest are counted in ``dropped``). Age-based pruning is
+left to the retention settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Annotated, Any, Literal, Protocol, TypeVar
+
+from pydantic import Field, TypeAdapter
+
+log = logging.getLogger(__name__)
+# Records kept per call, all integrations together: a call that is retried for its whole
+# 72-hour horizon keeps its routing and its latest attempts.
+MAX_RECORDS_PER_CALL = 200
+# Requests, and decisions, kept per hook call: a plugin caught in a loop cannot fill the store.
+MAX_ENTRIES_PER_HOOK_CALL = 50
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a plugin decided about a call, and why: ``integration.report(Decision(...))``.
+
+    ``what`` is the decision (``owner 514``, ``client 2001 found``, ``ticket 5001 created``),
+    ``why`` its reason (``missed call, on-duty agent``), ``link`` the CRM object's address
+    when there is one (the ticket's URL), ``text`` what was written to the CRM (the comment).
+    """
+
+    what: str
+    why: str = ""
+    link: str | None = None
+    text: str | None = None
+
+
+@dataclass(frozen=True)
+class CrmRequest:
+    """One request a plugin made to its CRM during a hook call."""
+
+    method: str  # as the plugin names it: "create/ticket", "POST /api/v4/leads"
+    outcome: str  # ok, timeout, connection, rate_limited, server_error, auth, invalid…
+    seconds: float
+    at: float  # when it started (seconds since the epoch)
+    status: int | None = None  # the HTTP status, when the plugin reports it
+    path: str | None = None
+
+
+class HookOutcome(StrEnum):
+    """How one hook call ended, as the dispatcher took it."""
+
+    DONE = "done"
+    RETRY = "retry"  # failed; tried again at ``retry_at``
+    DEAD = "dead"  # failed for good: in the dead-letter queue
+
+
+@dataclass(frozen=True, kw_only=True)
+class HookCall:
+    """One attempt at a lifecycle hook, with what the plugin did during it."""
+
+    kind: Literal["hook"] = "hook"
+    hook: str  # connector_call_finished
+    record: str  # the lifecycle record's id: finished, transferred:102
+    attempt: int
+    started_at: float
+    seconds: float
+    outcome: HookOutcome
+    error: str | None = None
+    retry_at: float | None = None
+    requests: tuple[CrmRequest, ...] = ()
+    decisions: tuple[Decision, ...] = ()
+    dropped: int = 0  # requests and decisions past MAX_ENTRIES_PER_HOOK_CALL
+
+
+@dataclass(frozen=True, kw_only=True)
+class Routing:
+    """Whether an integration sees a call, and why.
+
+    ``scheme_filter`` says why the call passed or failed ``schemes`` (or which plugin's
+    ``connector_filter_call`` decided); ``transfer_scheme`` why transfer-scheme processing
+    opened the call or not, ``None`` for an integration without ``transfer_schemes``.
+    """
+
+    kind: Literal["routing"] = "routing"
+    sees: bool
+    scheme_filter: str
+    transfer_scheme: str | None = None
+
+    @property
+    def reason(self) -> str:
+        """Both reasons, as one line."""
+        return "; ".join(r for r in (self.scheme_filter, self.transfer_scheme) if r)
+
+
+Entry = Routing | HookCall
+_ENTRY: TypeAdapter[Entry] = TypeAdapter(Annotated[Entry, Field(discriminator="kind")])
+
+
+@dataclass(frozen=True)
+class NewCallRecord:
+    """A record to store for one integration's part in a call."""
+
+    integration: str  # Integration.key
+    entry: Entry
+    at: float
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """A stored record, in the order the store received it (``id``)."""
+
+    id: int
+    integration: str
+    at: float
+    entry: Entry
+
+
+def encode(entry: Entry) -> str:
+    """The JSON a record is stored as (its ``kind`` says which type it is)."""
+    return _ENTRY.dump_json(entry).decode()
+
+
+def decode(text: str) -> Entry:
+    """A stored record's entry, typed again."""
+    return _ENTRY.validate_json(text)
+
+
+E = TypeVar("E", Routing, HookCall)
+
+
+def redacted(entry: E, redact: Callable[[str], str]) -> E:
+    """``entry`` with every text in it passed through ``redact`` (configured secrets masked)."""
+    masked = _masked(_ENTRY.dump_python(entry, mode="json"), redact)
+    result = _ENTRY.validate_python(masked)
+    assert isinstance(result, type(entry))
+    return result
+
+
+def _masked(value: Any, redact: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _masked(v, redact) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v, redact) for v in value]
+    return value
+
+
+# -- collecting a hook call's requests and decisions --------------------------------------------
+
+
+@dataclass
+class Recording:
+    """What one hook call's plugin reported while it ran."""
+
+    integration: str
+    now: Callable[[], float]
+    requests: list[CrmRequest] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+    dropped: int = 0
+
+    def filled(self, call: HookCall) -> HookCall:
+        """``call`` with everything its plugin reported during it."""
+        return replace(
+            call,
+            requests=tuple(self.requests),
+            decisions=tuple(self.decisions),
+            dropped=self.dropped,
+        )
+
+    def _keep(self, entries: list[Any], entry: Any) -> None:
+        if len(entries) < MAX_ENTRIES_PER_HOOK_CALL:
+            entries.append(entry)
+        else:
+            self.dropped += 1
+
+
+_current: ContextVar[Recording | None] = ContextVar("connector_call_recording", default=None)
+
+
+@contextmanager
+def recording(integration: str, now: Callable[[], float] = time.time) -> Iterator[Recording]:
+    """Collect what ``integration``'s plugin reports inside (its requests and decisions).
+
+    Tasks the hook starts inherit the recording; what they report after the hook call ended
+    is not recorded.
+    """
+    current = Recording(integration, now)
+    token = _current.set(current)
+    try:
+        yield current
+    finally:
+        _current.reset(token)
+
+
+def _recording_for(integration: str | None) -> Recording | None:
+    current = _current.get()
+    if current is None or (integration is not None and current.integration != integration):
+        return None
+    return current
+
+
+def report_decision(integration: str, decision: Decision) -> None:
+    """Record ``decision`` with the hook call of ``integration`` that is running, if any."""
+    current = _recording_for(integration)
+    if current is None:
+        log.debug("%s decided outside a hook call (not recorded): %s", integration, decision)
+        return
+    current._keep(current.decisions, decision)
+
+
+class CrmRequestObserver(Protocol):
+    """``integration.on_crm_request``: a CRM client reports each request it made.
+
+    ``method``, ``seconds`` and ``outcome`` feed ``/metrics``; inside a hook call the request
+    is also recorded with the call, with ``status`` (the HTTP status) and ``path`` when given.
+    """
+
+    def __call__(
+        self,
+        method: str,
+        seconds: float,
+        outcome: str,
+        /,
+        *,
+        status: int | None = None,
+        path: str | None = None,
+    ) -> None: ...
+
+
+def _no_metrics(method: str, seconds: float, outcome: str) -> None:
+    return None
+
+
+def crm_request_observer(
+    metrics: Callable[[str, float, str], None] = _no_metrics,
+) -> CrmRequestObserver:
+    """An ``on_crm_request`` that records the request with the running hook call, then
+    hands ``(method, seconds, outcome)`` to ``metrics``."""
+
+    def observe(
+        method: str,
+        seconds: float,
+        outcome: str,
+        /,
+        *,
+        status: int | None = None,
+        path: str | None = None,
+    ) -> None:
+        current = _recording_for(None)
+        if current is not None:
+            request = CrmRequest(
+                method=method,
+                outcome=outcome,
+                seconds=seconds,
+                at=current.now() - seconds,
+                status=status,
+                path=path,
+            )
+            current._keep(current.requests, request)
+        metrics(method, seconds, outcome)
+
+    return observe
