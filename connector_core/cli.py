@@ -30,6 +30,7 @@ from connector_core.config import (
     load_config,
     scrub_secrets,
 )
+from connector_core.console import password_cli as console_password
 from connector_core.errors import ConfigError
 from connector_core.events import EventError, SipuniEvent, parse_event
 from connector_core.hooks import PluginHost
@@ -680,6 +681,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="with retry: every quarantined webhook")
     p.add_argument("--limit", type=int, default=100, help="with list: how many")
     p.add_argument("--config", help=config_help)
+    p = command(
+        "console-password",
+        console_password.run,
+        "print the [console] password_hash line for a password (or --generate a token)",
+    )
+    console_password.add_arguments(p)
     p = command("journal", cmd_journal, "show what a journaling plugin (amocrm_stub) recorded")
     p.add_argument("integration", help="integration name, or <account>/<name>")
     p.add_argument("--config", help=config_help)
