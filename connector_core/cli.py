@@ -325,12 +325,8 @@ async def _replay_stored(app: web.Application, since: float) -> int:
     store, worker = app[STORE], app[WORKER]
     after, count, set_aside = 0, 0, 0
     while items := await store.inbox_items(since=since, after_id=after, limit=1000):
-        for item in items:
-            if item.status in ("quarantined", "dropped"):
-                set_aside += 1  # `connector quarantine retry` is the way back for those
-                continue
-            await worker.process(item)
-            count += 1
+        ran = await worker.replay(items)
+        count, set_aside = count + ran, set_aside + len(items) - ran
         after = items[-1].id
         print(f"{count} stored event(s) replayed", file=sys.stderr)
     stats = await _finish_work(app)

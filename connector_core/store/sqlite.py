@@ -64,6 +64,13 @@ class SQLiteStore:
         db = self._db
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, db)
 
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on the store's thread, for a read model (the console's pages).
+
+        ``fn`` must only read: writes go through the methods that group-commit them.
+        """
+        return await self._run(fn)
+
     async def open(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
 
@@ -306,6 +313,21 @@ class SQLiteStore:
                 f"SELECT {self._INBOX_COLUMNS} FROM inbox"
                 " WHERE received_at >= ? AND id > ? ORDER BY id LIMIT ?",
                 (since, after_id, limit),
+            ).fetchall()
+            return [self._inbox_item(r) for r in rows]
+
+        return await self._run(select)
+
+    async def call_events(self, account: str, call_id: str) -> list[InboxItem]:
+        """The stored webhooks of one call, in arrival order (whatever their status)."""
+
+        def select(db: sqlite3.Connection) -> list[InboxItem]:
+            rows = db.execute(
+                f"SELECT {self._INBOX_COLUMNS} FROM inbox"
+                # As parse_event reads it: a string or a number, spaces around it dropped.
+                " WHERE account = ? AND trim(CAST(json_extract(params, '$.call_id') AS TEXT)) = ?"
+                " ORDER BY id",
+                (account, call_id),
             ).fetchall()
             return [self._inbox_item(r) for r in rows]
 
