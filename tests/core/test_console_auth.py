@@ -1,4 +1,4 @@
-"""The console's password: scrypt at rest, the ``[console]`` section, ``connector console-password``."""
+"""The console's password: scrypt at rest, ``[console]``, ``connector console-password``."""
 
 from __future__ import annotations
 
@@ -75,7 +75,8 @@ def test_an_enabled_console_without_a_hash_is_a_config_error_saying_what_to_run(
 
 def test_a_wrong_hash_a_time_zone_and_a_language_are_reported_at_their_paths() -> None:
     errors = config_errors(
-        'enabled = true\npassword_hash = "plain-text-password"\ntimezone = "Moscow"\nlanguage = "de"'
+        'enabled = true\npassword_hash = "plain-text-password"\n'
+        'timezone = "Moscow"\nlanguage = "de"'
     )
     assert [e.split(":", 1)[0] for e in errors] == [
         "console.password_hash",
