@@ -60,12 +60,17 @@ _SEVERITY = {
     HookStatus.RETRYING: 3,
     HookStatus.DEAD: 4,
 }
-# HookStatus.of_row as SQL over a dispatches row: the calls page aggregates it per call.
+# HookStatus.of_row as SQL: which dispatch rows have each status.
+ROW_SQL = {
+    HookStatus.DEAD: "status = 'dead'",
+    HookStatus.RETRYING: "status = 'pending' AND attempts > 0",
+    HookStatus.PENDING: "status = 'pending' AND attempts = 0",
+    HookStatus.DROPPED: "status = 'dropped'",
+    HookStatus.DONE: "status = 'done'",
+}
+# A row's severity in SQL: the calls page sums a call's rows up per integration with max().
 SEVERITY_SQL = (
-    "CASE WHEN status = 'dead' THEN 4"
-    " WHEN status = 'pending' AND attempts > 0 THEN 3"
-    " WHEN status = 'pending' THEN 2"
-    " WHEN status = 'dropped' THEN 1 ELSE 0 END"
+    "CASE " + " ".join(f"WHEN {ROW_SQL[s]} THEN {s.severity}" for s in HookStatus) + " ELSE 0 END"
 )
 
 

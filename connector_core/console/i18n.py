@@ -212,6 +212,7 @@ TEXT: dict[str, tuple[str, str]] = {
     "rejected.none": ("Отклонённых вебхуков нет.", "No rejected webhooks."),
     # setup
     "setup.title": ("Настройка", "Setup"),
+    "setup.account": ("Аккаунт", "Account"),
     "setup.webhook": ("Адрес для Sipuni", "The address for Sipuni"),
     "setup.copy": ("Копировать", "Copy"),
     "setup.no_public_url": (
@@ -219,6 +220,10 @@ TEXT: dict[str, tuple[str, str]] = {
         " достучаться до него из интернета.",
         "server.public_url is not set: this is the address the service listens on. Sipuni must"
         " reach it from the internet.",
+    ),
+    "setup.recent": (
+        "Схемы и внутренние номера — по последним звонкам, их просмотрено",
+        "Schemes and extensions come from the latest calls; calls looked at",
     ),
     "setup.schemes": ("Схемы, через которые шли звонки", "Schemes the calls went through"),
     "setup.scheme_number": ("Номер (treeNumber)", "Number (treeNumber)"),

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from connector_core.console.filters import SEVERITY_SQL, CallFilter, HookStatus
+from connector_core.console.filters import ROW_SQL, SEVERITY_SQL, CallFilter, HookStatus
 
 CallKey = tuple[str, str]  # (account, call_id)
 
@@ -45,7 +45,9 @@ def recent_calls(
     where: list[str] = []
     args: list[Any] = []
     if f.account:
-        where.append("c.account = ?")
+        # "+": not through the primary key's index, which would read and sort every call of
+        # the account; the newest-first scan stops at the page's end.
+        where.append("+c.account = ?")
         args.append(f.account)
     if received_since is not None:
         where.append("c.last_received_at >= ?")
@@ -74,12 +76,7 @@ def recent_calls(
         )
         args += [f.extension] * 3
     if f.status is not None:
-        # A call's status is its worst integration's.
-        where.append(
-            "(c.account, c.call_id) IN (SELECT account, call_id FROM dispatches"
-            f" GROUP BY account, call_id HAVING max({SEVERITY_SQL}) = ?)"
-        )
-        args.append(f.status.severity)
+        where.append(_worst_status_is(f.status))
     sql = "SELECT c.rowid, c.account, c.call_id, c.state, c.last_received_at FROM calls AS c"
     if where:
         sql += " WHERE " + " AND ".join(where)
@@ -88,26 +85,54 @@ def recent_calls(
     return [StoredCall(*row) for row in db.execute(sql, args).fetchall()]
 
 
+def _worst_status_is(status: HookStatus) -> str:
+    """A call whose worst hook call has ``status``: it has a row of it, and none worse.
+
+    Rows not done are few and found by the index on status; "has a done row" is asked per
+    call through the index on (account, call_id), as done rows are most of the table.
+    """
+    worse = [s for s in HookStatus if s.severity > status.severity]
+    if status is HookStatus.DONE:
+        clauses = [
+            "EXISTS (SELECT 1 FROM dispatches AS d WHERE d.account = c.account"
+            f" AND d.call_id = c.call_id AND d.{ROW_SQL[status]})"
+        ]
+    else:
+        clauses = [
+            "(c.account, c.call_id) IN (SELECT account, call_id FROM dispatches"
+            f" WHERE {ROW_SQL[status]})"
+        ]
+    clauses += [
+        "(c.account, c.call_id) NOT IN (SELECT account, call_id FROM dispatches"
+        f" WHERE {ROW_SQL[s]})"
+        for s in worse
+    ]
+    return "(" + " AND ".join(clauses) + ")"
+
+
 def hook_summaries(
     db: sqlite3.Connection, calls: Iterable[CallKey]
 ) -> dict[CallKey, list[HookSummary]]:
     """Per call, each integration's hook calls summed up, by integration name."""
     keys = list(dict.fromkeys(calls))
     found: dict[CallKey, list[HookSummary]] = {k: [] for k in keys}
-    # SQLite allows 32766 variables; a page asks for 50 calls.
-    for start in range(0, len(keys), 500):
-        chunk = keys[start : start + 500]
-        values = ", ".join("(?, ?)" for _ in chunk)
-        rows = db.execute(
-            f"SELECT account, call_id, integration, max({SEVERITY_SQL}), count(*)"
-            f" FROM dispatches WHERE (account, call_id) IN (VALUES {values})"
-            " GROUP BY account, call_id, integration ORDER BY integration",
-            [part for key in chunk for part in key],
-        ).fetchall()
-        for account, call_id, integration, severity, count in rows:
-            found[(account, call_id)].append(
-                HookSummary(integration, HookStatus.by_severity(severity), count)
-            )
+    by_account: dict[str, list[str]] = {}
+    for account, call_id in keys:
+        by_account.setdefault(account, []).append(call_id)
+    for account, call_ids in by_account.items():
+        # SQLite allows 32766 variables; a page asks for 50 calls.
+        for start in range(0, len(call_ids), 500):
+            chunk = call_ids[start : start + 500]
+            rows = db.execute(
+                f"SELECT call_id, integration, max({SEVERITY_SQL}), count(*) FROM dispatches"
+                f" WHERE account = ? AND call_id IN ({', '.join('?' * len(chunk))})"
+                " GROUP BY call_id, integration ORDER BY integration",
+                [account, *chunk],
+            ).fetchall()
+            for call_id, integration, severity, count in rows:
+                found[(account, call_id)].append(
+                    HookSummary(integration, HookStatus.by_severity(severity), count)
+                )
     return found
 
 
@@ -173,18 +198,38 @@ def queue_depths(db: sqlite3.Connection) -> dict[str, QueueDepth]:
     }
 
 
-def seen_extensions(db: sqlite3.Connection, account: str) -> dict[str, int]:
-    """Every extension the account's stored calls rang, were answered at or dialled from,
-    with how many calls each was in."""
+# The setup page looks at this many of each account's latest calls: what rings now matters,
+# and reading every call ever stored would make the page slower as the store grows.
+RECENT_CALLS = 2000
+
+
+@dataclass(frozen=True)
+class RecentUse:
+    """What an account's latest calls went through: extensions (with how many calls each was
+    in) and schemes (number, name), as seen."""
+
+    calls: int
+    extensions: dict[str, int]
+    schemes: list[tuple[str | None, str | None]]
+
+
+def recent_use(db: sqlite3.Connection, account: str, limit: int = RECENT_CALLS) -> RecentUse:
+    """The extensions rung, answering or dialling, and the schemes of the latest ``limit``
+    calls of ``account``."""
     rows = db.execute(
-        "SELECT extension, count(DISTINCT call_id) FROM ("
-        " SELECT c.call_id, json_extract(leg.value, '$.extension') AS extension"
-        "  FROM calls AS c, json_each(c.state, '$.legs') AS leg WHERE c.account = ?"
-        " UNION ALL SELECT c.call_id, json_extract(answer.value, '$.extension')"
-        "  FROM calls AS c, json_each(c.state, '$.answers') AS answer WHERE c.account = ?"
-        " UNION ALL SELECT call_id, json_extract(state, '$.employee')"
-        "  FROM calls WHERE account = ?)"
-        " WHERE extension IS NOT NULL GROUP BY extension",
-        (account, account, account),
+        # "+": newest first by rowid, not every call of the account through the primary key.
+        "SELECT state FROM calls WHERE +account = ? ORDER BY rowid DESC LIMIT ?",
+        (account, limit),
     ).fetchall()
-    return {str(extension): int(count) for extension, count in rows}
+    extensions: dict[str, int] = {}
+    schemes: dict[tuple[str | None, str | None], None] = {}
+    for (text,) in rows:
+        state = json.loads(text)
+        seen = {leg.get("extension") for leg in state.get("legs") or []}
+        seen |= {answer.get("extension") for answer in state.get("answers") or []}
+        seen.add(state.get("employee"))
+        for extension in seen - {None}:
+            extensions[str(extension)] = extensions.get(str(extension), 0) + 1
+        for visit in state.get("schemes") or []:
+            schemes[(visit.get("id"), visit.get("name"))] = None
+    return RecentUse(len(rows), extensions, sorted(schemes, key=lambda s: (s[0] or "", s[1] or "")))

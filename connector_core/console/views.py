@@ -462,6 +462,7 @@ class ExtensionRow:
 @dataclass(frozen=True)
 class AccountSetup:
     number: str
+    calls_looked_at: int  # the latest calls the schemes and extensions come from
     webhook_url: str
     schemes: list[SeenScheme]
     schemes_line: str  # `schemes = [...]`, ready to paste
@@ -511,8 +512,9 @@ async def setup_view(sources: Sources) -> SetupView:
     base = webhook_base(config)
     accounts = []
     for number, account in config.accounts.items():
-        schemes = await sources.store.seen_schemes(number)
-        seen = await sources.store.read(functools.partial(reads.seen_extensions, account=number))
+        used = await sources.store.read(functools.partial(reads.recent_use, account=number))
+        seen = used.extensions
+        schemes = [SeenScheme(id_, name) for id_, name in used.schemes]
         maps = {
             name: found
             for name, item in account.integrations.items()
@@ -533,6 +535,7 @@ async def setup_view(sources: Sources) -> SetupView:
         accounts.append(
             AccountSetup(
                 number=number,
+                calls_looked_at=used.calls,
                 webhook_url=f"{base}/sipuni/{account.token.get_secret_value()}",
                 schemes=schemes,
                 schemes_line="schemes = "

@@ -108,6 +108,18 @@ CREATE TABLE IF NOT EXISTS probe (
 INSERT OR IGNORE INTO probe (id, written_at) VALUES (1, 0)
 """,
     ),
+    Step(
+        4,
+        "the operator console reads one call's events and hook calls, finds calls by number and"
+        " by their hook calls' status, without reading every row: a call's rows by (account,"
+        " call_id), rows by status, calls by the client's number, webhooks by call id",
+        """
+CREATE INDEX IF NOT EXISTS dispatches_call ON dispatches(account, call_id);
+CREATE INDEX IF NOT EXISTS dispatches_status ON dispatches(status, account, call_id);
+CREATE INDEX IF NOT EXISTS calls_client ON calls(json_extract(state, '$.client_number'));
+CREATE INDEX IF NOT EXISTS inbox_call ON inbox(account, json_extract(params, '$.call_id'))
+""",
+    ),
 )
 LATEST = STEPS[-1].version
 

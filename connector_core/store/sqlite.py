@@ -324,9 +324,8 @@ class SQLiteStore:
         def select(db: sqlite3.Connection) -> list[InboxItem]:
             rows = db.execute(
                 f"SELECT {self._INBOX_COLUMNS} FROM inbox"
-                # As parse_event reads it: a string or a number, spaces around it dropped.
-                " WHERE account = ? AND trim(CAST(json_extract(params, '$.call_id') AS TEXT)) = ?"
-                " ORDER BY id",
+                # The expression of the index inbox_call (migrations, step 4), exactly.
+                " WHERE account = ? AND json_extract(params, '$.call_id') = ? ORDER BY id",
                 (account, call_id),
             ).fetchall()
             return [self._inbox_item(r) for r in rows]

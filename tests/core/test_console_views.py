@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -23,7 +24,7 @@ from connector_core.appkeys import (
 )
 from connector_core.callstate import Outcome
 from connector_core.clock import FakeClock
-from connector_core.console import actions, views
+from connector_core.console import actions, reads, views
 from connector_core.console.filters import (
     PAGE_SIZE,
     SEVERITY_SQL,
@@ -32,6 +33,7 @@ from connector_core.console.filters import (
     parse_filter,
 )
 from connector_core.simulator import scenarios
+from connector_core.store.sqlite import SQLiteStore
 from tests.console_kit import console_section
 from tests.harness import TOKEN, app_for, make_config, settle
 from tests.plugin_kit import add_test_plugin
@@ -382,3 +384,57 @@ async def test_replay_gives_an_integration_added_since_the_hook_calls_it_is_owed
     assert await actions.replay_call(
         app[STORE], app[WORKER], app[DISPATCHER], "012345", "404.0"
     ) == actions.Done("flash.no_events", False)
+
+
+# --- the pages read through indexes -------------------------------------------------------------
+
+
+class Recording:
+    """A connection that keeps every statement run through it."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db, self.statements = db, []
+
+    def execute(self, sql: str, args: Any = ()) -> sqlite3.Cursor:
+        self.statements.append((sql, args))
+        return self.db.execute(sql, args)
+
+
+def plans(db: sqlite3.Connection, recorded: Recording) -> list[str]:
+    return [
+        " | ".join(row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", args))
+        for sql, args in recorded.statements
+    ]
+
+
+async def test_the_pages_find_calls_and_their_rows_through_indexes_not_whole_tables(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(tmp_path / "c.db")
+    await store.open()
+    await store.close()
+    db = sqlite3.connect(tmp_path / "c.db")
+    regions = {"012345": "RU"}
+
+    def plan_of(query: dict[str, str]) -> str:
+        recorded = Recording(db)
+        reads.recent_calls(recorded, parse_filter(query, regions), received_since=None, limit=51)  # type: ignore[arg-type]
+        [plan] = plans(db, recorded)
+        return plan
+
+    assert "USING INDEX calls_client" in plan_of({"phone": "89161234567"})
+    for status in ("dead", "retrying", "pending", "dropped", "done"):
+        plan = plan_of({"status": status})
+        assert "SCAN dispatches" not in plan, (status, plan)
+    recorded = Recording(db)
+    reads.hook_summaries(recorded, [("012345", "1.1"), ("012345", "1.2")])  # type: ignore[arg-type]
+    reads.queue_depths(recorded)  # type: ignore[arg-type]
+    for plan in plans(db, recorded):
+        assert "SCAN dispatches" not in plan, plan
+    # One call's webhooks and hook calls (SQLiteStore.call_events, dispatches_for).
+    for sql in (
+        "SELECT id FROM inbox WHERE account = ? AND json_extract(params, '$.call_id') = ?",
+        "SELECT id FROM dispatches WHERE account = ? AND call_id = ? ORDER BY id",
+    ):
+        [(_, _, _, plan)] = db.execute(f"EXPLAIN QUERY PLAN {sql}", ("012345", "1.1")).fetchall()
+        assert plan.startswith("SEARCH") and " INDEX " in plan, plan
