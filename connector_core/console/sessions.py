@@ -21,6 +21,7 @@ LOGIN_COOKIE = "connector_console_login"  # the login form's CSRF token, before 
 MAX_SESSIONS = 1000  # the oldest go first: a flood of logins cannot fill the memory
 # Failed logins from one address allowed per window, then it must wait for the window.
 MAX_FAILURES, FAILURE_WINDOW_SECONDS = 5, 300.0
+MAX_ADDRESSES = 10_000  # addresses whose failures are remembered at most
 
 
 def _digest(value: str) -> str:
@@ -107,6 +108,8 @@ class LoginThrottle:
 
     def failed(self, address: str) -> None:
         self._failures.setdefault(address, []).append(self.clock.now())
+        if len(self._failures) > MAX_ADDRESSES:  # many addresses guessing: forget the oldest
+            del self._failures[next(iter(self._failures))]
 
     def succeeded(self, address: str) -> None:
         self._failures.pop(address, None)

@@ -559,6 +559,6 @@ def _extension_order(extension: str) -> tuple[int, str]:
 def effective_config(config: Config) -> str:
     """The validated config as JSON, every secret masked (``SecretStr`` and, to be sure, every
     secret value wherever else it appears)."""
-    data = config.model_dump(mode="json", exclude={"warnings"})
+    data = config.model_dump(mode="json", by_alias=True, exclude={"warnings"})
     text = json.dumps(data, indent=2, ensure_ascii=False)
     return Redactor(config.secrets())(text)
