@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import functools
 import re
+from pathlib import Path
+from typing import Any
 
-from aiohttp.test_utils import TestClient
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from connector_core.console.auth import hash_password
+from tests.harness import app_for, make_config
 
 PASSWORD = "operator-password-Jq7Wm2"
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -45,3 +49,37 @@ async def sign_in(client: TestClient, password: str = PASSWORD) -> str:
     )
     assert response.status == 200 and response.url.path == "/console/calls", response.status
     return csrf_in(await response.text())
+
+
+class Services:
+    """Services with the console on, each in its own folder on a loopback port; ``close()``
+    stops them all."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.clients: list[TestClient] = []
+
+    async def start(
+        self,
+        integrations: str,
+        *,
+        console: str | None = None,
+        extra: str = "",
+        folder: str | None = None,
+        **kwargs: Any,
+    ) -> tuple[web.Application, TestClient]:
+        """The service for ``integrations``: ``console`` replaces the default ``[console]``
+        (PASSWORD); ``extra`` adds sections; ``folder`` names a store kept across starts."""
+        head = (console_section() if console is None else console) + extra
+        config, host = make_config(
+            self.root / (folder or str(len(self.clients))), integrations, extra=head
+        )
+        app = app_for(config, host, **kwargs)
+        client = TestClient(TestServer(app, host="127.0.0.1"))
+        await client.start_server()
+        self.clients.append(client)
+        return app, client
+
+    async def close(self) -> None:
+        for client in self.clients:
+            await client.close()

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from importlib.resources import files
 from typing import Any
 
-from aiohttp import web
+from aiohttp import ChainMapProxy, web
 from yarl import URL
 
 from connector_core.appkeys import (
@@ -36,8 +37,8 @@ STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
 CALL_ID = r"[0-9A-Za-z._:-]{1,128}"  # as events.CALL_ID accepts it
 
 
-def sources(request: web.Request) -> views.Sources:
-    app = request.config_dict
+def sources(app: web.Application | ChainMapProxy) -> views.Sources:
+    """What the pages read, from the service's app (or a request's ``config_dict``)."""
     return views.Sources(
         store=app[STORE],
         config=app[CONFIG],
@@ -170,12 +171,12 @@ async def index(request: web.Request) -> web.Response:
 
 
 def _calls_filter(request: web.Request) -> CallFilter:
-    return parse_filter(request.query, sources(request).regions())
+    return parse_filter(request.query, sources(request.config_dict).regions())
 
 
 async def calls_page(request: web.Request) -> web.Response:
     f = _calls_filter(request)
-    view = await views.calls_view(sources(request), f)
+    view = await views.calls_view(sources(request.config_dict), f)
     rows_url = request.app.router["calls_rows"].url_for().with_query(f.query())
     next_url = None
     if view.next_before is not None:
@@ -197,13 +198,13 @@ async def calls_page(request: web.Request) -> web.Response:
 
 
 async def calls_rows(request: web.Request) -> web.Response:
-    view = await views.calls_view(sources(request), _calls_filter(request))
+    view = await views.calls_view(sources(request.config_dict), _calls_filter(request))
     return render(request, "calls_rows.html", view=view)
 
 
 async def _call(request: web.Request) -> views.CallView:
     found = await views.call_view(
-        sources(request), request.match_info["account"], request.match_info["call_id"]
+        sources(request.config_dict), request.match_info["account"], request.match_info["call_id"]
     )
     if found is None:
         raise web.HTTPNotFound(
@@ -234,7 +235,7 @@ async def call_hooks(request: web.Request) -> web.Response:
 
 
 async def integrations_page(request: web.Request) -> web.Response:
-    view = await views.integrations_view(sources(request))
+    view = await views.integrations_view(sources(request.config_dict))
     return render(
         request,
         "integrations.html",
@@ -246,7 +247,7 @@ async def integrations_page(request: web.Request) -> web.Response:
 
 
 async def setup_page(request: web.Request) -> web.Response:
-    view = await views.setup_view(sources(request))
+    view = await views.setup_view(sources(request.config_dict))
     return render(request, "setup.html", page="setup", title="setup.title", view=view)
 
 
@@ -269,30 +270,26 @@ async def _after(request: web.Request, done: Done, fallback: str) -> web.Respons
     raise web.HTTPSeeOther(_back(request, form.get("back"), fallback))
 
 
-def _id(request: web.Request, name: str) -> int:
-    return int(request.match_info[name])
+def _button(
+    run: Callable[[ChainMapProxy, int], Awaitable[Done]], row: str
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """A dead letter's or a quarantined webhook's button: ``run(app, row id)``, then back."""
+
+    async def handler(request: web.Request) -> web.Response:
+        done = await run(request.config_dict, int(request.match_info[row]))
+        return await _after(request, done, url(request, "integrations"))
+
+    return handler
 
 
-async def dead_retry(request: web.Request) -> web.Response:
-    app = request.config_dict
-    done = await actions.retry_dead_letter(app[STORE], app[DISPATCHER], _id(request, "row_id"))
-    return await _after(request, done, url(request, "integrations"))
-
-
-async def dead_drop(request: web.Request) -> web.Response:
-    done = await actions.drop_dead_letter(request.config_dict[STORE], _id(request, "row_id"))
-    return await _after(request, done, url(request, "integrations"))
-
-
-async def quarantine_retry(request: web.Request) -> web.Response:
-    app = request.config_dict
-    done = await actions.retry_quarantined(app[STORE], app[WORKER], _id(request, "item_id"))
-    return await _after(request, done, url(request, "integrations"))
-
-
-async def quarantine_drop(request: web.Request) -> web.Response:
-    done = await actions.drop_quarantined(request.config_dict[STORE], _id(request, "item_id"))
-    return await _after(request, done, url(request, "integrations"))
+dead_retry = _button(
+    lambda app, row: actions.retry_dead_letter(app[STORE], app[DISPATCHER], row), "row_id"
+)
+dead_drop = _button(lambda app, row: actions.drop_dead_letter(app[STORE], row), "row_id")
+quarantine_retry = _button(
+    lambda app, item: actions.retry_quarantined(app[STORE], app[WORKER], item), "item_id"
+)
+quarantine_drop = _button(lambda app, item: actions.drop_quarantined(app[STORE], item), "item_id")
 
 
 async def replay(request: web.Request) -> web.Response:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from connector_core import cli
 from connector_core.appkeys import STORE, WORKER
@@ -24,8 +24,15 @@ from connector_core.console import pages
 from connector_core.console.sessions import FAILURE_WINDOW_SECONDS, MAX_FAILURES
 from connector_core.console.web import PAGE_ROUTES, PUBLIC_ROUTES
 from connector_core.simulator import scenarios
-from tests.console_kit import PASSWORD, console_section, csrf_in, password_hash, sign_in
-from tests.harness import TOKEN, app_for, make_config
+from tests.console_kit import (
+    PASSWORD,
+    Services,
+    console_section,
+    csrf_in,
+    password_hash,
+    sign_in,
+)
+from tests.harness import TOKEN
 
 STUB = '[accounts.012345.integrations.amocrm_stub]\nusers = { "101" = 1 }\n'
 SAMPLE = {
@@ -44,25 +51,15 @@ Start = Callable[..., Awaitable[tuple[web.Application, TestClient]]]
 
 @pytest.fixture
 async def start(tmp_path: Path) -> AsyncIterator[Start]:
-    clients: list[TestClient] = []
+    services = Services(tmp_path)
 
     async def start(
         console: str | None = None, **kwargs: object
     ) -> tuple[web.Application, TestClient]:
-        config, host = make_config(
-            tmp_path / str(len(clients)),
-            STUB,
-            extra=console_section() if console is None else console,
-        )
-        app = app_for(config, host, **kwargs)  # type: ignore[arg-type]
-        client = TestClient(TestServer(app, host="127.0.0.1"))
-        await client.start_server()
-        clients.append(client)
-        return app, client
+        return await services.start(STUB, console=console, **kwargs)
 
     yield start
-    for client in clients:
-        await client.close()
+    await services.close()
 
 
 def console_routes() -> list[tuple[str, str, str]]:

@@ -11,20 +11,16 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from connector_core.appkeys import (
-    CLOCK,
-    CONFIG,
     DISPATCHER,
-    HOST,
-    INTEGRATIONS,
     STORE,
     WORKER,
 )
 from connector_core.callstate import Outcome
 from connector_core.clock import FakeClock
-from connector_core.console import actions, reads, views
+from connector_core.console import actions, pages, reads, views
 from connector_core.console.filters import (
     PAGE_SIZE,
     SEVERITY_SQL,
@@ -34,8 +30,8 @@ from connector_core.console.filters import (
 )
 from connector_core.simulator import scenarios
 from connector_core.store.sqlite import SQLiteStore
-from tests.console_kit import console_section
-from tests.harness import TOKEN, app_for, make_config, settle
+from tests.console_kit import Services
+from tests.harness import TOKEN, make_config, settle
 from tests.plugin_kit import add_test_plugin
 
 LINKER = '''
@@ -78,32 +74,15 @@ Start = Callable[..., Awaitable[tuple[web.Application, TestClient]]]
 @pytest.fixture
 async def start(tmp_path: Path, test_plugins_dir: Path) -> AsyncIterator[Start]:
     add_test_plugin(test_plugins_dir, "linker", LINKER)
-    clients: list[TestClient] = []
+    services = Services(tmp_path)
 
     async def start(
-        integrations: str = RECORDER, *, extra: str = "", folder: str = "db", **kwargs: object
+        integrations: str = RECORDER, **kwargs: Any
     ) -> tuple[web.Application, TestClient]:
-        config, host = make_config(tmp_path / folder, integrations, extra=console_section() + extra)
-        app = app_for(config, host, **kwargs)  # type: ignore[arg-type]
-        client = TestClient(TestServer(app))
-        await client.start_server()
-        clients.append(client)
-        return app, client
+        return await services.start(integrations, **kwargs)
 
     yield start
-    for client in clients:
-        await client.close()
-
-
-def sources(app: web.Application) -> views.Sources:
-    return views.Sources(
-        store=app[STORE],
-        config=app[CONFIG],
-        clock=app[CLOCK],
-        host=app[HOST],
-        integrations=app[INTEGRATIONS],
-        dispatcher=app[DISPATCHER],
-    )
+    await services.close()
 
 
 async def send(client: TestClient, *calls: scenarios.Scenario) -> None:
@@ -113,9 +92,9 @@ async def send(client: TestClient, *calls: scenarios.Scenario) -> None:
 
 
 async def listed(app: web.Application, **query: str) -> list[str]:
-    f = parse_filter(query, sources(app).regions())
+    f = parse_filter(query, pages.sources(app).regions())
     assert f.problems == ()
-    return [row.call_id for row in (await views.calls_view(sources(app), f)).rows]
+    return [row.call_id for row in (await views.calls_view(pages.sources(app), f)).rows]
 
 
 # --- the calls page -----------------------------------------------------------------------------
@@ -170,7 +149,7 @@ async def test_each_row_shows_every_integration_its_status_and_the_crm_link(
     )
     await send(client, scenarios.inbound_answered(client="79161234567", call_id="1717171700.1"))
     await settle(app)
-    [row] = (await views.calls_view(sources(app), parse_filter({}, {"012345": "RU"}))).rows
+    [row] = (await views.calls_view(pages.sources(app), parse_filter({}, {"012345": "RU"}))).rows
 
     assert row.number == "89161234567"  # [console] phone_format
     assert (row.direction, row.outcome) == ("inbound", Outcome.ANSWERED)
@@ -195,10 +174,10 @@ async def test_pages_of_fifty_newest_first_and_the_next_page_starts_where_one_en
     ]
     await send(client, *calls)
     await settle(app)
-    first = await views.calls_view(sources(app), parse_filter({}, {"012345": "RU"}))
+    first = await views.calls_view(pages.sources(app), parse_filter({}, {"012345": "RU"}))
     assert len(first.rows) == PAGE_SIZE and first.next_before is not None
     rest = await views.calls_view(
-        sources(app), parse_filter({"before": str(first.next_before)}, {"012345": "RU"})
+        pages.sources(app), parse_filter({"before": str(first.next_before)}, {"012345": "RU"})
     )
     assert rest.next_before is None
     shown = [r.call_id for r in first.rows + rest.rows]
@@ -252,7 +231,7 @@ async def test_one_call_shows_its_events_as_they_came_the_state_and_each_integra
     for params in [call.events[-1], *call.events[:-1]]:
         assert (await client.get(f"/sipuni/{TOKEN}", params=params)).status == 200
     await settle(app)
-    view = await views.call_view(sources(app), "012345", "1717171700.1")
+    view = await views.call_view(pages.sources(app), "012345", "1717171700.1")
     assert view is not None
 
     assert [e.event for e in view.events] == [2, 1, 1]  # arrival order, not event order
@@ -272,7 +251,7 @@ async def test_one_call_shows_its_events_as_they_came_the_state_and_each_integra
 
 async def test_no_such_call_is_none(start: Start) -> None:
     app, _ = await start()
-    assert await views.call_view(sources(app), "012345", "404.0") is None
+    assert await views.call_view(pages.sources(app), "012345", "404.0") is None
 
 
 # --- integrations and setup ---------------------------------------------------------------------
@@ -285,7 +264,7 @@ async def test_integrations_show_queues_the_last_error_and_the_work_set_aside(
     await send(client, scenarios.inbound_answered(call_id="1717171700.1"))
     await client.get(f"/sipuni/{TOKEN}", params={"event": "1"})  # no call_id: rejected
     await settle(app)
-    view = await views.integrations_view(sources(app))
+    view = await views.integrations_view(pages.sources(app))
 
     health = {h.integration: h for h in view.integrations}
     broken = health["012345/broken"]
@@ -314,7 +293,7 @@ async def test_setup_gives_the_webhook_url_the_schemes_and_the_unmapped_extensio
         scenarios.scheme_transfer(call_id="1717171800.2", start=1717171800),
     )
     await settle(app)
-    view = await views.setup_view(sources(app))
+    view = await views.setup_view(pages.sources(app))
     [account] = view.accounts
 
     assert account.webhook_url == f"https://connector.example.com/sipuni/{TOKEN}"
