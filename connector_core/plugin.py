@@ -22,6 +22,8 @@ and may move. A plugin that imports only from this module keeps working across t
   it as a ``Budget`` through the ``Paced`` protocol, and the dispatcher starts work at its pace.
 - ``Sink`` is what ``connector_register_notification_sinks`` hands over: an object with
   ``async deliver(account, extension, card)``.
+- ``Linking``: a runtime with ``call_link(record)`` names the CRM object a call made, for the
+  operator console's links.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from connector_core.callstate import (
     SchemeVisit,
     Transfer,
 )
+from connector_core.console.links import Linking
 from connector_core.errors import AuthError, CrmError, InvalidRequestError, TransientError
 from connector_core.hookspecs import hookimpl
 from connector_core.hooktime import queue_wait
@@ -74,6 +77,7 @@ __all__ = [
     "InvalidRequestError",
     "KeyedLocks",
     "Leg",
+    "Linking",
     "Outcome",
     "Paced",
     "RegisterIntegrationType",
