@@ -55,7 +55,7 @@ class Sources:
     clock: Clock
     host: PluginHost
     integrations: dict[str, Integration]
-    dispatcher: Dispatcher | None = None  # None: no service running (the CLI's read-only use)
+    dispatcher: Dispatcher | None = None  # None: no circuit or running calls to show
 
     @property
     def zone(self) -> ZoneInfo:
@@ -342,11 +342,8 @@ def _trace(
 ) -> IntegrationTrace:
     integration = sources.integrations.get(key)
     account, _, name = key.partition("/")
-    item = (
-        sources.config.accounts[account].integrations.get(name)
-        if account in (sources.config.accounts)
-        else None
-    )
+    configured = sources.config.accounts.get(account)
+    item = configured.integrations.get(name) if configured else None
     calls = [
         HookCall(
             id=row.id,
