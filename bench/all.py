@@ -29,6 +29,7 @@ RUNS: list[list[str]] = [
     ["memory", "--config", "usedesk"],
     ["card_latency"],
     ["burst"],
+    ["console"],
 ]
 
 

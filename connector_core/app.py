@@ -33,6 +33,7 @@ from connector_core.appkeys import (
 )
 from connector_core.clock import Clock, SystemClock
 from connector_core.config import Config
+from connector_core.console import web as console
 from connector_core.dispatcher import Dispatcher
 from connector_core.hooks import PluginHost
 from connector_core.httplog import Redactor, ServerErrorLog
@@ -94,6 +95,7 @@ def create_app(
     app.add_routes(ingest.routes())
     app.add_routes(health.routes())
     app.add_routes(agent_stream.routes())
+    console.install(app)  # /console/, when [console] enabled = true
     app.cleanup_ctx.append(functools.partial(_store_ctx, factory=store_factory))
     app.cleanup_ctx.append(_integrations_ctx)
     if background:

@@ -30,6 +30,7 @@ from connector_core.config import (
     load_config,
     scrub_secrets,
 )
+from connector_core.console import password_cli as console_password
 from connector_core.errors import ConfigError
 from connector_core.events import EventError, SipuniEvent, parse_event
 from connector_core.hooks import PluginHost
@@ -348,12 +349,8 @@ async def _replay_stored(app: web.Application, since: float) -> int:
     store, worker = app[STORE], app[WORKER]
     after, count, set_aside = 0, 0, 0
     while items := await store.inbox_items(since=since, after_id=after, limit=1000):
-        for item in items:
-            if item.status in ("quarantined", "dropped"):
-                set_aside += 1  # `connector quarantine retry` is the way back for those
-                continue
-            await worker.process(item)
-            count += 1
+        ran = await worker.replay(items)
+        count, set_aside = count + ran, set_aside + len(items) - ran
         after = items[-1].id
         print(f"{count} stored event(s) replayed", file=sys.stderr)
     stats = await _finish_work(app)
@@ -738,6 +735,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     calls_cli.add_trace_arguments(p)
     p.add_argument("--config", help=config_help)
+    p = command(
+        "console-password",
+        console_password.run,
+        "print the [console] password_hash line for a password (or --generate a token)",
+    )
+    console_password.add_arguments(p)
     p = command("journal", cmd_journal, "show what a journaling plugin (amocrm_stub) recorded")
     p.add_argument("integration", help="integration name, or <account>/<name>")
     p.add_argument("--config", help=config_help)

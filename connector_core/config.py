@@ -48,6 +48,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from connector_core.console.settings import ConsoleConfig
 from connector_core.errors import ConfigError
 from connector_core.integrations import IntegrationType, RoutingSettings
 
@@ -55,6 +56,7 @@ __all__ = [
     "DEMO_TOKEN",
     "AccountConfig",
     "Config",
+    "ConsoleConfig",
     "IntegrationConfig",
     "IntegrationTable",
     "LoggingConfig",
@@ -366,6 +368,7 @@ class ConfigFile(_Strict):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    console: ConsoleConfig = Field(default_factory=ConsoleConfig)
     accounts: Annotated[dict[AccountNumber, AccountTable], AfterValidator(_check_accounts)] = Field(
         description="Sipuni accounts, by their 6-digit number."
     )
@@ -412,6 +415,7 @@ class Config(_Strict):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    console: ConsoleConfig = Field(default_factory=ConsoleConfig)
     accounts: dict[str, AccountConfig]
     warnings: list[str] = Field(
         [], description="Things worth telling the operator that are not errors."
@@ -629,6 +633,7 @@ def _build(
         storage=file.storage,
         tracker=file.tracker,
         logging=file.logging,
+        console=file.console,
         accounts=accounts,
         warnings=_format(warnings, raw, origin),
     )

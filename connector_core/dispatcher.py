@@ -157,6 +157,10 @@ class Dispatcher:
     def notify(self) -> None:
         self.wakeup.set()
 
+    def running(self, integration: str) -> int:
+        """How many of ``integration``'s calls have hooks running now."""
+        return sum(1 for group in self._running if group[0] == integration)
+
     async def scan_round(self, coalesce_seconds: float = 0.02) -> bool:
         """The dispatcher loop's round: one scan for due rows; then wait for a wake-up.
 
@@ -216,7 +220,7 @@ class Dispatcher:
             breaker = self.breaker(key)
             if breaker.is_open and not breaker.may_probe(now):
                 continue
-            running = sum(1 for g in self._running if g[0] == key)
+            running = self.running(key)
             budget = budget_of(integration.runtime, PACING_HORIZON_SECONDS)
             room = room_to_start(budget, running, MAX_GROUPS_PER_INTEGRATION)
             if room <= 0:

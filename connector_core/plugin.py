@@ -31,6 +31,8 @@ and may move. A plugin that imports only from this module keeps working across t
   outcome, status=..., path=...)``.
 - ``Sink`` is what ``connector_register_notification_sinks`` hands over: an object with
   ``async deliver(account, extension, card)``.
+- ``Linking``: a runtime with ``call_link(record)`` names the CRM object a call made, for the
+  operator console's links.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from connector_core.callstate import (
     SchemeVisit,
     Transfer,
 )
+from connector_core.console.links import Linking
 from connector_core.errors import (
     AuthError,
     CrmError,
@@ -92,6 +95,7 @@ __all__ = [
     "InvalidRequestError",
     "KeyedLocks",
     "Leg",
+    "Linking",
     "Outcome",
     "Paced",
     "Questions",

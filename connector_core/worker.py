@@ -116,6 +116,24 @@ class Worker:
                     raise result
             return settled
 
+    async def replay(self, items: list[InboxItem]) -> int:
+        """Run stored items through the tracker and router again; returns how many ran.
+
+        The tracker has their events already, so nothing is merged twice: what a replay adds
+        is routing (integrations added since, or whose rows were dropped, get the hook calls
+        they are owed). Items set aside (quarantined, dropped) are skipped: `connector
+        quarantine retry` is their way back. Never beside a drain: two could merge one call's
+        events into two stale copies.
+        """
+        ran = 0
+        async with self._draining:
+            for item in items:
+                if item.status in ("quarantined", "dropped"):
+                    continue
+                await self.process(item)
+                ran += 1
+        return ran
+
     async def _count_failure(self, item: InboxItem, exc: Exception) -> bool:
         """Record a failed attempt at ``item``; ``True`` if that quarantined it."""
         attempts = item.attempts + 1

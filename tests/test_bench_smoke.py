@@ -102,3 +102,12 @@ def test_burst_reports_drain_time_hook_timeouts_and_requests() -> None:
     # One ticket per new number (its client made with it); no number searched twice.
     assert r["requests_by_path"]["/create/ticket"] == 3 and r["numbers_searched_twice"] == 0
     assert "drain_within_180s_no_hook_timeouts" in r["goals"]
+
+
+def test_console_reports_server_time_per_page() -> None:
+    r = run_bench("console")
+    assert r["calls"] == 300 and r["stored"]["dead"] == 3 and r["stored"]["retrying"] == 3
+    for page in ("calls", "calls_phone", "calls_dead", "call", "integrations", "setup"):
+        assert {"p50_ms", "p90_ms", "max_ms"} <= set(r["pages"][page]["server"])
+        assert r["pages"][page]["server"]["n"] == 5
+    assert set(r["goals"]) == {"calls_page_under_100ms"}

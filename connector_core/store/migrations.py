@@ -150,6 +150,15 @@ CREATE INDEX IF NOT EXISTS dispatches_call
     ON dispatches(account, call_id, integration, status, attempts)
 """,
     ),
+    Step(
+        5,
+        "the operator console finds calls by the hook calls' status, and its query by number"
+        " uses an index of its own until it reads through calls_view",
+        """
+CREATE INDEX IF NOT EXISTS dispatches_status ON dispatches(status, account, call_id);
+CREATE INDEX IF NOT EXISTS calls_client ON calls(json_extract(state, '$.client_number'))
+""",
+    ),
 )
 LATEST = STEPS[-1].version
 

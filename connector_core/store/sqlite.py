@@ -70,6 +70,13 @@ class SQLiteStore:
         db = self._db
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, db)
 
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on the store's thread, for a read model (the console's pages).
+
+        ``fn`` must only read: writes go through the methods that group-commit them.
+        """
+        return await self._run(fn)
+
     async def open(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
 

@@ -581,7 +581,14 @@ def test_the_json_schema_describes_the_core_and_every_plugins_settings() -> None
     schema = config_json_schema(TYPES)
 
     assert schema["$schema"].startswith("https://json-schema.org/")
-    assert set(schema["properties"]) == {"server", "storage", "tracker", "logging", "accounts"}
+    assert set(schema["properties"]) == {
+        "server",
+        "storage",
+        "tracker",
+        "logging",
+        "console",
+        "accounts",
+    }
     assert schema["properties"]["accounts"]["propertyNames"] == {"pattern": "^[0-9]{6}$"}
     account = schema["$defs"]["AccountTable"]
     integrations = account["properties"]["integrations"]

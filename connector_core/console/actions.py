@@ -1,0 +1,78 @@
+"""What the console's buttons do: the same store operations as ``connector dlq``,
+``connector quarantine`` and ``connector replay``, then a nudge to the running loops.
+
+Each returns the i18n key of the message the operator sees next, and logs what was done (by
+row id: never a secret).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from connector_core.dispatcher import Dispatcher
+from connector_core.logcontext import call_context
+from connector_core.store.sqlite import SQLiteStore
+from connector_core.worker import Worker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Done:
+    """An action's outcome: the message key, and whether it changed anything."""
+
+    message: str
+    changed: bool
+
+
+async def retry_dead_letter(store: SQLiteStore, dispatcher: Dispatcher, row_id: int) -> Done:
+    """`connector dlq retry`: a dead hook call gets a fresh start at once."""
+    row = await store.get_dispatch(row_id)
+    if row is None or not await store.requeue_dispatch(row_id):
+        return Done("flash.not_dead", False)
+    with call_context(row.account, row.call_id, row.integration):
+        log.info("console: dead letter %s (%s) queued again", row_id, row.key)
+    dispatcher.notify()
+    return Done("flash.retried", True)
+
+
+async def drop_dead_letter(store: SQLiteStore, row_id: int) -> Done:
+    """`connector dlq drop`: give a dead hook call up for good (it stays visible)."""
+    row = await store.get_dispatch(row_id)
+    if row is None or not await store.drop_dispatch(row_id):
+        return Done("flash.not_dead", False)
+    with call_context(row.account, row.call_id, row.integration):
+        log.info("console: dead letter %s (%s) dropped", row_id, row.key)
+    return Done("flash.dropped", True)
+
+
+async def retry_quarantined(store: SQLiteStore, worker: Worker, item_id: int) -> Done:
+    """`connector quarantine retry`: a quarantined webhook goes back into the queue."""
+    if not await store.requeue_event(item_id):
+        return Done("flash.not_quarantined", False)
+    log.info("console: quarantined inbox item %s queued again", item_id)
+    worker.notify()
+    return Done("flash.retried", True)
+
+
+async def drop_quarantined(store: SQLiteStore, item_id: int) -> Done:
+    """`connector quarantine drop`: give a quarantined webhook up for good."""
+    if not await store.drop_event(item_id):
+        return Done("flash.not_quarantined", False)
+    log.info("console: quarantined inbox item %s dropped", item_id)
+    return Done("flash.dropped", True)
+
+
+async def replay_call(
+    store: SQLiteStore, worker: Worker, dispatcher: Dispatcher, account: str, call_id: str
+) -> Done:
+    """`connector replay --since`, for one call: its stored events through routing again."""
+    items = await store.call_events(account, call_id)
+    if not items:
+        return Done("flash.no_events", False)
+    ran = await worker.replay(items)
+    with call_context(account, call_id):
+        log.info("console: call replayed (%d of %d stored event(s))", ran, len(items))
+    dispatcher.notify()
+    return Done("flash.replayed", True)
