@@ -49,11 +49,11 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal, Protocol, TypeVar
 
 import aiohttp
 from yarl import URL
@@ -124,7 +124,22 @@ _NOT_FOUND_RE: Final = re.compile(r"^(client|ticket|user) not found\.?$", re.IGN
 Outcome = Literal["ok", "timeout", "connection", "rate_limited", "server_error", "auth", "invalid"]
 """The ``outcome`` passed to ``on_request``; a small fixed set so it can be a metrics label."""
 
-OnRequest = Callable[[str, float, Outcome], None]
+
+class OnRequest(Protocol):
+    """``on_request(method, seconds, outcome, status=, path=)``: called once per request
+    (the core's ``integration.on_crm_request``): metrics, and the call's record."""
+
+    def __call__(
+        self,
+        method: str,
+        seconds: float,
+        outcome: Outcome,
+        /,
+        *,
+        status: int | None = None,
+        path: str | None = None,
+    ) -> None: ...
+
 
 _E = TypeVar("_E", bound=CrmError)
 
@@ -813,13 +828,13 @@ class UsedeskClient:
                 outcome,
                 elapsed,
             )
-            self._report(method, elapsed, outcome)
+            self._report(method, elapsed, outcome, status)
 
-    def _report(self, method: str, seconds: float, outcome: Outcome) -> None:
+    def _report(self, method: str, seconds: float, outcome: Outcome, status: int | None) -> None:
         if self._on_request is None:
             return
         try:
-            self._on_request(method, seconds, outcome)
+            self._on_request(method, seconds, outcome, status=status, path=f"POST /{method}")
         except Exception:
             log.exception("Usedesk on_request hook failed; ignoring it")
 

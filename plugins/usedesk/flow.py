@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,7 @@ from connector_core import templates
 from connector_core.callstate import CallState, Outcome
 from connector_core.integrations import CardPart, Integration
 from connector_core.phones import digits_only
-from connector_core.plugin import Budget, CrmError, RetryLater, TransientError
+from connector_core.plugin import Budget, CrmError, Decision, RetryLater, TransientError
 
 from . import scenario
 from .client import ClientSummary, NewClient, TicketSummary, UnknownIdError, UsedeskClient
@@ -132,6 +132,15 @@ class UsedeskRuntime:
                     )
         return bool(self._wildcards)
 
+    def ticket_url(self, ticket_id: int) -> str:
+        """The ticket in Usedesk's web interface (``web_url``)."""
+        return f"{self.settings.web_url.rstrip('/')}/tickets/{ticket_id}"
+
+    def call_link(self, record: Mapping[str, Any]) -> str | None:
+        """The console's link for a call: its ticket (``record`` is ``call:<call_id>``)."""
+        ticket_id = record.get("ticket_id")
+        return self.ticket_url(int(ticket_id)) if ticket_id else None
+
     def forget_agents(self) -> None:
         """Read ``/users`` again at the next need: Usedesk refused an agent id as unknown."""
         self._agents = None
@@ -225,6 +234,7 @@ async def lookup(integration: Integration, call: CallState) -> dict[str, Any]:
         record = {"skipped": plan.reason}
         await effects.put(f"call:{call.call_id}", record)
         log.info("%s: call skipped: %s", integration.key, plan.reason)
+        integration.report(Decision("call skipped", plan.reason))
         return record
     async with integration.locks(_lock_name(plan)):
         record = await effects.get(key)  # looked up meanwhile by a concurrent run of this call
@@ -271,6 +281,7 @@ async def ensure_ticket(integration: Integration, call: CallState) -> dict[str, 
             await effects.put(key, record)
             await _record_steps_done(integration, plan, call, record)
             log.info("%s: %s", integration.key, _describe(record))
+            _report_ticket(integration, record)
     return record
 
 
@@ -493,6 +504,15 @@ async def _create_ticket(
             ),
         )
         client_new = new_client is not None
+        if with_comment:
+            integration.report(
+                Decision(
+                    "comment written as the ticket's first message",
+                    f"signed by agent {author}" if author else "Usedesk's default author",
+                    link=rt.ticket_url(ticket_id),
+                    text=message,
+                )
+            )
     return {
         **found,
         "client_id": client_id,
@@ -798,6 +818,8 @@ async def _finish(integration: Integration, call: CallState) -> None:
         assigned = {"agent": decision.agent, "reason": decision.reason}
         await effects.put(f"assigned:{call.call_id}", assigned)
         log.info("%s: ticket %s owner: %s", integration.key, ticket_id, decision.reason)
+        what = f"owner {decision.agent}" if decision.agent is not None else "owner unchanged"
+        integration.report(Decision(what, decision.reason, link=rt.ticket_url(ticket_id)))
     done = record.get("comment_in_ticket") or await effects.get(f"comment:{call.call_id}")
     if not done:
         agents = await rt.agents()  # read once per ten minutes: no request here as a rule
@@ -806,6 +828,7 @@ async def _finish(integration: Integration, call: CallState) -> None:
         made = await _made_by_earlier_attempt(
             integration, intent, lambda: _comment_made_for(rt, ticket_id, call.call_id)
         )
+        message = rt.render("comment", call, html=True, agent_names=agents.names)
         if made is None:
             await effects.put(intent, {"ticket_id": ticket_id, "sent_at": time.time()})
             made = await _answered_or_pending(
@@ -813,13 +836,46 @@ async def _finish(integration: Integration, call: CallState) -> None:
                 intent,
                 rt.client.create_comment(
                     ticket_id,
-                    message=rt.render("comment", call, html=True, agent_names=agents.names),
+                    message=message,
                     type="private",
                     from_="user",
                     user_id=author,
                 ),
             )
         await effects.put(f"comment:{call.call_id}", {"id": made, "ticket_id": ticket_id})
+        signed = f"signed by agent {author}" if author else "Usedesk's default author"
+        integration.report(
+            Decision(f"comment {made} written", signed, link=rt.ticket_url(ticket_id), text=message)
+        )
+
+
+def _report_ticket(integration: Integration, record: dict[str, Any]) -> None:
+    """The call's client and ticket, and what the ticket's create also did, for the trace."""
+    rt = runtime(integration)
+    if not record.get("ticket_id"):
+        integration.report(Decision(_describe(record), record.get("skipped", "")))
+        return
+    link = rt.ticket_url(record["ticket_id"])
+    if record.get("ticket_new"):
+        if record.get("comment_in_ticket"):
+            when = "once the call had ended, with its owner and comment"
+        elif record.get("owner_set") is not None:
+            when = "on answer, with its owner"
+        else:
+            when = "while the phone rang"
+        reason = (
+            "always_new_ticket: a ticket per call"
+            if rt.settings.always_new_ticket
+            else "no ticket in search_statuses"
+        )
+        why = f"{reason}; made {when}"
+    else:
+        why = "the client's newest ticket in search_statuses"
+    integration.report(Decision(_describe(record), why, link=link))
+    if record.get("assigned"):
+        owner = record["assigned"].get("agent")
+        what = f"owner {owner}" if owner is not None else "no owner"
+        integration.report(Decision(what, record["assigned"].get("reason", ""), link=link))
 
 
 def _decide_owner(

@@ -120,6 +120,21 @@ async def test_calls_and_trace_tell_what_happened_to_a_call(tmp_path: Path) -> N
         "ok",
     ]
     assert all(r["seconds"] >= 0 and r["at"] > 0 for r in requests)
+    # The HTTP status and path of each request: the failed create, then the one that worked.
+    made = [(r["status"], r["path"]) for r in requests if r["method"] == "create/ticket"]
+    assert made == [(500, "POST /create/ticket"), (200, "POST /create/ticket")]
+    # What Usedesk's plugin decided and why, with the ticket's link and the comment it wrote.
+    [ticket] = [t for t in sandbox.snapshot()["tickets"] if t["additional_id"] == call.call_id]
+    link = f"https://secure.usedesk.ru/tickets/{ticket['id']}"
+    assert usedesk["link"] == link
+    said = {d["what"]: d["why"] for d in usedesk["decisions"]}
+    # The hooks ran after the hang-up here, so the ticket was made with owner and comment.
+    assert said[f"new client, new ticket {ticket['id']}"] == (
+        "no ticket in search_statuses; made once the call had ended, with its owner and comment"
+    )
+    assert said["owner 2"] == "answered (extension 101)"
+    [comment] = [d for d in usedesk["decisions"] if d["what"].startswith("comment")]
+    assert comment["link"] == link and call.call_id in comment["text"]
 
     assert (amo["integration"], amo["status"]) == (f"{ACCOUNT}/amocrm_stub", "done")
     assert amo["link"] == "https://acme.amocrm.ru/contacts/list/?term=79160000001"

@@ -1153,14 +1153,14 @@ async def test_on_request_hook_sees_method_latency_and_outcome(
         api_token=TOKEN,
         clock=ft.clock,
         sleep=ft.sleep,
-        on_request=lambda m, s, o: seen.append((m, s, o)),
+        on_request=lambda m, s, o, **kw: seen.append((m, s, o, kw)),
     ) as c:
         for _ in range(7):
             try:
                 await c.check_auth()
             except CrmError:
                 pass
-    assert [o for _, _, o in seen] == [
+    assert [o for _, _, o, _ in seen] == [
         "ok",
         "rate_limited",
         "auth",
@@ -1169,13 +1169,16 @@ async def test_on_request_hook_sees_method_latency_and_outcome(
         "server_error",
         "invalid",
     ]
-    assert all(m == "users" and s >= 0 for m, s, _ in seen)
+    assert all(m == "users" and s >= 0 for m, s, _, _ in seen)
+    # The HTTP status when one came (none for a timeout or a dropped connection), and the path.
+    assert [kw["status"] for *_, kw in seen] == [200, 429, 401, None, None, 502, 200]
+    assert {kw["path"] for *_, kw in seen} == {"POST /users"}
 
 
 async def test_failing_hook_never_fails_the_call(
     mocked: aioresponses, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken(method: str, seconds: float, outcome: str) -> None:
+    def broken(method: str, seconds: float, outcome: str, **_: object) -> None:
         raise RuntimeError("metrics backend down")
 
     mocked.post(url("users"), payload=[])

@@ -12,6 +12,7 @@ import contextlib
 from typing import Any
 
 from connector_core.callstate import CallState, Direction
+from connector_core.console.links import link_of
 from connector_core.integrations import Integration, IntegrationType, RoutingSettings
 from plugins.usedesk import flow
 from plugins.usedesk.sandbox import UsedeskSandbox
@@ -94,3 +95,9 @@ async def test_the_card_of_a_new_number_says_when_its_ticket_is_made_and_writes_
     assert part is not None
     assert part.lines == ["Новый клиент", "Тикет будет создан при ответе"] and part.links == []
     assert sandbox.requests(writes_only=True) == []  # the ring only looked
+
+
+def test_the_console_links_a_call_to_its_ticket_in_usedesk_web() -> None:
+    runtime = usedesk("http://127.0.0.1:9", "token").runtime
+    assert link_of(runtime, {"ticket_id": 5003}) == "https://secure.usedesk.ru/tickets/5003"
+    assert link_of(runtime, {"skipped": "internal call"}) is None
