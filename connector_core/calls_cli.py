@@ -116,7 +116,8 @@ def render_calls(found: list[CallSummary]) -> str:
             c.account,
             _DIRECTION[c.direction.value],
             c.number or c.employee or "-",
-            ",".join(c.extensions) or "-",
+            # An outbound call rings no extension: its employee is who dialled.
+            ",".join(c.extensions) or c.employee or "-",
             c.answered_by or "-",
             c.outcome.value + ("" if c.finished else " (open)"),
             _duration(c.duration_seconds),
@@ -137,7 +138,12 @@ def render_trace(found: CallTrace) -> str:
     """One call's trace for people: the call, Sipuni's webhooks, then each integration."""
     c, state = found.summary, found.state
     lines = [f"Call {c.call_id} of account {c.account}"]
-    who = f"from {c.number}" if c.number else (f"by {c.employee}" if c.employee else "")
+    if c.direction.value == "outbound":
+        # The client is the one called; the employee is who dialled.
+        to = f"to {c.number}" if c.number else ""
+        who = " ".join(x for x in (to, f"dialled by {c.employee}" if c.employee else "") if x)
+    else:
+        who = f"from {c.number}" if c.number else (f"by {c.employee}" if c.employee else "")
     # Sipuni's spelling, when it is more than the number without its "+".
     shown_raw = c.number_raw and c.number and c.number_raw != c.number.lstrip("+")
     raw = f" (sent as {c.number_raw})" if shown_raw else ""

@@ -195,8 +195,9 @@ async def run(
 
 NEXT_STEPS = """
 That was the Usedesk sandbox. To use your real Usedesk and Sipuni:
-  1. write connector.toml (see docs/configuration.md and docs/usedesk.md) with your Sipuni
-     account number, a secret webhook token, and the Usedesk API channel key;
+  1. `connector init` asks for your Sipuni account number and the Usedesk API channel key
+     (checked at once), makes a secret webhook token and writes connector.toml (every
+     setting: docs/configuration.md and docs/usedesk.md);
   2. `connector check` tells you what is wrong before anything runs;
   3. `connector serve`, and set Sipuni's «События на АТС» URL to
      https://<your host>/sipuni/<your token>.

@@ -241,6 +241,7 @@ async def lookup(integration: Integration, call: CallState) -> dict[str, Any]:
         if record is None:
             record = await _healing(integration, call, plan, lambda: _look_up(integration, plan))
             await effects.put(key, record)
+            _report_lookup(integration, record)
     return record
 
 
@@ -818,7 +819,12 @@ async def _finish(integration: Integration, call: CallState) -> None:
         assigned = {"agent": decision.agent, "reason": decision.reason}
         await effects.put(f"assigned:{call.call_id}", assigned)
         log.info("%s: ticket %s owner: %s", integration.key, ticket_id, decision.reason)
-        what = f"owner {decision.agent}" if decision.agent is not None else "owner unchanged"
+        if decision.agent is None:
+            what = "owner unchanged"
+        elif own and decision.agent != current:
+            what = f"owner {decision.agent} (was {current}, set when the ticket was made)"
+        else:
+            what = f"owner {decision.agent}"
         integration.report(Decision(what, decision.reason, link=rt.ticket_url(ticket_id)))
     done = record.get("comment_in_ticket") or await effects.get(f"comment:{call.call_id}")
     if not done:
@@ -849,6 +855,25 @@ async def _finish(integration: Integration, call: CallState) -> None:
         )
 
 
+def _report_lookup(integration: Integration, record: dict[str, Any]) -> None:
+    """What the search while the phone rang found, for the trace."""
+    rt = runtime(integration)
+    if record.get("client_id") is None:
+        integration.report(Decision("no client with the number", "searched on ring"))
+        return
+    found = f"client {record['client_id']} «{record.get('client_name', '')}» found"
+    if record.get("ticket_id"):
+        integration.report(
+            Decision(
+                f"{found}, ticket {record['ticket_id']}",
+                "its newest ticket in search_statuses",
+                link=rt.ticket_url(record["ticket_id"]),
+            )
+        )
+    else:
+        integration.report(Decision(found, "no ticket of it in search_statuses"))
+
+
 def _report_ticket(integration: Integration, record: dict[str, Any]) -> None:
     """The call's client and ticket, and what the ticket's create also did, for the trace."""
     rt = runtime(integration)
@@ -860,7 +885,7 @@ def _report_ticket(integration: Integration, record: dict[str, Any]) -> None:
         if record.get("comment_in_ticket"):
             when = "once the call had ended, with its owner and comment"
         elif record.get("owner_set") is not None:
-            when = "on answer, with its owner"
+            when = f"on answer, with its owner, agent {record['owner_set']}"
         else:
             when = "while the phone rang"
         reason = (

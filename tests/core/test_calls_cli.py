@@ -180,3 +180,17 @@ def test_trace_for_people_tells_the_calls_story(workdir: Path, capsys) -> None:
         " (recorded)"
     ) in lines
     assert f"| inbound call {call.call_id}: missed, 40 s (talk 0 s)" in lines
+
+
+def test_an_outbound_call_is_to_the_client_and_dialled_by_the_employee(
+    workdir: Path, capsys
+) -> None:
+    write_config(workdir, AMOCRM)
+    call = scenarios.outbound_answered("103", client="79265550003", call_id="1717171800.3")
+    replay(workdir, capsys, call)
+    code, out, _ = run(capsys, "trace", call.call_id)
+    assert code == EXIT_OK
+    assert "outbound to +79265550003 dialled by 103" in [line.strip() for line in out.splitlines()]
+    code, out, _ = run(capsys, "calls")
+    [row] = [line for line in out.splitlines() if call.call_id in line]
+    assert row.split()[4:7] == ["out", "+79265550003", "103"]  # the number, and who dialled it
