@@ -18,12 +18,14 @@ a token or password that fails validation never appears in an error.
 
 from __future__ import annotations
 
+import difflib
 import hmac
 import ipaddress
 import json
 import os
 import re
 import tomllib
+import typing
 from collections.abc import Iterator, Mapping
 from importlib import resources
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -573,7 +575,7 @@ def _build(
     try:
         file = ConfigFile.model_validate(core_raw, context=context)
     except ValidationError as exc:
-        problems += _located(exc, (), core_raw)
+        problems += _located(exc, (), core_raw, ConfigFile)
 
     # Pass 2: each integration's own keys, by its plugin's settings model.
     settings: dict[tuple[str, str], BaseModel] = {}
@@ -593,7 +595,7 @@ def _build(
         try:
             settings[(number, name)] = known.settings_model.model_validate(part, context=context)
         except ValidationError as exc:
-            problems += _located(exc, loc, part)
+            problems += _located(exc, loc, part, known.settings_model)
 
     problems += _duplicate_tokens(raw)
     # A value whose ${NAME} could not be resolved has one error: the missing variable.
@@ -733,12 +735,17 @@ def _under(loc: Loc, unresolved: list[Loc]) -> bool:
     return any(loc[: len(bad)] == bad for bad in unresolved)
 
 
-def _located(exc: ValidationError, prefix: Loc, data: Any) -> list[tuple[Loc, str]]:
-    """pydantic's errors as (TOML location, message): never with the input value."""
+def _located(
+    exc: ValidationError, prefix: Loc, data: Any, model: type[BaseModel] | None = None
+) -> list[tuple[Loc, str]]:
+    """pydantic's errors as (TOML location, message): never with the input value. An unknown
+    key of ``model`` (or of a table nested in it) names the keys it may have been meant as."""
     found = []
     for error in exc.errors(include_url=False, include_input=False):
         message = error["msg"]
-        if error["type"] == "value_error":
+        if error["type"] == "extra_forbidden":
+            message = _unknown_key(model, error["loc"])
+        elif error["type"] == "value_error":
             message = message.removeprefix("Value error, ")
         elif error["type"] in ("model_type", "model_attributes_type", "dict_type"):
             message = "Input should be a table"  # not "a valid dictionary or instance of …"
@@ -748,6 +755,52 @@ def _located(exc: ValidationError, prefix: Loc, data: Any) -> list[tuple[Loc, st
         loc = _real_loc(error["loc"], data, missing=error["type"] == "missing")
         found.append(((*prefix, *loc), message))
     return found
+
+
+def _unknown_key(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> str:
+    """``unknown key; did you mean "on_duty_user"?`` for a key no setting has."""
+    fields = _fields_at(model, loc[:-1]) if model is not None else []
+    close = difflib.get_close_matches(str(loc[-1]), fields, n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(f'{name!r}' for name in close)}?" if close else ""
+    return f"unknown key (no such setting here){hint}"
+
+
+def _fields_at(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
+    """The keys of the table at ``path`` inside ``model`` (following tables, lists of tables
+    and tables of tables); none when the path leads elsewhere."""
+    current: Any = model
+    keyed = False  # the step before was a table of tables: this step is one of its keys
+    for step in path:
+        if keyed or isinstance(step, int):  # a key or an item: its type came with the field
+            keyed = False
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(str(step))
+        if field is None:
+            return []
+        keyed = _is_table_of_tables(field.annotation)
+        current = _table_type(field.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _is_table_of_tables(annotation: Any) -> bool:
+    if typing.get_origin(annotation) is dict:
+        return True
+    return any(_is_table_of_tables(arg) for arg in typing.get_args(annotation))
+
+
+def _table_type(annotation: Any) -> Any:
+    """The model a field holds: itself, or the items of a list or the values of a dict."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _table_type(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _real_loc(loc: tuple[Any, ...], data: Any, *, missing: bool) -> Loc:

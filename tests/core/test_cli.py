@@ -214,7 +214,7 @@ mode = "explode"
 THREE_ERRORS = """\
 The configuration has 3 error(s):
   - server.port: Input should be less than or equal to 65535
-  - accounts.012345.colour: Extra inputs are not permitted
+  - accounts.012345.colour: unknown key (no such setting here)
   - accounts.012345.integrations.sab.mode: Input should be 'raise' or 'hang'
 """
 
