@@ -90,6 +90,18 @@ async def send(client: TestClient, *calls: scenarios.Scenario) -> None:
             assert (await client.get(f"/sipuni/{TOKEN}", params=params)).status == 200
 
 
+async def call_then_restart(
+    start: Start, before: str, after: str
+) -> tuple[web.Application, TestClient]:
+    """Call 1717171700.1 handled with the integrations ``before``; then the service started
+    again on the same store with ``after``, as after an operator's change to the config."""
+    app, client = await start(before, folder="same")
+    await send(client, scenarios.inbound_answered(call_id="1717171700.1"))
+    await settle(app)
+    await client.close()
+    return await start(after, folder="same")
+
+
 async def listed(app: web.Application, **query: str) -> list[str]:
     sources = pages.sources(app)
     f = parse_filter(query, sources.regions(), sources.integrations)
@@ -302,14 +314,10 @@ async def test_one_call_shows_its_events_as_they_came_the_state_and_each_integra
 async def test_the_routing_shown_is_the_one_recorded_not_what_the_config_says_now(
     start: Start,
 ) -> None:
-    app, client = await start(SALES_ONLY, folder="same")
-    await send(client, scenarios.inbound_answered(call_id="1717171700.1"))
-    await settle(app)
-    await client.close()
     # The operator widens the integration to every call and adds another: the call was not
     # routed to either, and the page says so rather than what the config would decide today.
     widened = SALES_ONLY.replace('["Продажи"]', '"all"') + RECORDER
-    app, client = await start(widened, folder="same")
+    app, client = await call_then_restart(start, SALES_ONLY, widened)
     view = await views.call_view(pages.sources(app), "012345", "1717171700.1")
     assert view is not None
     traces = {t.name: t for t in view.integrations}
@@ -461,13 +469,9 @@ async def test_a_dead_letter_retried_runs_again_and_a_dropped_one_stays_dropped(
 async def test_replay_gives_an_integration_added_since_the_hook_calls_it_is_owed(
     start: Start,
 ) -> None:
-    app, client = await start(RECORDER, folder="same")
-    await send(client, scenarios.inbound_answered(call_id="1717171700.1"))
-    await settle(app)
-    await client.close()
     # The operator adds an integration and restarts: old calls are not routed to it by
     # themselves; a replay of the call is.
-    app, _ = await start(RECORDER + RECORDER.replace("rec]", "late]"), folder="same")
+    app, _ = await call_then_restart(start, RECORDER, RECORDER + RECORDER.replace("rec]", "late]"))
     rows = await app[STORE].dispatches_for("012345", "1717171700.1")
     assert {r.integration for r in rows} == {"012345/rec"}
 
