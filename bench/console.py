@@ -4,9 +4,11 @@
 
 1. A store is filled with ``--calls`` finished calls, as the service itself would have stored
    them (each call's Sipuni events run through the real tracker; the inbox rows, the call
-   states and two integrations' dispatch rows written in one transaction): a mix of answered,
-   missed, outbound, scheme-transfer and internal calls over 30 days, 1 % of them with a dead
-   letter, 1 % with a hook call waiting to be retried.
+   states with their list columns, two integrations' dispatch rows and the calls' records,
+   routing and one attempt per hook call with a CRM request and a decision, written in one
+   transaction): a mix of answered, missed, outbound, scheme-transfer and internal calls over
+   the 30 days before the run, 1 % of them with a dead letter, 1 % with a hook call waiting
+   to be retried.
 2. The service (own process) starts on that store with the console enabled; the bench signs
    in like a browser and asks each page ``--requests`` times (after 3 unmeasured requests).
 3. Reported per page: the server's own time (the console's ``Server-Timing`` header: from the
@@ -29,9 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from connector_core import tracker
+from connector_core.callrecords import CrmRequest, Decision, HookCall, HookOutcome, Routing, encode
+from connector_core.callstate import LifecycleEvent, LifecycleKind
 from connector_core.console.auth import hash_password
 from connector_core.events import SipuniEvent, parse_event
 from connector_core.simulator import scenarios
+from connector_core.store.sqlite import _extensions as extensions_column  # the store's own
 
 from .common import ACCOUNT, STUB_INTEGRATION, Service, latency_summary, machine, report, table
 
@@ -42,9 +47,11 @@ _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 _DURATION = re.compile(r"app;dur=([0-9.]+)")
 
 
-def scenario(i: int) -> scenarios.Scenario:
-    """The i-th call of the mix: its kind, number, extensions and time all vary with i."""
-    call_id, start = f"{scenarios.START + i * 30}.{i}", scenarios.START + i * 30
+def scenario(i: int, count: int, now: float) -> scenarios.Scenario:
+    """The i-th of ``count`` calls over the ``DAYS`` before ``now``: its kind, number,
+    extensions and time all vary with i."""
+    start = int(now - DAYS * 86400 + DAYS * 86400 * i / max(1, count))
+    call_id = f"{start}.{i}"
     client = f"79{(i % 90) + 10:02d}{i:07d}"
     ring = (f"{101 + i % 9}", f"{102 + i % 9}")
     kind = i % 10
@@ -65,8 +72,34 @@ def scenario(i: int) -> scenarios.Scenario:
     return scenarios.internal(call_id=call_id, start=start)
 
 
+def hook_call(record: LifecycleEvent, at: float, error: str | None) -> HookCall:
+    """What the dispatcher records for one attempt: a CRM request, and a decision with its
+    reason (the comment's text on the call's end)."""
+    finished = record.kind is LifecycleKind.FINISHED
+    return HookCall(
+        hook=record.kind.hook,
+        record=record.id,
+        attempt=1,
+        started_at=at,
+        seconds=0.012,
+        outcome=HookOutcome.DEAD if error else HookOutcome.DONE,
+        error=error,
+        requests=(
+            CrmRequest("create/comment" if finished else "create/ticket", "ok", 0.011, at, 200),
+        ),
+        decisions=(
+            Decision(
+                "owner 514" if finished else "ticket 5001",
+                "missed call, on-duty agent" if finished else "new ticket for a new client",
+                text="Входящий звонок, 3:15" if finished else None,
+            ),
+        ),
+    )
+
+
 def fill(path: Path, count: int, now: float) -> dict[str, int]:
-    """Write ``count`` calls into the store at ``path`` (made by the service's own schema)."""
+    """Write ``count`` calls into the store at ``path`` (made by the service's own schema),
+    with the columns, records and hook rows the service writes for them."""
     import asyncio
 
     from connector_core.store.sqlite import SQLiteStore
@@ -78,33 +111,50 @@ def fill(path: Path, count: int, now: float) -> dict[str, int]:
 
     asyncio.run(schema())
     db = sqlite3.connect(path)
-    rows = {"inbox": 0, "dispatches": 0, "dead": 0, "retrying": 0}
-    span = DAYS * 86400.0
+    rows = {"inbox": 0, "dispatches": 0, "dead": 0, "retrying": 0, "records": 0}
     with db:
         for i in range(count):
-            received = now - span + span * i / max(1, count)
             state = None
-            for params in scenario(i).events:
+            for params in scenario(i, count, now).events:
                 event = parse_event(params)
                 assert isinstance(event, SipuniEvent)
+                received = float(event.timestamp) + 0.2
                 state, _ = tracker.apply(
                     state, event, account=ACCOUNT, region="RU", received_at=received
                 )
                 db.execute(
-                    "INSERT INTO inbox (account, received_at, params, status, processed_at)"
-                    " VALUES (?, ?, ?, 'done', ?)",
-                    (ACCOUNT, received, json.dumps(params, ensure_ascii=False), received),
+                    "INSERT INTO inbox (account, received_at, params, status, processed_at,"
+                    " call_id) VALUES (?, ?, ?, 'done', ?, ?)",
+                    (
+                        ACCOUNT,
+                        received,
+                        json.dumps(params, ensure_ascii=False),
+                        received,
+                        event.call_id,
+                    ),
                 )
                 rows["inbox"] += 1
-            assert state is not None
+            assert state is not None and state.started_at is not None
+            received = state.last_received_at
             db.execute(
-                "INSERT INTO calls (account, call_id, state, finished, last_received_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (ACCOUNT, state.call_id, state.model_dump_json(), int(state.finished), received),
+                "INSERT INTO calls (account, call_id, state, finished, last_received_at,"
+                " started_at, client_number, extensions) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    ACCOUNT,
+                    state.call_id,
+                    state.model_dump_json(),
+                    int(state.finished),
+                    received,
+                    state.started_at,
+                    state.client_number,
+                    extensions_column(state),
+                ),
             )
             # The stub is configured (its rows done or dead: the dispatcher leaves both alone);
             # "usedesk" is not, so its waiting rows stay as they are while the bench runs.
             for integration in (f"{ACCOUNT}/amocrm_stub", f"{ACCOUNT}/usedesk"):
+                routing = Routing(sees=True, scheme_filter='schemes = "all": every call')
+                records = [(received, routing)]
                 for n, record in enumerate(tracker.emitted_records(state)):
                     status, attempts, error = "done", 1, None
                     last = n == len(state.emitted) - 1
@@ -133,6 +183,16 @@ def fill(path: Path, count: int, now: float) -> dict[str, int]:
                         ),
                     )
                     rows["dispatches"] += 1
+                    records.append((received, hook_call(record, received, error)))
+                db.executemany(
+                    "INSERT INTO call_records (account, call_id, integration, kind, at, data)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (ACCOUNT, state.call_id, integration, entry.kind, at, encode(entry))
+                        for at, entry in records
+                    ],
+                )
+                rows["records"] += len(records)
     db.close()
     return rows
 
@@ -166,11 +226,15 @@ class Console:
         return float(found.group(1)), waited, body
 
 
-def pages(count: int) -> dict[str, tuple[str, str]]:
+def pages(count: int, now: float) -> dict[str, tuple[str, str]]:
     """Each page measured: its path, and a text its answer must hold (it found something)."""
-    middle = scenario(count // 2 + 1)  # inbound answered: a client number, and no internal
+    # Inbound answered: a client number, and no internal call.
+    middle = scenario(count // 2 + 1, count, now)
     client = middle.events[0]["src_num"]
     spelt = f"8 ({client[1:4]}) {client[4:7]}-{client[7:9]}-{client[9:]}"
+    deep = urllib.parse.urlencode(
+        {"before": repr(float(middle.events[0]["timestamp"])), "before_call": middle.call_id}
+    )
     return {
         "calls": ("/console/calls", 'class="call '),
         "calls_rows": ("/console/calls/rows", 'class="call '),
@@ -181,8 +245,12 @@ def pages(count: int) -> dict[str, tuple[str, str]]:
         "calls_extension": ("/console/calls?extension=105", 'class="call '),
         "calls_missed_24h": ("/console/calls?outcome=missed&period=24h", 'class="call '),
         "calls_dead": ("/console/calls?status=dead", "status-dead"),
-        "calls_deep_page": (f"/console/calls?before={count // 2}", 'class="call '),
-        "call": (f"/console/calls/{ACCOUNT}/{middle.call_id}", 'class="event"'),
+        "calls_done_stub": (
+            f"/console/calls?status=done&integration={ACCOUNT}/amocrm_stub",
+            'class="call ',
+        ),
+        "calls_deep_page": (f"/console/calls?{deep}", 'class="call '),
+        "call": (f"/console/calls/{ACCOUNT}/{middle.call_id}", 'class="crm-request"'),
         "integrations": ("/console/integrations", "the CRM refused it"),
         "setup": ("/console/setup", 'class="scheme"'),
     }
@@ -207,14 +275,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     service = Service(STUB_INTEGRATION, extra=console)
     started = time.perf_counter()
-    stored = fill(service.dir / "connector.db", count, time.time())
+    now = time.time()
+    stored = fill(service.dir / "connector.db", count, now)
     fill_seconds = round(time.perf_counter() - started, 1)
     db_mib = round((service.dir / "connector.db").stat().st_size / 2**20, 1)
     results: dict[str, Any] = {}
     with service:
         session = Console(service.url)
         session.sign_in()
-        for name, (path, holds) in pages(count).items():
+        for name, (path, holds) in pages(count, now).items():
             for _ in range(3):
                 body = session.get(path)[2]
             assert holds.encode() in body, f"{name}: {path} does not show {holds!r}"
@@ -241,7 +310,8 @@ def main(argv: list[str] | None = None) -> None:
     ]
     lines = [
         f"{count} calls in the store ({stored['inbox']} events, {stored['dispatches']} hook"
-        f" calls, {stored['dead']} dead, {stored['retrying']} retrying; {db_mib} MiB, written"
+        f" calls, {stored['records']} call records, {stored['dead']} dead,"
+        f" {stored['retrying']} retrying; {db_mib} MiB, written"
         f" in {fill_seconds} s); {requests} requests per page, server time from Server-Timing:",
         *table(rows, ["page", "p50 ms", "p90 ms", "max ms", "client p50 ms", "bytes"]),
         f"calls pages, worst p90: {worst} ms (goal < {GOAL_MS:g} ms)",

@@ -50,6 +50,7 @@ class CallFilter:
     limit: int = 50
     since: float | None = None  # started at or after, seconds since the epoch
     before: float | None = None  # started before: the next page
+    before_call_id: str | None = None  # with ``before``: and started then, with a lower id
     account: str | None = None
     phone: str | None = None  # the caller's number, any spelling: "8 (916) 123-45-67"
     extension: str | None = None  # rung, answered or dialled
@@ -170,6 +171,7 @@ def store_query(wanted: CallFilter, regions: Mapping[str, str]) -> CallQuery:
         limit=wanted.limit,
         since=wanted.since,
         before=wanted.before,
+        before_call_id=wanted.before_call_id,
         account=wanted.account,
         numbers=numbers,
         extension=wanted.extension.strip() if wanted.extension else None,

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Linking", "link_of"]
+__all__ = ["Linking", "link_of", "web_link"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,13 @@ def link_of(runtime: object, record: Mapping[str, Any] | None) -> str | None:
     except Exception:
         log.exception("call_link of %s raised", type(runtime).__name__)
         return None
+    return web_link(link)
+
+
+def web_link(link: object) -> str | None:
+    """``link`` if it is an ``http(s)`` address the console may show, else ``None``: a
+    ``javascript:`` link, from a runtime or from a plugin's reported decision, would run in
+    the console."""
     if isinstance(link, str) and link.startswith(("https://", "http://")):
         return link
     return None

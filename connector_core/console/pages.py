@@ -27,10 +27,11 @@ from connector_core.callstate import Outcome
 from connector_core.console import actions, views
 from connector_core.console.actions import Done
 from connector_core.console.auth import verify_password
-from connector_core.console.filters import CallFilter, HookStatus, Period, parse_filter
+from connector_core.console.filters import CallFilter, Period, parse_filter
 from connector_core.console.i18n import LANGUAGES, translator
 from connector_core.console.sessions import COOKIE, LOGIN_COOKIE, same_token
 from connector_core.console.web import PREFIX, language, session_of
+from connector_core.store.base import DeliveryStatus
 
 log = logging.getLogger(__name__)
 STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
@@ -171,7 +172,8 @@ async def index(request: web.Request) -> web.Response:
 
 
 def _calls_filter(request: web.Request) -> CallFilter:
-    return parse_filter(request.query, sources(request.config_dict).regions())
+    read = sources(request.config_dict)
+    return parse_filter(request.query, read.regions(), read.integrations)
 
 
 async def calls_page(request: web.Request) -> web.Response:
@@ -179,9 +181,9 @@ async def calls_page(request: web.Request) -> web.Response:
     view = await views.calls_view(sources(request.config_dict), f)
     rows_url = request.app.router["calls_rows"].url_for().with_query(f.query())
     next_url = None
-    if view.next_before is not None:
+    if view.next_page is not None:
         next_url = str(
-            request.app.router["calls"].url_for().with_query(f.query(before=view.next_before))
+            request.app.router["calls"].url_for().with_query(f.query(after=view.next_page))
         )
     return render(
         request,
@@ -189,10 +191,10 @@ async def calls_page(request: web.Request) -> web.Response:
         page="calls",
         title="calls.title",
         view=view,
-        live_url=str(rows_url) if f.before is None else None,
+        live_url=str(rows_url) if f.after is None else None,
         next_url=next_url,
         outcomes=[o.value for o in Outcome],
-        statuses=[s.value for s in HookStatus],
+        statuses=[s.value for s in DeliveryStatus],
         periods=[p.value for p in Period],
     )
 

@@ -1,8 +1,10 @@
-"""The console's SQL over the store's tables: what the pages list, counted and filtered.
+"""The console's own SQL over the store's tables: what only its pages show.
 
-Every function takes the store's connection (run through ``SQLiteStore.read``) and only
-reads. Calls are listed newest first by their row position in ``calls`` (the order they were
-first stored), which the primary key's rowid gives without an index of its own.
+The calls list and one call's trace are not here: they come from the calls' read model
+(``connector_core.calls_view`` over ``store.find_calls``), as for ``connector calls`` and
+``connector trace``. Here: the CRM link records plugins keep, the integrations' queue depths,
+and what the latest calls went through (the setup page). Every function takes the store's
+connection (run through ``SQLiteStore.read``) and only reads.
 """
 
 from __future__ import annotations
@@ -13,127 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from connector_core.console.filters import ROW_SQL, SEVERITY_SQL, CallFilter, HookStatus
-
-CallKey = tuple[str, str]  # (account, call_id)
-
-
-@dataclass(frozen=True)
-class StoredCall:
-    """A row of ``calls``: its list position and the call's state as stored (JSON)."""
-
-    position: int
-    account: str
-    call_id: str
-    state: str
-    last_received_at: float
-
-
-@dataclass(frozen=True)
-class HookSummary:
-    """One integration's hook calls for one call, summed up."""
-
-    integration: str
-    status: HookStatus
-    rows: int
-
-
-def recent_calls(
-    db: sqlite3.Connection, f: CallFilter, *, received_since: float | None, limit: int
-) -> list[StoredCall]:
-    """The newest calls that pass ``f`` (at most ``limit``), newest first."""
-    where: list[str] = []
-    args: list[Any] = []
-    if f.account:
-        # "+": not through the primary key's index, which would read and sort every call of
-        # the account; the newest-first scan stops at the page's end.
-        where.append("+c.account = ?")
-        args.append(f.account)
-    if received_since is not None:
-        where.append("c.last_received_at >= ?")
-        args.append(received_since)
-    if f.before is not None:
-        where.append("c.rowid < ?")
-        args.append(f.before)
-    if f.phones:
-        where.append(
-            f"json_extract(c.state, '$.client_number') IN ({', '.join('?' * len(f.phones))})"
-        )
-        args += f.phones
-    elif f.phone_digits:
-        where.append("instr(json_extract(c.state, '$.client_number'), ?) > 0")
-        args.append(f.phone_digits)
-    if f.outcome is not None:
-        where.append("json_extract(c.state, '$.outcome') = ?")
-        args.append(f.outcome.value)
-    if f.extension is not None:
-        where.append(
-            "(json_extract(c.state, '$.employee') = ?"
-            " OR EXISTS (SELECT 1 FROM json_each(c.state, '$.legs') AS leg"
-            "   WHERE json_extract(leg.value, '$.extension') = ?)"
-            " OR EXISTS (SELECT 1 FROM json_each(c.state, '$.answers') AS answer"
-            "   WHERE json_extract(answer.value, '$.extension') = ?))"
-        )
-        args += [f.extension] * 3
-    if f.status is not None:
-        where.append(_worst_status_is(f.status))
-    sql = "SELECT c.rowid, c.account, c.call_id, c.state, c.last_received_at FROM calls AS c"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY c.rowid DESC LIMIT ?"
-    args.append(limit)
-    return [StoredCall(*row) for row in db.execute(sql, args).fetchall()]
-
-
-def _worst_status_is(status: HookStatus) -> str:
-    """A call whose worst hook call has ``status``: it has a row of it, and none worse.
-
-    Rows not done are few and found by the index on status; "has a done row" is asked per
-    call through the index on (account, call_id), as done rows are most of the table.
-    """
-    worse = [s for s in HookStatus if s.severity > status.severity]
-    if status is HookStatus.DONE:
-        clauses = [
-            "EXISTS (SELECT 1 FROM dispatches AS d WHERE d.account = c.account"
-            f" AND d.call_id = c.call_id AND d.{ROW_SQL[status]})"
-        ]
-    else:
-        clauses = [
-            "(c.account, c.call_id) IN (SELECT account, call_id FROM dispatches"
-            f" WHERE {ROW_SQL[status]})"
-        ]
-    clauses += [
-        "(c.account, c.call_id) NOT IN (SELECT account, call_id FROM dispatches"
-        f" WHERE {ROW_SQL[s]})"
-        for s in worse
-    ]
-    return "(" + " AND ".join(clauses) + ")"
-
-
-def hook_summaries(
-    db: sqlite3.Connection, calls: Iterable[CallKey]
-) -> dict[CallKey, list[HookSummary]]:
-    """Per call, each integration's hook calls summed up, by integration name."""
-    keys = list(dict.fromkeys(calls))
-    found: dict[CallKey, list[HookSummary]] = {k: [] for k in keys}
-    by_account: dict[str, list[str]] = {}
-    for account, call_id in keys:
-        by_account.setdefault(account, []).append(call_id)
-    for account, call_ids in by_account.items():
-        # SQLite allows 32766 variables; a page asks for 50 calls.
-        for start in range(0, len(call_ids), 500):
-            chunk = call_ids[start : start + 500]
-            rows = db.execute(
-                f"SELECT call_id, integration, max({SEVERITY_SQL}), count(*) FROM dispatches"
-                f" WHERE account = ? AND call_id IN ({', '.join('?' * len(chunk))})"
-                " GROUP BY call_id, integration ORDER BY integration",
-                [account, *chunk],
-            ).fetchall()
-            for call_id, integration, severity, count in rows:
-                found[(account, call_id)].append(
-                    HookSummary(integration, HookStatus.by_severity(severity), count)
-                )
-    return found
+from connector_core.console.filters import row_status
 
 
 def call_links(
@@ -175,7 +57,7 @@ def queue_depths(db: sqlite3.Connection) -> dict[str, QueueDepth]:
         "SELECT integration, status, attempts > 0, count(*) FROM dispatches"
         " WHERE status IN ('pending', 'dead') GROUP BY integration, status, attempts > 0"
     ).fetchall():
-        name = HookStatus.of_row(status, attempts).value
+        name = row_status(status, attempts).value
         per = counts.setdefault(integration, {})
         per[name] = per.get(name, 0) + count
     errors = {

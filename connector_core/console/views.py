@@ -1,9 +1,11 @@
 """One function per console page, each returning a typed view: what the page shows.
 
-The pages render these objects and nothing else, so where the facts come from can change
-without touching a template. Today they come from what the store keeps (``reads``); the
-one-call page (:func:`call_view`) is the seam for the per-call record of routing decisions,
-hook attempts and CRM requests: a trace read model can fill :class:`CallView` instead.
+The pages render these objects and nothing else. The calls page and the one-call page read
+through the calls' read model (``connector_core.calls_view``), the one ``connector calls``
+and ``connector trace`` print: the calls page lists ``store.find_calls``, the one-call page
+renders ``calls_view.load_trace`` (the routing decisions, hook calls, CRM requests and
+decisions recorded when they happened). The integrations and setup pages read what only they
+show through ``reads``.
 """
 
 from __future__ import annotations
@@ -11,27 +13,44 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel
 
-from connector_core.callstate import CallState, Direction, Outcome
+from connector_core import calls_view as read_model
+from connector_core.callrecords import HookCall
+from connector_core.calls_view import (
+    CallSummary,
+    CallTrace,
+    HookRow,
+    IntegrationTrace,
+    RawEvent,
+    RoutingStep,
+    ViewError,
+)
+from connector_core.callstate import CallState
 from connector_core.clock import Clock
 from connector_core.config import Config
 from connector_core.console import reads
-from connector_core.console.filters import PAGE_SIZE, CallFilter, HookStatus
-from connector_core.console.links import link_of
+from connector_core.console.filters import (
+    PAGE_SIZE,
+    CallFilter,
+    Cursor,
+    row_status,
+    store_query,
+    worst,
+)
+from connector_core.console.links import Linking, link_of, web_link
 from connector_core.dispatcher import PACING_HORIZON_SECONDS, Dispatcher
-from connector_core.events import EventType
 from connector_core.hooks import PluginHost
 from connector_core.httplog import Redactor
 from connector_core.integrations import AuthResult, Integration
 from connector_core.pacing import Budget, budget_of
 from connector_core.phones import PhoneFormat, format_number
-from connector_core.store.base import Dispatch, InboxItem, Rejected, SeenScheme
+from connector_core.store.base import DeliveryStatus, Dispatch, InboxItem, Rejected, SeenScheme
 from connector_core.store.sqlite import SQLiteStore
 
 LIST_LIMIT = 100  # dead letters, quarantined and rejected webhooks shown at most
@@ -85,34 +104,36 @@ class Sources:
 
 @dataclass(frozen=True)
 class HookState:
-    """One integration's state for one call: its hook calls summed up, and the CRM link."""
+    """One integration's state for one call, and the CRM object it made."""
 
     integration: str  # <account>/<name>
     name: str
-    status: HookStatus
+    status: DeliveryStatus
     link: str | None = None
 
 
 @dataclass(frozen=True)
 class CallRow:
-    """One line of the calls page."""
+    """One line of the calls page: the read model's summary, as the operator reads it."""
 
-    account: str
-    call_id: str
-    started_at: datetime | None
-    direction: Direction
+    summary: CallSummary
+    started_at: datetime | None  # in the console's time zone
     number: str | None  # in the operator's format; the raw text when it is no number
-    extensions: list[str]  # rung, in order
-    answered_by: list[str]
-    employee: str | None  # who dialled (outbound, internal)
-    outcome: Outcome
-    duration_seconds: int | None
+    answered_by: list[str]  # every extension that answered, in order
     finished_by: str | None
     hooks: list[HookState]
 
     @property
-    def status(self) -> HookStatus | None:
-        return HookStatus.worst([h.status for h in self.hooks])
+    def account(self) -> str:
+        return self.summary.account
+
+    @property
+    def call_id(self) -> str:
+        return self.summary.call_id
+
+    @property
+    def status(self) -> DeliveryStatus | None:
+        return worst([h.status for h in self.hooks])
 
 
 @dataclass(frozen=True)
@@ -120,68 +141,87 @@ class CallsView:
     filter: CallFilter
     rows: list[CallRow]
     accounts: list[str]
-    next_before: int | None  # where the next page starts; None on the last one
+    integrations: list[str]  # the configured integrations' keys, for the filter
+    next_page: Cursor | None  # where the next page starts; None on the last one
 
 
 async def calls_view(sources: Sources, f: CallFilter) -> CallsView:
-    """The calls page: the newest calls passing ``f``, a page at a time."""
-    seconds = f.period.seconds
-    since = None if seconds is None else sources.clock.now() - seconds
-
-    def read(db: Any) -> tuple[list[reads.StoredCall], dict[reads.CallKey, list[Any]], Any]:
-        stored = reads.recent_calls(db, f, received_since=since, limit=PAGE_SIZE + 1)
-        shown = stored[:PAGE_SIZE]
-        keys = [(c.account, c.call_id) for c in shown]
-        hooks = reads.hook_summaries(db, keys)
-        integrations = {h.integration for summaries in hooks.values() for h in summaries}
-        links = reads.call_links(db, sorted(integrations), [c.call_id for c in shown])
-        return stored, hooks, links
-
-    stored, hooks, links = await sources.store.read(read)
-    rows = [
-        _row(sources, CallState.model_validate_json(c.state), hooks[(c.account, c.call_id)], links)
-        for c in stored[:PAGE_SIZE]
-    ]
-    more = len(stored) > PAGE_SIZE
+    """The calls page: the newest calls passing ``f``, a page at a time (``store.find_calls``,
+    as ``connector calls`` lists them)."""
+    query = store_query(f, sources.regions(), now=sources.clock.now(), limit=PAGE_SIZE + 1)
+    found = await sources.store.find_calls(query)
+    shown = found[:PAGE_SIZE]
+    links = await _link_records(
+        sources,
+        [(key, c.state.call_id) for c in shown for key in c.statuses if key not in c.links],
+    )
+    rows = [_row(sources, read_model.summary(stored), stored.state, links) for stored in shown]
+    last = rows[-1].summary if rows else None
     return CallsView(
         filter=f,
         rows=rows,
         accounts=sorted(sources.config.accounts),
-        next_before=stored[PAGE_SIZE - 1].position if more else None,
+        integrations=list(sources.integrations),
+        next_page=Cursor(last.started_at, last.call_id)
+        if last is not None and len(found) > PAGE_SIZE
+        else None,
     )
+
+
+async def _link_records(
+    sources: Sources, unlinked: list[tuple[str, str]]
+) -> Mapping[tuple[str, str], dict[str, Any]]:
+    """For (integration, call) pairs whose plugin reported no link with its decisions (a call
+    from before plugins reported them, or a plugin that does not), the ``call:<call_id>``
+    records from which its runtime may name one (``links.link_of``)."""
+    wanted = [
+        (key, call_id)
+        for key, call_id in unlinked
+        if (integration := sources.integrations.get(key)) is not None
+        and isinstance(integration.runtime, Linking)
+    ]
+    if not wanted:
+        return {}
+    keys = list(dict.fromkeys(key for key, _ in wanted))
+    call_ids = list(dict.fromkeys(call_id for _, call_id in wanted))
+    return await sources.store.read(lambda db: reads.call_links(db, keys, call_ids))
+
+
+def _link(
+    sources: Sources,
+    key: str,
+    call_id: str,
+    reported: str | None,
+    records: Mapping[tuple[str, str], dict[str, Any]],
+) -> str | None:
+    """The CRM link the plugin reported with its decisions, else the one its runtime names."""
+    if reported is not None:
+        return web_link(reported)
+    integration = sources.integrations.get(key)
+    return link_of(integration.runtime, records.get((key, call_id))) if integration else None
 
 
 def _row(
     sources: Sources,
+    summary: CallSummary,
     call: CallState,
-    hooks: list[reads.HookSummary],
     links: Mapping[tuple[str, str], dict[str, Any]],
 ) -> CallRow:
-    states = []
-    for summary in hooks:
-        integration = sources.integrations.get(summary.integration)
-        record = links.get((summary.integration, call.call_id))
-        states.append(
-            HookState(
-                integration=summary.integration,
-                name=summary.integration.split("/", 1)[-1],
-                status=summary.status,
-                link=link_of(integration.runtime, record) if integration else None,
-            )
-        )
     return CallRow(
-        account=call.account,
-        call_id=call.call_id,
-        started_at=sources.moment(call.started_at),
-        direction=call.direction,
+        summary=summary,
+        started_at=sources.moment(summary.started_at),
         number=_number(sources, call),
-        extensions=list(dict.fromkeys(leg.extension for leg in call.legs)),
         answered_by=list(dict.fromkeys(a.extension for a in call.answers)),
-        employee=call.employee,
-        outcome=call.outcome,
-        duration_seconds=call.duration_seconds,
         finished_by=call.finished_by,
-        hooks=states,
+        hooks=[
+            HookState(
+                integration=state.integration,
+                name=state.integration.split("/", 1)[-1],
+                status=state.status,
+                link=_link(sources, state.integration, summary.call_id, state.link, links),
+            )
+            for state in summary.integrations
+        ],
     )
 
 
@@ -196,191 +236,143 @@ def _number(sources: Sources, call: CallState) -> str | None:
 
 @dataclass(frozen=True)
 class EventRow:
-    """One stored Sipuni webhook of the call, in arrival order."""
+    """One stored Sipuni webhook of the call, in arrival order, with what the page shows of
+    its fields."""
 
-    inbox_id: int
+    raw: RawEvent
     received_at: datetime | None
-    event: int | None
-    kind: str  # i18n key: event.ring, event.answer…
     sent_at: datetime | None  # the event's own timestamp
     src: str | None
     dst: str | None
     scheme: str | None
-    status: str  # inbox status: pending, done, quarantined, dropped
-    attempts: int
-    last_error: str | None
-    params: dict[str, Any]
 
 
 @dataclass(frozen=True)
-class HookCall:
-    """One dispatch row: a lifecycle hook call for one integration."""
+class HookGroup:
+    """One hook call the connector owes an integration (a dispatch row: its status and the
+    buttons), with every attempt at it the call's record kept."""
 
-    id: int
-    key: str
-    hook: str | None
-    row_status: str  # pending, done, dead, dropped
-    status: HookStatus
-    attempts: int
-    created_at: datetime | None
-    next_attempt_at: datetime | None  # pending rows
-    last_error: str | None
+    record: str  # started, answered, transferred:102, finished
+    hook: str
+    row: HookRow | None  # None: the row is gone, its attempts are still recorded
+    status: DeliveryStatus | None
+    attempts: list[HookCall]
 
 
 @dataclass(frozen=True)
-class Routing:
-    """Whether an integration sees the call, as its routing settings decide now."""
-
-    selected: bool
-    reason: str  # i18n key: routing.all, routing.schemes, routing.not_selected…
-    schemes: list[str] = field(default_factory=list)  # the configured selectors, if any
-
-
-@dataclass(frozen=True)
-class IntegrationTrace:
-    """What one integration of the account did with the call."""
+class IntegrationView:
+    """What one integration did with the call, and why, as recorded when it happened."""
 
     integration: str
     name: str
     plugin: str
-    configured: bool  # False: rows of an integration no longer in the config
-    routing: Routing | None
-    status: HookStatus | None
+    configured: bool  # False: the integration is no longer in the config (or is disabled)
+    status: DeliveryStatus | None  # None: no hook call was due
     link: str | None
-    hook_calls: list[HookCall]
+    routing: list[RoutingStep]  # the decision, each time it changed; [] if none was recorded
+    hooks: list[HookGroup]
 
 
 @dataclass(frozen=True)
 class CallView:
-    """The one-call page: the call's events, its derived state, and each integration's part."""
+    """The one-call page: the read model's trace (``calls_view.load_trace``, as ``connector
+    trace`` prints it) and what the page adds: times in the console's zone, the number in
+    the operator's format, the owner by the tracker's rule, the configuration's names."""
 
+    trace: CallTrace
     row: CallRow
-    state: CallState
     owner: str | None
     events: list[EventRow]
-    integrations: list[IntegrationTrace]
+    integrations: list[IntegrationView]
 
-
-_EVENT_KINDS = {
-    EventType.RING: "event.ring",
-    EventType.HANGUP: "event.hangup",
-    EventType.ANSWER: "event.answer",
-    EventType.TRANSFER_HANGUP: "event.transfer_hangup",
-}
+    @property
+    def state(self) -> CallState:
+        return self.trace.state
 
 
 async def call_view(sources: Sources, account: str, call_id: str) -> CallView | None:
-    """The one-call page for ``(account, call_id)``; ``None`` when the store has no such call.
-
-    The seam for the per-call record: a trace read model returns this same object.
-    """
-    call = await sources.store.load_call(account, call_id)
-    if call is None:
+    """The one-call page for ``(account, call_id)``; ``None`` when the store has no such call."""
+    try:
+        trace = await read_model.load_trace(sources.store, call_id, account)
+    except ViewError:
         return None
-    items = await sources.store.call_events(account, call_id)
-    dispatches = await sources.store.dispatches_for(account, call_id)
-    by_integration: dict[str, list[Dispatch]] = {}
-    for row in dispatches:
-        by_integration.setdefault(row.integration, []).append(row)
+    links = await _link_records(
+        sources, [(t.integration, call_id) for t in trace.integrations if t.link is None]
+    )
     configured = sources.config.accounts.get(account)
     names = [f"{account}/{name}" for name in (configured.integrations if configured else {})]
-    keys = list(dict.fromkeys([*names, *by_integration]))
-    links = await sources.store.read(lambda db: reads.call_links(db, keys, [call_id]))
-    traces = [_trace(sources, call, key, by_integration.get(key, []), links) for key in keys]
-    summaries = [
-        reads.HookSummary(t.integration, t.status, len(t.hook_calls))
-        for t in traces
-        if t.status is not None
-    ]
+    traced = {t.integration: t for t in trace.integrations}
+    # The account's integrations in the config's order, then any it no longer has.
+    keys = list(dict.fromkeys([*names, *traced]))
     return CallView(
-        row=_row(sources, call, summaries, links),
-        state=call,
-        owner=call.owner(sources.config.tracker.answered_owner),
-        events=[_event(sources, item) for item in items],
-        integrations=traces,
+        trace=trace,
+        row=_row(sources, trace.summary, trace.state, links),
+        owner=trace.state.owner(sources.config.tracker.answered_owner),
+        events=[_event(sources, raw) for raw in trace.events],
+        integrations=[_integration(sources, key, traced.get(key), call_id, links) for key in keys],
     )
 
 
-def _event(sources: Sources, item: InboxItem) -> EventRow:
-    params = item.params
-    event = _int(params.get("event"))
-    kind = _EVENT_KINDS.get(EventType(event), "event.other") if event in set(EventType) else ""
+def _event(sources: Sources, raw: RawEvent) -> EventRow:
+    params = raw.params
     scheme = " ".join(str(params[k]) for k in ("treeNumber", "treeName") if params.get(k))
     return EventRow(
-        inbox_id=item.id,
-        received_at=sources.moment(item.received_at),
-        event=event,
-        kind=kind or "event.other",
-        sent_at=sources.moment(_int(params.get("timestamp"))),
+        raw=raw,
+        received_at=sources.moment(raw.received_at),
+        sent_at=sources.moment(raw.timestamp),
         src=_text(params.get("src_num")),
         dst=_text(params.get("dst_num")),
         scheme=scheme or None,
-        status=item.status,
-        attempts=item.attempts,
-        last_error=item.last_error,
-        params=params,
     )
-
-
-def _int(value: Any) -> int | None:
-    try:
-        return int(str(value).strip())
-    except (TypeError, ValueError):
-        return None
 
 
 def _text(value: Any) -> str | None:
     return str(value) if value not in (None, "") else None
 
 
-def _trace(
+def _integration(
     sources: Sources,
-    call: CallState,
     key: str,
-    rows: list[Dispatch],
+    trace: IntegrationTrace | None,
+    call_id: str,
     links: Mapping[tuple[str, str], dict[str, Any]],
-) -> IntegrationTrace:
-    integration = sources.integrations.get(key)
+) -> IntegrationView:
     account, _, name = key.partition("/")
     configured = sources.config.accounts.get(account)
     item = configured.integrations.get(name) if configured else None
-    calls = [
-        HookCall(
-            id=row.id,
-            key=row.key,
-            hook=row.kind.hook if row.kind else None,
-            row_status=row.status,
-            status=HookStatus.of_row(row.status, row.attempts),
-            attempts=row.attempts,
-            created_at=sources.moment(row.created_at),
-            next_attempt_at=sources.moment(row.not_before) if row.status == "pending" else None,
-            last_error=row.last_error,
-        )
-        for row in rows
-    ]
-    return IntegrationTrace(
+    return IntegrationView(
         integration=key,
         name=name,
         plugin=item.plugin if item else "",
         configured=item is not None and item.enabled,
-        routing=_routing(sources.host, integration, call) if integration else None,
-        status=HookStatus.worst([c.status for c in calls]),
-        link=link_of(integration.runtime, links.get((key, call.call_id))) if integration else None,
-        hook_calls=calls,
+        status=trace.status if trace else None,
+        link=_link(sources, key, call_id, trace.link, links) if trace else None,
+        routing=trace.routing if trace else [],
+        hooks=_hook_groups(trace) if trace else [],
     )
 
 
-def _routing(host: PluginHost, integration: Integration, call: CallState) -> Routing:
-    """The routing decision for the call as the settings and routing hooks make it now."""
-    settings = integration.routing
-    schemes = [] if settings.selects_all() else list(settings.schemes)
-    if not host.filter_call(integration, call):
-        return Routing(False, "routing.not_selected", schemes)
-    if settings.transfer_schemes:
-        if host.transfer_scheme(integration, call) is None:
-            return Routing(False, "routing.no_transfer_scheme", list(settings.transfer_schemes))
-        return Routing(True, "routing.transfer_scheme", list(settings.transfer_schemes))
-    return Routing(True, "routing.all" if settings.selects_all() else "routing.schemes", schemes)
+def _hook_groups(trace: IntegrationTrace) -> list[HookGroup]:
+    """Each dispatch row with the attempts at it, in the rows' order; attempts whose row is
+    gone come last, by record."""
+    attempts: dict[str, list[HookCall]] = {}
+    for call in trace.hook_calls:
+        attempts.setdefault(call.record, []).append(call)
+    groups = [
+        HookGroup(
+            record=row.record,
+            hook=row.hook,
+            row=row,
+            status=row_status(row.status, row.attempts),
+            attempts=attempts.pop(row.record, []),
+        )
+        for row in trace.rows
+    ]
+    groups += [
+        HookGroup(record=record, hook=calls[0].hook, row=None, status=None, attempts=calls)
+        for record, calls in attempts.items()
+    ]
+    return groups
 
 
 # --- integrations -------------------------------------------------------------------------------

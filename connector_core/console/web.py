@@ -25,6 +25,7 @@ from aiohttp import web
 from connector_core.appkeys import CLOCK, CONFIG, CONSOLE
 from connector_core.console.auth import PasswordHash, parse_hash
 from connector_core.console.i18n import LANGUAGES, translator
+from connector_core.console.links import web_link
 from connector_core.console.sessions import COOKIE, LoginThrottle, Session, Sessions, same_token
 from connector_core.console.settings import ConsoleConfig, Language
 from connector_core.health import may_see_details
@@ -135,6 +136,8 @@ def templates(zone: ZoneInfo) -> jinja2.Environment:
     )
     env.filters["when"] = lambda value: _when(value, zone)
     env.filters["duration"] = _duration
+    env.filters["ms"] = _milliseconds
+    env.filters["web_link"] = web_link
     # Raw events as they came, Cyrillic readable (the ``tojson`` filter would escape it).
     env.filters["pretty"] = lambda value: json.dumps(value, indent=2, ensure_ascii=False)
     return env
@@ -152,6 +155,11 @@ def _duration(seconds: int | None) -> str:
         return "—"
     hours, rest = divmod(int(seconds), 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def _milliseconds(seconds: float) -> str:
+    ms = seconds * 1000
+    return f"{ms:.1f}" if ms < 10 else f"{ms:.0f}"
 
 
 # --- the guard ----------------------------------------------------------------------------------

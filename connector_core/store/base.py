@@ -189,10 +189,14 @@ class CallQuery:
     limit: int = 50
     since: float | None = None  # started at or after (seconds since the epoch)
     before: float | None = None  # started before: the next page
+    # With ``before``: also the calls started at ``before`` whose id sorts below this one, so
+    # a page that ends amid calls started in the same second loses none of them.
+    before_call_id: str | None = None
     account: str | None = None
     call_id: str | None = None
     # (account, E.164) pairs: the caller's number, read in each account's region.
     numbers: tuple[tuple[str, str], ...] | None = None
+    number_digits: str | None = None  # digits anywhere in the caller's number: "4567"
     extension: str | None = None  # rung, answered, or dialled
     outcome: str | None = None  # callstate.Outcome
     status: DeliveryStatus | None = None  # of any integration, or of ``integration``

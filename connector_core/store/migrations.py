@@ -152,11 +152,11 @@ CREATE INDEX IF NOT EXISTS dispatches_call
     ),
     Step(
         5,
-        "the operator console finds calls by the hook calls' status, and its query by number"
-        " uses an index of its own until it reads through calls_view",
+        "calls are found by an integration's status (dead, retrying…) through the few hook"
+        " calls not done, and the console counts and lists those rows without reading the"
+        " outbox whole",
         """
-CREATE INDEX IF NOT EXISTS dispatches_status ON dispatches(status, account, call_id);
-CREATE INDEX IF NOT EXISTS calls_client ON calls(json_extract(state, '$.client_number'))
+CREATE INDEX IF NOT EXISTS dispatches_status ON dispatches(status, account, call_id)
 """,
     ),
 )

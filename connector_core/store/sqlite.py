@@ -784,7 +784,10 @@ def _call_filters(query: CallQuery) -> tuple[str, list[Any]]:
     if query.since is not None:
         clauses.append("started_at >= ?")
         args.append(query.since)
-    if query.before is not None:
+    if query.before is not None and query.before_call_id is not None:
+        clauses.append("(started_at, call_id) < (?, ?)")  # the list's own order
+        args += [query.before, query.before_call_id]
+    elif query.before is not None:
         clauses.append("started_at < ?")
         args.append(query.before)
     if query.account is not None:
@@ -806,6 +809,9 @@ def _call_filters(query: CallQuery) -> tuple[str, list[Any]]:
             )
             args += [number for _, number in query.numbers]
             args += [part for pair in query.numbers for part in pair]
+    if query.number_digits is not None:
+        clauses.append("instr(client_number, ?) > 0")
+        args.append(query.number_digits)
     if query.extension is not None:
         clauses.append("instr(extensions, ?) > 0")
         args.append(f",{query.extension},")
@@ -813,19 +819,45 @@ def _call_filters(query: CallQuery) -> tuple[str, list[Any]]:
         clauses.append("json_extract(state, '$.outcome') = ?")
         args.append(query.outcome)
     if query.status is not None or query.integration is not None:
-        # Worked out once over the outbox, not once per call: a rare status (dead) would
-        # otherwise cost a group per call walked.
-        only = " WHERE integration = ?" if query.integration is not None else ""
-        having = f" HAVING {_STATUS_OF_GROUP} = ?" if query.status is not None else ""
-        clauses.append(
-            "(account, call_id) IN (SELECT account, call_id FROM dispatches"
-            f"{only} GROUP BY account, call_id, integration{having})"
-        )
-        if query.integration is not None:
-            args.append(query.integration)
-        if query.status is not None:
-            args.append(query.status.value)
+        clause, more = _status_filter(query.status, query.integration)
+        clauses.append(clause)
+        args += more
     return " AND ".join(clauses), args
+
+
+# The rows without which an integration cannot stand at each status but done: few (the rows
+# not done), found through dispatches_status.
+_ROWS_OF_STATUS = {
+    DeliveryStatus.DEAD: "status = 'dead'",
+    DeliveryStatus.RETRYING: "status = 'pending' AND attempts > 0",
+    DeliveryStatus.PENDING: "status = 'pending'",
+    DeliveryStatus.DROPPED: "status = 'dropped'",
+}
+
+
+def _status_filter(status: DeliveryStatus | None, integration: str | None) -> tuple[str, list[Any]]:
+    """The calls where an integration (any, or ``integration``) stands at ``status``.
+
+    A status other than done is worked out only for the integrations and calls that have a
+    row it needs (few); done, or no status, is asked per call walked, through the call's
+    rows: most calls are done, so the walk fills a page soon.
+    """
+    only = " AND integration = ?" if integration is not None else ""
+    named = [integration] if integration is not None else []
+    if status is not None and status in _ROWS_OF_STATUS:
+        return (
+            "(account, call_id) IN (SELECT account, call_id FROM dispatches"
+            " WHERE (account, call_id, integration) IN (SELECT account, call_id, integration"
+            f" FROM dispatches WHERE {_ROWS_OF_STATUS[status]}{only})"
+            f" GROUP BY account, call_id, integration HAVING {_STATUS_OF_GROUP} = ?)",
+            [*named, status.value],
+        )
+    having = f" GROUP BY integration HAVING {_STATUS_OF_GROUP} = 'done'" if status else ""
+    return (
+        "EXISTS (SELECT 1 FROM dispatches WHERE dispatches.account = calls.account"
+        f" AND dispatches.call_id = calls.call_id{only}{having})",
+        named,
+    )
 
 
 def _extensions(state: CallState) -> str:

@@ -40,7 +40,11 @@ def chromium_path() -> str | None:
 class Browser:
     def __init__(self) -> None:
         self.port = free_port()
-        self._profile = tempfile.TemporaryDirectory(prefix="connector-chromium-")
+        # Chromium's helper processes may still write into the profile after the browser has
+        # exited: a file left behind must not fail the test that used it.
+        self._profile = tempfile.TemporaryDirectory(
+            prefix="connector-chromium-", ignore_cleanup_errors=True
+        )
         self._proc: subprocess.Popen[bytes] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None

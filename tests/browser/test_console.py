@@ -42,7 +42,12 @@ FAILING = scenarios.inbound_missed(
 
 
 def usedesk(sandbox_url: str, token: str) -> str:
+    """Usedesk on the sandbox, and beside it the amoCRM stub (which reports its requests and
+    decisions: the responsible user and why)."""
     return f"""
+[accounts.012345.integrations.amocrm_stub]
+subdomain = "acme"
+users = {{ "101" = 11 }}
 [accounts.012345.integrations.usedesk]
 api_token = "{token}"
 base_url = "{sandbox_url}"
@@ -134,6 +139,7 @@ async def test_an_operator_finds_a_call_reads_it_retries_its_dead_letter_and_rea
             assert found == [ANSWERED.call_id]
             row = await text(browser, "tr.call")
             assert "+79160000777" in row and "Отвечен" in row and "usedesk: готово" in row
+            assert "amocrm_stub: готово" in row
 
             # Its timeline: the Sipuni events in arrival order, the call they make, the hooks.
             await browser.evaluate("document.querySelector('tr.call a.open').click()")
@@ -149,8 +155,22 @@ async def test_an_operator_finds_a_call_reads_it_retries_its_dead_letter_and_rea
             ]
             assert await text(browser, "#owner") == "101"
             hooks = await text(browser, "#hooks")
-            assert "Видит звонок: интеграция получает все звонки" in hooks
+            # Each integration's routing as it was decided, with the reason recorded then.
+            assert 'Видит звонок: schemes = "all": every call' in hooks
             assert "started" in hooks and "finished" in hooks and "ошибка" not in hooks
+            # What the stub decided, and why: the owner of the call in amoCRM.
+            stub = await text(browser, "section[data-integration='012345/amocrm_stub']")
+            assert "responsible user 11: extension 101 answered" in stub
+            # Each CRM request it made: method, path, outcome.
+            requests = await browser.evaluate(
+                "[...document.querySelectorAll("
+                "'section[data-integration=\"012345/amocrm_stub\"] tr.crm-request')]"
+                ".map(r => r.innerText)"
+            )
+            assert any(
+                "contact_find_or_create" in r and "POST /api/v4/contacts" in r and "ok" in r
+                for r in requests
+            ), requests
             await shot(browser, tmp_path, "console-call.png")
 
             # The dead letter, on the integrations page, with the rejected webhook.

@@ -258,3 +258,32 @@ async def test_calls_and_webhooks_stored_before_the_upgrade_are_found(
         assert [e.params for e in events] == scenario.events
     finally:
         await store.close()
+
+
+async def test_the_next_page_starts_after_the_last_call_shown_even_amid_a_tie(
+    store: SQLiteStore,
+) -> None:
+    for call_id in ("a", "b", "c", "d"):  # Sipuni's times are whole seconds: one start
+        await stored_call(store, sc.internal(call_id=call_id, start=sc.START))
+    await stored_call(store, sc.internal(call_id="z", start=sc.START - 60))
+
+    async def ids(**query) -> list[str]:
+        return [row.state.call_id for row in await store.find_calls(CallQuery(**query))]
+
+    assert await ids(limit=2) == ["d", "c"]
+    assert await ids(limit=2, before=float(sc.START), before_call_id="c") == ["b", "a"]
+    assert await ids(before=float(sc.START), before_call_id="a") == ["z"]
+
+
+async def test_calls_are_found_by_a_few_digits_of_the_number(store: SQLiteStore) -> None:
+    await stored_call(store, sc.inbound_answered(client="79161234567", call_id="a"))
+    await stored_call(store, sc.inbound_missed(client="79035550011", call_id="m"))
+
+    async def ids(digits: str) -> set[str]:
+        found = await store.find_calls(CallQuery(number_digits=digits))
+        return {row.state.call_id for row in found}
+
+    assert await ids("4567") == {"a"}
+    assert await ids("0355") == {"m"}
+    assert await ids("79") == {"a", "m"}
+    assert await ids("000") == set()

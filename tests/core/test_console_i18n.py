@@ -12,10 +12,13 @@ import ast
 import re
 from importlib.resources import files
 
+from connector_core.callrecords import HookOutcome
 from connector_core.callstate import Direction, Outcome
-from connector_core.console.filters import HookStatus, Period
+from connector_core.console.filters import Period
 from connector_core.console.i18n import LANGUAGES, TEXT, translator
+from connector_core.events import EventType
 from connector_core.integrations import AuthStatus
+from connector_core.store.base import DeliveryStatus
 
 PACKAGE = files("connector_core.console")
 TEMPLATE_KEY = re.compile(r"""\bt\(\s*'([a-z_]+\.[a-z0-9_]+)'\s*\)""")
@@ -23,7 +26,9 @@ DYNAMIC = re.compile(r"""\bt\(\s*'([a-z_]+)\.'\s*~""")
 FAMILIES: dict[str, list[str]] = {
     "outcome": [o.value for o in Outcome],
     "direction": [d.value for d in Direction],
-    "hook": [s.value for s in HookStatus],
+    "hook": [s.value for s in DeliveryStatus],
+    "attempt": [o.value for o in HookOutcome],
+    "event": [e.name.lower() for e in EventType] + ["unreadable"],  # RawEvent.event_name
     "period": [p.value for p in Period],
     "auth": [a.value for a in AuthStatus],
     "inbox": ["pending", "done", "quarantined", "dropped"],
