@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel
 
 from connector_core import calls_view as read_model
+from connector_core import public_url
 from connector_core.callrecords import HookCall
 from connector_core.calls_view import (
     CallSummary,
@@ -486,19 +487,10 @@ def _extension_of(user: object) -> object:
     return user.get("extension") if isinstance(user, Mapping) else getattr(user, "extension", None)
 
 
-def webhook_base(config: Config) -> str:
-    """Where Sipuni reaches the service: ``server.public_url``, else the bound address."""
-    if config.server.public_url:
-        return config.server.public_url
-    host = config.server.host
-    host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{config.server.port}"
-
-
 async def setup_view(sources: Sources) -> SetupView:
     """The setup page: what to paste into Sipuni and into the config."""
     config = sources.config
-    base = webhook_base(config)
+    base = public_url.base_url(config.server)
     accounts = []
     for number, account in config.accounts.items():
         used = await sources.store.read(functools.partial(reads.recent_use, account=number))

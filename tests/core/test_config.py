@@ -514,7 +514,8 @@ def test_unknown_keys_in_core_sections_are_errors(section: str, path: str) -> No
 
 def test_an_unknown_key_in_an_integration_goes_to_the_plugin_model() -> None:
     assert errors_of(ACCOUNT + DESK + 'api_tokn = "x"\n') == [
-        "accounts.012345.integrations.usedesk.api_tokn: unknown key (no such setting here); did you mean 'api_token'?"
+        "accounts.012345.integrations.usedesk.api_tokn: unknown key (no such setting here);"
+        " did you mean 'api_token'?"
     ]
 
 

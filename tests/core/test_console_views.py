@@ -30,7 +30,7 @@ from connector_core.simulator import scenarios
 from connector_core.store.base import CallQuery, DeliveryStatus, NewDispatch
 from connector_core.store.sqlite import SQLiteStore
 from tests.console_kit import Services, sign_in
-from tests.harness import TOKEN, make_config, settle
+from tests.harness import TOKEN, settle
 from tests.plugin_kit import add_test_plugin
 
 LINKER = '''
@@ -435,9 +435,18 @@ async def test_setup_gives_the_webhook_url_the_schemes_and_the_unmapped_extensio
     assert "scrypt" not in view.config_text
 
 
-def test_the_webhook_base_is_the_bound_address_without_a_public_url() -> None:
-    config, _ = make_config(Path("/tmp"), "", extra='[server]\nhost = "::1"\nport = 9000\n')
-    assert views.webhook_base(config) == "http://[::1]:9000"
+@pytest.mark.parametrize(
+    ("host", "base"),
+    [("::1", "http://[::1]:9000"), ("0.0.0.0", "http://<this machine's address>:9000")],
+)
+async def test_without_a_public_url_setup_shows_the_bound_address(
+    start: Start, host: str, base: str
+) -> None:
+    # Listening on every interface says nothing of the address Sipuni reaches: a placeholder,
+    # as connector init and the start-up log show it, never a URL that cannot work.
+    app, _ = await start("", extra=f'[server]\nhost = "{host}"\nport = 9000\n')
+    [account] = (await views.setup_view(pages.sources(app))).accounts
+    assert account.webhook_url == f"{base}/sipuni/{TOKEN}"
 
 
 # --- actions ------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from connector_core.templates import VARIABLES
 from plugins.usedesk.settings import DEFAULT_TEMPLATES, Templates, UsedeskSettings, UserMapping
 
 SECRET = "ud-secret-0123456789abcdef"
+UNKNOWN = "unknown key (no such setting here)"
 TABLE = "accounts.012345.integrations.usedesk"
 TWICE = 'users = [{ extension = "101", agent = 2 }, { extension = "101", agent = 3 }]'
 
@@ -179,10 +180,7 @@ def test_every_template_is_checked(types: dict) -> None:
 
 def test_unknown_template_name_is_refused(types: dict) -> None:
     [line] = errors(types, 'templates = { subject = "{phone}" }')
-    assert (
-        line
-        == f"{TABLE}.templates.subject: unknown key (no such setting here); did you mean 'ticket_subject'?"
-    )
+    assert line == f"{TABLE}.templates.subject: {UNKNOWN}; did you mean 'ticket_subject'?"
 
 
 def test_an_extension_mapped_twice_is_refused(types: dict) -> None:
@@ -274,14 +272,14 @@ def test_an_unknown_key_is_refused(types: dict) -> None:
     """A typo of a setting's name must not be silently ignored."""
     lines = errors(types, "always_new_tickets = true\nfirst_on_line = true")
     assert lines == [
-        f"{TABLE}.always_new_tickets: unknown key (no such setting here); did you mean 'always_new_ticket'?",
-        f"{TABLE}.first_on_line: unknown key (no such setting here); did you mean 'first_on_line_responsible'?",
+        f"{TABLE}.always_new_tickets: {UNKNOWN}; did you mean 'always_new_ticket'?",
+        f"{TABLE}.first_on_line: {UNKNOWN}; did you mean 'first_on_line_responsible'?",
     ]
 
 
 def test_unknown_keys_inside_a_user_are_refused(types: dict) -> None:
     [line] = errors(types, 'users = [{ extension = "101", agent = 2, name = "Анна" }]')
-    assert line == f"{TABLE}.users[0].name: unknown key (no such setting here)"
+    assert line == f"{TABLE}.users[0].name: {UNKNOWN}"
 
 
 def test_bad_choices_name_the_allowed_values(types: dict) -> None:
@@ -414,6 +412,4 @@ def test_the_full_example_in_the_docs_is_a_valid_config(types: dict) -> None:
 
 def test_a_misspelt_key_inside_a_user_names_the_key_it_may_have_meant(types: dict) -> None:
     lines = errors(types, 'users = [{ extension = "101", agnet = 2 }]')
-    assert f"{TABLE}.users[0].agnet: unknown key (no such setting here); did you mean 'agent'?" in (
-        lines
-    )
+    assert f"{TABLE}.users[0].agnet: {UNKNOWN}; did you mean 'agent'?" in lines
