@@ -53,12 +53,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, Final, Literal, Protocol, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import aiohttp
 from yarl import URL
 
 from connector_core import phones
+from connector_core.callrecords import CrmRequestObserver
 from connector_core.clock import Clock, SystemClock
 from connector_core.errors import AuthError, CrmError, InvalidRequestError, TransientError
 
@@ -125,20 +126,8 @@ Outcome = Literal["ok", "timeout", "connection", "rate_limited", "server_error",
 """The ``outcome`` passed to ``on_request``; a small fixed set so it can be a metrics label."""
 
 
-class OnRequest(Protocol):
-    """``on_request(method, seconds, outcome, status=, path=)``: called once per request
-    (the core's ``integration.on_crm_request``): metrics, and the call's record."""
-
-    def __call__(
-        self,
-        method: str,
-        seconds: float,
-        outcome: Outcome,
-        /,
-        *,
-        status: int | None = None,
-        path: str | None = None,
-    ) -> None: ...
+# on_request(method, seconds, outcome, status=, path=): the core's integration.on_crm_request.
+OnRequest = CrmRequestObserver
 
 
 _E = TypeVar("_E", bound=CrmError)
