@@ -161,6 +161,10 @@ async def test_an_operator_finds_a_call_reads_it_retries_its_dead_letter_and_rea
             # What the stub decided, and why: the owner of the call in amoCRM.
             stub = await text(browser, "section[data-integration='012345/amocrm_stub']")
             assert "responsible user 11: extension 101 answered" in stub
+            # And Usedesk's: the ticket's owner with the reason, and the request that made it.
+            desk = await text(browser, "section[data-integration='012345/usedesk']")
+            assert "owner 2: answered (extension 101)" in desk
+            assert "POST /create/ticket" in desk and "200" in desk
             # Each CRM request it made: method, path, outcome.
             requests = await browser.evaluate(
                 "[...document.querySelectorAll("
