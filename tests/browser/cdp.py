@@ -37,6 +37,10 @@ def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+# What Chromium answers an evaluation that meets a navigation half-way.
+_NAVIGATING = ("Inspected target navigated or closed", "Cannot find context with specified id")
+
+
 class Browser:
     def __init__(self) -> None:
         self.port = free_port()
@@ -113,10 +117,20 @@ class Browser:
         return result.get("result", {}).get("value")
 
     async def wait_for(self, expression: str, timeout: float = 10.0) -> Any:
-        """Poll ``expression`` in the page until it is truthy; returns its value."""
+        """Poll ``expression`` in the page until it is truthy; returns its value.
+
+        A poll that lands while the page navigates (a form just submitted, a link just
+        followed) finds no page to evaluate in: that is "not yet", and the next poll asks the
+        new page.
+        """
         async with asyncio.timeout(timeout):
             while True:
-                value = await self.evaluate(expression)
+                try:
+                    value = await self.evaluate(expression)
+                except RuntimeError as exc:
+                    if not any(text in str(exc) for text in _NAVIGATING):
+                        raise
+                    value = None
                 if value:
                     return value
                 await asyncio.sleep(0.05)
