@@ -36,7 +36,6 @@ DEFAULT_FILE = Path("connector.toml")
 DEFAULT_PORT = 8080
 STORAGE_PATH = "connector.db"
 TOKEN_BYTES = 24  # token_urlsafe: 32 characters of A-Z a-z 0-9 _ -
-WILDCARD_HOSTS, UNKNOWN_ADDRESS = public_url.WILDCARD_HOSTS, public_url.UNKNOWN_ADDRESS
 SIPUNI_SETTING = "Настройки → API → События на АТС"
 _ACCOUNT = re.compile(r"[0-9]{6}")
 
@@ -108,19 +107,14 @@ def _setting(key: str, value: Any) -> str:
     return f"{toml_key(key)} = {toml_value(value)}"
 
 
-def webhook_url(server: Server, account: str, token: str) -> str:
-    """The URL to paste into Sipuni: ``public_url``, else the address the service listens on."""
-    return public_url.webhook_url(server, account, token)
-
-
 def reachability_note(server: Server) -> str | None:
     """What to do when the URL Sipuni gets is not one it can reach; ``None`` when it is."""
     if server.public_url:
         return None
-    if server.host in WILDCARD_HOSTS:
+    if server.host in public_url.WILDCARD_HOSTS:
         return (
-            f"Replace {UNKNOWN_ADDRESS} with the address Sipuni reaches this machine at, or "
-            "set server.public_url in the file and the URL is shown whole."
+            f"Replace {public_url.UNKNOWN_ADDRESS} with the address Sipuni reaches this machine"
+            " at, or set server.public_url in the file and the URL is shown whole."
         )
     if _is_loopback(server.host):
         return (
@@ -414,7 +408,8 @@ async def run(
     refuse_existing(path, force=force)
     answers = await ask(questions, host, base_dir=path.parent)
     write_config(path, render(answers), force=force)
-    result = InitResult(path, answers, webhook_url(answers.server, answers.account, answers.token))
+    url = public_url.webhook_url(answers.server, answers.account, answers.token)
+    result = InitResult(path, answers, url)
     for line in closing_lines(result):
         questions.tell(line)
     return result

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from connector_core import init_config
+from connector_core import init_config, public_url
 from connector_core.config import parse_config_text
 from connector_core.hooks import PluginHost
 from connector_core.init_config import InitAnswers, InitError, Server
@@ -126,7 +126,7 @@ def test_the_written_text_reads_back_as_the_answers_with_users_one_per_line() ->
 def test_the_url_for_sipuni_is_public_url_else_the_listening_address(
     server: Server, url: str, note: str | None
 ) -> None:
-    assert init_config.webhook_url(server, "012345", TOKEN) == f"{url}/sipuni/{TOKEN}"
+    assert public_url.webhook_url(server, "012345", TOKEN) == f"{url}/sipuni/{TOKEN}"
     said = init_config.reachability_note(server)
     assert (said or "").startswith(note or "") and (said is None) == (note is None)
 
