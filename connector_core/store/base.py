@@ -1,7 +1,8 @@
-"""The storage interface: inbox, call states, dispatch outbox, effect keys.
+"""The storage interface: inbox, call states, dispatch outbox, effect keys, coordination.
 
-SQLite implements it on one machine (``sqlite.py``); a distributed backend (Redis Streams)
-can take its place by implementing the same methods. The guarantees every backend gives:
+SQLite implements it on one machine (``sqlite.py``), PostgreSQL for several processes on
+several hosts (``postgres.py``); everything else (the worker, the dispatcher, the CLI, the
+console, the health checks) uses only this interface. The guarantees every backend gives:
 
 - ``append_event`` returns only once the event is durable: the webhook is acknowledged after.
 - ``commit_event`` is atomic: the new call state, the inbox item marked done and the new
@@ -9,12 +10,17 @@ can take its place by implementing the same methods. The guarantees every backen
 - dispatch rows are unique per ``(integration, call, key)``: proposing one twice is a no-op.
   The key is the lifecycle record's id; the record itself (kind and payload) is kept with
   the row, so the dispatcher calls the hook with it instead of working it out from the key.
+- coordination (``shared`` stores only do real work): a lease is held by one owner at a time
+  until it expires unless renewed; a lock is held by one holder in the whole cluster; a rate
+  slot is granted only while the shared windows have room; a published message reaches every
+  subscriber of its channel in every process that shares the store.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -213,6 +219,53 @@ class CallRow:
     links: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class QueueDepth:
+    """An integration's hook calls that are not done, and its latest failure."""
+
+    pending: int = 0
+    retrying: int = 0
+    dead: int = 0
+    last_error: str | None = None
+    last_error_call: str | None = None
+
+
+@dataclass(frozen=True)
+class RecentUse:
+    """What an account's latest calls went through: extensions (with how many calls each was
+    in) and schemes (number, name), as seen."""
+
+    calls: int
+    extensions: dict[str, int]
+    schemes: list[tuple[str | None, str | None]]
+
+
+@dataclass(frozen=True)
+class StoredAuth:
+    """The latest authorisation check of an integration, as the cluster's checker stored it."""
+
+    integration: str  # Integration.key
+    status: str  # integrations.AuthStatus value
+    reason: str
+    checked_at: float
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """What ``connector check`` says of a store: where it is and its schema version."""
+
+    backend: str  # "sqlite" | "postgresql"
+    where: str  # a path, or the URL with its password masked
+    version: int  # the schema version found (0: an empty database)
+    latest: int  # the version this release writes
+
+
+# Channels of Store.publish / Store.subscribe.
+INBOX_CHANNEL = "inbox"  # an event was appended: workers look at the inbox now
+DISPATCH_CHANNEL = "dispatches"  # dispatch rows were added: dispatchers scan now
+CARD_CHANNEL = "cards"  # an agent card (JSON) for the process that holds the agent's stream
+
+
 class EffectStore(Protocol):
     """Idempotency keys of CRM effects for one integration."""
 
@@ -226,9 +279,19 @@ class EffectStore(Protocol):
         """Forget ``key`` (a link found stale); ``False`` if it was not there."""
         ...
 
+    async def items(self, prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
+        """Every key starting with ``prefix``, and its value, in the order they were put."""
+        ...
+
 
 class Store(Protocol):
-    async def open(self) -> None: ...
+    # Whether other processes may use this store at the same time (PostgreSQL). When not,
+    # leases, locks, rate slots and channels work within this process only.
+    shared: bool
+
+    async def open(self) -> None:
+        """Connect and bring the schema to this release's version (refused if newer)."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -328,3 +391,112 @@ class Store(Protocol):
     async def rejected(self, limit: int) -> list[Rejected]: ...
 
     async def dispatches_for(self, account: str, call_id: str) -> list[Dispatch]: ...
+
+    async def info(self) -> StoreInfo:
+        """Backend, location (secrets masked) and schema version, for ``connector check``."""
+        ...
+
+    # -- set-aside work: `connector dlq`, `connector quarantine`, the console --------------
+
+    async def quarantined_events(self, limit: int = 100) -> list[InboxItem]:
+        """Inbox items set aside after failing too often, oldest first."""
+        ...
+
+    async def get_event(self, item_id: int) -> InboxItem | None: ...
+
+    async def requeue_event(self, item_id: int) -> bool:
+        """Put a quarantined item back with fresh attempts; ``False`` if not quarantined."""
+        ...
+
+    async def drop_event(self, item_id: int) -> bool:
+        """Give up on a quarantined item for good (it stays visible as ``dropped``)."""
+        ...
+
+    async def inbox_items(
+        self, *, since: float = 0.0, limit: int = 1000, after_id: int = 0
+    ) -> list[InboxItem]:
+        """Stored events received at or after ``since`` with an id above ``after_id``, in id
+        order (replay)."""
+        ...
+
+    async def pending_dispatches(self, limit: int) -> list[Dispatch]: ...
+
+    async def dead_dispatches(self, limit: int = 100) -> list[Dispatch]: ...
+
+    async def get_dispatch(self, dispatch_id: int) -> Dispatch | None: ...
+
+    async def requeue_dispatch(self, dispatch_id: int) -> bool:
+        """Give a dead-lettered row a fresh start; ``False`` if it is not dead."""
+        ...
+
+    async def drop_dispatch(self, dispatch_id: int) -> bool:
+        """Give up on a dead-lettered row for good (it stays visible as ``dropped``)."""
+        ...
+
+    async def forget_links(self, subject: str, integration: str | None) -> list[tuple[str, str]]:
+        """Drop the effect keys ``subject`` and ``subject:…`` of ``integration`` (or of every
+        integration); returns the (integration, key) pairs dropped."""
+        ...
+
+    # -- the console's own reads -------------------------------------------------------------
+
+    async def call_links(
+        self, integrations: Sequence[str], call_ids: Sequence[str]
+    ) -> dict[tuple[str, str], dict[str, Any]]:
+        """The ``call:<call_id>`` effect records plugins keep, by (integration, call id)."""
+        ...
+
+    async def queue_depths(self) -> dict[str, QueueDepth]:
+        """Per integration: hook calls waiting, retrying and dead, and the newest error."""
+        ...
+
+    async def recent_use(self, account: str, limit: int) -> RecentUse:
+        """Extensions and schemes of the latest ``limit`` calls of ``account``."""
+        ...
+
+    # -- coordination of several processes (``connector_core.cluster``) ----------------------
+
+    async def take_leases(self, names: Sequence[str], owner: str, ttl: float) -> set[str]:
+        """Take each lease in ``names`` that is free, expired or already ``owner``'s, for
+        ``ttl`` seconds from now; returns the names ``owner`` holds now. One round trip."""
+        ...
+
+    async def renew_leases(self, owner: str, ttl: float) -> int:
+        """Extend every unexpired lease ``owner`` holds to ``ttl`` seconds from now; returns
+        how many (a lease that expired meanwhile may be another's already: not renewed)."""
+        ...
+
+    async def release_leases(self, owner: str, names: Sequence[str] | None = None) -> None:
+        """Give up ``names`` (every lease of ``owner`` when ``None``)."""
+        ...
+
+    def lock(self, name: str) -> AbstractAsyncContextManager[None]:
+        """Hold the cluster-wide lock ``name`` for the ``async with`` block (PostgreSQL: a
+        session advisory lock, freed by the server if this process dies). Waiting for it is
+        a queue wait (``hooktime.queue_wait``)."""
+        ...
+
+    async def take_rate_slot(
+        self, name: str, per_minute: int, per_second: int, margin: float = 0.0
+    ) -> float:
+        """Grant one request under the shared windows ``name`` (at most ``per_minute`` in
+        any 60 s and ``per_second`` in any 1 s, each window ``margin`` seconds wider) and
+        return 0.0; or grant nothing and return the seconds until a slot may be free."""
+        ...
+
+    async def publish(self, channel: str, payload: str) -> None:
+        """Send ``payload`` to every subscriber of ``channel``, in every process."""
+        ...
+
+    def subscribe(self, channel: str, callback: Callable[[str], None]) -> None:
+        """Call ``callback(payload)`` on the event loop for each message on ``channel``
+        (from this process too). Subscribe before ``open``."""
+        ...
+
+    async def save_auth(self, result: StoredAuth) -> None:
+        """Keep an integration's latest authorisation check for every process to show."""
+        ...
+
+    async def auth_results(self) -> dict[str, StoredAuth]:
+        """The latest stored authorisation check of each integration, by Integration.key."""
+        ...
