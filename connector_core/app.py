@@ -32,7 +32,7 @@ from connector_core.appkeys import (
     AccountRuntime,
 )
 from connector_core.clock import Clock, SystemClock
-from connector_core.config import Config
+from connector_core.config import Config, StorageConfig
 from connector_core.console import web as console
 from connector_core.dispatcher import Dispatcher
 from connector_core.hooks import PluginHost
@@ -40,8 +40,8 @@ from connector_core.httplog import Redactor, ServerErrorLog
 from connector_core.integrations import AuthResult, AuthStatus, Integration
 from connector_core.metrics import Metrics
 from connector_core.notifications import CardBoard, Notifier, Sink
-from connector_core.store.base import Dispatch
-from connector_core.store.sqlite import SQLiteStore
+from connector_core.store.base import Dispatch, Store
+from connector_core.store.choose import make_store
 from connector_core.supervisor import Supervisor
 from connector_core.worker import Worker
 
@@ -52,6 +52,7 @@ AUTH_CHECK_INTERVAL = 300.0
 EXPIRY_INTERVAL = 60.0
 EXPIRY_MIN_INTERVAL = 1.0
 EXPIRY_FRACTION = 0.25
+StoreFactory = Callable[[StorageConfig, Clock], Store]
 
 
 def expiry_interval(hangup_timeout: float) -> float:
@@ -74,12 +75,12 @@ def create_app(
     host: PluginHost | None = None,
     clock: Clock | None = None,
     background: bool = True,
-    store_factory: Callable[..., SQLiteStore] = SQLiteStore,
+    store_factory: StoreFactory = make_store,
 ) -> web.Application:
     """Build the service. ``background=False`` leaves the worker loops to the caller (tests).
 
-    ``store_factory(path, clock=...)`` makes the store: a test may pass one that injects
-    faults (``connector_core.testing.faults.FaultyStore``).
+    ``store_factory(config.storage, clock)`` makes the store (``make_store``: the backend the
+    config names); a test may pass one that injects faults (``testing.faults.FaultyStore``).
     """
     app = web.Application(client_max_size=config.server.max_body_bytes)
     app[CONFIG] = config
@@ -103,10 +104,8 @@ def create_app(
     return app
 
 
-async def _store_ctx(
-    app: web.Application, factory: Callable[..., SQLiteStore]
-) -> AsyncIterator[None]:
-    store = factory(app[CONFIG].storage.path, clock=app[CLOCK])
+async def _store_ctx(app: web.Application, factory: StoreFactory) -> AsyncIterator[None]:
+    store = factory(app[CONFIG].storage, app[CLOCK])
     await store.open()
     app[STORE] = store
     yield

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from connector_core.dispatcher import Dispatcher
     from connector_core.metrics import Metrics
     from connector_core.notifications import CardBoard, Notifier
-    from connector_core.store.sqlite import SQLiteStore
+    from connector_core.store.base import Store
     from connector_core.worker import Worker
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -38,7 +38,7 @@ class AccountRuntime:
 CONFIG: web.AppKey[Config] = web.AppKey("config")
 CLOCK = web.AppKey("clock", Clock)
 HOST = web.AppKey("host", PluginHost)
-STORE: web.AppKey[SQLiteStore] = web.AppKey("store")
+STORE: web.AppKey[Store] = web.AppKey("store")
 ACCOUNTS = web.AppKey("accounts", list[AccountRuntime])
 INTEGRATIONS = web.AppKey("integrations", dict[str, Integration])
 WORKER: web.AppKey[Worker] = web.AppKey("worker")

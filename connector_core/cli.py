@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import functools
 import json
 import os
 import random
 import sys
+import tempfile
 import time
 import tomllib
 from collections.abc import Awaitable, Callable, Sequence
@@ -23,8 +25,10 @@ from aiohttp import web
 from connector_core import app as service
 from connector_core import calls_cli, demo, forget, init_config, settings_check
 from connector_core.appkeys import CLOCK, DISPATCHER, HOST, INTEGRATIONS, STORE, WORKER
+from connector_core.clock import Clock, SystemClock
 from connector_core.config import (
     Config,
+    StorageConfig,
     config_json_schema,
     default_config,
     load_config,
@@ -34,13 +38,17 @@ from connector_core.console import password_cli as console_password
 from connector_core.errors import ConfigError
 from connector_core.events import EventError, SipuniEvent, parse_event
 from connector_core.hooks import PluginHost
+from connector_core.httplog import Redactor
 from connector_core.integrations import CheckLevel
 from connector_core.logcontext import setup_logging
 from connector_core.prompts import Questions, TerminalAsker
 from connector_core.simulator import scenarios
 from connector_core.simulator.sender import send_calls
-from connector_core.store.base import Dispatch, InboxItem
-from connector_core.store.sqlite import SQLiteStore
+from connector_core.store import sqlite
+from connector_core.store.base import Dispatch, InboxItem, Store, StoreInfo, StoreUnavailable
+from connector_core.store.choose import NoPostgres, inspect_store, make_store
+from connector_core.store.migrations import too_new
+from connector_core.store.urls import masked_url
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
 DEFAULTS = Path(__file__).with_name("defaults.toml")
@@ -133,10 +141,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def _with_service(
-    config: Config, host: PluginHost, body: Callable[[web.Application], Awaitable[int]]
+    config: Config,
+    host: PluginHost,
+    body: Callable[[web.Application], Awaitable[int]],
+    store_factory: service.StoreFactory = make_store,
 ) -> int:
     """Start the service's contexts without a listening socket, run ``body(app)``, stop."""
-    app = service.create_app(config, host=host, background=False)
+    app = service.create_app(config, host=host, background=False, store_factory=store_factory)
     runner = web.AppRunner(app)
     await runner.setup()
     try:
@@ -168,7 +179,99 @@ def cmd_check(args: argparse.Namespace) -> int:
                 print(f"  {settings_check.describe(integration, finding)}")
         return EXIT_CHECK_FAILED if failed else EXIT_OK
 
-    return asyncio.run(_with_service(config, host, checks))
+    async def run() -> int:
+        with tempfile.TemporaryDirectory(prefix="connector-check-") as scratch:
+            stand_in = Path(scratch) / "check.db"
+            store_ok, use_stand_in = await _check_store(config, stand_in)
+            factory: service.StoreFactory = make_store
+            if use_stand_in:
+                factory = functools.partial(_stand_in_store, stand_in)
+            code = await _with_service(config, host, checks, factory)
+            return code if store_ok else EXIT_CHECK_FAILED
+
+    return asyncio.run(run())
+
+
+async def _check_store(config: Config, stand_in: Path) -> tuple[bool, bool]:
+    """Print what ``connector check`` says of the store, creating and migrating nothing.
+
+    Returns whether the store is usable, and whether the integrations' checks must read a
+    stand-in at ``stand_in`` instead: the real store is opened only when it is at this
+    release's version (opening it would create or upgrade it). The stand-in is empty (what a
+    store not created yet holds) or, for an older SQLite file, an upgraded copy of it.
+    """
+    storage = config.storage
+    url = storage.url.get_secret_value() if storage.url is not None else None
+    setting, where = ("storage.path", str(storage.path)) if url is None else ("storage.url", "")
+    if url is not None:
+        where = masked_url(url)
+    try:
+        info = await inspect_store(storage)
+    except StoreUnavailable as exc:
+        # A driver's message may quote the URL: never its password.
+        reason = Redactor(config.secrets())(str(exc))
+        missing = url is None or isinstance(exc, NoPostgres)
+        problem = reason if missing else f"cannot connect to {where}: {reason}"
+        print(f"error: {setting}: {problem}")
+        return False, True
+    line = _store_line(info, exists=url is not None or storage.path.exists())
+    if info.version > info.latest:
+        print(f"error: {setting}: {info.where}: {too_new(info.version, info.latest)}")
+        return False, True
+    print(line)
+    if info.version == info.latest:
+        return True, False
+    if url is None and info.version:
+        await asyncio.to_thread(sqlite.backup, storage.path, stand_in)
+    return True, True
+
+
+def _stand_in_store(path: Path, _storage: StorageConfig, clock: Clock) -> Store:
+    return make_store(StorageConfig(path=path), clock)
+
+
+def _store_line(info: StoreInfo, *, exists: bool) -> str:
+    """The line ``connector check`` prints for a store it can use."""
+    head = f"store: {info.backend} {info.where}"
+    if info.version == info.latest:
+        return f"{head}: schema version {info.version}"
+    if not exists:
+        return f"{head}: will be created at schema version {info.latest} when the service starts"
+    if info.version == 0:
+        return (
+            f"{head}: empty; its tables will be created at schema version {info.latest}"
+            " when the service starts"
+        )
+    return (
+        f"{head}: schema version {info.version};"
+        f" will be upgraded to {info.latest} when the service starts"
+    )
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    """A consistent copy of the SQLite store, taken while the service runs."""
+    config, _ = load(args.config)
+    if config.storage.url is not None:
+        print(
+            "connector backup: the store is PostgreSQL; back it up with pg_dump"
+            " (pg_dump --format=custom --file=connector.dump DATABASE_URL), restore it with"
+            " pg_restore",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_CONFIG
+    dest = Path(args.dest)
+    if dest.is_dir():
+        dest = dest / config.storage.path.name
+    if dest.exists() and not args.force:
+        print(f"connector backup: {dest} exists; pass --force to replace it", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    try:
+        sqlite.backup(config.storage.path, dest)
+    except StoreUnavailable as exc:
+        print(f"connector backup: {exc}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    print(f"backed up {config.storage.path} to {dest}")
+    return EXIT_OK
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -448,9 +551,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _with_store(config: Config, body: Callable[[SQLiteStore], Awaitable[int]]) -> int:
+async def _with_store(config: Config, body: Callable[[Store], Awaitable[int]]) -> int:
     """Open the configured store, run ``body(store)``, close it."""
-    store = SQLiteStore(config.storage.path)
+    store = make_store(config.storage, SystemClock())
     await store.open()
     try:
         return await body(store)
@@ -476,14 +579,14 @@ class _SetAside(Generic[R]):
 
     name: str  # as the messages name it: "the dead-letter queue"
     ids_hint: str  # what to type when no id was given
-    rows: Callable[[SQLiteStore, int], Awaitable[list[R]]]  # the set-aside rows, oldest first
-    get: Callable[[SQLiteStore, int], Awaitable[R | None]]
+    rows: Callable[[Store, int], Awaitable[list[R]]]  # the set-aside rows, oldest first
+    get: Callable[[Store, int], Awaitable[R | None]]
     is_set_aside: Callable[[R], bool]
     line: Callable[[R], str]  # one row of `list`
-    shown: Callable[[SQLiteStore, R], Awaitable[dict[str, Any]]]  # `show`, as JSON
+    shown: Callable[[Store, R], Awaitable[dict[str, Any]]]  # `show`, as JSON
     label: Callable[[R], str]  # what the row is, after its id
-    requeue: Callable[[SQLiteStore, int], Awaitable[bool]]
-    drop: Callable[[SQLiteStore, int], Awaitable[bool]]
+    requeue: Callable[[Store, int], Awaitable[bool]]
+    drop: Callable[[Store, int], Awaitable[bool]]
     requeued_note: str = ""
 
 
@@ -491,7 +594,7 @@ def _manage(args: argparse.Namespace, aside: _SetAside[Any]) -> int:
     """``list``, ``show``, ``retry`` or ``drop`` set-aside work; exit 1 if an id is not there."""
     config, _ = load(args.config)
 
-    async def run(store: SQLiteStore) -> int:
+    async def run(store: Store) -> int:
         if args.action == "list":
             rows = await aside.rows(store, args.limit)
             if not rows:
@@ -529,14 +632,14 @@ def _manage(args: argparse.Namespace, aside: _SetAside[Any]) -> int:
     return asyncio.run(_with_store(config, run))
 
 
-async def _dead_letter_shown(store: SQLiteStore, row: Dispatch) -> dict[str, Any]:
+async def _dead_letter_shown(store: Store, row: Dispatch) -> dict[str, Any]:
     call = await store.load_call(row.account, row.call_id)
     summary = call.model_dump(mode="json", exclude={"events"}) if call else None
     record = row.record.model_dump(mode="json") if row.record else None
     return {"dispatch": {**row.__dict__, "record": record}, "call": summary}
 
 
-async def _quarantined_shown(store: SQLiteStore, item: InboxItem) -> dict[str, Any]:
+async def _quarantined_shown(store: Store, item: InboxItem) -> dict[str, Any]:
     return {"item": item.__dict__}
 
 
@@ -544,7 +647,7 @@ DEAD_LETTERS: _SetAside[Dispatch] = _SetAside(
     name="the dead-letter queue",
     ids_hint="name the dead-letter ids (see `connector dlq list`), or --all",
     rows=lambda store, limit: store.dead_dispatches(limit=limit),
-    get=SQLiteStore.get_dispatch,
+    get=lambda store, row_id: store.get_dispatch(row_id),
     is_set_aside=lambda d: d.status == "dead",
     line=lambda d: (
         f"{d.id:>6}  {_when(d.created_at)}  {d.integration}  {d.call_id}  "
@@ -552,14 +655,14 @@ DEAD_LETTERS: _SetAside[Dispatch] = _SetAside(
     ),
     shown=_dead_letter_shown,
     label=lambda d: f"{d.integration} {d.key}",
-    requeue=SQLiteStore.requeue_dispatch,
-    drop=SQLiteStore.drop_dispatch,
+    requeue=lambda store, row_id: store.requeue_dispatch(row_id),
+    drop=lambda store, row_id: store.drop_dispatch(row_id),
 )
 QUARANTINE: _SetAside[InboxItem] = _SetAside(
     name="the quarantine",
     ids_hint="name the quarantined ids (see `connector quarantine list`), or --all",
     rows=lambda store, limit: store.quarantined_events(limit=limit),
-    get=SQLiteStore.get_event,
+    get=lambda store, item_id: store.get_event(item_id),
     is_set_aside=lambda i: i.status == "quarantined",
     line=lambda i: (
         f"{i.id:>6}  {_when(i.received_at)}  {i.account}  {i.params.get('call_id', '')}  "
@@ -567,8 +670,8 @@ QUARANTINE: _SetAside[InboxItem] = _SetAside(
     ),
     shown=_quarantined_shown,
     label=lambda i: f"call {i.params.get('call_id', '')}",
-    requeue=SQLiteStore.requeue_event,
-    drop=SQLiteStore.drop_event,
+    requeue=lambda store, item_id: store.requeue_event(item_id),
+    drop=lambda store, item_id: store.drop_event(item_id),
     requeued_note="; a running service takes it up",
 )
 
@@ -584,7 +687,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
         print(f"connector forget: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
 
-    async def run(store: SQLiteStore) -> int:
+    async def run(store: Store) -> int:
         dropped = await forget.forget(store, req)
         for integration, key in dropped:
             print(f"forgot {integration} {key}")
@@ -655,6 +758,17 @@ def build_parser() -> argparse.ArgumentParser:
         "validate the config, check every integration's authorisation and whether its"
         " settings name things that exist (exit 0 ok, 1 a check failed, 2 invalid config)",
     )
+    p.add_argument("--config", help=config_help)
+    p = command(
+        "backup",
+        cmd_backup,
+        "copy the SQLite store to DEST while the service runs (SQLite's online backup: one"
+        " consistent snapshot, written to a temporary file then renamed). To restore: stop the"
+        " service, copy the backup over storage.path (and delete the -wal and -shm files beside"
+        " it), start the service. A PostgreSQL store is backed up with pg_dump instead",
+    )
+    p.add_argument("dest", help="the file to write, or a folder to write it in")
+    p.add_argument("--force", action="store_true", help="replace DEST if it exists")
     p.add_argument("--config", help=config_help)
     p = command(
         "init",
@@ -754,6 +868,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         _print_config_errors(exc)
         return EXIT_BAD_CONFIG
+    except StoreUnavailable as exc:  # no traceback for a store that cannot be reached
+        print(f"the store cannot be used: {exc}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
 
 
 if __name__ == "__main__":

@@ -53,9 +53,11 @@ from pydantic_core import PydanticCustomError
 from connector_core.console.settings import ConsoleConfig
 from connector_core.errors import ConfigError
 from connector_core.integrations import IntegrationType, RoutingSettings
+from connector_core.store.urls import url_password, url_problem
 
 __all__ = [
     "DEMO_TOKEN",
+    "STORAGE_URL_ENV",
     "AccountConfig",
     "Config",
     "ConsoleConfig",
@@ -72,6 +74,8 @@ __all__ = [
 ]
 
 DEMO_TOKEN = "demo-token-change-me-0000"
+# When set, the PostgreSQL URL of [storage] url (the file's value, if any, is not used).
+STORAGE_URL_ENV = "CONNECTOR_STORAGE_URL"
 """The token of the demo account in the embedded defaults: public, so never for production."""
 
 _ACCOUNT_NUMBER = re.compile(r"[0-9]{6}")
@@ -258,6 +262,20 @@ class StorageConfig(_Strict):
         value = value.expanduser()
         return value if value.is_absolute() else (Path(base) / value).resolve()
 
+    url: SecretStr | None = Field(
+        None,
+        description="A PostgreSQL database (postgresql://user:password@host:5432/database) "
+        "shared by several connector processes; left out, the SQLite file at `path` is used. "
+        f"The environment variable {STORAGE_URL_ENV}, when set, takes its place.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and (problem := url_problem(value.get_secret_value())):
+            raise _error("storage_url", problem)
+        return value
+
 
 class TrackerConfig(_Strict):
     """``[tracker]``: how events are merged into calls."""
@@ -435,7 +453,11 @@ class Config(_Strict):
     def secrets(self) -> list[str]:
         """Every secret value in the config (account and agent tokens, plugin ``SecretStr``
         settings), for the log to mask."""
-        return sorted(_secret_values(self))
+        found = _secret_values(self)
+        url = self.storage.url
+        if url is not None and (password := url_password(url.get_secret_value())):
+            found.add(password)  # as a driver's error may quote it alone
+        return sorted(found)
 
     def enabled_integrations(self) -> Iterator[tuple[AccountConfig, IntegrationConfig]]:
         """Every enabled integration instance with its account, in file order."""
@@ -567,6 +589,10 @@ def _build(
     unresolved: list[Loc] = []
     env = os.environ if environ is None else environ
     raw = _substitute(raw, env, (), env_problems, unresolved)
+    storage = raw.get("storage", {})
+    if env.get(STORAGE_URL_ENV) and isinstance(storage, dict):
+        # The database password stays out of the file; the tests run the suites on PostgreSQL.
+        raw = {**raw, "storage": {**storage, "url": env[STORAGE_URL_ENV]}}
     context = {"base_dir": base_dir or Path.cwd()}
 
     # Pass 1: the core keys (plugin keys are split off each integration table first).

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from connector_core.config import Config
 from connector_core.phones import normalize
-from connector_core.store.sqlite import SQLiteStore
+from connector_core.store.base import Store
 
 
 class ForgetError(ValueError):
@@ -78,7 +78,7 @@ def _integrations(config: Config, given: str | None) -> tuple[str, ...] | None:
     return keys
 
 
-async def forget(store: SQLiteStore, req: ForgetRequest) -> list[tuple[str, str]]:
+async def forget(store: Store, req: ForgetRequest) -> list[tuple[str, str]]:
     """Drop the request's keys; the (integration, key) pairs that were dropped."""
     dropped: list[tuple[str, str]] = []
     for subject in req.subjects:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from connector_core.dispatcher import Dispatcher
 from connector_core.logcontext import call_context
-from connector_core.store.sqlite import SQLiteStore
+from connector_core.store.base import Store
 from connector_core.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ class Done:
     changed: bool
 
 
-async def retry_dead_letter(store: SQLiteStore, dispatcher: Dispatcher, row_id: int) -> Done:
+async def retry_dead_letter(store: Store, dispatcher: Dispatcher, row_id: int) -> Done:
     """`connector dlq retry`: a dead hook call gets a fresh start at once."""
     row = await store.get_dispatch(row_id)
     if row is None or not await store.requeue_dispatch(row_id):
@@ -37,7 +37,7 @@ async def retry_dead_letter(store: SQLiteStore, dispatcher: Dispatcher, row_id: 
     return Done("flash.retried", True)
 
 
-async def drop_dead_letter(store: SQLiteStore, row_id: int) -> Done:
+async def drop_dead_letter(store: Store, row_id: int) -> Done:
     """`connector dlq drop`: give a dead hook call up for good (it stays visible)."""
     row = await store.get_dispatch(row_id)
     if row is None or not await store.drop_dispatch(row_id):
@@ -47,7 +47,7 @@ async def drop_dead_letter(store: SQLiteStore, row_id: int) -> Done:
     return Done("flash.dropped", True)
 
 
-async def retry_quarantined(store: SQLiteStore, worker: Worker, item_id: int) -> Done:
+async def retry_quarantined(store: Store, worker: Worker, item_id: int) -> Done:
     """`connector quarantine retry`: a quarantined webhook goes back into the queue."""
     if not await store.requeue_event(item_id):
         return Done("flash.not_quarantined", False)
@@ -56,7 +56,7 @@ async def retry_quarantined(store: SQLiteStore, worker: Worker, item_id: int) ->
     return Done("flash.retried", True)
 
 
-async def drop_quarantined(store: SQLiteStore, item_id: int) -> Done:
+async def drop_quarantined(store: Store, item_id: int) -> Done:
     """`connector quarantine drop`: give a quarantined webhook up for good."""
     if not await store.drop_event(item_id):
         return Done("flash.not_quarantined", False)
@@ -65,7 +65,7 @@ async def drop_quarantined(store: SQLiteStore, item_id: int) -> Done:
 
 
 async def replay_call(
-    store: SQLiteStore, worker: Worker, dispatcher: Dispatcher, account: str, call_id: str
+    store: Store, worker: Worker, dispatcher: Dispatcher, account: str, call_id: str
 ) -> Done:
     """`connector replay --since`, for one call: its stored events through routing again."""
     items = await store.call_events(account, call_id)

@@ -5,12 +5,11 @@ through the calls' read model (``connector_core.calls_view``), the one ``connect
 and ``connector trace`` print: the calls page lists ``store.find_calls``, the one-call page
 renders ``calls_view.load_trace`` (the routing decisions, hook calls, CRM requests and
 decisions recorded when they happened). The integrations and setup pages read what only they
-show through ``reads``.
+show through the store's console reads (``call_links``, ``queue_depths``, ``recent_use``).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,7 +34,6 @@ from connector_core.calls_view import (
 from connector_core.callstate import CallState
 from connector_core.clock import Clock
 from connector_core.config import Config
-from connector_core.console import reads
 from connector_core.console.filters import (
     PAGE_SIZE,
     CallFilter,
@@ -51,10 +49,20 @@ from connector_core.httplog import Redactor
 from connector_core.integrations import AuthResult, Integration
 from connector_core.pacing import Budget, budget_of
 from connector_core.phones import PhoneFormat, format_number
-from connector_core.store.base import DeliveryStatus, Dispatch, InboxItem, Rejected, SeenScheme
-from connector_core.store.sqlite import SQLiteStore
+from connector_core.store.base import (
+    DeliveryStatus,
+    Dispatch,
+    InboxItem,
+    QueueDepth,
+    Rejected,
+    SeenScheme,
+    Store,
+)
 
 LIST_LIMIT = 100  # dead letters, quarantined and rejected webhooks shown at most
+# The setup page looks at this many of each account's latest calls: what rings now matters,
+# and reading every call ever stored would make the page slower as the store grows.
+RECENT_CALLS = 2000
 
 
 @dataclass(frozen=True)
@@ -70,7 +78,7 @@ class Circuit:
 class Sources:
     """Where the pages read from: the store, the config, and the running service's parts."""
 
-    store: SQLiteStore
+    store: Store
     config: Config
     clock: Clock
     host: PluginHost
@@ -185,7 +193,7 @@ async def _link_records(
         return {}
     keys = list(dict.fromkeys(key for key, _ in wanted))
     call_ids = list(dict.fromkeys(call_id for _, call_id in wanted))
-    return await sources.store.read(lambda db: reads.call_links(db, keys, call_ids))
+    return await sources.store.call_links(keys, call_ids)
 
 
 def _link(
@@ -389,7 +397,7 @@ class IntegrationHealth:
     circuit: Circuit | None  # None: no dispatcher runs
     budget: Budget | None  # None: the runtime does not report one (pacing.Paced)
     running: int | None  # calls whose hooks run now
-    depth: reads.QueueDepth
+    depth: QueueDepth
 
 
 @dataclass(frozen=True)
@@ -403,7 +411,7 @@ class IntegrationsView:
 
 async def integrations_view(sources: Sources) -> IntegrationsView:
     """The integrations page: each integration's health, and the work set aside."""
-    depths = await sources.store.read(reads.queue_depths)
+    depths = await sources.store.queue_depths()
     health = []
     for key, integration in sources.integrations.items():
         circuit = running = None
@@ -423,7 +431,7 @@ async def integrations_view(sources: Sources) -> IntegrationsView:
                 circuit=circuit,
                 budget=budget_of(integration.runtime, PACING_HORIZON_SECONDS),
                 running=running,
-                depth=depths.get(key, reads.QueueDepth()),
+                depth=depths.get(key, QueueDepth()),
             )
         )
     return IntegrationsView(
@@ -493,7 +501,7 @@ async def setup_view(sources: Sources) -> SetupView:
     base = public_url.base_url(config.server)
     accounts = []
     for number, account in config.accounts.items():
-        used = await sources.store.read(functools.partial(reads.recent_use, account=number))
+        used = await sources.store.recent_use(number, RECENT_CALLS)
         seen = used.extensions
         schemes = [SeenScheme(id_, name) for id_, name in used.schemes]
         maps = {

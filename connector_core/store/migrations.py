@@ -176,14 +176,19 @@ def version_of(db: sqlite3.Connection) -> int:
     return version
 
 
+def too_new(version: int, latest: int) -> str:
+    """Why a database at ``version`` is refused by a release that knows up to ``latest``."""
+    return (
+        f"the database is at schema version {version}, made by a newer release of connector;"
+        f" this release knows versions up to {latest}: upgrade connector to open it"
+    )
+
+
 def migrate(db: sqlite3.Connection) -> int:
     """Bring ``db`` (autocommit mode) to ``LATEST``; returns the version it had before."""
     before = version_of(db)
     if before > LATEST:
-        raise SchemaError(
-            f"the database is at schema version {before}, made by a newer release of connector;"
-            f" this release knows versions up to {LATEST}: upgrade connector to open it"
-        )
+        raise SchemaError(too_new(before, LATEST))
     if before and not int(db.execute("PRAGMA user_version").fetchone()[0]):
         db.execute(f"PRAGMA user_version = {before}")  # record what release 0.1.0 did not
     for step in STEPS:

@@ -23,9 +23,10 @@ import random
 import sqlite3
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from connector_core.clock import Clock
+from connector_core.config import StorageConfig
 from connector_core.store.sqlite import SQLiteStore
 
 T = TypeVar("T")
@@ -89,12 +90,14 @@ class FaultyStore(SQLiteStore):
         return result
 
 
-def faulty_store_factory(seed: int = 0) -> tuple[list[FaultyStore], Callable[..., FaultyStore]]:
+def faulty_store_factory(
+    seed: int = 0,
+) -> tuple[list[FaultyStore], Callable[[StorageConfig, Clock], FaultyStore]]:
     """A ``store_factory`` for ``create_app`` and the list it puts the store it makes in."""
     made: list[FaultyStore] = []
 
-    def factory(path: str | Path, **kwargs: Any) -> FaultyStore:
-        store = FaultyStore(path, seed=seed, **kwargs)
+    def factory(storage: StorageConfig, clock: Clock) -> FaultyStore:
+        store = FaultyStore(storage.path, seed=seed, clock=clock)
         made.append(store)
         return store
 
