@@ -26,9 +26,11 @@ import pytest
 from connector_core import cli
 from connector_core.config import DEMO_TOKEN
 from connector_core.simulator import scenarios
+from connector_core.store.migrations import LATEST
 from tests.e2e.process import ROOT, ServiceProcess, free_port, get_json
 
 TOKEN = "cli-token-0123456789"
+WILL_BE_CREATED = f"will be created at schema version {LATEST} when the service starts"
 ACCOUNT = "012345"
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
 
@@ -117,6 +119,7 @@ def test_check_valid_config_prints_ok_per_integration(
     assert code == EXIT_OK, err
     assert out.splitlines() == [
         "configuration: ok",
+        f"store: sqlite {workdir / 'connector.db'}: {WILL_BE_CREATED}",
         "012345/rec [recorder]: ok (recorder)",
         "012345/second [recorder]: ok (recorder)",
         "012345/amocrm_stub [amocrm_stub]: ok (stub: nothing to authorise)",
@@ -145,6 +148,7 @@ def test_check_prints_the_plugins_findings_under_its_integration(
     assert code == EXIT_OK, err  # a warning does not fail the check
     assert out.splitlines() == [
         "configuration: ok",
+        f"store: sqlite {workdir / 'connector.db'}: {WILL_BE_CREATED}",
         "012345/rec [recorder]: ok (recorder)",
         "  warning: accounts.012345.integrations.rec.label: a label only tests use",
     ]
@@ -187,14 +191,18 @@ def test_check_with_a_disabled_failing_integration_passes(
     )
     code, out, _ = run(capsys, "check", "--config", str(config))
     assert code == EXIT_OK
-    assert "sab" not in out
+    assert "012345/sab" not in out
 
 
 def test_check_with_no_enabled_integration_says_so(workdir: Path, capsys) -> None:
     config = write_config(workdir, "")
     code, out, err = run(capsys, "check", "--config", str(config))
     assert code == EXIT_OK, err
-    assert out == "configuration: ok\nno enabled integrations\n"
+    assert out.splitlines() == [
+        "configuration: ok",
+        f"store: sqlite {workdir / 'connector.db'}: {WILL_BE_CREATED}",
+        "no enabled integrations",
+    ]
 
 
 THREE_MISTAKES = """
@@ -243,7 +251,8 @@ def test_check_as_a_process_exit_codes(workdir: Path, test_plugins_dir: Path) ->
     result = run_process(workdir, test_plugins_dir, "check", "--config", str(good))
     assert (result.returncode, result.stdout) == (
         EXIT_OK,
-        "configuration: ok\n012345/rec [recorder]: ok (recorder)\n",
+        f"configuration: ok\nstore: sqlite {workdir / 'connector.db'}: {WILL_BE_CREATED}\n"
+        "012345/rec [recorder]: ok (recorder)\n",
     ), result.stderr
 
     result = run_process(workdir, test_plugins_dir, "check", "--config", str(failing))
@@ -683,10 +692,12 @@ def test_check_without_a_config_checks_the_defaults_and_warns(workdir: Path, cap
     assert code == EXIT_OK
     assert out.splitlines() == [
         "configuration: ok",
+        # In the current directory, as documented; only checking creates nothing.
+        f"store: sqlite {workdir / 'connector.db'}: {WILL_BE_CREATED}",
         "012345/amocrm_stub [amocrm_stub]: ok (stub: nothing to authorise)",
     ]
     assert err == "warning: accounts.012345.token: the demo token is public; set your own\n"
-    assert (workdir / "connector.db").exists()  # in the current directory, as documented
+    assert not (workdir / "connector.db").exists()
 
 
 def test_config_is_found_in_env_then_current_directory(

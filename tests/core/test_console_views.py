@@ -510,13 +510,14 @@ BOUNDED_SCANS = re.compile(
 
 
 async def traced(app: web.Application, run: Callable[[], Awaitable[object]]) -> list[str]:
-    """Each statement ``run`` had the store execute, with its query plan."""
+    """Each statement ``run`` had the store execute, with its query plan (read on the SQLite
+    store's own thread: its one connection)."""
     store, statements = app[STORE], []
-    await store.read(lambda db: db.set_trace_callback(statements.append))
+    await store._run(lambda db: db.set_trace_callback(statements.append))
     try:
         await run()
     finally:
-        await store.read(lambda db: db.set_trace_callback(None))
+        await store._run(lambda db: db.set_trace_callback(None))
 
     def explain(db: sqlite3.Connection) -> list[str]:
         return [
@@ -524,7 +525,7 @@ async def traced(app: web.Application, run: Callable[[], Awaitable[object]]) -> 
             for sql in statements
         ]
 
-    return await store.read(explain)
+    return await store._run(explain)
 
 
 async def test_the_pages_find_calls_and_their_records_through_indexes_not_whole_tables(
