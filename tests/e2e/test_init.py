@@ -22,6 +22,7 @@ import pytest
 from connector_core import cli, init_config
 from connector_core.hooks import PluginHost
 from connector_core.prompts import Questions, ScriptedAsker
+from connector_core.store.migrations import LATEST
 from tests.e2e.process import free_port
 from tests.e2e.test_usedesk_check import SandboxThread
 
@@ -113,6 +114,8 @@ def test_hook_setup_integration_usedesk_writes_a_config_connector_check_accepts(
         cli.EXIT_OK,
         [
             "configuration: ok",
+            f"store: sqlite {tmp_path / 'connector.db'}: will be created at schema version"
+            f" {LATEST} when the service starts",
             f"{ACCOUNT}/usedesk [usedesk]: ok (API key accepted by {usedesk.url})",
             "  Usedesk agents (4; map extensions to their id or e-mail in `users`):",
             "         1  Анна Админова <anna@example.com>, admin: extension 201",
@@ -168,7 +171,7 @@ def test_a_key_given_as_an_environment_reference_is_checked_and_written_as_one(
     assert usedesk.sandbox.token not in path.read_text()
     monkeypatch.setenv("INIT_USEDESK_KEY", usedesk.sandbox.token)
     code, lines = check(capsys, path)
-    assert code == cli.EXIT_OK and lines[1].endswith(f"ok (API key accepted by {usedesk.url})")
+    assert code == cli.EXIT_OK and lines[2].endswith(f"ok (API key accepted by {usedesk.url})")
 
 
 def test_extensions_and_the_on_duty_agent_are_checked_against_usedesk_agents(

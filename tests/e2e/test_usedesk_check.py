@@ -19,6 +19,7 @@ from aiohttp import web
 
 from connector_core import cli
 from connector_core.simulator import scenarios
+from connector_core.store.migrations import LATEST
 from plugins.usedesk.sandbox import UsedeskSandbox
 from plugins.usedesk.sandbox.app import create_app
 
@@ -103,8 +104,11 @@ def check(
 
 
 def head(usedesk: SandboxThread) -> list[str]:
+    store = Path.cwd().resolve() / "connector.db"  # the usedesk fixture's folder
     return [
         "configuration: ok",
+        f"store: sqlite {store}: will be created at schema version {LATEST}"
+        " when the service starts",
         f"{ACCOUNT}/usedesk [usedesk]: ok (API key accepted by {usedesk.url})",
     ]
 
@@ -147,7 +151,7 @@ on_duty_user = "ghost@example.com"
     )
     assert code == EXIT_CHECK_FAILED
     listed = " (Usedesk's agents are listed below)"
-    assert lines[:5] == [
+    assert lines[:6] == [
         *head(usedesk),
         f"  error: {PATH}.users[1].agent: no Usedesk agent has the e-mail nobody@example.com,"
         f" so extension 202 would own no ticket{listed}",
@@ -156,14 +160,14 @@ on_duty_user = "ghost@example.com"
         f"  error: {PATH}.on_duty_user: no Usedesk agent has the e-mail ghost@example.com,"
         f" so the on-duty agent would own no ticket{listed}",
     ]
-    assert lines[5] == "  Usedesk agents (4; map extensions to their id or e-mail in `users`):"
-    assert lines[6] == "         1  Анна Админова <anna@example.com>, admin: extension 201"
+    assert lines[6] == "  Usedesk agents (4; map extensions to their id or e-mail in `users`):"
+    assert lines[7] == "         1  Анна Админова <anna@example.com>, admin: extension 201"
 
 
 def test_check_an_unknown_on_duty_id_fails(check: Callable[[str], tuple[int, list[str]]]) -> None:
     code, lines = check("on_duty_user = 9")
     assert code == EXIT_CHECK_FAILED
-    assert lines[2] == (
+    assert lines[3] == (
         f"  error: {PATH}.on_duty_user: no Usedesk agent has id 9, so the on-duty agent would"
         " own no ticket (Usedesk's agents are listed below)"
     )
@@ -179,7 +183,7 @@ def test_check_does_not_compare_settings_when_authorisation_fails(
     )
     code, lines = run_check(capsys, config)
     assert code == EXIT_CHECK_FAILED
-    assert len(lines) == 2 and lines[1].startswith(f"{ACCOUNT}/usedesk [usedesk]: auth_failed")
+    assert len(lines) == 3 and lines[2].startswith(f"{ACCOUNT}/usedesk [usedesk]: auth_failed")
 
 
 def replay(tmp_path: Path, config: Path, *calls: scenarios.Scenario) -> None:
