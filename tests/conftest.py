@@ -1,14 +1,18 @@
 from __future__ import annotations
 
 import importlib
+import itertools
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests import pgcluster
 from tests.plugin_kit import install_test_plugins
+from tests.store_backends import StoreBackend
 
 # pytester runs the contract kit against broken plugins (tests/contract); the kit itself is
 # loaded here, in the top-level conftest, so that pytest rewrites its asserts.
@@ -34,3 +38,35 @@ def _root_logging_restored() -> Iterator[None]:
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[pgcluster.PgCluster]:
+    """A PostgreSQL cluster of the test run's own; skipped without PostgreSQL, except in CI."""
+    try:
+        cluster = pgcluster.start()
+    except FileNotFoundError:
+        if os.environ.get("CI"):
+            pytest.fail(pgcluster.NOT_INSTALLED)
+        pytest.skip(pgcluster.NOT_INSTALLED)
+    yield cluster
+    cluster.stop()
+
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture
+def pg_url(pg_cluster: pgcluster.PgCluster) -> Iterator[str]:
+    """The URL of a new empty database, dropped after the test."""
+    name = f"test_{os.getpid()}_{next(_databases)}"
+    yield pg_cluster.create_database(name)
+    pg_cluster.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreBackend:
+    """Each backend in turn, with nothing stored yet."""
+    if request.param == "sqlite":
+        return StoreBackend("sqlite", str(tmp_path / "connector.db"))
+    return StoreBackend("postgresql", request.getfixturevalue("pg_url"))

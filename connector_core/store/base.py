@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+import asyncpg
+
 from connector_core import tracker
 from connector_core.callrecords import CallRecord, NewCallRecord
 from connector_core.callstate import CallState, LifecycleEvent, LifecycleKind
@@ -39,9 +41,22 @@ def is_store_failure(exc: BaseException) -> bool:
     """Whether ``exc`` says the store as a whole fails, rather than one piece of work.
 
     SQLite reports a full disk, an I/O error, a locked or read-only database as
-    ``OperationalError``: retrying the work later helps, quarantining it would not.
+    ``OperationalError``: retrying the work later helps, quarantining it would not. So does
+    PostgreSQL a lost or refused connection, a server shutting down or out of resources (a
+    full disk), a system I/O error, or a read-only server (a standby after a failover).
     """
-    return isinstance(exc, StoreUnavailable | sqlite3.OperationalError)
+    return isinstance(exc, (StoreUnavailable, sqlite3.OperationalError, *_POSTGRES_FAILURES))
+
+
+_POSTGRES_FAILURES = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.PostgresSystemError,
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
+)
 
 
 def call_id_of(params: Mapping[str, Any]) -> str | None:

@@ -1,6 +1,7 @@
 """The store keeps what happened to each call: routing decisions, hook calls with their CRM
 requests and decisions, bounded per call; it lists calls by start, number, extension,
-outcome and integration status, and finds a call's webhooks."""
+outcome and integration status, and finds a call's webhooks. On each backend, but for the
+SQLite database left by the release before call records."""
 
 from __future__ import annotations
 
@@ -24,16 +25,17 @@ from connector_core.clock import FakeClock
 from connector_core.events import SipuniEvent, parse_event
 from connector_core.simulator import scenarios as sc
 from connector_core.store import migrations
-from connector_core.store.base import CallQuery, DeliveryStatus, NewDispatch
+from connector_core.store.base import CallQuery, DeliveryStatus, NewDispatch, Store
 from connector_core.store.sqlite import SQLiteStore
+from tests.store_backends import StoreBackend
 
 ACCOUNT = "012345"
 USEDESK, AMO = f"{ACCOUNT}/usedesk", f"{ACCOUNT}/amo"
 
 
 @pytest.fixture
-async def store(tmp_path: Path):
-    s = SQLiteStore(tmp_path / "c.db", clock=FakeClock())
+async def store(store_backend: StoreBackend):
+    s = store_backend.new(clock=FakeClock())
     await s.open()
     yield s
     await s.close()
@@ -55,7 +57,7 @@ def hook_call(attempt: int, *, outcome: HookOutcome = HookOutcome.DONE, **kw) ->
     )
 
 
-async def stored_call(store: SQLiteStore, scenario: sc.Scenario, dispatch_to=()) -> CallState:
+async def stored_call(store: Store, scenario: sc.Scenario, dispatch_to=()) -> CallState:
     """Feed a scenario's webhooks through the inbox and the tracker, as the worker does."""
     state = None
     for params in scenario.events:
@@ -75,7 +77,7 @@ async def stored_call(store: SQLiteStore, scenario: sc.Scenario, dispatch_to=())
     return state
 
 
-async def test_routing_is_kept_when_it_changes_and_only_then(store: SQLiteStore) -> None:
+async def test_routing_is_kept_when_it_changes_and_only_then(store: Store) -> None:
     call = await stored_call(store, sc.inbound_answered(call_id="c1"))
     waits = routing(False, "waits for the transfer scheme")
     sees = routing(True, "moved into transfer scheme 000-2 (Продажи)")
@@ -86,7 +88,7 @@ async def test_routing_is_kept_when_it_changes_and_only_then(store: SQLiteStore)
     assert {r.integration for r in records} == {AMO}
 
 
-async def test_a_hook_call_is_kept_with_the_row_it_ran(store: SQLiteStore) -> None:
+async def test_a_hook_call_is_kept_with_the_row_it_ran(store: Store) -> None:
     call = await stored_call(store, sc.inbound_answered(call_id="c1"), [USEDESK])
     [row] = await store.dispatches_for(ACCOUNT, "c1")
     failed = hook_call(
@@ -114,7 +116,7 @@ async def test_a_hook_call_is_kept_with_the_row_it_ran(store: SQLiteStore) -> No
     assert (row.status, row.attempts) == ("done", 2)
 
 
-async def test_records_per_call_are_bounded_and_routing_stays(store: SQLiteStore) -> None:
+async def test_records_per_call_are_bounded_and_routing_stays(store: Store) -> None:
     await store.add_call_records(ACCOUNT, "c1", [NewCallRecord(AMO, routing(True, "all"), 1.0)])
     limit = callrecords.MAX_RECORDS_PER_CALL
     for attempt in range(1, limit + 31):
@@ -130,7 +132,7 @@ async def test_records_per_call_are_bounded_and_routing_stays(store: SQLiteStore
     assert len(await store.call_records(ACCOUNT, "c2")) == 1  # another call is untouched
 
 
-async def test_a_calls_webhooks_come_back_in_arrival_order(store: SQLiteStore) -> None:
+async def test_a_calls_webhooks_come_back_in_arrival_order(store: Store) -> None:
     one, two = sc.inbound_answered(call_id="c1"), sc.inbound_missed(call_id="c2")
     shuffled = [one.events[2], two.events[0], one.events[0], one.events[1], one.events[3]]
     ids = [await store.append_event(ACCOUNT, params, 10.0 + i) for i, params in enumerate(shuffled)]
@@ -140,7 +142,7 @@ async def test_a_calls_webhooks_come_back_in_arrival_order(store: SQLiteStore) -
     assert [e.params for e in events] == [shuffled[0], *shuffled[2:]]
 
 
-async def test_calls_are_listed_newest_first_and_filtered(store: SQLiteStore) -> None:
+async def test_calls_are_listed_newest_first_and_filtered(store: Store) -> None:
     answered = await stored_call(
         store,
         sc.inbound_answered(
@@ -175,7 +177,7 @@ async def test_calls_are_listed_newest_first_and_filtered(store: SQLiteStore) ->
     assert row.state == answered
 
 
-async def test_each_integrations_status_is_listed_and_filtered(store: SQLiteStore) -> None:
+async def test_each_integrations_status_is_listed_and_filtered(store: Store) -> None:
     for call_id in ("done", "pending", "retrying", "dead"):
         await stored_call(store, sc.inbound_answered(call_id=call_id), [USEDESK, AMO])
     await stored_call(store, sc.inbound_answered(call_id="unrouted"))
@@ -202,7 +204,7 @@ async def test_each_integrations_status_is_listed_and_filtered(store: SQLiteStor
     assert await ids(integration=AMO) == {"done", "pending", "retrying", "dead"}
 
 
-async def test_a_call_row_carries_the_latest_crm_link(store: SQLiteStore) -> None:
+async def test_a_call_row_carries_the_latest_crm_link(store: Store) -> None:
     await stored_call(store, sc.inbound_answered(call_id="c1"), [USEDESK])
     [row] = await store.dispatches_for(ACCOUNT, "c1")
     first = hook_call(1, decisions=(Decision("client 2001 found", link="https://u/clients/2001"),))
@@ -261,7 +263,7 @@ async def test_calls_and_webhooks_stored_before_the_upgrade_are_found(
 
 
 async def test_the_next_page_starts_after_the_last_call_shown_even_amid_a_tie(
-    store: SQLiteStore,
+    store: Store,
 ) -> None:
     for call_id in ("a", "b", "c", "d"):  # Sipuni's times are whole seconds: one start
         await stored_call(store, sc.internal(call_id=call_id, start=sc.START))
@@ -275,7 +277,7 @@ async def test_the_next_page_starts_after_the_last_call_shown_even_amid_a_tie(
     assert await ids(before=float(sc.START), before_call_id="a") == ["z"]
 
 
-async def test_calls_are_found_by_a_few_digits_of_the_number(store: SQLiteStore) -> None:
+async def test_calls_are_found_by_a_few_digits_of_the_number(store: Store) -> None:
     await stored_call(store, sc.inbound_answered(client="79161234567", call_id="a"))
     await stored_call(store, sc.inbound_missed(client="79035550011", call_id="m"))
 

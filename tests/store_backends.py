@@ -1,0 +1,24 @@
+"""The store backends the contract tests run on: one test, once on each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from connector_core.clock import Clock
+from connector_core.store.base import Store
+from connector_core.store.postgres import PostgresStore
+from connector_core.store.sqlite import SQLiteStore
+
+
+@dataclass(frozen=True)
+class StoreBackend:
+    """Where a test's store lives: a SQLite file, or a fresh PostgreSQL database."""
+
+    name: str  # "sqlite" | "postgresql": the test's id
+    where: str  # the file's path, or the database's URL
+
+    def new(self, clock: Clock | None = None) -> Store:
+        """A store (not yet open) on this backend's data: each call, another "process"."""
+        if self.name == "sqlite":
+            return SQLiteStore(self.where, clock=clock)  # type: ignore[return-value]
+        return PostgresStore(self.where, clock=clock)
