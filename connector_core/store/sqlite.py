@@ -40,6 +40,7 @@ from connector_core.store.base import (
     StoreUnavailable,
     call_id_of,
 )
+from connector_core.store.local import LocalCoordination
 from connector_core.store.migrations import migrate
 
 T = TypeVar("T")
@@ -52,10 +53,11 @@ MAX_WRITE_BATCH = 512
 PROBE_TIMEOUT = 5.0  # seconds: a write probe that takes longer says the store cannot write
 
 
-class SQLiteStore:
+class SQLiteStore(LocalCoordination):
     def __init__(self, path: str | Path, *, clock: Clock | None = None) -> None:
+        # One worker process per file (`connector serve`): coordination lives in memory.
+        super().__init__(clock or SystemClock())
         self.path = Path(path)
-        self.clock = clock or SystemClock()
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
         # Writes waiting for the next group commit; set while a transaction is being written.
