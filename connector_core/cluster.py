@@ -101,7 +101,10 @@ class Leases:
     async def release_all(self) -> None:
         """Give back every lease of this process (at shutdown)."""
         self.held.clear()
-        await self.store.release_leases(self.owner)
+        try:
+            await self.store.release_leases(self.owner)
+        except Exception as exc:
+            log.warning("leases not given back (they expire in %g s): %s", self.ttl, exc)
 
     async def renew(self) -> None:
         """Extend every lease held, so none expires while its work goes on."""
