@@ -17,28 +17,9 @@ import pytest
 
 from connector_core.simulator import scenarios
 from tests.e2e.process import ServiceProcess, free_port, get_json
+from tests.e2e.test_crash_recovery import TOKEN, write_config
 
 pytestmark = pytest.mark.e2e
-TOKEN = "e2e-token-0123456789"
-ACCOUNT = "012345"
-
-
-def write_config(folder: Path, name: str, port: int) -> Path:
-    """A config on port ``port``; every one of them names the same database."""
-    path = folder / f"{name}.toml"
-    path.write_text(f"""
-[server]
-port = {port}
-[storage]
-path = "connector.db"
-[tracker]
-finish_settle_seconds = 0
-[accounts.{ACCOUNT}]
-token = "{TOKEN}"
-[accounts.{ACCOUNT}.integrations.journal]
-plugin = "recorder"
-""")
-    return path
 
 
 def post(url: str, params: dict[str, str]) -> tuple[int, dict]:
@@ -59,13 +40,13 @@ def test_an_ingest_and_a_worker_process_share_one_sqlite_file(
 ) -> None:
     ingest_port, worker_port = free_port(), free_port()
     ingest = ServiceProcess(
-        write_config(tmp_path, "ingest", ingest_port),
+        write_config(tmp_path, ingest_port, "ingest"),
         pythonpath=[test_plugins_dir],
         port=ingest_port,
         args=("--role", "ingest"),
     )
     worker = ServiceProcess(
-        write_config(tmp_path, "worker", worker_port),
+        write_config(tmp_path, worker_port, "worker"),
         pythonpath=[test_plugins_dir],
         port=worker_port,
         args=("--role", "worker"),
@@ -99,7 +80,7 @@ def test_an_ingest_and_a_worker_process_share_one_sqlite_file(
         second = subprocess.run(
             [
                 *(sys.executable, "-m", "connector_core", "serve"),
-                *("--config", str(write_config(tmp_path, "second", free_port()))),
+                *("--config", str(write_config(tmp_path, free_port(), "second"))),
                 *("--role", "worker"),
             ],
             capture_output=True,
