@@ -146,7 +146,9 @@ def _subscribe(app: web.Application, store: Store) -> None:
 
     store.subscribe(INBOX_CHANNEL, wake(WORKER))
     store.subscribe(DISPATCH_CHANNEL, wake(DISPATCHER))
-    store.subscribe(CARD_CHANNEL, lambda payload: app[BOARD].on_message(payload))
+    store.subscribe(
+        CARD_CHANNEL, lambda payload: app[BOARD].on_message(payload) if BOARD in app else None
+    )
 
 
 def _not_ingest_routes() -> list[web.RouteDef]:
