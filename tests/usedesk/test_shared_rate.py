@@ -43,7 +43,7 @@ async def _run_two_clients(aiohttp_server: Any, shared: bool) -> UsedeskSandbox:
         # Time moves only while no request is on its way: on the fake clock a request then
         # arrives when it was granted, as a real one arrives a few ms later (the margin).
         target = clock.now() + seconds
-        while slots.in_flight:
+        while slots.in_flight > 0:
             await asyncio.sleep(0)
         clock.advance(max(0.0, target - clock.now()))
         await asyncio.sleep(0)
