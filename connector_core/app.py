@@ -11,11 +11,12 @@ import functools
 import inspect
 import logging
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from connector_core import agent_stream, callrecords, health, ingest, public_url
+from connector_core import agent_stream, callrecords, cluster, health, ingest, public_url
 from connector_core.appkeys import (
     ACCOUNTS,
     BOARD,
@@ -24,23 +25,33 @@ from connector_core.appkeys import (
     DISPATCHER,
     HOST,
     INTEGRATIONS,
+    LEASES,
     METRICS,
     NOTIFIER,
+    ROLE,
     STORE,
     SUPERVISOR,
     WORKER,
     AccountRuntime,
 )
 from connector_core.clock import Clock, SystemClock
+from connector_core.cluster import Role
 from connector_core.config import Config, StorageConfig
 from connector_core.console import web as console
 from connector_core.dispatcher import Dispatcher
 from connector_core.hooks import PluginHost
 from connector_core.httplog import Redactor, ServerErrorLog
-from connector_core.integrations import AuthResult, AuthStatus, Integration
+from connector_core.integrations import AuthResult, AuthStatus, Integration, KeyedLocks, SharedRate
 from connector_core.metrics import Metrics
-from connector_core.notifications import CardBoard, Notifier, Sink
-from connector_core.store.base import Dispatch, Store
+from connector_core.notifications import CardBoard, ChannelSink, Notifier, Sink
+from connector_core.store.base import (
+    CARD_CHANNEL,
+    DISPATCH_CHANNEL,
+    INBOX_CHANNEL,
+    Dispatch,
+    Store,
+    StoredAuth,
+)
 from connector_core.store.choose import make_store
 from connector_core.supervisor import Supervisor
 from connector_core.worker import Worker
@@ -76,14 +87,20 @@ def create_app(
     clock: Clock | None = None,
     background: bool = True,
     store_factory: StoreFactory = make_store,
+    role: Role = Role.ALL,
 ) -> web.Application:
     """Build the service. ``background=False`` leaves the worker loops to the caller (tests).
+
+    ``role`` (``connector serve --role``): ``ingest`` takes webhooks only (no background
+    loops, no agent page, no console); ``worker`` runs the loops and serves agents and the
+    console, and refuses webhooks; ``all`` does both.
 
     ``store_factory(config.storage, clock)`` makes the store (``make_store``: the backend the
     config names); a test may pass one that injects faults (``testing.faults.FaultyStore``).
     """
     app = web.Application(client_max_size=config.server.max_body_bytes)
     app[CONFIG] = config
+    app[ROLE] = role
     app[CLOCK] = clock or SystemClock()
     app[HOST] = host or plugin_host_for(config)
     app[METRICS] = Metrics()
@@ -93,27 +110,74 @@ def create_app(
     app[SUPERVISOR] = Supervisor(
         app[CLOCK], on_error=lambda loop: app[METRICS].loop_errors.labels(loop).inc()
     )
-    app.add_routes(ingest.routes())
+    app.add_routes(ingest.routes() if role.ingests else _not_ingest_routes())
     app.add_routes(health.routes())
-    app.add_routes(agent_stream.routes())
-    console.install(app)  # /console/, when [console] enabled = true
+    if role.works:
+        app.add_routes(agent_stream.routes())
+        console.install(app)  # /console/, when [console] enabled = true
     app.cleanup_ctx.append(functools.partial(_store_ctx, factory=store_factory))
+    if background and role.works:
+        app.cleanup_ctx.append(_one_worker_ctx)
     app.cleanup_ctx.append(_integrations_ctx)
-    if background:
+    if background and role.works:
         app.cleanup_ctx.append(_background_ctx)
     return app
 
 
 async def _store_ctx(app: web.Application, factory: StoreFactory) -> AsyncIterator[None]:
     store = factory(app[CONFIG].storage, app[CLOCK])
+    _subscribe(app, store)
     await store.open()
     app[STORE] = store
     yield
     await store.close()
 
 
+def _subscribe(app: web.Application, store: Store) -> None:
+    """Wake this process's worker and dispatcher, and fill its card board, from the store's
+    channels: the webhook, the new hook calls or the card may come from another process."""
+    if not app[ROLE].works:
+        return
+
+    def wake(key: web.AppKey[Worker] | web.AppKey[Dispatcher]) -> Callable[[str], None]:
+        # The worker and dispatcher are made after the store opens; a message before is moot.
+        return lambda payload: app[key].notify() if key in app else None
+
+    store.subscribe(INBOX_CHANNEL, wake(WORKER))
+    store.subscribe(DISPATCH_CHANNEL, wake(DISPATCHER))
+    store.subscribe(
+        CARD_CHANNEL, lambda payload: app[BOARD].on_message(payload) if BOARD in app else None
+    )
+
+
+def _not_ingest_routes() -> list[web.RouteDef]:
+    async def refuse(request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "success": False,
+                "error": "this process runs --role worker: point Sipuni at an ingest process",
+            },
+            status=503,
+        )
+
+    return [
+        web.route("*", path, refuse) for path in ("/sipuni/{token:[^/]+}", "/sipuni/{token:[^/]+}/")
+    ]
+
+
+async def _one_worker_ctx(app: web.Application) -> AsyncIterator[None]:
+    """SQLite's coordination is in one process's memory: refuse a second worker on the file."""
+    if app[STORE].shared:
+        yield
+        return
+    with cluster.exclusive_worker(app[CONFIG].storage.path):
+        yield
+
+
 async def _integrations_ctx(app: web.Application) -> AsyncIterator[None]:
     config, host, store = app[CONFIG], app[HOST], app[STORE]
+    app[LEASES] = leases = cluster.Leases(store, ttl=config.cluster.lease_seconds)
+    shared_rate = SharedRate(store) if store.shared else None
     accounts: list[AccountRuntime] = []
     by_key: dict[str, Integration] = {}
     for number, account in config.accounts.items():
@@ -139,6 +203,8 @@ async def _integrations_ctx(app: web.Application) -> AsyncIterator[None]:
                 on_crm_request=callrecords.crm_request_observer(
                     app[METRICS].crm_request_observer(f"{number}/{name}")
                 ),
+                locks=KeyedLocks(_cluster_locks(store, f"{number}/{name}")),
+                shared_rate=shared_rate,
             )
             if kind.factory is not None:
                 runtime = kind.factory(integration)
@@ -169,10 +235,13 @@ async def _integrations_ctx(app: web.Application) -> AsyncIterator[None]:
         app[CLOCK],
         on_result=count_hook_call,
         redact=Redactor(config.secrets()),
+        leases=leases,
     )
     app[DISPATCHER] = dispatcher
     board = CardBoard()
-    sinks: list[Sink] = [board, *host.notification_sinks()]
+    # The board is fed from the card channel (_subscribe), so every process's board gets
+    # the cards this worker makes; plugin sinks are called from here, once per card.
+    sinks: list[Sink] = [ChannelSink(store), *host.notification_sinks()]
     notifier = Notifier(host, {a.number: a.integrations for a in accounts}, sinks)
     app[BOARD], app[NOTIFIER] = board, notifier
     app[WORKER] = Worker(
@@ -183,9 +252,9 @@ async def _integrations_ctx(app: web.Application) -> AsyncIterator[None]:
         app[CLOCK],
         hangup_timeout=tracker.hangup_timeout_seconds,
         finish_settle=tracker.finish_settle_seconds,
-        on_dispatches=dispatcher.notify,
         on_call=lambda call, keys: notifier.on_call(call),
         on_processed=metrics.events_processed.inc,
+        leases=leases,
     )
     yield
     await notifier.wait_idle()
@@ -196,6 +265,15 @@ async def _integrations_ctx(app: web.Application) -> AsyncIterator[None]:
                 await close()
             except Exception:
                 log.exception("closing %s failed", integration.key)
+
+
+def _cluster_locks(
+    store: Store, integration: str
+) -> Callable[[str], AbstractAsyncContextManager[None]] | None:
+    """``integration.locks``' cluster-wide half: the store's lock of the key, when shared."""
+    if not store.shared:
+        return None
+    return lambda key: store.lock(f"{integration}:{key}")
 
 
 async def check_authorization(host: PluginHost, integration: Integration) -> AuthResult:
@@ -213,9 +291,12 @@ async def check_authorization(host: PluginHost, integration: Integration) -> Aut
 
 
 async def _auth_round(app: web.Application) -> bool:
-    """The authorisation loop's round: check every integration once, log each result."""
+    """The authorisation loop's round: check every integration once, log each result, and
+    store it for every process to show (only one process of a cluster runs this round)."""
     for integration in app[INTEGRATIONS].values():
         result = await check_authorization(app[HOST], integration)
+        stored = StoredAuth(integration.key, result.status.value, result.reason, app[CLOCK].now())
+        await app[STORE].save_auth(stored)
         level = logging.INFO if result.ok else logging.ERROR
         log.log(
             level,
@@ -229,6 +310,17 @@ async def _auth_round(app: web.Application) -> bool:
 
 async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
     worker, dispatcher, supervisor = app[WORKER], app[DISPATCHER], app[SUPERVISOR]
+    leases = app[LEASES]
+    mirror = cluster.AuthMirror(app[STORE], app[INTEGRATIONS])
+
+    async def leases_round() -> bool:
+        await leases.renew()
+        await mirror.refresh()  # the cluster's latest authorisation checks
+        return False
+
+    # On SQLite every lease is this process's whether renewed or not: nothing to report.
+    shared = app[STORE].shared
+    supervisor.add("leases", leases_round, interval=leases.ttl / 3, has_work=lambda _: shared)
     supervisor.add(
         "worker",
         worker.drain_round,
@@ -245,13 +337,13 @@ async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     supervisor.add(
         "expiry",
-        worker.expiry_round,
+        cluster.singleton(leases, cluster.EXPIRY_SINGLETON, worker.expiry_round),
         interval=expiry_interval(worker.hangup_timeout),
         has_work=lambda stats: stats.get("calls_open", 0) > 0,
     )
     supervisor.add(
         "auth",
-        functools.partial(_auth_round, app),
+        cluster.singleton(leases, cluster.AUTH_SINGLETON, functools.partial(_auth_round, app)),
         interval=AUTH_CHECK_INTERVAL,
         has_work=lambda stats: bool(app[INTEGRATIONS]),
     )
@@ -263,6 +355,7 @@ async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
     # waiting for their turn are cancelled: Dispatcher.stop).
     await supervisor.stop()
     await dispatcher.stop()
+    await leases.release_all()  # the next process need not wait for them to lapse
 
 
 class RedactingAccessLogger(AbstractAccessLogger):
@@ -293,9 +386,12 @@ class RedactingAccessLogger(AbstractAccessLogger):
 LINGER_SECONDS = 10.0
 
 
-def run(config: Config, host: PluginHost | None = None) -> None:
-    """Serve until SIGINT/SIGTERM; aiohttp then stops accepting and runs the cleanups."""
-    app = create_app(config, host=host)
+def run(config: Config, host: PluginHost | None = None, role: Role = Role.ALL) -> None:
+    """Serve until SIGINT/SIGTERM; aiohttp then stops accepting and runs the cleanups.
+
+    Raises ``cluster.WorkerLocked`` when another worker serves the same SQLite file.
+    """
+    app = create_app(config, host=host, role=role)
     metrics = app[METRICS]
     server_log = logging.getLogger("aiohttp.server")
     errors = ServerErrorLog(

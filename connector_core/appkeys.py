@@ -15,6 +15,7 @@ from connector_core.supervisor import Supervisor
 
 if TYPE_CHECKING:
     # Only for the key types: these modules import the app's keys themselves at runtime.
+    from connector_core.cluster import Leases, Role
     from connector_core.config import Config
     from connector_core.console.web import ConsoleState
     from connector_core.dispatcher import Dispatcher
@@ -47,4 +48,6 @@ BOARD: web.AppKey[CardBoard] = web.AppKey("board")
 NOTIFIER: web.AppKey[Notifier] = web.AppKey("notifier")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 SUPERVISOR: web.AppKey[Supervisor] = web.AppKey("supervisor")
+ROLE: web.AppKey[Role] = web.AppKey("role")
+LEASES: web.AppKey[Leases] = web.AppKey("leases")
 CONSOLE: web.AppKey[ConsoleState] = web.AppKey("console")  # on the console's sub-application

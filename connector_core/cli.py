@@ -26,6 +26,7 @@ from connector_core import app as service
 from connector_core import calls_cli, demo, forget, init_config, settings_check
 from connector_core.appkeys import CLOCK, DISPATCHER, HOST, INTEGRATIONS, STORE, WORKER
 from connector_core.clock import Clock, SystemClock
+from connector_core.cluster import Role, WorkerLocked
 from connector_core.config import (
     Config,
     StorageConfig,
@@ -129,7 +130,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     setup_logging(config.logging.level, config.secrets(), json_lines=config.logging.json_format)
     _print_warnings(config)
     try:
-        service.run(config, host)
+        service.run(config, host, Role(args.role))
+    except WorkerLocked as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
     except OSError as exc:
         if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
             raise
@@ -752,6 +756,13 @@ def build_parser() -> argparse.ArgumentParser:
     config_help = "config file (default: $CONNECTOR_CONFIG, ./connector.toml, embedded defaults)"
     p = command("serve", cmd_serve, "run the service")
     p.add_argument("--config", help=config_help)
+    p.add_argument(
+        "--role",
+        choices=[role.value for role in Role],
+        default=Role.ALL.value,
+        help="all (default): everything; ingest: take webhooks only; worker: process them,"
+        " run hooks, serve agents and the console (several processes: docs/architecture.md)",
+    )
     p = command(
         "check",
         cmd_check,

@@ -296,6 +296,18 @@ class TrackerConfig(_Strict):
     )
 
 
+class ClusterConfig(_Strict):
+    """``[cluster]``: several connector processes on one store (PostgreSQL)."""
+
+    lease_seconds: float = Field(
+        10,
+        gt=0,
+        description="A process's claim on a call's work (and on the expiry and authorisation "
+        "rounds) lapses this long after the process stops renewing it: a killed process's "
+        "work is taken over after about this long. Renewed every third of it.",
+    )
+
+
 class LoggingConfig(_Strict):
     """``[logging]``."""
 
@@ -387,6 +399,7 @@ class ConfigFile(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     console: ConsoleConfig = Field(default_factory=ConsoleConfig)
     accounts: Annotated[dict[AccountNumber, AccountTable], AfterValidator(_check_accounts)] = Field(
@@ -434,6 +447,7 @@ class Config(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     console: ConsoleConfig = Field(default_factory=ConsoleConfig)
     accounts: dict[str, AccountConfig]
@@ -660,6 +674,7 @@ def _build(
         server=file.server,
         storage=file.storage,
         tracker=file.tracker,
+        cluster=file.cluster,
         logging=file.logging,
         console=file.console,
         accounts=accounts,

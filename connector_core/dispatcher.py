@@ -20,6 +20,7 @@ from connector_core import callrecords
 from connector_core.callrecords import HookCall, HookOutcome, NewCallRecord
 from connector_core.callstate import CallState
 from connector_core.clock import Clock
+from connector_core.cluster import Leases, dispatch_lease
 from connector_core.errors import (
     AuthError,
     InvalidRequestError,
@@ -130,6 +131,7 @@ class Dispatcher:
         policy: RetryPolicy | None = None,
         on_result: Callable[[Dispatch, str], None] = lambda d, outcome: None,
         redact: Callable[[str], str] = lambda text: text,
+        leases: Leases | None = None,
     ) -> None:
         # on_result(row, outcome): outcome is "done", "retry", "dead" or "waiting".
         self.store = store
@@ -140,6 +142,9 @@ class Dispatcher:
         self.on_result = on_result
         # Masks configured secrets in what is kept of each hook call (httplog.Redactor).
         self.redact = redact
+        # Another process may dispatch the same outbox: a call group runs only under its
+        # lease (on SQLite this process holds every lease).
+        self.leases = leases or Leases(store)
         self.wakeup = asyncio.Event()
         self._running: dict[tuple[str, str, str], asyncio.Task[None]] = {}
         self._probes: set[tuple[str, str, str]] = set()
@@ -229,9 +234,17 @@ class Dispatcher:
                 continue
             heads = await self.store.due_heads(key, now, 1 if breaker.is_open else limit)
             scanned += len(heads)
-            for head in heads:
-                group = (head.integration, head.account, head.call_id)
-                if group in self._running:
+            wanted = [
+                group
+                for head in heads
+                if (group := (head.integration, head.account, head.call_id)) not in self._running
+            ][:room]
+            # One round trip for the scan's groups; a group another process holds is its.
+            held = await self.leases.take(dispatch_lease(*group) for group in wanted)
+            unused = set(held)
+            for group in wanted:
+                lease = dispatch_lease(*group)
+                if lease not in held:
                     continue
                 if room <= 0:  # before allow(): a half-open breaker must not mark a probe
                     break
@@ -239,12 +252,14 @@ class Dispatcher:
                 if not breaker.allow(now):
                     continue
                 room -= 1
-                task = asyncio.create_task(self._run_group(group), name=f"dispatch {group}")
+                unused.discard(lease)
+                task = asyncio.create_task(self._run_leased(group), name=f"dispatch {group}")
                 self._running[group] = task
                 if probe:
                     self._probes.add(group)
                 task.add_done_callback(functools.partial(self._done, group))
                 started += 1
+            await self.leases.release(unused)
         self.last_scan_rows = scanned
         return started
 
@@ -274,6 +289,12 @@ class Dispatcher:
         """Wait until no group is running (tests and shutdown)."""
         while self._running:
             await asyncio.gather(*self._running.values(), return_exceptions=True)
+
+    async def _run_leased(self, group: tuple[str, str, str]) -> None:
+        try:
+            await self._run_group(group)
+        finally:
+            await self.leases.release([dispatch_lease(*group)])
 
     async def _run_group(self, group: tuple[str, str, str]) -> None:
         for row in await self.store.pending_in_group(*group):

@@ -10,7 +10,15 @@ import logging
 from aiohttp import web
 from pydantic import SecretStr
 
-from connector_core.appkeys import CONFIG, DISPATCHER, INTEGRATIONS, METRICS, STORE, SUPERVISOR
+from connector_core.appkeys import (
+    CONFIG,
+    DISPATCHER,
+    INTEGRATIONS,
+    METRICS,
+    ROLE,
+    STORE,
+    SUPERVISOR,
+)
 from connector_core.integrations import AuthStatus
 
 log = logging.getLogger(__name__)
@@ -64,6 +72,7 @@ async def readyz(request: web.Request) -> web.Response:
     now = app[SUPERVISOR].clock.now()
     body = {
         "ready": ready,
+        "role": app[ROLE].value,  # connector serve --role
         "problems": problems,
         "store": "writable" if writable else "not writable",
         "loops": {name: loop.describe(now) for name, loop in app[SUPERVISOR].loops.items()},

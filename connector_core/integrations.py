@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol
@@ -132,11 +133,16 @@ class KeyedLocks:
     """One asyncio lock per key, dropped when nobody holds or waits for it.
 
     Waiting for a key is a queue wait (:func:`connector_core.hooktime.queue_wait`): it does
-    not count against the waiting hook's timeout.
+    not count against the waiting hook's timeout. With ``shared`` (a store shared by several
+    processes), the holder of the process's lock then takes ``shared(key)`` too, so one key
+    is held by one hook call in the whole cluster; the others of this process queue here.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, shared: Callable[[str], AbstractAsyncContextManager[None]] | None = None
+    ) -> None:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._shared = shared
 
     def __call__(self, key: str) -> _Held:
         return _Held(self, key)
@@ -148,6 +154,7 @@ class KeyedLocks:
 class _Held:
     def __init__(self, owner: KeyedLocks, key: str) -> None:
         self._owner, self._key = owner, key
+        self._cluster: AbstractAsyncContextManager[None] | None = None
 
     async def __aenter__(self) -> None:
         lock, users = self._owner._locks.get(self._key, (asyncio.Lock(), 0))
@@ -159,10 +166,23 @@ class _Held:
         except BaseException:  # cancelled while waiting (a card part's timeout): let go
             self._leave()
             raise
+        if self._owner._shared is None:
+            return
+        self._cluster = self._owner._shared(self._key)
+        try:
+            await self._cluster.__aenter__()  # a queue wait too (Store.lock)
+        except BaseException:
+            lock.release()
+            self._leave()
+            raise
 
     async def __aexit__(self, *exc: object) -> None:
-        self._owner._locks[self._key][0].release()
-        self._leave()
+        try:
+            if self._cluster is not None:
+                await self._cluster.__aexit__(None, None, None)
+        finally:
+            self._owner._locks[self._key][0].release()
+            self._leave()
 
     def _leave(self) -> None:
         lock, users = self._owner._locks[self._key]
@@ -170,6 +190,45 @@ class _Held:
             del self._owner._locks[self._key]
         else:
             self._owner._locks[self._key] = (lock, users - 1)
+
+
+class RateSlots(Protocol):
+    """What a shared rate window is taken from: ``Store.take_rate_slot``."""
+
+    async def take_rate_slot(
+        self, name: str, per_minute: int, per_second: int, margin: float = 0.0
+    ) -> float: ...
+
+
+class SharedRate:
+    """Rate windows every process of the cluster counts in (``integration.shared_rate``).
+
+    A plugin whose CRM limits requests per account, not per process, takes a slot here
+    before each request, after its own limiter: ``await integration.shared_rate.acquire(
+    name, per_minute=100, per_second=5)``. Every integration (in any process) that names the
+    same window shares its budget, so name it after the CRM account (a hash of the API
+    token), not after the integration.
+    """
+
+    def __init__(
+        self, slots: RateSlots, sleep: Callable[[float], Awaitable[None]] | None = None
+    ) -> None:
+        self._slots = slots
+        self._sleep = sleep or asyncio.sleep
+
+    async def acquire(
+        self, name: str, *, per_minute: int, per_second: int, margin: float = 0.0
+    ) -> float:
+        """Wait until the windows ``name`` have room and take a slot; returns the seconds
+        waited. The wait is a queue wait: it does not count against the hook's timeout."""
+        waited = 0.0
+        async with queue_wait():
+            while (
+                wait := await self._slots.take_rate_slot(name, per_minute, per_second, margin)
+            ) > 0:
+                await self._sleep(wait)
+                waited += wait
+        return waited
 
 
 @dataclass
@@ -196,6 +255,9 @@ class Integration(Generic[SettingsT, RuntimeT]):
     # ``status=`` (HTTP) and ``path=`` (``connector trace``).
     on_crm_request: CrmRequestObserver = field(default_factory=crm_request_observer)
     auth: AuthResult = field(default_factory=lambda: AuthResult(AuthStatus.NOT_CHECKED))
+    # Rate windows shared by every process on the store; ``None`` when this process is the
+    # only one (SQLite), where the plugin's own limiter is the whole budget.
+    shared_rate: SharedRate | None = None
 
     @property
     def key(self) -> str:

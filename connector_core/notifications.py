@@ -11,6 +11,7 @@ latest card per extension, so nothing queues up for an agent who is not looking.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import asdict
 from typing import Any, Protocol
@@ -19,6 +20,7 @@ from connector_core import router
 from connector_core.callstate import CallState
 from connector_core.hooks import PluginHost
 from connector_core.integrations import CardPart, Integration
+from connector_core.store.base import CARD_CHANNEL, Store
 
 log = logging.getLogger(__name__)
 # Card parts being fetched at once, at most. Past it a card goes out with what the tracker
@@ -39,6 +41,21 @@ class CardBoard:
         self._changed: dict[tuple[str, str], asyncio.Event] = {}
 
     async def deliver(self, account: str, extension: str, card: dict[str, Any]) -> None:
+        self.put(account, extension, card)
+
+    def on_message(self, payload: str) -> None:
+        """A card from ``CARD_CHANNEL`` (``ChannelSink``), made by whichever process's worker
+        saw the call; an empty payload (the channel may have missed some) changes nothing."""
+        if not payload:
+            return
+        try:
+            message = json.loads(payload)
+            self.put(message["account"], message["extension"], message["card"])
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("a card message could not be read: %s", exc)
+
+    def put(self, account: str, extension: str, card: dict[str, Any]) -> None:
+        """Keep ``card`` as the extension's latest (an ended call's card clears it)."""
         key = (account, extension)
         if card["state"] != "ended":
             self.cards[key] = card
@@ -51,6 +68,18 @@ class CardBoard:
 
     async def wait_change(self, account: str, extension: str) -> None:
         await self._changed.setdefault((account, extension), asyncio.Event()).wait()
+
+
+class ChannelSink:
+    """Sends cards on the store's ``CARD_CHANNEL``: every process's ``CardBoard`` takes them,
+    so an agent's stream gets a card whichever process holds the stream."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def deliver(self, account: str, extension: str, card: dict[str, Any]) -> None:
+        message = {"account": account, "extension": extension, "card": card}
+        await self.store.publish(CARD_CHANNEL, json.dumps(message, ensure_ascii=False))
 
 
 def card_state(call: CallState, extension: str) -> str:

@@ -17,7 +17,9 @@ and may move. A plugin that imports only from this module keeps working across t
   to retry, to hold the work until the credentials are fixed, or to give up at once;
   ``RetryLater`` asks for another run after a wait that is not a failure (no circuit breaker).
 - ``EffectStore`` (``integration.effects``) and ``KeyedLocks`` (``integration.locks``) make
-  hooks safe to run again.
+  hooks safe to run again; the locks hold across processes when several share the store.
+- ``SharedRate`` (``integration.shared_rate``, ``None`` unless several processes share the
+  store) is a rate window every process counts in: a CRM's per-account limit held in total.
 - ``queue_wait()`` wraps a wait that is not the CRM's time (a rate limiter, a lock of the
   plugin's own), so the hook's timeout stops meanwhile; a runtime with a rate budget reports
   it as a ``Budget`` through the ``Paced`` protocol, and the dispatcher starts work at its pace.
@@ -69,6 +71,7 @@ from connector_core.integrations import (
     KeyedLocks,
     RegisterIntegrationType,
     RoutingSettings,
+    SharedRate,
 )
 from connector_core.notifications import Sink
 from connector_core.pacing import Budget, Paced
@@ -104,6 +107,7 @@ __all__ = [
     "RoutingSettings",
     "SchemeVisit",
     "SecretAnswer",
+    "SharedRate",
     "Sink",
     "Transfer",
     "TransientError",

@@ -19,13 +19,20 @@ from collections.abc import Callable
 from connector_core import router, tracker
 from connector_core.callstate import CallState
 from connector_core.clock import Clock
+from connector_core.cluster import Leases, announce, call_lease
 from connector_core.errors import describe_error
 from connector_core.events import EventError, SipuniEvent, parse_event
 from connector_core.hooks import PluginHost
 from connector_core.ingest import loggable_call_id
 from connector_core.integrations import Integration
 from connector_core.logcontext import call_context
-from connector_core.store.base import InboxItem, Store, call_id_of, is_store_failure
+from connector_core.store.base import (
+    DISPATCH_CHANNEL,
+    InboxItem,
+    Store,
+    call_id_of,
+    is_store_failure,
+)
 
 log = logging.getLogger(__name__)
 # Attempts at one inbox item before it is quarantined: a few, as an error that is not the
@@ -48,8 +55,12 @@ class Worker:
         on_call: Callable[[CallState, list[str]], None] = lambda call, keys: None,
         on_processed: Callable[[], None] = lambda: None,
         max_attempts: int = MAX_ATTEMPTS,
+        leases: Leases | None = None,
     ) -> None:
         self.store = store
+        # Another worker process may drain the same inbox: a call's events are processed
+        # only under its lease (on SQLite this process holds every lease).
+        self.leases = leases or Leases(store)
         self.host = host
         self.integrations = integrations
         self.regions = regions
@@ -84,37 +95,47 @@ class Worker:
         counted, so the loop waits for its next wake-up or poll before the next attempt.
         When the store as a whole is failing, the failure is raised once every chain is
         done, so the round fails and the supervisor backs off.
+
+        Only the chains whose call lease this process takes run (one ``take_leases`` for
+        the batch); a call another worker holds is left to it. The call's state is loaded
+        after its lease is held, so no other worker's commit is overwritten.
         """
         async with self._draining:
             items = await self.store.pending_events(batch)
-            chains: dict[tuple[str, str], list[InboxItem]] = {}
+            chains: dict[str, list[InboxItem]] = {}
             for item in items:
                 # As parse_event reads it; an item without one runs alone.
                 call_id = call_id_of(item.params) or f"#{item.id}"
-                chains.setdefault((item.account, call_id), []).append(item)
-            settled = 0
+                chains.setdefault(call_lease(item.account, call_id), []).append(item)
+            held = await self.leases.take(chains)
+            try:
+                return await self._run_chains([c for n, c in chains.items() if n in held])
+            finally:
+                await self.leases.release(held)
 
-            async def run(chain: list[InboxItem]) -> None:
-                nonlocal settled
-                for item in chain:
-                    try:
-                        await self.process(item)
-                    except Exception as exc:
-                        if is_store_failure(exc) or not await self._store_writes():
-                            # Every item would fail: counting attempts would quarantine
-                            # good work. The round fails instead.
-                            raise
-                        if not await self._count_failure(item, exc):
-                            return  # the items behind it wait for its next attempt
-                    settled += 1
+    async def _run_chains(self, chains: list[list[InboxItem]]) -> int:
+        """Run each chain's items in order, the chains concurrently; ``drain`` says how."""
+        settled = 0
 
-            results = await asyncio.gather(
-                *(run(chain) for chain in chains.values()), return_exceptions=True
-            )
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
-            return settled
+        async def run(chain: list[InboxItem]) -> None:
+            nonlocal settled
+            for item in chain:
+                try:
+                    await self.process(item)
+                except Exception as exc:
+                    if is_store_failure(exc) or not await self._store_writes():
+                        # Every item would fail: counting attempts would quarantine
+                        # good work. The round fails instead.
+                        raise
+                    if not await self._count_failure(item, exc):
+                        return  # the items behind it wait for its next attempt
+                settled += 1
+
+        results = await asyncio.gather(*(run(chain) for chain in chains), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return settled
 
     async def replay(self, items: list[InboxItem]) -> int:
         """Run stored items through the tracker and router again; returns how many ran.
@@ -130,7 +151,9 @@ class Worker:
             for item in items:
                 if item.status in ("quarantined", "dropped"):
                     continue
-                await self.process(item)
+                call_id = call_id_of(item.params) or f"#{item.id}"
+                async with self.leases.holding(call_lease(item.account, call_id)):
+                    await self.process(item)
                 ran += 1
         return ran
 
@@ -207,6 +230,8 @@ class Worker:
         self.on_call(state, [d.key for d in dispatches])
         if dispatches:
             self.on_dispatches()
+            # The dispatcher that runs them may be in another process.
+            await announce(self.store, DISPATCH_CHANNEL)
 
     async def expire_idle(self, batch: int = 500) -> int:
         """Finish calls whose final hang-up never came; returns how many were looked at.

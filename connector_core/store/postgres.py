@@ -20,7 +20,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -47,6 +47,7 @@ from connector_core.store.base import (
     call_id_of,
 )
 from connector_core.store.sqlite import _ROWS_OF_STATUS, MAX_REJECTED, PROBE_TIMEOUT, _extensions
+from connector_core.store.urls import masked_url, url_password
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -80,19 +81,6 @@ _DISPATCH_COLUMNS = (
     "id, account, call_id, integration, key, attempts, not_before, status, last_error,"
     " created_at, record"
 )
-
-
-def masked_url(url: str) -> str:
-    """``url`` with its password (in the authority or as a parameter) replaced by ``***``."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        user, _, host = netloc.rpartition("@")
-        netloc = f"{user.partition(':')[0]}:***@{host}"
-    query = urlencode(
-        [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)], safe="*"
-    )
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def _where(url: str) -> str:
@@ -155,7 +143,7 @@ class PostgresStore:
         )
 
     def _password(self) -> str:
-        return urlsplit(self.url).password or ""
+        return url_password(self.url) or ""
 
     async def open(self) -> None:
         conn = await self._connect()
@@ -216,12 +204,7 @@ class PostgresStore:
 
     async def info(self) -> StoreInfo:
         """Backend, the URL with its password masked, and the schema version found."""
-        conn = await self._connect()
-        try:
-            version = await pg_migrations.version_of(conn)
-        finally:
-            await conn.close()
-        return StoreInfo("postgresql", masked_url(self.url), version, pg_migrations.LATEST)
+        return await inspect(self.url)
 
     # -- inbox ------------------------------------------------------------------------------
 
@@ -1052,3 +1035,23 @@ def _dispatch(row: asyncpg.Record) -> Dispatch:
         created_at=row[9],
         record=LifecycleEvent.model_validate_json(row[10]) if row[10] else None,
     )
+
+
+async def inspect(url: str) -> StoreInfo:
+    """Where the database is and its schema version, read without creating or migrating
+    anything (``connector check``).
+
+    :raises StoreUnavailable: it cannot be reached; the message is the driver's reason only
+        (the caller names the URL), with the password masked.
+    """
+    try:
+        conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        reason = str(exc) or type(exc).__name__
+        password = url_password(url)
+        raise StoreUnavailable(reason.replace(password, "***") if password else reason) from exc
+    try:
+        version = await pg_migrations.version_of(conn)
+    finally:
+        await conn.close()
+    return StoreInfo("postgresql", masked_url(url), version, pg_migrations.LATEST)

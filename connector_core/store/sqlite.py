@@ -44,6 +44,7 @@ from connector_core.store.base import (
     StoreUnavailable,
     call_id_of,
 )
+from connector_core.store.local import LocalCoordination
 from connector_core.store.migrations import LATEST, migrate, version_of
 
 T = TypeVar("T")
@@ -56,13 +57,11 @@ MAX_WRITE_BATCH = 512
 PROBE_TIMEOUT = 5.0  # seconds: a write probe that takes longer says the store cannot write
 
 
-class SQLiteStore:
-    # One process uses the file: leases, locks, rate slots and channels live in its memory.
-    shared = False
-
+class SQLiteStore(LocalCoordination):
     def __init__(self, path: str | Path, *, clock: Clock | None = None) -> None:
+        # One worker process per file (`connector serve`): coordination lives in memory.
+        super().__init__(clock or SystemClock())
         self.path = Path(path)
-        self.clock = clock or SystemClock()
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
         # Writes waiting for the next group commit; set while a transaction is being written.

@@ -62,6 +62,7 @@ from connector_core import phones
 from connector_core.callrecords import CrmRequestObserver
 from connector_core.clock import Clock, SystemClock
 from connector_core.errors import AuthError, CrmError, InvalidRequestError, TransientError
+from connector_core.plugin import SharedRate
 
 from .ratelimit import DEFAULT_BURST_PER_SECOND, Sleep, SlidingWindowLimiter
 
@@ -308,7 +309,9 @@ class UsedeskClient:
     the client creates its own on first use and closes it in :meth:`close` / ``async with``.
 
     ``rate_limit_per_minute`` / ``burst_per_second``: see :mod:`plugins.usedesk.ratelimit`. The
-    limit is per client instance; build one client per Usedesk account and share it.
+    limit is per client instance; build one client per Usedesk account and share it. With
+    ``shared_rate`` (``integration.shared_rate``: several connector processes) each request
+    also takes a slot of the same windows shared by every client on this Usedesk account.
 
     ``timeout``: total seconds for one request (connect + send + read); waiting for the rate limiter
     does not count.
@@ -335,6 +338,7 @@ class UsedeskClient:
         burst_per_second: int = DEFAULT_BURST_PER_SECOND,
         on_request: OnRequest | None = None,
         window_margin: float = 0.0,
+        shared_rate: SharedRate | None = None,
     ) -> None:
         if not api_token or not api_token.strip():
             raise ValueError("Usedesk api_token must not be empty")
@@ -357,6 +361,8 @@ class UsedeskClient:
             sleep=sleep,
             margin=window_margin,
         )
+        # Several connector processes (a shared store): the same windows, counted by all.
+        self.shared_rate = shared_rate
 
     @property
     def base_url(self) -> str:
@@ -760,6 +766,15 @@ class UsedeskClient:
     async def _call(self, method: str, params: Mapping[str, Any]) -> Any:
         """POST one API method; return the decoded JSON or raise a classified error."""
         await self.limiter.acquire()
+        if self.shared_rate is not None:
+            # Named by the account, not the integration: two integrations (in any process)
+            # on one token share one budget, as Usedesk counts them.
+            await self.shared_rate.acquire(
+                f"usedesk:{self.account}",
+                per_minute=self.limiter.per_minute,
+                per_second=self.limiter.burst_per_second,
+                margin=self.limiter.margin,
+            )
         url = f"{self._base_url}/{method}"
         body = {"api_token": self._token, **params}
         started = time.monotonic()

@@ -67,6 +67,7 @@ class UsedeskRuntime:
             timeout=self.settings.request_timeout_seconds,
             on_request=integration.on_crm_request,
             window_margin=0.25,  # delivery jitter: Usedesk counts arrivals, we count sends
+            shared_rate=integration.shared_rate,
         )
         self._agents: Agents | None = None
         self._agents_refused = False

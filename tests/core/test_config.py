@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from connector_core.config import (
     DEMO_TOKEN,
+    ClusterConfig,
     Config,
     IntegrationTable,
     LoggingConfig,
@@ -249,6 +250,7 @@ def test_the_embedded_defaults_file_states_the_models_defaults() -> None:
     assert TrackerConfig(**raw["tracker"]) == TrackerConfig()
     assert LoggingConfig(**raw["logging"]) == LoggingConfig()
     assert StorageConfig(**raw["storage"]) == StorageConfig()
+    assert ClusterConfig(**raw["cluster"]) == ClusterConfig()
     core = raw["accounts"]["012345"]["integrations"]["amocrm_stub"]
     assert set(core) == set(IntegrationTable.model_fields)  # every core key is written out
     assert IntegrationTable(**core) == IntegrationTable(plugin="amocrm_stub")
@@ -542,6 +544,18 @@ def test_core_values_out_of_range_are_reported() -> None:
     ]
 
 
+def test_a_lease_time_that_is_not_positive_is_refused() -> None:
+    errors = errors_of("[cluster]\nlease_seconds = 0\n" + ACCOUNT)
+
+    assert errors == ["cluster.lease_seconds: Input should be greater than 0"]
+
+
+def test_the_lease_time_is_read_from_the_cluster_table() -> None:
+    config = parse("[cluster]\nlease_seconds = 4.5\n" + ACCOUNT)
+
+    assert config.cluster.lease_seconds == 4.5
+
+
 # --- secrets stay secret -----------------------------------------------------------------------
 
 
@@ -587,6 +601,7 @@ def test_the_json_schema_describes_the_core_and_every_plugins_settings() -> None
         "server",
         "storage",
         "tracker",
+        "cluster",
         "logging",
         "console",
         "accounts",

@@ -14,7 +14,8 @@ from connector_core.callstate import CallState, LifecycleEvent, LifecycleKind
 from connector_core.store import pg_migrations
 from connector_core.store.base import NewDispatch, StoreUnavailable, is_store_failure
 from connector_core.store.migrations import SchemaError
-from connector_core.store.postgres import PostgresStore, masked_url
+from connector_core.store.postgres import PostgresStore
+from connector_core.store.urls import masked_url
 
 EVENTUALLY = 10.0  # a bound on waiting for what must happen (see test_store_coordination)
 

@@ -83,7 +83,13 @@ async def test_readyz_names_a_loop_with_work_that_completed_no_round_and_it_reco
         for line in metrics.splitlines()
         if line.startswith("connector_loop_errors_total{")
     }
-    assert counted == {"worker": worker.errors, "dispatcher": 0, "expiry": 0, "auth": 0}
+    assert counted == {
+        "leases": 0,
+        "worker": worker.errors,
+        "dispatcher": 0,
+        "expiry": 0,
+        "auth": 0,
+    }
 
     made[0].heal()  # no restart: the loop's next round gets through
     await eventually(lambda: worker.failures_in_a_row == 0 and worker.rounds > 1, timeout=60)

@@ -32,9 +32,12 @@ def get_json(url: str, timeout: float = 5.0) -> tuple[int, dict]:
 class ServiceProcess:
     """Start, SIGKILL and restart the service; its output goes to ``log_path``."""
 
-    def __init__(self, config: Path, *, pythonpath: list[Path] = (), port: int) -> None:
+    def __init__(
+        self, config: Path, *, pythonpath: list[Path] = (), port: int, args: tuple[str, ...] = ()
+    ) -> None:
         self.config = config
         self.port = port
+        self.args = args  # more `serve` arguments: --role worker
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = config.with_suffix(".log")
         self.env = {
@@ -46,7 +49,10 @@ class ServiceProcess:
     def start(self, timeout: float = 20.0) -> None:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "connector_core", "serve", "--config", str(self.config)],
+            [
+                *(sys.executable, "-m", "connector_core", "serve"),
+                *("--config", str(self.config), *self.args),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self.env,

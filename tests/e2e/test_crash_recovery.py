@@ -29,8 +29,9 @@ ACCOUNT = "012345"
 HOOK_SECONDS = "0.3"
 
 
-def write_config(tmp_path: Path, port: int) -> Path:
-    path = tmp_path / "connector.toml"
+def write_config(tmp_path: Path, port: int, name: str = "connector") -> Path:
+    """A config on ``port`` with the recorder; every ``name`` in a folder shares one store."""
+    path = tmp_path / f"{name}.toml"
     path.write_text(f"""
 [server]
 port = {port}

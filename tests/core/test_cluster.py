@@ -1,0 +1,229 @@
+"""Several processes on one store, shown where one process can show it: leases another owner
+holds keep this process's worker and dispatcher off a call; singleton rounds run in one of
+two lease holders; plugin locks hold across lock owners; wake-ups and cards come through
+the store's channels; roles choose what a process serves."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from connector_core.app import create_app
+from connector_core.appkeys import BOARD, DISPATCHER, INTEGRATIONS, LEASES, STORE, WORKER
+from connector_core.clock import FakeClock
+from connector_core.cluster import (
+    AuthMirror,
+    Leases,
+    Role,
+    WorkerLocked,
+    call_lease,
+    dispatch_lease,
+    exclusive_worker,
+    singleton,
+)
+from connector_core.integrations import AuthStatus, KeyedLocks
+from connector_core.simulator import scenarios
+from connector_core.store.base import CARD_CHANNEL, DISPATCH_CHANNEL, INBOX_CHANNEL, StoredAuth
+from connector_core.store.local import LocalCoordination
+from tests.harness import ACCOUNT, TOKEN, app_for, make_config, seen
+
+RECORDER = '[accounts.012345.integrations.rec]\nplugin = "recorder"\n'
+OTHER = "other-host:4242:beef"  # a lease holder in another process
+
+
+@pytest.fixture
+async def service(tmp_path: Path, test_plugins_dir: Path, aiohttp_client):
+    config, host = make_config(tmp_path, RECORDER)
+    app = app_for(config, host)
+    return app, await aiohttp_client(app)
+
+
+async def send(client, call: scenarios.Scenario) -> None:
+    for params in call.events:
+        assert (await (await client.get(f"/sipuni/{TOKEN}", params=params)).json())["success"]
+
+
+async def test_the_worker_leaves_a_call_whose_lease_another_process_holds(service) -> None:
+    app, client = service
+    store, worker = app[STORE], app[WORKER]
+    theirs = scenarios.inbound_missed(call_id="1717171700.1")
+    ours = scenarios.inbound_missed(call_id="1717171700.2")
+    await send(client, theirs)
+    await send(client, ours)
+    await store.take_leases([call_lease(ACCOUNT, theirs.call_id)], OTHER, 10)
+
+    assert await worker.drain() == len(ours.events)
+
+    assert await store.load_call(ACCOUNT, theirs.call_id) is None
+    assert await store.load_call(ACCOUNT, ours.call_id) is not None
+    assert len(await store.pending_events(100)) == len(theirs.events)
+    assert app[LEASES].held == set()  # its own leases given back after the round
+    await store.release_leases(OTHER)
+    assert await worker.drain() == len(theirs.events)
+    assert await store.load_call(ACCOUNT, theirs.call_id) is not None
+
+
+async def test_the_dispatcher_leaves_a_group_another_process_holds(service) -> None:
+    app, client = service
+    store, worker, dispatcher = app[STORE], app[WORKER], app[DISPATCHER]
+    theirs = scenarios.inbound_missed(call_id="1717171700.1")
+    ours = scenarios.inbound_missed(call_id="1717171700.2")
+    await send(client, theirs)
+    await send(client, ours)
+    await worker.drain()
+    await store.take_leases([dispatch_lease("012345/rec", ACCOUNT, theirs.call_id)], OTHER, 10)
+
+    assert await dispatcher.dispatch_due() == 1
+    await dispatcher.wait_idle()
+
+    journal = await seen(app, "rec")
+    assert journal and all(ours.call_id in key for key in journal)
+    assert app[LEASES].held == set()  # given back when the group ended
+    await store.release_leases(OTHER)
+    assert await dispatcher.dispatch_due() == 1
+    await dispatcher.wait_idle()
+    assert any(theirs.call_id in key for key in await seen(app, "rec"))
+
+
+async def test_a_singleton_round_runs_in_one_of_two_processes_until_its_lease_lapses() -> None:
+    clock = FakeClock()
+    store = LocalCoordination(clock)
+    rounds: list[str] = []
+
+    def counted(who: str):
+        async def one_round() -> bool:
+            rounds.append(who)
+            return False
+
+        return one_round
+
+    first, second = Leases(store, "a:1:x", ttl=10), Leases(store, "b:2:y", ttl=10)
+    expiry_a = singleton(first, "singleton:expiry", counted("a"))
+    expiry_b = singleton(second, "singleton:expiry", counted("b"))
+
+    for _ in range(3):
+        await expiry_a()
+        await expiry_b()
+        clock.advance(3)
+        await first.renew()  # a's leases loop
+    assert rounds == ["a", "a", "a"]
+
+    clock.advance(10)  # a died: nobody renewed
+    await expiry_b()
+    await expiry_a()
+    assert rounds[3:] == ["b"]
+
+
+async def test_every_process_shows_the_clusters_latest_auth_check(service) -> None:
+    app, _ = service
+    integration = app[INTEGRATIONS]["012345/rec"]
+    mirror = AuthMirror(app[STORE], app[INTEGRATIONS])
+    await app[STORE].save_auth(StoredAuth("012345/rec", "auth_failed", "key refused", 100.0))
+
+    await mirror.refresh()
+    assert integration.auth.status is AuthStatus.AUTH_FAILED
+    assert integration.auth.reason == "key refused"
+
+    integration.auth = integration.auth.__class__(AuthStatus.OK, "a hook got through")
+    await mirror.refresh()  # the same stored check: the newer local verdict stays
+    assert integration.auth.status is AuthStatus.OK
+
+
+async def test_plugin_locks_hold_across_processes_sharing_a_store() -> None:
+    store = LocalCoordination(FakeClock())
+    # Two processes' ``integration.locks`` of one integration, as app.py builds them.
+    first = KeyedLocks(lambda key: store.lock(f"012345/desk:{key}"))
+    second = KeyedLocks(lambda key: store.lock(f"012345/desk:{key}"))
+    inside = most = 0
+
+    async def hold(locks: KeyedLocks) -> None:
+        nonlocal inside, most
+        async with locks("phone:+79001234567"):
+            inside += 1
+            most = max(most, inside)
+            await asyncio.sleep(0)
+            inside -= 1
+
+    await asyncio.gather(*(hold(locks) for locks in (first, second, first, second)))
+    assert most == 1
+    assert len(first) == len(second) == 0
+
+
+async def test_a_webhook_and_new_hook_calls_wake_through_the_channels(service) -> None:
+    app, client = service
+    worker, dispatcher = app[WORKER], app[DISPATCHER]
+    worker.wakeup.clear()
+    call = scenarios.inbound_missed()
+    await client.get(f"/sipuni/{TOKEN}", params=call.events[0])
+    await asyncio.sleep(0)
+    assert worker.wakeup.is_set()
+
+    worker.wakeup.clear()
+    await app[STORE].publish(INBOX_CHANNEL, "")  # another process's ingest
+    await asyncio.sleep(0)
+    assert worker.wakeup.is_set()
+
+    dispatcher.wakeup.clear()
+    await app[STORE].publish(DISPATCH_CHANNEL, "")  # another process's worker
+    await asyncio.sleep(0)
+    assert dispatcher.wakeup.is_set()
+
+
+async def test_the_card_board_takes_cards_from_the_channel(service) -> None:
+    app, _ = service
+    card = {"call_id": "1717171700.1", "extension": "101", "state": "ringing", "parts": []}
+    message = {"account": ACCOUNT, "extension": "101", "card": card}
+
+    await app[STORE].publish(CARD_CHANNEL, json.dumps(message))  # made by another process
+    await app[STORE].publish(CARD_CHANNEL, "")  # "maybe missed some": changes nothing
+    await asyncio.sleep(0)
+
+    assert app[BOARD].cards[(ACCOUNT, "101")] == card
+
+
+async def test_a_worker_process_refuses_webhooks_and_says_where_to_send_them(
+    tmp_path: Path, test_plugins_dir: Path, aiohttp_client
+) -> None:
+    config, host = make_config(tmp_path, RECORDER)
+    client = await aiohttp_client(create_app(config, host=host, role=Role.WORKER))
+
+    response = await client.post(f"/sipuni/{TOKEN}", data={"event": "1"})
+    assert response.status == 503
+    assert await response.json() == {
+        "success": False,
+        "error": "this process runs --role worker: point Sipuni at an ingest process",
+    }
+    ready = await (await client.get("/readyz")).json()
+    assert ready["role"] == "worker"
+    assert "worker" in ready["loops"]
+
+
+async def test_an_ingest_process_takes_webhooks_and_runs_no_loops(
+    tmp_path: Path, test_plugins_dir: Path, aiohttp_client
+) -> None:
+    config, host = make_config(tmp_path, RECORDER)
+    app = create_app(config, host=host, role=Role.INGEST)
+    client = await aiohttp_client(app)
+
+    await send(client, scenarios.inbound_missed())
+    ready = await (await client.get("/readyz")).json()
+    assert ready["role"] == "ingest"
+    assert ready["loops"] == {}
+    assert ready["stats"]["inbox_pending"] > 0  # stored, for a worker process
+    assert (await client.get("/agent/")).status == 404
+
+
+def test_a_second_worker_on_one_sqlite_file_is_refused(tmp_path: Path) -> None:
+    database = tmp_path / "connector.db"
+    with exclusive_worker(database):
+        with pytest.raises(WorkerLocked) as refused, exclusive_worker(database):
+            pass
+    assert str(refused.value) == (
+        f"another connector worker uses {database} (SQLite serves one worker process;"
+        " use PostgreSQL for several)"
+    )
+    with exclusive_worker(database):  # given back: the next worker starts
+        pass
