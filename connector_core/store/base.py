@@ -320,7 +320,9 @@ class Store(Protocol):
         """Keep a refused webhook for inspection (bounded: the oldest are pruned)."""
         ...
 
-    async def pending_events(self, limit: int) -> list[InboxItem]: ...
+    async def pending_events(self, limit: int, after_id: int = 0) -> list[InboxItem]:
+        """Up to ``limit`` pending inbox items with an id above ``after_id``, in id order."""
+        ...
 
     async def fail_event(self, item_id: int, error: str, *, quarantine: bool) -> None:
         """Count a failed attempt at inbox item ``item_id``; set it aside if ``quarantine``."""

@@ -250,8 +250,10 @@ class PostgresStore:
         rows = await self._db.fetch(f"SELECT {_INBOX_COLUMNS} FROM inbox WHERE {where}", *args)
         return [InboxItem(r[0], r[1], r[2], json.loads(r[3]), *r[4:]) for r in rows]
 
-    async def pending_events(self, limit: int) -> list[InboxItem]:
-        return await self._inbox("status = 'pending' ORDER BY id LIMIT $1", limit)
+    async def pending_events(self, limit: int, after_id: int = 0) -> list[InboxItem]:
+        return await self._inbox(
+            "status = 'pending' AND id > $2 ORDER BY id LIMIT $1", limit, after_id
+        )
 
     async def fail_event(self, item_id: int, error: str, *, quarantine: bool) -> None:
         await self._db.execute(

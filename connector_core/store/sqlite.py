@@ -240,12 +240,12 @@ class SQLiteStore(LocalCoordination):
     def _inbox_item(row: tuple[Any, ...]) -> InboxItem:
         return InboxItem(row[0], row[1], row[2], json.loads(row[3]), *row[4:])
 
-    async def pending_events(self, limit: int) -> list[InboxItem]:
+    async def pending_events(self, limit: int, after_id: int = 0) -> list[InboxItem]:
         def select(db: sqlite3.Connection) -> list[InboxItem]:
             rows = db.execute(
                 f"SELECT {self._INBOX_COLUMNS} FROM inbox"
-                " WHERE status = 'pending' ORDER BY id LIMIT ?",
-                (limit,),
+                " WHERE status = 'pending' AND id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
             ).fetchall()
             return [self._inbox_item(r) for r in rows]
 
