@@ -299,6 +299,39 @@ class EffectStore(Protocol):
         ...
 
 
+class EffectTable(Protocol):
+    """A store's effect keys of every integration (what ``BoundEffects`` binds to one)."""
+
+    async def effect_get(self, integration: str, key: str) -> dict[str, Any] | None: ...
+
+    async def effect_put(self, integration: str, key: str, value: dict[str, Any]) -> bool: ...
+
+    async def effect_drop(self, integration: str, key: str) -> bool: ...
+
+    async def effect_items(
+        self, integration: str, prefix: str = ""
+    ) -> list[tuple[str, dict[str, Any]]]: ...
+
+
+class BoundEffects:
+    """``EffectStore`` for one integration over a store's ``effects`` table."""
+
+    def __init__(self, table: EffectTable, integration: str) -> None:
+        self._table, self._integration = table, integration
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        return await self._table.effect_get(self._integration, key)
+
+    async def put(self, key: str, value: dict[str, Any]) -> bool:
+        return await self._table.effect_put(self._integration, key, value)
+
+    async def drop(self, key: str) -> bool:
+        return await self._table.effect_drop(self._integration, key)
+
+    async def items(self, prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
+        return await self._table.effect_items(self._integration, prefix)
+
+
 class Store(Protocol):
     # Whether other processes may use this store at the same time (PostgreSQL). When not,
     # leases, locks, rate slots and channels work within this process only.

@@ -31,6 +31,7 @@ from connector_core.clock import Clock, SystemClock
 from connector_core.hooktime import queue_wait
 from connector_core.store import pg_migrations
 from connector_core.store.base import (
+    BoundEffects,
     CallQuery,
     CallRow,
     DeliveryStatus,
@@ -468,8 +469,8 @@ class PostgresStore:
 
     # -- effects ----------------------------------------------------------------------------
 
-    def effects(self, integration: str) -> PostgresEffects:
-        return PostgresEffects(self, integration)
+    def effects(self, integration: str) -> BoundEffects:
+        return BoundEffects(self, integration)
 
     async def effect_get(self, integration: str, key: str) -> dict[str, Any] | None:
         text = await self._db.fetchval(
@@ -875,25 +876,6 @@ class PostgresStore:
             "SELECT integration, status, reason, checked_at FROM auth_results ORDER BY integration"
         )
         return {r[0]: StoredAuth(r[0], r[1], r[2], r[3]) for r in rows}
-
-
-class PostgresEffects:
-    """``EffectStore`` for one integration, backed by the ``effects`` table."""
-
-    def __init__(self, store: PostgresStore, integration: str) -> None:
-        self._store, self._integration = store, integration
-
-    async def get(self, key: str) -> dict[str, Any] | None:
-        return await self._store.effect_get(self._integration, key)
-
-    async def put(self, key: str, value: dict[str, Any]) -> bool:
-        return await self._store.effect_put(self._integration, key, value)
-
-    async def drop(self, key: str) -> bool:
-        return await self._store.effect_drop(self._integration, key)
-
-    async def items(self, prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
-        return await self._store.effect_items(self._integration, prefix)
 
 
 # The rows of a page of calls: $1 their accounts, $2 their call ids, pair by pair.

@@ -30,6 +30,7 @@ from connector_core.callrecords import CallRecord, NewCallRecord
 from connector_core.callstate import CallState, LifecycleEvent
 from connector_core.clock import Clock, SystemClock
 from connector_core.store.base import (
+    BoundEffects,
     CallQuery,
     CallRow,
     DeliveryStatus,
@@ -563,8 +564,8 @@ class SQLiteStore(LocalCoordination):
 
     # -- effects ----------------------------------------------------------------------------
 
-    def effects(self, integration: str) -> SQLiteEffects:
-        return SQLiteEffects(self, integration)
+    def effects(self, integration: str) -> BoundEffects:
+        return BoundEffects(self, integration)
 
     async def effect_get(self, integration: str, key: str) -> dict[str, Any] | None:
         def select(db: sqlite3.Connection) -> str | None:
@@ -1082,25 +1083,6 @@ def _insert_records_of_row(
     ).fetchone()
     if row is not None:
         _insert_records(db, row[0], row[1], records)
-
-
-class SQLiteEffects:
-    """``EffectStore`` for one integration, backed by the ``effects`` table."""
-
-    def __init__(self, store: SQLiteStore, integration: str) -> None:
-        self._store, self._integration = store, integration
-
-    async def get(self, key: str) -> dict[str, Any] | None:
-        return await self._store.effect_get(self._integration, key)
-
-    async def put(self, key: str, value: dict[str, Any]) -> bool:
-        return await self._store.effect_put(self._integration, key, value)
-
-    async def drop(self, key: str) -> bool:
-        return await self._store.effect_drop(self._integration, key)
-
-    async def items(self, prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
-        return await self._store.effect_items(self._integration, prefix)
 
 
 def _dispatch(row: tuple[Any, ...]) -> Dispatch:
