@@ -32,6 +32,10 @@ from connector_core.callrecords import CallRecord, NewCallRecord
 from connector_core.callstate import CallState, LifecycleEvent, LifecycleKind
 from connector_core.errors import InvalidRequestError
 
+# Refused webhooks are kept for inspection, but a flood of garbage must not fill the disk.
+MAX_REJECTED = 10_000
+PROBE_TIMEOUT = 5.0  # seconds: a write probe that takes longer says the store cannot write
+
 
 class StoreUnavailable(RuntimeError):
     """The store as a whole cannot serve (not open, or its backend is failing)."""
@@ -201,6 +205,25 @@ class DeliveryStatus(StrEnum):
     PENDING = "pending"
     DROPPED = "dropped"
     DONE = "done"
+
+
+# The rows without which an integration cannot stand at each status but done: few (the rows
+# not done), found through the dispatches_status index. The same SQL on both backends.
+ROWS_OF_STATUS = {
+    DeliveryStatus.DEAD: "status = 'dead'",
+    DeliveryStatus.RETRYING: "status = 'pending' AND attempts > 0",
+    DeliveryStatus.PENDING: "status = 'pending'",
+    DeliveryStatus.DROPPED: "status = 'dropped'",
+}
+
+
+def extensions_column(state: CallState) -> str:
+    """The extensions a call rang, was answered by or was made from, as ``,101,102,``: the
+    ``calls.extensions`` column a list filtered by extension searches."""
+    found = [leg.extension for leg in state.legs] + [a.extension for a in state.answers]
+    if state.employee:
+        found.append(state.employee)
+    return "," + ",".join(dict.fromkeys(found)) + ","
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,9 @@ from connector_core.clock import Clock, SystemClock
 from connector_core.hooktime import queue_wait
 from connector_core.store import pg_migrations
 from connector_core.store.base import (
+    MAX_REJECTED,
+    PROBE_TIMEOUT,
+    ROWS_OF_STATUS,
     BoundEffects,
     CallQuery,
     CallRow,
@@ -46,8 +49,8 @@ from connector_core.store.base import (
     StoreInfo,
     StoreUnavailable,
     call_id_of,
+    extensions_column,
 )
-from connector_core.store.sqlite import _ROWS_OF_STATUS, MAX_REJECTED, PROBE_TIMEOUT, _extensions
 from connector_core.store.urls import masked_url, url_password
 
 if TYPE_CHECKING:
@@ -331,7 +334,7 @@ class PostgresStore:
                     state.last_received_at,
                     state.started_at if state.started_at is not None else state.last_received_at,
                     state.client_number,
-                    _extensions(state),
+                    extensions_column(state),
                 )
             if item_id is not None:
                 await conn.execute(
@@ -943,11 +946,11 @@ def _status_filter(status: DeliveryStatus | None, integration: str | None, arg: 
     """The calls where an integration (any, or ``integration``) stands at ``status``: as the
     SQLite store finds them (see ``sqlite._status_filter``)."""
     only = f" AND integration = {arg(integration)}" if integration is not None else ""
-    if status is not None and status in _ROWS_OF_STATUS:
+    if status is not None and status in ROWS_OF_STATUS:
         return (
             "(account, call_id) IN (SELECT account, call_id FROM dispatches"
             " WHERE (account, call_id, integration) IN (SELECT account, call_id, integration"
-            f" FROM dispatches WHERE {_ROWS_OF_STATUS[status]}{only})"
+            f" FROM dispatches WHERE {ROWS_OF_STATUS[status]}{only})"
             f" GROUP BY account, call_id, integration HAVING {_STATUS_OF_GROUP} = "
             f"{arg(status.value)})"
         )

@@ -30,6 +30,9 @@ from connector_core.callrecords import CallRecord, NewCallRecord
 from connector_core.callstate import CallState, LifecycleEvent
 from connector_core.clock import Clock, SystemClock
 from connector_core.store.base import (
+    MAX_REJECTED,
+    PROBE_TIMEOUT,
+    ROWS_OF_STATUS,
     BoundEffects,
     CallQuery,
     CallRow,
@@ -44,18 +47,16 @@ from connector_core.store.base import (
     StoreInfo,
     StoreUnavailable,
     call_id_of,
+    extensions_column,
 )
 from connector_core.store.local import LocalCoordination
 from connector_core.store.migrations import LATEST, migrate, version_of
 
 T = TypeVar("T")
 
-# Refused webhooks are kept for inspection, but a flood of garbage must not fill the disk.
-MAX_REJECTED = 10_000
 # Writes in one group commit at most: bounds how long one transaction holds the writer
 # thread (and so the reads queued behind it) under a flood of webhooks.
 MAX_WRITE_BATCH = 512
-PROBE_TIMEOUT = 5.0  # seconds: a write probe that takes longer says the store cannot write
 
 
 class SQLiteStore(LocalCoordination):
@@ -354,7 +355,7 @@ class SQLiteStore(LocalCoordination):
                 state.last_received_at,
                 state.started_at if state.started_at is not None else state.last_received_at,
                 state.client_number,
-                _extensions(state),
+                extensions_column(state),
             )
             if state is not None
             else None
@@ -972,16 +973,6 @@ def _call_filters(query: CallQuery) -> tuple[str, list[Any]]:
     return " AND ".join(clauses), args
 
 
-# The rows without which an integration cannot stand at each status but done: few (the rows
-# not done), found through dispatches_status.
-_ROWS_OF_STATUS = {
-    DeliveryStatus.DEAD: "status = 'dead'",
-    DeliveryStatus.RETRYING: "status = 'pending' AND attempts > 0",
-    DeliveryStatus.PENDING: "status = 'pending'",
-    DeliveryStatus.DROPPED: "status = 'dropped'",
-}
-
-
 def _status_filter(status: DeliveryStatus | None, integration: str | None) -> tuple[str, list[Any]]:
     """The calls where an integration (any, or ``integration``) stands at ``status``.
 
@@ -991,11 +982,11 @@ def _status_filter(status: DeliveryStatus | None, integration: str | None) -> tu
     """
     only = " AND integration = ?" if integration is not None else ""
     named = [integration] if integration is not None else []
-    if status is not None and status in _ROWS_OF_STATUS:
+    if status is not None and status in ROWS_OF_STATUS:
         return (
             "(account, call_id) IN (SELECT account, call_id FROM dispatches"
             " WHERE (account, call_id, integration) IN (SELECT account, call_id, integration"
-            f" FROM dispatches WHERE {_ROWS_OF_STATUS[status]}{only})"
+            f" FROM dispatches WHERE {ROWS_OF_STATUS[status]}{only})"
             f" GROUP BY account, call_id, integration HAVING {_STATUS_OF_GROUP} = ?)",
             [*named, status.value],
         )
@@ -1005,14 +996,6 @@ def _status_filter(status: DeliveryStatus | None, integration: str | None) -> tu
         f" AND dispatches.call_id = calls.call_id{only}{having})",
         named,
     )
-
-
-def _extensions(state: CallState) -> str:
-    """The extensions a call rang, was answered by or was made from, as ``,101,102,``."""
-    found = [leg.extension for leg in state.legs] + [a.extension for a in state.answers]
-    if state.employee:
-        found.append(state.employee)
-    return "," + ",".join(dict.fromkeys(found)) + ","
 
 
 def _statuses(db: sqlite3.Connection, account: str, call_id: str) -> dict[str, DeliveryStatus]:
