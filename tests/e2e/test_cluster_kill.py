@@ -58,9 +58,19 @@ LEASE_SECONDS = 3  # a killed worker's work is taken over this long after its la
 ROLES = {"A": "all", "B": "ingest", "C": "worker"}
 PBX_DEADLINE = 180.0
 INGEST = ("A", "B")
+USEDESK = """
+rate_limit_per_minute = 1000
+burst_per_second = 50
+request_timeout_seconds = 3
+write_settle_seconds = 3
+"""
 
 
-def write_config(tmp_path: Path, name: str, port: int, sandbox_url: str, db_url: str) -> Path:
+def write_config(
+    tmp_path: Path, name: str, port: int, sandbox_url: str, db_url: str, *, usedesk: str = ""
+) -> Path:
+    """Process ``name``'s config on the database ``db_url``; ``usedesk``: the integration's
+    limits and timeouts (this test's by default)."""
     path = tmp_path / f"{name}.toml"
     path.write_text(f"""
 [server]
@@ -76,12 +86,9 @@ token = "{TOKEN}"
 [accounts.{ACCOUNT}.integrations.usedesk]
 api_token = "sandbox-token"
 base_url = "{sandbox_url}"
-rate_limit_per_minute = 1000
-burst_per_second = 50
-request_timeout_seconds = 3
-write_settle_seconds = 3
 users = [{{extension = "101", agent = 2}}, {{extension = "102", agent = 3}}]
 on_duty_user = 4
+{usedesk or USEDESK}
 """)
     return path
 

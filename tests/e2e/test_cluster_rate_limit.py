@@ -21,9 +21,8 @@ import pytest
 
 from connector_core.simulator import scenarios
 from tests.e2e.process import ServiceProcess, free_port
+from tests.e2e.test_cluster_kill import write_config
 from tests.e2e.test_kill_loop import (
-    ACCOUNT,
-    TOKEN,
     SandboxProcess,
     check_usedesk,
     drained,
@@ -34,31 +33,13 @@ from tests.e2e.test_kill_loop import (
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(300)]
 
 PER_MINUTE = 100
-CALLS = 50  # new callers
+CALLS = 50  # new callers, 2-3 requests each: more than a minute's budget in all
 WORKERS = 3
-
-
-def write_config(tmp_path: Path, name: str, port: int, sandbox_url: str, db_url: str) -> Path:
-    path = tmp_path / f"{name}.toml"
-    path.write_text(f"""
-[server]
-port = {port}
-[storage]
-url = "{db_url}"
-[tracker]
-finish_settle_seconds = 0
-[accounts.{ACCOUNT}]
-token = "{TOKEN}"
-[accounts.{ACCOUNT}.integrations.usedesk]
-api_token = "sandbox-token"
-base_url = "{sandbox_url}"
+USEDESK = f"""
 rate_limit_per_minute = {PER_MINUTE}
 burst_per_second = 20
 request_timeout_seconds = 5
-users = [{{extension = "101", agent = 2}}, {{extension = "102", agent = 3}}]
-on_duty_user = 4
-""")
-    return path
+"""
 
 
 def crm_requests(process: ServiceProcess) -> int:
@@ -86,7 +67,7 @@ def test_postgresql_three_workers_never_exceed_the_shared_limit(
     processes: dict[str, ServiceProcess] = {}
     for name, role in [("ingest", "ingest")] + [(f"worker{i}", "worker") for i in range(WORKERS)]:
         port = free_port()
-        config = write_config(tmp_path, name, port, sandbox.url, pg_url)
+        config = write_config(tmp_path, name, port, sandbox.url, pg_url, usedesk=USEDESK)
         processes[name] = ServiceProcess(config, port=port, args=("--role", role))
     started = time.monotonic()
     try:
