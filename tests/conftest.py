@@ -16,7 +16,7 @@ from tests.store_backends import StoreBackend
 
 # pytester runs the contract kit against broken plugins (tests/contract); the kit itself is
 # loaded here, in the top-level conftest, so that pytest rewrites its asserts.
-pytest_plugins = ["pytester", "connector_core.testing"]
+pytest_plugins = ["pytester", "connector_core.testing", "tests.backends"]
 
 
 @pytest.fixture(scope="session")
@@ -64,9 +64,9 @@ def pg_url(pg_cluster: pgcluster.PgCluster) -> Iterator[str]:
     pg_cluster.drop_database(name)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture
 def store_backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreBackend:
-    """Each backend in turn, with nothing stored yet."""
+    """Each backend in turn (parametrized by tests/backends.py), with nothing stored yet."""
     if request.param == "sqlite":
         return StoreBackend("sqlite", str(tmp_path / "connector.db"))
     return StoreBackend("postgresql", request.getfixturevalue("pg_url"))
