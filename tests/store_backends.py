@@ -6,12 +6,15 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 from connector_core.clock import Clock
+from connector_core.store import migrations, pg_migrations
 from connector_core.store.base import Store
 from connector_core.store.postgres import PostgresStore
 from connector_core.store.sqlite import SQLiteStore
+from connector_core.store.urls import masked_url
 
 T = TypeVar("T")
 
@@ -47,3 +50,17 @@ class StoreBackend:
                 return await fn(store)
 
         return asyncio.run(run())
+
+    def unused_store_line(self, sqlite_path: Path) -> str:
+        """The store line ``connector check`` prints before any service used the store: the
+        SQLite file the config names (``sqlite_path``) is not there yet; the PostgreSQL
+        database is there, empty."""
+        if self.name == "sqlite":
+            return (
+                f"store: sqlite {sqlite_path}: will be created at schema version"
+                f" {migrations.LATEST} when the service starts"
+            )
+        return (
+            f"store: postgresql {masked_url(self.where)}: empty; its tables will be created at"
+            f" schema version {pg_migrations.LATEST} when the service starts"
+        )
