@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import importlib
 import itertools
 import logging
@@ -8,8 +9,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
+from connector_core.store import pg_migrations
 from tests import pgcluster
 from tests.plugin_kit import install_test_plugins
 from tests.store_backends import StoreBackend
@@ -56,12 +59,44 @@ def pg_cluster() -> Iterator[pgcluster.PgCluster]:
 _databases = itertools.count(1)
 
 
+def _database(cluster: pgcluster.PgCluster, template: str | None = None) -> Iterator[str]:
+    name = f"test_{os.getpid()}_{next(_databases)}"
+    yield cluster.create_database(name, template)
+    cluster.drop_database(name)
+
+
 @pytest.fixture
 def pg_url(pg_cluster: pgcluster.PgCluster) -> Iterator[str]:
     """The URL of a new empty database, dropped after the test."""
-    name = f"test_{os.getpid()}_{next(_databases)}"
-    yield pg_cluster.create_database(name)
-    pg_cluster.drop_database(name)
+    yield from _database(pg_cluster)
+
+
+@pytest.fixture(scope="session")
+def pg_schema(pg_cluster: pgcluster.PgCluster) -> str:
+    """A database with the store's tables and nothing in them, made once: copying it is much
+    cheaper than creating an empty database and the tables again for each test."""
+    name = f"schema_{os.getpid()}"
+    url = pg_cluster.create_database(name)
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(_migrate(url))
+    finally:
+        loop.close()
+    return name
+
+
+async def _migrate(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await pg_migrations.migrate(conn)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def pg_store_url(pg_cluster: pgcluster.PgCluster, pg_schema: str) -> Iterator[str]:
+    """The URL of a new database with the store's tables, empty; dropped after the test."""
+    yield from _database(pg_cluster, pg_schema)
 
 
 @pytest.fixture
@@ -69,4 +104,4 @@ def store_backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreBacken
     """Each backend in turn (parametrized by tests/backends.py), with nothing stored yet."""
     if request.param == "sqlite":
         return StoreBackend("sqlite", str(tmp_path / "connector.db"))
-    return StoreBackend("postgresql", request.getfixturevalue("pg_url"))
+    return StoreBackend("postgresql", request.getfixturevalue("pg_store_url"))

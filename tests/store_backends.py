@@ -54,13 +54,10 @@ class StoreBackend:
     def unused_store_line(self, sqlite_path: Path) -> str:
         """The store line ``connector check`` prints before any service used the store: the
         SQLite file the config names (``sqlite_path``) is not there yet; the PostgreSQL
-        database is there, empty."""
+        database has its tables (``pg_store_url``), empty."""
         if self.name == "sqlite":
             return (
                 f"store: sqlite {sqlite_path}: will be created at schema version"
                 f" {migrations.LATEST} when the service starts"
             )
-        return (
-            f"store: postgresql {masked_url(self.where)}: empty; its tables will be created at"
-            f" schema version {pg_migrations.LATEST} when the service starts"
-        )
+        return f"store: postgresql {masked_url(self.where)}: schema version {pg_migrations.LATEST}"
