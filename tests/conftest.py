@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import importlib
 import itertools
 import logging
@@ -8,15 +9,17 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
+from connector_core.store import pg_migrations
 from tests import pgcluster
 from tests.plugin_kit import install_test_plugins
 from tests.store_backends import StoreBackend
 
 # pytester runs the contract kit against broken plugins (tests/contract); the kit itself is
 # loaded here, in the top-level conftest, so that pytest rewrites its asserts.
-pytest_plugins = ["pytester", "connector_core.testing"]
+pytest_plugins = ["pytester", "connector_core.testing", "tests.backends"]
 
 
 @pytest.fixture(scope="session")
@@ -56,17 +59,49 @@ def pg_cluster() -> Iterator[pgcluster.PgCluster]:
 _databases = itertools.count(1)
 
 
+def _database(cluster: pgcluster.PgCluster, template: str | None = None) -> Iterator[str]:
+    name = f"test_{os.getpid()}_{next(_databases)}"
+    yield cluster.create_database(name, template)
+    cluster.drop_database(name)
+
+
 @pytest.fixture
 def pg_url(pg_cluster: pgcluster.PgCluster) -> Iterator[str]:
     """The URL of a new empty database, dropped after the test."""
-    name = f"test_{os.getpid()}_{next(_databases)}"
-    yield pg_cluster.create_database(name)
-    pg_cluster.drop_database(name)
+    yield from _database(pg_cluster)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(scope="session")
+def pg_schema(pg_cluster: pgcluster.PgCluster) -> str:
+    """A database with the store's tables and nothing in them, made once: copying it is much
+    cheaper than creating an empty database and the tables again for each test."""
+    name = f"schema_{os.getpid()}"
+    url = pg_cluster.create_database(name)
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(_migrate(url))
+    finally:
+        loop.close()
+    return name
+
+
+async def _migrate(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await pg_migrations.migrate(conn)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def pg_store_url(pg_cluster: pgcluster.PgCluster, pg_schema: str) -> Iterator[str]:
+    """The URL of a new database with the store's tables, empty; dropped after the test."""
+    yield from _database(pg_cluster, pg_schema)
+
+
+@pytest.fixture
 def store_backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreBackend:
-    """Each backend in turn, with nothing stored yet."""
+    """Each backend in turn (parametrized by tests/backends.py), with nothing stored yet."""
     if request.param == "sqlite":
         return StoreBackend("sqlite", str(tmp_path / "connector.db"))
-    return StoreBackend("postgresql", request.getfixturevalue("pg_url"))
+    return StoreBackend("postgresql", request.getfixturevalue("pg_store_url"))

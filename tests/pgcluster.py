@@ -99,9 +99,10 @@ class PgCluster:
             "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c", statement,
         )  # fmt: skip
 
-    def create_database(self, name: str) -> str:
-        """A new empty database; returns its URL."""
-        self.sql(f'CREATE DATABASE "{name}"')
+    def create_database(self, name: str, template: str | None = None) -> str:
+        """A new database, empty or a copy of ``template``; returns its URL."""
+        copy = f' TEMPLATE "{template}"' if template else ""
+        self.sql(f'CREATE DATABASE "{name}"{copy}')
         return self.url(name)
 
     def drop_database(self, name: str) -> None:

@@ -8,6 +8,7 @@ back a ``KitService`` through which a test sends webhooks over HTTP and then pro
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from connector_core.app import check_authorization, create_app
 from connector_core.appkeys import DISPATCHER, HOST, INTEGRATIONS, NOTIFIER, STORE, WORKER
 from connector_core.callstate import CallState
-from connector_core.config import Config, parse_config_text
+from connector_core.config import STORAGE_URL_ENV, Config, parse_config_text
 from connector_core.errors import ConfigError
 from connector_core.hooks import PluginHost
 from connector_core.integrations import AuthResult, Integration
@@ -72,7 +73,10 @@ def parse_config(
 ) -> Config:
     """``config_text`` through the core's real two-pass validation (``parse_config_text``)."""
     text = config_text(integrations, storage_path=tmp_path / "connector.db")
-    return parse_config_text(text, types=host.types, environ={}, base_dir=tmp_path)
+    # Nothing else from the environment reaches the kit's config: only the store's URL, so the
+    # plugin's tests run on PostgreSQL when CONNECTOR_STORAGE_URL names a database.
+    environ = {k: v for k, v in os.environ.items() if k == STORAGE_URL_ENV}
+    return parse_config_text(text, types=host.types, environ=environ, base_dir=tmp_path)
 
 
 async def settle(app: web.Application, rounds: int = 100) -> None:

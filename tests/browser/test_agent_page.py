@@ -134,7 +134,10 @@ async def test_no_cards_with_notifications_off_and_nothing_queued_for_absent_age
             async with TestClient(TestServer(app)) as client:
                 calls = [
                     scenarios.inbound_answered(
-                        client=CLIENT, call_id=f"1717171700.{i}", start=scenarios.START + i * 600
+                        client=CLIENT,
+                        # Other calls each round: on PostgreSQL both rounds share a database.
+                        call_id=f"1717171700.{notifications:d}{i}",
+                        start=scenarios.START + i * 600,
                     )
                     for i in range(3)
                 ]

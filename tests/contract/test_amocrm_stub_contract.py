@@ -18,6 +18,9 @@ from connector_core.testing import PluginContract
 from plugins.amocrm_stub import AmoCrmStubClient
 from tests.harness import TOKEN, app_for, make_config, settle
 
+# Every test here runs on SQLite and on PostgreSQL (tests/backends.py).
+pytestmark = pytest.mark.usefixtures("on_store_backend")
+
 
 class TestAmoCrmStubContract(PluginContract):
     plugin = "amocrm_stub"

@@ -32,7 +32,8 @@ import pytest
 from connector_core.simulator import scenarios
 from tests.e2e.process import ROOT, ServiceProcess, free_port
 
-pytestmark = pytest.mark.e2e
+# Runs on SQLite and on PostgreSQL (tests/backends.py).
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("on_store_backend")]
 
 TOKEN = "throwaway-token-0123456789"
 PLUGIN = "throwaway_crm"

@@ -8,11 +8,15 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
+import pytest
 from aiohttp import web
 
 from connector_core.integrations import Integration
 from connector_core.testing import PluginContract
 from plugins.usedesk.sandbox import UsedeskSandbox
+
+# Every test here runs on SQLite and on PostgreSQL (tests/backends.py).
+pytestmark = pytest.mark.usefixtures("on_store_backend")
 
 SECRET = "ud-secret-token-7f3a9c"
 USERS = [

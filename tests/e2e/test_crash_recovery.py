@@ -10,15 +10,18 @@ store: every acknowledged event processed, every lifecycle hook of every call ru
 from __future__ import annotations
 
 import json
-import sqlite3
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from connector_core.callstate import CallState
 from connector_core.simulator import scenarios
+from connector_core.store.base import Dispatch, Store
 from tests.e2e.process import ServiceProcess, free_port
+from tests.store_backends import StoreBackend
 
 pytestmark = pytest.mark.e2e
 TOKEN = "e2e-token-0123456789"
@@ -85,18 +88,37 @@ def expected_hooks(call: scenarios.Scenario) -> set[str]:
     return hooks
 
 
-def _unfinished_hooks(path: Path) -> int:
+async def _unfinished_hooks(store: Store) -> int:
     """Hook calls stored but not done (some of them running when the kill landed)."""
-    db = sqlite3.connect(path)
-    try:
-        (count,) = db.execute("SELECT count(*) FROM dispatches WHERE status != 'done'").fetchone()
-    finally:
-        db.close()
-    return int(count)
+    stats = await store.stats()
+    return stats["dispatches_pending"] + stats["dispatches_dead"]
+
+
+@dataclass
+class Stored:
+    """What the store holds after the run, read through the store's interface."""
+
+    stats: dict[str, int]
+    calls: dict[str, CallState | None]
+    dispatches: dict[str, list[Dispatch]]
+    effect_keys: list[str]
+
+
+async def _stored(store: Store, calls: list[scenarios.Scenario]) -> Stored:
+    ids = [c.call_id for c in calls]
+    return Stored(
+        stats=await store.stats(),
+        calls={i: await store.load_call(ACCOUNT, i) for i in ids},
+        dispatches={i: await store.dispatches_for(ACCOUNT, i) for i in ids},
+        effect_keys=[k for k, _ in await store.effects(f"{ACCOUNT}/journal").items()],
+    )
 
 
 def test_sigkill_after_acknowledged_events_loses_and_doubles_nothing(
-    tmp_path: Path, test_plugins_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    test_plugins_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    store_backend: StoreBackend,
 ) -> None:
     monkeypatch.setenv("RECORDER_HOOK_SECONDS", HOOK_SECONDS)
     port = free_port()
@@ -111,7 +133,7 @@ def test_sigkill_after_acknowledged_events_loses_and_doubles_nothing(
                 assert reply == {"success": True}
                 acknowledged += 1
         service.kill()  # straight after the last acknowledgement, mid-processing
-        unfinished = _unfinished_hooks(tmp_path / "connector.db")
+        unfinished = store_backend.read(_unfinished_hooks)
         assert unfinished > 0, "the kill landed after every hook call had finished"
 
         service.start()
@@ -119,22 +141,20 @@ def test_sigkill_after_acknowledged_events_loses_and_doubles_nothing(
     finally:
         service.stop()
 
-    db = sqlite3.connect(tmp_path / "connector.db")
-    statuses = db.execute("SELECT status, count(*) FROM inbox GROUP BY status").fetchall()
-    assert statuses == [("done", acknowledged)]
+    stored = store_backend.read(lambda store: _stored(store, calls))
+    assert (stored.stats["inbox_total"], stored.stats["inbox_pending"]) == (acknowledged, 0)
+    assert stored.stats["inbox_quarantined"] == 0
     assert acknowledged == sum(len(c.events) for c in calls)
     for call in calls:
-        (text,) = db.execute(
-            "SELECT state FROM calls WHERE call_id = ?", (call.call_id,)
-        ).fetchone()
-        state = json.loads(text)
+        state = stored.calls[call.call_id]
+        assert state is not None, call.call_id
         # Each distinct event merged once, each lifecycle event emitted once.
-        assert len(state["events"]) == len({json.dumps(e) for e in map(dict, call.events)})
-        assert len(state["emitted"]) == len(set(state["emitted"]))
-    dispatch_status = db.execute("SELECT DISTINCT status FROM dispatches").fetchall()
-    assert dispatch_status == [("done",)]
+        assert len(state.events) == len({json.dumps(e) for e in map(dict, call.events)})
+        assert len(state.emitted) == len(set(state.emitted))
+        assert stored.dispatches[call.call_id], call.call_id
+    assert (stored.stats["dispatches_pending"], stored.stats["dispatches_dead"]) == (0, 0)
 
-    keys = [k for (k,) in db.execute("SELECT key FROM effects ORDER BY rowid")]
+    keys = stored.effect_keys
     for call in calls:
         seen = [k.split(":", 2)[2] for k in keys if k.startswith(f"seen:{call.call_id}:")]
         assert sorted(seen) == sorted(expected_hooks(call)), call.name

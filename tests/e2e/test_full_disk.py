@@ -49,7 +49,11 @@ from tests.e2e.test_kill_loop import (
 )
 from tests.e2e.test_kill_loop import write_config as kill_loop_config
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.sqlite_only("a full disk under the SQLite file"),
+]
 
 CALLS = 24
 SEED = 20261130

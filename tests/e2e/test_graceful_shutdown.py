@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
-import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
@@ -40,6 +39,7 @@ from tests.e2e.test_kill_loop import (
     write_config,
 )
 from tests.harness import app_for, make_config
+from tests.store_backends import StoreBackend
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -57,7 +57,7 @@ HANG = (
 
 
 def test_sigterm_mid_work_exits_0_and_a_restart_completes_everything_once(
-    tmp_path: Path,
+    tmp_path: Path, store_backend: StoreBackend
 ) -> None:
     calls = generate_calls(CALLS + LATE_CALLS, 1, random.Random(11))
     early, late = calls[:CALLS], calls[CALLS:]
@@ -118,12 +118,10 @@ def test_sigterm_mid_work_exits_0_and_a_restart_completes_everything_once(
             assert "Traceback" not in log and "Task was destroyed" not in log, log[-3000:]
             # Nothing left half done: every create begun was let finish and its result
             # recorded (a SIGKILL leaves such intents behind; see test_kill_loop).
-            assert dangling_intents(tmp_path / "connector.db") == set()
+            assert dangling_intents(store_backend) == set()
         # Everything acknowledged is on disk.
-        db = sqlite3.connect(tmp_path / "connector.db")
-        (stored,) = db.execute("SELECT count(*) FROM inbox").fetchone()
-        db.close()
-        assert stored == acknowledged + len(late_acked)
+        stats = store_backend.read(lambda store: store.stats())
+        assert stats["inbox_total"] == acknowledged + len(late_acked)
 
         service.start()
         for params in pending:  # the PBX resends what was refused

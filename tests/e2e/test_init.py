@@ -22,9 +22,9 @@ import pytest
 from connector_core import cli, init_config
 from connector_core.hooks import PluginHost
 from connector_core.prompts import Questions, ScriptedAsker
-from connector_core.store.migrations import LATEST
 from tests.e2e.process import free_port
 from tests.e2e.test_usedesk_check import SandboxThread
+from tests.store_backends import StoreBackend
 
 pytestmark = pytest.mark.e2e
 ACCOUNT = "012345"
@@ -71,7 +71,10 @@ def check(capsys: pytest.CaptureFixture[str], path: Path) -> tuple[int, list[str
 
 
 def test_hook_setup_integration_usedesk_writes_a_config_connector_check_accepts(
-    usedesk: SandboxThread, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    usedesk: SandboxThread,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    store_backend: StoreBackend,
 ) -> None:
     path = tmp_path / "connector.toml"
     answers = [*CORE, "usedesk, amocrm_stub", usedesk.url, usedesk.sandbox.token]
@@ -114,8 +117,7 @@ def test_hook_setup_integration_usedesk_writes_a_config_connector_check_accepts(
         cli.EXIT_OK,
         [
             "configuration: ok",
-            f"store: sqlite {tmp_path / 'connector.db'}: will be created at schema version"
-            f" {LATEST} when the service starts",
+            store_backend.unused_store_line(tmp_path / "connector.db"),
             f"{ACCOUNT}/usedesk [usedesk]: ok (API key accepted by {usedesk.url})",
             "  Usedesk agents (4; map extensions to their id or e-mail in `users`):",
             "         1  Анна Админова <anna@example.com>, admin: extension 201",

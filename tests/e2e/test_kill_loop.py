@@ -29,7 +29,6 @@ import itertools
 import json
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -44,7 +43,9 @@ from typing import Any
 import pytest
 
 from connector_core.simulator import scenarios
+from connector_core.store.base import Store
 from tests.e2e.process import ROOT, ServiceProcess, free_port, get_json
+from tests.store_backends import StoreBackend
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -330,7 +331,7 @@ def kill_mid_create(service: ServiceProcess, sandbox: SandboxProcess, path: str)
     return f"after Usedesk carried out {path}, before its answer"
 
 
-def dangling_intents(db_path: Path) -> set[str]:
+def dangling_intents(backend: StoreBackend) -> set[str]:
     """Creates the plugin began but never recorded the result of: ``intent:`` keys alone.
 
     The Usedesk plugin stores ``intent:ticket:<call>`` before it creates a ticket and
@@ -339,21 +340,16 @@ def dangling_intents(db_path: Path) -> set[str]:
     crash, is what makes the restarted plugin look in Usedesk before it creates anything.
     """
     outcome = {"ticket": "call", "comment": "comment"}
-    db = sqlite3.connect(db_path)
-    try:
-        keys = {
-            k
-            for (k,) in db.execute(
-                "SELECT key FROM effects WHERE integration = ?", (f"{ACCOUNT}/usedesk",)
-            )
-        }
-    finally:
-        db.close()
+
+    async def keys(store: Store) -> set[str]:
+        return {k for k, _ in await store.effects(f"{ACCOUNT}/usedesk").items()}
+
+    stored = backend.read(keys)
     found = set()
-    for key in keys:
+    for key in stored:
         if key.startswith("intent:"):
             _, kind, call_id = key.split(":", 2)
-            if f"{outcome[kind]}:{call_id}" not in keys:
+            if f"{outcome[kind]}:{call_id}" not in stored:
                 found.add(key)
     return found
 
@@ -388,7 +384,9 @@ def drained(stats: dict[str, int]) -> bool:
     )
 
 
-def test_sigkill_loop_loses_nothing_and_doubles_nothing(tmp_path: Path) -> None:
+def test_sigkill_loop_loses_nothing_and_doubles_nothing(
+    tmp_path: Path, store_backend: StoreBackend
+) -> None:
     rng = random.Random(SEED)
     calls = generate_calls(CALLS, REPEAT_CALLERS, rng)
     stream = interleave(calls)
@@ -417,7 +415,7 @@ def test_sigkill_loop_loses_nothing_and_doubles_nothing(tmp_path: Path) -> None:
                 pbx.go_on(position)  # webhooks keep coming while the kill waits its moment
                 landed = kill_mid_create(service, sandbox, CREATES[n // 2 % len(CREATES)])
             kills.append((position, mode, landed))
-            interrupted |= dangling_intents(tmp_path / "connector.db")
+            interrupted |= dangling_intents(store_backend)
             service.start()
         pbx.join(150)
         assert pbx.error is None, pbx.error
@@ -440,7 +438,7 @@ def test_sigkill_loop_loses_nothing_and_doubles_nothing(tmp_path: Path) -> None:
     # every create a kill interrupted has its result recorded now.
     assert sum("carried out" in landed for _, _, landed in kills) >= 2, kills
     assert {i.split(":")[1] for i in interrupted} == {"ticket", "comment"}, interrupted
-    assert dangling_intents(tmp_path / "connector.db") == set()
+    assert dangling_intents(store_backend) == set()
     elapsed = time.monotonic() - started
     print(
         f"\nkill loop: {CALLS} calls ({len(per_number)} numbers, {REPEAT_CALLERS} repeat "

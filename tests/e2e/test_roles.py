@@ -1,11 +1,10 @@
-"""Roles as real processes on one SQLite file: an ingest process takes the webhooks, a worker
-process processes them and runs the hooks; a second worker on the file is refused; the
-worker process sends Sipuni to an ingest process."""
+"""Roles as real processes on one store: an ingest process takes the webhooks, a worker
+process processes them and runs the hooks; the worker process sends Sipuni to an ingest
+process. On SQLite a second worker on the file is refused."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 import urllib.error
@@ -16,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from connector_core.simulator import scenarios
+from connector_core.store.base import Store
 from tests.e2e.process import ServiceProcess, free_port, get_json
-from tests.e2e.test_crash_recovery import TOKEN, write_config
+from tests.e2e.test_crash_recovery import ACCOUNT, TOKEN, write_config
+from tests.store_backends import StoreBackend
 
 pytestmark = pytest.mark.e2e
 
@@ -35,8 +36,8 @@ def post(url: str, params: dict[str, str]) -> tuple[int, dict]:
         return error.code, json.loads(error.read())
 
 
-def test_an_ingest_and_a_worker_process_share_one_sqlite_file(
-    tmp_path: Path, test_plugins_dir: Path
+def test_an_ingest_and_a_worker_process_share_one_store(
+    tmp_path: Path, test_plugins_dir: Path, store_backend: StoreBackend
 ) -> None:
     ingest_port, worker_port = free_port(), free_port()
     ingest = ServiceProcess(
@@ -76,7 +77,32 @@ def test_an_ingest_and_a_worker_process_share_one_sqlite_file(
         assert get_json(ingest.url + "/readyz")[1]["role"] == "ingest"
         assert get_json(worker.url + "/readyz")[1]["role"] == "worker"
         assert get_json(ingest.url + "/readyz")[1]["loops"] == {}
+    finally:
+        worker.stop()
+        ingest.stop()
 
+    async def keys(store: Store) -> list[str]:
+        return [k for k, _ in await store.effects(f"{ACCOUNT}/journal").items()]
+
+    stored = store_backend.read(keys)
+    for call in calls:
+        ran = {k.split(":", 2)[2] for k in stored if k.startswith(f"seen:{call.call_id}:")}
+        assert "started:" in ran and f"finished:{call.expected['outcome']}" in ran, ran
+
+
+@pytest.mark.sqlite_only("one worker process per SQLite file; PostgreSQL serves several")
+def test_a_second_worker_on_one_sqlite_file_is_refused(
+    tmp_path: Path, test_plugins_dir: Path
+) -> None:
+    port = free_port()
+    worker = ServiceProcess(
+        write_config(tmp_path, port, "worker"),
+        pythonpath=[test_plugins_dir],
+        port=port,
+        args=("--role", "worker"),
+    )
+    worker.start()
+    try:
         second = subprocess.run(
             [
                 *(sys.executable, "-m", "connector_core", "serve"),
@@ -91,7 +117,6 @@ def test_an_ingest_and_a_worker_process_share_one_sqlite_file(
         )
     finally:
         worker.stop()
-        ingest.stop()
 
     assert second.returncode == 1
     database = tmp_path / "connector.db"
@@ -99,8 +124,3 @@ def test_an_ingest_and_a_worker_process_share_one_sqlite_file(
         f"cannot start: another connector worker uses {database} (SQLite serves one worker"
         " process; use PostgreSQL for several)"
     ) in second.stderr
-    db = sqlite3.connect(database)
-    keys = [k for (k,) in db.execute("SELECT key FROM effects ORDER BY rowid")]
-    for call in calls:
-        ran = {k.split(":", 2)[2] for k in keys if k.startswith(f"seen:{call.call_id}:")}
-        assert "started:" in ran and f"finished:{call.expected['outcome']}" in ran, ran

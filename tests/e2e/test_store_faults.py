@@ -40,7 +40,11 @@ from plugins.usedesk.sandbox import UsedeskSandbox
 from tests.e2e.test_kill_loop import USERS, check_usedesk, digits, generate_calls, interleave
 from tests.harness import ACCOUNT, TOKEN, make_config
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.sqlite_only("SQLite's own write failures, injected by its fault-injecting store"),
+]
 
 CALLS = 24
 SEED = 11

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -15,12 +14,14 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from connector_core import callrecords
 from connector_core.cli import load
 from connector_core.clock import FakeClock
 from connector_core.simulator import scenarios
 from plugins.usedesk.sandbox import UsedeskSandbox
 from tests.e2e.process import ROOT
 from tests.harness import app_for, settle
+from tests.store_backends import StoreBackend
 
 pytestmark = pytest.mark.e2e
 ACCOUNT = "012345"
@@ -71,7 +72,9 @@ def connector(folder: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     return done
 
 
-async def test_calls_and_trace_tell_what_happened_to_a_call(tmp_path: Path) -> None:
+async def test_calls_and_trace_tell_what_happened_to_a_call(
+    tmp_path: Path, store_backend: StoreBackend
+) -> None:
     sandbox = UsedeskSandbox(api_token=USEDESK_TOKEN)
     call = scenarios.inbound_answered(ring=["101", "102"], answered_by="101", client="89160000001")
     async with sandbox.serve() as usedesk_url:
@@ -152,8 +155,9 @@ async def test_calls_and_trace_tell_what_happened_to_a_call(tmp_path: Path) -> N
     ]
 
     # And nothing stored for the call holds a token either.
-    with sqlite3.connect(tmp_path / "connector.db") as db:
-        stored = "\n".join(data for (data,) in db.execute("SELECT data FROM call_records"))
+    async with store_backend.opened() as store:
+        records = await store.call_records(ACCOUNT, call.call_id)
+    stored = "\n".join(callrecords.encode(r.entry) for r in records)
     assert "create/ticket" in stored
     for secret in SECRETS:
         assert secret not in stored

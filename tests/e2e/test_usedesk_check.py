@@ -19,9 +19,9 @@ from aiohttp import web
 
 from connector_core import cli
 from connector_core.simulator import scenarios
-from connector_core.store.migrations import LATEST
 from plugins.usedesk.sandbox import UsedeskSandbox
 from plugins.usedesk.sandbox.app import create_app
+from tests.store_backends import StoreBackend
 
 pytestmark = pytest.mark.e2e
 ACCOUNT = "012345"
@@ -103,18 +103,19 @@ def check(
     return lambda settings: run_check(capsys, write_config(tmp_path, usedesk, settings))
 
 
-def head(usedesk: SandboxThread) -> list[str]:
+def head(usedesk: SandboxThread, backend: StoreBackend) -> list[str]:
     store = Path.cwd().resolve() / "connector.db"  # the usedesk fixture's folder
     return [
         "configuration: ok",
-        f"store: sqlite {store}: will be created at schema version {LATEST}"
-        " when the service starts",
+        backend.unused_store_line(store),
         f"{ACCOUNT}/usedesk [usedesk]: ok (API key accepted by {usedesk.url})",
     ]
 
 
 def test_hook_check_settings_all_good_lists_the_agents_and_whom_they_serve(
-    usedesk: SandboxThread, check: Callable[[str], tuple[int, list[str]]]
+    usedesk: SandboxThread,
+    check: Callable[[str], tuple[int, list[str]]],
+    store_backend: StoreBackend,
 ) -> None:
     code, lines = check(
         """
@@ -127,7 +128,7 @@ on_duty_user = "gleb@example.com"
     )
     assert code == EXIT_OK
     assert lines == [
-        *head(usedesk),
+        *head(usedesk, store_backend),
         "  Usedesk agents (4; map extensions to their id or e-mail in `users`):",
         "         1  Анна Админова <anna@example.com>, admin: extension 201",
         "         2  Борис Операторов <boris@example.com>, employee: extension 202",
@@ -137,7 +138,9 @@ on_duty_user = "gleb@example.com"
 
 
 def test_check_names_each_agent_usedesk_does_not_have_by_its_setting(
-    usedesk: SandboxThread, check: Callable[[str], tuple[int, list[str]]]
+    usedesk: SandboxThread,
+    check: Callable[[str], tuple[int, list[str]]],
+    store_backend: StoreBackend,
 ) -> None:
     code, lines = check(
         """
@@ -152,7 +155,7 @@ on_duty_user = "ghost@example.com"
     assert code == EXIT_CHECK_FAILED
     listed = " (Usedesk's agents are listed below)"
     assert lines[:6] == [
-        *head(usedesk),
+        *head(usedesk, store_backend),
         f"  error: {PATH}.users[1].agent: no Usedesk agent has the e-mail nobody@example.com,"
         f" so extension 202 would own no ticket{listed}",
         f"  error: {PATH}.users[2].agent: no Usedesk agent has id 77,"
