@@ -8,7 +8,8 @@ their folders' conftests), the contract tests that use the store through their m
 database, so configs parsed in the test and service processes it starts use PostgreSQL
 without the test saying so. A test about SQLite itself (its file, its fault-injecting store,
 one worker per file) says ``@pytest.mark.sqlite_only("why")`` and is generated for SQLite
-alone: not generated and skipped, so a run shows what it covered.
+alone: not generated and skipped, so a run shows what it covered. A test about several
+processes sharing one store says ``@pytest.mark.postgresql_only("why")`` likewise.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from tests.store_backends import StoreBackend
 
 BACKENDS = ("sqlite", "postgresql")
 SQLITE_ONLY = "sqlite_only"
+POSTGRESQL_ONLY = "postgresql_only"
+ONLY = {SQLITE_ONLY: ("sqlite",), POSTGRESQL_ONLY: ("postgresql",)}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -27,15 +30,24 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         f"{SQLITE_ONLY}(why): the test is about SQLite itself; it runs on that backend alone",
     )
+    config.addinivalue_line(
+        "markers",
+        f"{POSTGRESQL_ONLY}(why): the test needs a store shared by several processes;"
+        " it runs on PostgreSQL alone",
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "store_backend" not in metafunc.fixturenames:
         return
-    marker = metafunc.definition.get_closest_marker(SQLITE_ONLY)
-    if marker is not None and not (marker.args and str(marker.args[0]).strip()):
-        raise pytest.UsageError(f"{metafunc.definition.nodeid}: {SQLITE_ONLY} needs a reason")
-    backends = BACKENDS[:1] if marker is not None else BACKENDS
+    backends: tuple[str, ...] = BACKENDS
+    for name, only in ONLY.items():
+        marker = metafunc.definition.get_closest_marker(name)
+        if marker is None:
+            continue
+        if not (marker.args and str(marker.args[0]).strip()):
+            raise pytest.UsageError(f"{metafunc.definition.nodeid}: {name} needs a reason")
+        backends = only
     metafunc.parametrize("store_backend", backends, indirect=True)
 
 

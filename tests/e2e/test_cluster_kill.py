@@ -48,7 +48,12 @@ from tests.e2e.test_kill_loop import (
     shut_down,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.timeout(300),
+    pytest.mark.postgresql_only("three processes share one database"),
+]
 
 CALLS = 40
 KILLS = 9

@@ -30,7 +30,12 @@ from tests.e2e.test_kill_loop import (
     shut_down,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.timeout(300),
+    pytest.mark.postgresql_only("three worker processes share one rate window"),
+]
 
 PER_MINUTE = 100
 CALLS = 50  # new callers, 2-3 requests each: more than a minute's budget in all
