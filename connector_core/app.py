@@ -238,10 +238,11 @@ async def _integrations_ctx(app: web.Application) -> AsyncIterator[None]:
         leases=leases,
     )
     app[DISPATCHER] = dispatcher
-    board = CardBoard()
-    # The board is fed from the card channel (_subscribe), so every process's board gets
-    # the cards this worker makes; plugin sinks are called from here, once per card.
-    sinks: list[Sink] = [ChannelSink(store), *host.notification_sinks()]
+    board = CardBoard(origin=leases.owner)
+    # Other processes' boards are fed from the card channel (_subscribe), so an agent's
+    # stream gets the cards this worker makes wherever it is held; plugin sinks are called
+    # from here, once per card.
+    sinks: list[Sink] = [ChannelSink(store, board), *host.notification_sinks()]
     notifier = Notifier(host, {a.number: a.integrations for a in accounts}, sinks)
     app[BOARD], app[NOTIFIER] = board, notifier
     app[WORKER] = Worker(

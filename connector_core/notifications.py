@@ -36,7 +36,9 @@ class Sink(Protocol):
 class CardBoard:
     """The latest card per (account, extension), and waiters for the next one."""
 
-    def __init__(self) -> None:
+    def __init__(self, origin: str = "") -> None:
+        # This process's name on the card channel: its own cards are put here directly.
+        self.origin = origin
         self.cards: dict[tuple[str, str], dict[str, Any]] = {}
         self._changed: dict[tuple[str, str], asyncio.Event] = {}
 
@@ -45,11 +47,14 @@ class CardBoard:
 
     def on_message(self, payload: str) -> None:
         """A card from ``CARD_CHANNEL`` (``ChannelSink``), made by whichever process's worker
-        saw the call; an empty payload (the channel may have missed some) changes nothing."""
+        saw the call; an empty payload (the channel may have missed some) changes nothing,
+        and nor does this process's own card, which ``ChannelSink`` put here already."""
         if not payload:
             return
         try:
             message = json.loads(payload)
+            if message.get("origin") == self.origin:
+                return
             self.put(message["account"], message["extension"], message["card"])
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("a card message could not be read: %s", exc)
@@ -71,15 +76,20 @@ class CardBoard:
 
 
 class ChannelSink:
-    """Sends cards on the store's ``CARD_CHANNEL``: every process's ``CardBoard`` takes them,
-    so an agent's stream gets a card whichever process holds the stream."""
+    """Puts cards on this process's ``board`` at once, and sends them on the store's
+    ``CARD_CHANNEL`` for every other process's board, so an agent's stream gets a card
+    whichever process holds the stream. (Through the channel only, a card would reach this
+    process's own agents a database round trip later, and out of step with what the worker
+    knows.)"""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, store: Store, board: CardBoard) -> None:
+        self.store, self.board = store, board
 
     async def deliver(self, account: str, extension: str, card: dict[str, Any]) -> None:
-        message = {"account": account, "extension": extension, "card": card}
-        await self.store.publish(CARD_CHANNEL, json.dumps(message, ensure_ascii=False))
+        self.board.put(account, extension, card)
+        message = {"origin": self.board.origin, "account": account, "extension": extension}
+        text = json.dumps({**message, "card": card}, ensure_ascii=False)
+        await self.store.publish(CARD_CHANNEL, text)
 
 
 def card_state(call: CallState, extension: str) -> str:

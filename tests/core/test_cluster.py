@@ -26,6 +26,7 @@ from connector_core.cluster import (
     singleton,
 )
 from connector_core.integrations import AuthStatus, KeyedLocks
+from connector_core.notifications import CardBoard, ChannelSink
 from connector_core.simulator import scenarios
 from connector_core.store.base import CARD_CHANNEL, DISPATCH_CHANNEL, INBOX_CHANNEL, StoredAuth
 from connector_core.store.local import LocalCoordination
@@ -230,6 +231,33 @@ async def test_the_card_board_takes_cards_from_the_channel(service) -> None:
     await asyncio.sleep(0)
 
     assert app[BOARD].cards[(ACCOUNT, "101")] == card
+
+
+async def test_a_card_made_here_is_on_this_board_before_the_channel_brings_it_back() -> None:
+    """Its own cards reach a process's agents at once, and the channel's echo of one (a
+    database round trip later on PostgreSQL) does not put back a card that has moved on."""
+    store = LocalCoordination(FakeClock())
+    board = CardBoard(origin="here:1:a")
+    store.subscribe(CARD_CHANNEL, board.on_message)
+    sink = ChannelSink(store, board)
+    ringing = {"call_id": "1717171700.1", "extension": "101", "state": "ringing", "parts": []}
+
+    await sink.deliver(ACCOUNT, "101", ringing)
+    assert board.cards[(ACCOUNT, "101")] == ringing  # no loop turn, no channel needed
+
+    await sink.deliver(ACCOUNT, "101", {**ringing, "state": "ended"})
+    await asyncio.sleep(0)  # both echoes arrive now: ringing, then ended
+    assert board.cards == {}
+    elsewhere = CardBoard(origin="there:2:b")
+    store.subscribe(CARD_CHANNEL, elsewhere.on_message)
+    await sink.deliver(ACCOUNT, "102", {**ringing, "extension": "102"})
+    await asyncio.sleep(0)
+    assert set(elsewhere.cards) == {(ACCOUNT, "102")}  # another process's board gets it
+    assert set(board.cards) == {(ACCOUNT, "102")}
+    # Its own echo is not applied again (it may be older than what the board shows now).
+    echo = {"origin": board.origin, "account": ACCOUNT, "extension": "103", "card": ringing}
+    board.on_message(json.dumps(echo))
+    assert (ACCOUNT, "103") not in board.cards
 
 
 async def test_a_worker_process_refuses_webhooks_and_says_where_to_send_them(
