@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import pgcluster
+from connector_core.testing import pgcluster
 from tests.plugin_kit import install_test_plugins
 from tests.store_backends import StoreBackend
 
