@@ -7,12 +7,15 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from connector_core.testing import pgcluster
 from tests.plugin_kit import install_test_plugins
 from tests.store_backends import StoreBackend
+
+if TYPE_CHECKING:
+    from connector_core.testing.pgcluster import PgCluster
 
 # pytester runs the contract kit against broken plugins (tests/contract); the kit itself is
 # loaded here, in the top-level conftest, so that pytest rewrites its asserts.
@@ -41,8 +44,12 @@ def _root_logging_restored() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[pgcluster.PgCluster]:
+def pg_cluster() -> Iterator[PgCluster]:
     """A PostgreSQL cluster of the test run's own; skipped without PostgreSQL, except in CI."""
+    # Imported here, not above: connector_core.testing must first be imported by pytest as
+    # the plugin below, which rewrites the contract kit's asserts.
+    from connector_core.testing import pgcluster
+
     try:
         cluster = pgcluster.start()
     except FileNotFoundError:
@@ -57,7 +64,7 @@ _databases = itertools.count(1)
 
 
 @pytest.fixture
-def pg_url(pg_cluster: pgcluster.PgCluster) -> Iterator[str]:
+def pg_url(pg_cluster: PgCluster) -> Iterator[str]:
     """The URL of a new empty database, dropped after the test."""
     name = f"test_{os.getpid()}_{next(_databases)}"
     yield pg_cluster.create_database(name)

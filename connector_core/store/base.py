@@ -320,7 +320,10 @@ class Store(Protocol):
         """Keep a refused webhook for inspection (bounded: the oldest are pruned)."""
         ...
 
-    async def pending_events(self, limit: int) -> list[InboxItem]: ...
+    async def pending_events(self, limit: int) -> list[InboxItem]:
+        """The oldest pending inbox items; a shared store leaves out the calls whose lease
+        another process holds, so each worker is handed calls it can take."""
+        ...
 
     async def fail_event(self, item_id: int, error: str, *, quarantine: bool) -> None:
         """Count a failed attempt at inbox item ``item_id``; set it aside if ``quarantine``."""
@@ -348,7 +351,8 @@ class Store(Protocol):
         ...
 
     async def due_heads(self, integration: str, now: float, limit: int) -> list[Dispatch]:
-        """The first pending row of each of ``integration``'s (call) groups, if due."""
+        """The first pending row of each of ``integration``'s (call) groups, if due; a shared
+        store leaves out the groups whose dispatch lease a process holds."""
         ...
 
     async def pending_in_group(

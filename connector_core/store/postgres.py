@@ -251,7 +251,18 @@ class PostgresStore:
         return [InboxItem(r[0], r[1], r[2], json.loads(r[3]), *r[4:]) for r in rows]
 
     async def pending_events(self, limit: int) -> list[InboxItem]:
-        return await self._inbox("status = 'pending' ORDER BY id LIMIT $1", limit)
+        """The oldest pending items of calls no process holds the lease of.
+
+        Without the lease filter every worker is handed the same oldest items, takes none of
+        the calls another worker holds, and waits for its next round: more workers would
+        drain no faster than one. The lease name is ``cluster.call_lease``'s.
+        """
+        return await self._inbox(
+            "status = 'pending' AND NOT EXISTS (SELECT 1 FROM leases WHERE leases.name ="
+            " 'call:' || inbox.account || '/' || coalesce(inbox.call_id, '#' || inbox.id)"
+            f" AND leases.expires_at > {_NOW}) ORDER BY id LIMIT $1",
+            limit,
+        )
 
     async def fail_event(self, item_id: int, error: str, *, quarantine: bool) -> None:
         await self._db.execute(
@@ -381,11 +392,15 @@ class PostgresStore:
         return await self._dispatches("status = 'pending' ORDER BY id LIMIT $1", limit)
 
     async def due_heads(self, integration: str, now: float, limit: int) -> list[Dispatch]:
-        """The first pending row of each of ``integration``'s calls whose turn has come."""
+        """The first pending row of each of ``integration``'s calls whose turn has come, for
+        the calls no process holds the dispatch lease of (``cluster.dispatch_lease``'s name):
+        as for ``pending_events``, each dispatcher is handed groups it can take."""
         return await self._dispatches(
             "id IN (SELECT min(id) FROM dispatches WHERE status = 'pending'"
             " AND integration = $1 GROUP BY account, call_id)"
-            " AND not_before <= $2 ORDER BY id LIMIT $3",
+            " AND not_before <= $2 AND NOT EXISTS (SELECT 1 FROM leases WHERE leases.name ="
+            " 'dispatch:' || dispatches.integration || '/' || dispatches.account || '/'"
+            f" || dispatches.call_id AND leases.expires_at > {_NOW}) ORDER BY id LIMIT $3",
             integration,
             now,
             limit,
