@@ -150,6 +150,41 @@ token = "{TOKEN}"
             self.proc.wait(10)
 
 
+def machine_busy() -> tuple[float, float]:
+    """Busy and total CPU time of the whole machine so far (``/proc/stat``), in ticks."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_share(before: tuple[float, float], after: tuple[float, float]) -> float:
+    """The share of all cores' time that was busy between two ``machine_busy`` readings."""
+    total = after[1] - before[1]
+    return round((after[0] - before[0]) / total, 2) if total else 0.0
+
+
+def postgres_cpu(cluster: pgcluster.PgCluster) -> dict[int, float]:
+    """CPU seconds used so far by each of the cluster's processes (postmaster's children)."""
+    pid_file = cluster.data / "postmaster.pid"
+    postmaster = int(pid_file.read_text().split("\n", 1)[0])
+    used = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == postmaster:  # its parent
+                used[int(stat.parent.name)] = cpu_seconds(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue
+    return used
+
+
+def postgres_cpu_since(cluster: pgcluster.PgCluster | None, before: dict[int, float]) -> float:
+    """CPU seconds the cluster's processes used since ``before`` (new backends from 0)."""
+    if cluster is None:
+        return 0.0
+    return sum(t - before.get(pid, 0.0) for pid, t in postgres_cpu(cluster).items())
+
+
 def backlog(count: int, run: int) -> list[tuple[str, str | None, float, str]]:
     """``count`` inbox rows of whole calls, in order, as ``append_event`` would store them."""
     now = time.time()
@@ -179,7 +214,14 @@ def fill_sqlite(path: Path, rows: list[tuple[str, str | None, float, str]]) -> N
         db.close()
 
 
-def drain(storage: Storage, roles: list[str], events: int, run: int, workdir: Path) -> dict:
+def drain(
+    storage: Storage,
+    roles: list[str],
+    events: int,
+    run: int,
+    workdir: Path,
+    cluster: pgcluster.PgCluster | None = None,
+) -> dict:
     """Start the processes, wait for them, put ``events`` in the inbox, time until empty."""
     rows = backlog(events, run)
     nodes = [Node(storage, role, workdir) for role in roles]
@@ -190,6 +232,8 @@ def drain(storage: Storage, roles: list[str], events: int, run: int, workdir: Pa
             node.ready()
         # The schema exists once a process is up: the rows can go in now.
         cpu0 = {n.port: cpu_seconds(n.proc.pid) for n in nodes if n.proc}
+        pg0 = postgres_cpu(cluster) if cluster is not None else {}
+        busy0 = machine_busy()
         began = time.monotonic()
         if storage.url is not None:
             asyncio.run(fill_postgres(storage.url, rows))
@@ -203,11 +247,13 @@ def drain(storage: Storage, roles: list[str], events: int, run: int, workdir: Pa
             stats = nodes[0].stats()
             if stats.get("inbox_pending") == 0 and stats.get("dispatches_pending") == 0:
                 break
-            time.sleep(0.1)
+            time.sleep(0.25)  # each /readyz counts the tables: not too often
         else:
             raise TimeoutError(f"not drained: {stats}; log: {nodes[0].log}")
         seconds = time.monotonic() - filled
         cpu = sum(cpu_seconds(n.proc.pid) - cpu0[n.port] for n in nodes if n.proc)
+        pg_cpu = postgres_cpu_since(cluster, pg0)
+        busy = busy_share(busy0, machine_busy())
     finally:
         for node in nodes:
             node.stop()
@@ -220,6 +266,9 @@ def drain(storage: Storage, roles: list[str], events: int, run: int, workdir: Pa
         "seconds": round(seconds, 2),
         "events_per_s": round(events / seconds, 1),
         "connector_cpu_s": round(cpu, 1),
+        "postgres_cpu_s": round(pg_cpu, 1),
+        # Other processes of the machine count too: the share says whether cores were free.
+        "machine_busy": busy,
         "quarantined": stats.get("inbox_quarantined"),
         "dead": stats.get("dispatches_dead"),
     }
@@ -265,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="tiny run (≤ 60 s)")
-    parser.add_argument("--events", type=int, default=20_000, help="backlog per drain run")
+    parser.add_argument("--events", type=int, default=6000, help="backlog per drain run")
     parser.add_argument("--workers", default="1,2,4", help="worker processes on PostgreSQL")
     parser.add_argument("--concurrency", type=int, default=32, help="ingest closed loop")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per ingest run")
@@ -290,7 +339,12 @@ def main(argv: list[str] | None = None) -> None:
             url = cluster.create_database(f"drain_{k}")
             pg_drain.append(
                 drain(
-                    Storage("postgresql", url=url), ["worker"] * k, args.events, next(runs), workdir
+                    Storage("postgresql", url=url),
+                    ["worker"] * k,
+                    args.events,
+                    next(runs),
+                    workdir,
+                    cluster,
                 )
             )
         sqlite_drain = [
@@ -326,7 +380,9 @@ def main(argv: list[str] | None = None) -> None:
         r["ratio_to_1"] = round(r["events_per_s"] / one, 2)
     rows = [
         [r["backend"], f"{r['processes']} × --role {r['role']}", r["events"], r["seconds"],
-         r["events_per_s"], r.get("ratio_to_1", ""), r["connector_cpu_s"]]
+         r["events_per_s"], r.get("ratio_to_1", ""), r["connector_cpu_s"],
+         r["postgres_cpu_s"] if r["backend"] == "postgresql" else "",
+         f"{r['machine_busy']:.0%}"]
         for r in [*pg_drain, *sqlite_drain]
     ]  # fmt: skip
     ingest_rows = [["bare aiohttp", bare["rps"], "1.00", bare["p50_ms"], bare["p99_ms"],
@@ -342,7 +398,20 @@ def main(argv: list[str] | None = None) -> None:
         f"PostgreSQL {cluster.bindir.parent.name}, throwaway cluster, fsync on;"
         " integration amocrm_stub; backlog put in the inbox directly, in one transaction",
         f"drain of {args.events} events:",
-        *table(rows, ["store", "processes", "events", "s", "events/s", "× 1", "cpu s"]),
+        *table(
+            rows,
+            [
+                "store",
+                "processes",
+                "events",
+                "s",
+                "events/s",
+                "× 1",
+                "connector cpu s",
+                "postgres cpu s",
+                "machine busy",
+            ],
+        ),
         f"ingest, closed loop, {args.concurrency} in flight, {args.duration:g} s,"
         f" generator {kind}:",
         *table(ingest_rows, ["server", "webhooks/s", "ratio", "p50 ms", "p99 ms", "fail"]),
