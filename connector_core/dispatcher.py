@@ -43,6 +43,8 @@ MAX_GROUPS_PER_INTEGRATION = 100
 # A paced integration (pacing.Paced) runs at most as many calls as its budget serves within
 # this many seconds, so no request waits much longer than that for its turn.
 PACING_HORIZON_SECONDS = 2.0
+# Chunks of due groups one scan tries to lease, at most (see Dispatcher._lease).
+MAX_LEASE_CHUNKS = 8
 
 
 class GroupFailed(RuntimeError):
@@ -238,9 +240,8 @@ class Dispatcher:
                 group
                 for head in heads
                 if (group := (head.integration, head.account, head.call_id)) not in self._running
-            ][:room]
-            # One round trip for the scan's groups; a group another process holds is its.
-            held = await self.leases.take(dispatch_lease(*group) for group in wanted)
+            ]
+            held = await self._lease(wanted, room)
             unused = set(held)
             for group in wanted:
                 lease = dispatch_lease(*group)
@@ -262,6 +263,19 @@ class Dispatcher:
             await self.leases.release(unused)
         self.last_scan_rows = scanned
         return started
+
+    async def _lease(self, wanted: list[tuple[str, str, str]], room: int) -> set[str]:
+        """Leases for up to ``room`` of ``wanted`` (in order), a chunk of ``room`` per round
+        trip: a group another process holds is its, and with several dispatchers the first
+        groups of a scan are often another's, so the next chunk is tried (up to
+        ``MAX_LEASE_CHUNKS``) rather than leaving this one idle."""
+        held: set[str] = set()
+        for start in range(0, min(len(wanted), room * MAX_LEASE_CHUNKS), room):
+            chunk = wanted[start : start + room]
+            held |= await self.leases.take(dispatch_lease(*group) for group in chunk)
+            if len(held) >= room:
+                break
+        return held
 
     def _done(self, group: tuple[str, str, str], task: asyncio.Task[None]) -> None:
         self._running.pop(group, None)

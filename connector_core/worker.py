@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 # Attempts at one inbox item before it is quarantined: a few, as an error that is not the
 # store's (a bug met by this event, a constraint) rarely goes away by itself.
 MAX_ATTEMPTS = 3
+# Pages of the inbox one drain looks through for calls no other worker holds.
+MAX_PAGES = 8
 
 
 class Worker:
@@ -96,22 +98,37 @@ class Worker:
         When the store as a whole is failing, the failure is raised once every chain is
         done, so the round fails and the supervisor backs off.
 
-        Only the chains whose call lease this process takes run (one ``take_leases`` for
-        the batch); a call another worker holds is left to it. The call's state is loaded
-        after its lease is held, so no other worker's commit is overwritten.
+        Only the chains whose call lease this process takes run (one ``take_leases`` per
+        page of the inbox); a call another worker holds is left to it. When every call of a
+        page is another's, the next page is looked at (up to ``MAX_PAGES``): with several
+        workers the oldest items are often being processed elsewhere, and waiting for them
+        would leave this worker idle. The call's state is loaded after its lease is held,
+        so no other worker's commit is overwritten.
         """
         async with self._draining:
-            items = await self.store.pending_events(batch)
             chains: dict[str, list[InboxItem]] = {}
-            for item in items:
-                # As parse_event reads it; an item without one runs alone.
-                call_id = call_id_of(item.params) or f"#{item.id}"
-                chains.setdefault(call_lease(item.account, call_id), []).append(item)
-            held = await self.leases.take(chains)
+            refused: set[str] = set()
+            after_id = 0
             try:
-                return await self._run_chains([c for n, c in chains.items() if n in held])
+                for _ in range(MAX_PAGES):
+                    items = await self.store.pending_events(batch, after_id)
+                    page: dict[str, list[InboxItem]] = {}
+                    for item in items:
+                        # As parse_event reads it; an item without one runs alone.
+                        call_id = call_id_of(item.params) or f"#{item.id}"
+                        page.setdefault(call_lease(item.account, call_id), []).append(item)
+                    new = [name for name in page if name not in chains and name not in refused]
+                    got = await self.leases.take(new)
+                    refused.update(name for name in new if name not in got)
+                    for name, page_items in page.items():
+                        if name in chains or name in got:
+                            chains.setdefault(name, []).extend(page_items)
+                    if chains or len(items) < batch:
+                        break
+                    after_id = items[-1].id
+                return await self._run_chains(list(chains.values()))
             finally:
-                await self.leases.release(held)
+                await self.leases.release(chains)
 
     async def _run_chains(self, chains: list[list[InboxItem]]) -> int:
         """Run each chain's items in order, the chains concurrently; ``drain`` says how."""

@@ -32,6 +32,10 @@ from connector_core.callrecords import CallRecord, NewCallRecord
 from connector_core.callstate import CallState, LifecycleEvent, LifecycleKind
 from connector_core.errors import InvalidRequestError
 
+# Refused webhooks are kept for inspection, but a flood of garbage must not fill the disk.
+MAX_REJECTED = 10_000
+PROBE_TIMEOUT = 5.0  # seconds: a write probe that takes longer says the store cannot write
+
 
 class StoreUnavailable(RuntimeError):
     """The store as a whole cannot serve (not open, or its backend is failing)."""
@@ -203,6 +207,25 @@ class DeliveryStatus(StrEnum):
     DONE = "done"
 
 
+# The rows without which an integration cannot stand at each status but done: few (the rows
+# not done), found through the dispatches_status index. The same SQL on both backends.
+ROWS_OF_STATUS = {
+    DeliveryStatus.DEAD: "status = 'dead'",
+    DeliveryStatus.RETRYING: "status = 'pending' AND attempts > 0",
+    DeliveryStatus.PENDING: "status = 'pending'",
+    DeliveryStatus.DROPPED: "status = 'dropped'",
+}
+
+
+def extensions_column(state: CallState) -> str:
+    """The extensions a call rang, was answered by or was made from, as ``,101,102,``: the
+    ``calls.extensions`` column a list filtered by extension searches."""
+    found = [leg.extension for leg in state.legs] + [a.extension for a in state.answers]
+    if state.employee:
+        found.append(state.employee)
+    return "," + ",".join(dict.fromkeys(found)) + ","
+
+
 @dataclass(frozen=True)
 class CallQuery:
     """Which stored calls to list, newest start first; every filter given must hold."""
@@ -299,6 +322,39 @@ class EffectStore(Protocol):
         ...
 
 
+class EffectTable(Protocol):
+    """A store's effect keys of every integration (what ``BoundEffects`` binds to one)."""
+
+    async def effect_get(self, integration: str, key: str) -> dict[str, Any] | None: ...
+
+    async def effect_put(self, integration: str, key: str, value: dict[str, Any]) -> bool: ...
+
+    async def effect_drop(self, integration: str, key: str) -> bool: ...
+
+    async def effect_items(
+        self, integration: str, prefix: str = ""
+    ) -> list[tuple[str, dict[str, Any]]]: ...
+
+
+class BoundEffects:
+    """``EffectStore`` for one integration over a store's ``effects`` table."""
+
+    def __init__(self, table: EffectTable, integration: str) -> None:
+        self._table, self._integration = table, integration
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        return await self._table.effect_get(self._integration, key)
+
+    async def put(self, key: str, value: dict[str, Any]) -> bool:
+        return await self._table.effect_put(self._integration, key, value)
+
+    async def drop(self, key: str) -> bool:
+        return await self._table.effect_drop(self._integration, key)
+
+    async def items(self, prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
+        return await self._table.effect_items(self._integration, prefix)
+
+
 class Store(Protocol):
     # Whether other processes may use this store at the same time (PostgreSQL). When not,
     # leases, locks, rate slots and channels work within this process only.
@@ -320,9 +376,10 @@ class Store(Protocol):
         """Keep a refused webhook for inspection (bounded: the oldest are pruned)."""
         ...
 
-    async def pending_events(self, limit: int) -> list[InboxItem]:
-        """The oldest pending inbox items; a shared store leaves out the calls whose lease
-        another process holds, so each worker is handed calls it can take."""
+    async def pending_events(self, limit: int, after_id: int = 0) -> list[InboxItem]:
+        """Up to ``limit`` pending inbox items with an id above ``after_id``, in id order; a
+        shared store leaves out the calls whose lease a process holds, so each worker is
+        handed calls it can take."""
         ...
 
     async def fail_event(self, item_id: int, error: str, *, quarantine: bool) -> None:

@@ -31,6 +31,10 @@ from connector_core.clock import Clock, SystemClock
 from connector_core.hooktime import queue_wait
 from connector_core.store import pg_migrations
 from connector_core.store.base import (
+    MAX_REJECTED,
+    PROBE_TIMEOUT,
+    ROWS_OF_STATUS,
+    BoundEffects,
     CallQuery,
     CallRow,
     DeliveryStatus,
@@ -45,8 +49,8 @@ from connector_core.store.base import (
     StoreInfo,
     StoreUnavailable,
     call_id_of,
+    extensions_column,
 )
-from connector_core.store.sqlite import _ROWS_OF_STATUS, MAX_REJECTED, PROBE_TIMEOUT, _extensions
 from connector_core.store.urls import masked_url, url_password
 
 if TYPE_CHECKING:
@@ -250,18 +254,19 @@ class PostgresStore:
         rows = await self._db.fetch(f"SELECT {_INBOX_COLUMNS} FROM inbox WHERE {where}", *args)
         return [InboxItem(r[0], r[1], r[2], json.loads(r[3]), *r[4:]) for r in rows]
 
-    async def pending_events(self, limit: int) -> list[InboxItem]:
-        """The oldest pending items of calls no process holds the lease of.
+    async def pending_events(self, limit: int, after_id: int = 0) -> list[InboxItem]:
+        """The oldest pending items above ``after_id`` of calls no process holds the lease of.
 
         Without the lease filter every worker is handed the same oldest items, takes none of
-        the calls another worker holds, and waits for its next round: more workers would
-        drain no faster than one. The lease name is ``cluster.call_lease``'s.
+        the calls another worker holds, and must page on past them (``Worker.drain``, a
+        round trip a page). The lease name is ``cluster.call_lease``'s.
         """
         return await self._inbox(
-            "status = 'pending' AND NOT EXISTS (SELECT 1 FROM leases WHERE leases.name ="
-            " 'call:' || inbox.account || '/' || coalesce(inbox.call_id, '#' || inbox.id)"
-            f" AND leases.expires_at > {_NOW}) ORDER BY id LIMIT $1",
+            "status = 'pending' AND id > $2 AND NOT EXISTS (SELECT 1 FROM leases WHERE"
+            " leases.name = 'call:' || inbox.account || '/' || coalesce(inbox.call_id, '#' ||"
+            f" inbox.id) AND leases.expires_at > {_NOW}) ORDER BY id LIMIT $1",
             limit,
+            after_id,
         )
 
     async def fail_event(self, item_id: int, error: str, *, quarantine: bool) -> None:
@@ -339,7 +344,7 @@ class PostgresStore:
                     state.last_received_at,
                     state.started_at if state.started_at is not None else state.last_received_at,
                     state.client_number,
-                    _extensions(state),
+                    extensions_column(state),
                 )
             if item_id is not None:
                 await conn.execute(
@@ -481,8 +486,8 @@ class PostgresStore:
 
     # -- effects ----------------------------------------------------------------------------
 
-    def effects(self, integration: str) -> PostgresEffects:
-        return PostgresEffects(self, integration)
+    def effects(self, integration: str) -> BoundEffects:
+        return BoundEffects(self, integration)
 
     async def effect_get(self, integration: str, key: str) -> dict[str, Any] | None:
         text = await self._db.fetchval(
@@ -890,25 +895,6 @@ class PostgresStore:
         return {r[0]: StoredAuth(r[0], r[1], r[2], r[3]) for r in rows}
 
 
-class PostgresEffects:
-    """``EffectStore`` for one integration, backed by the ``effects`` table."""
-
-    def __init__(self, store: PostgresStore, integration: str) -> None:
-        self._store, self._integration = store, integration
-
-    async def get(self, key: str) -> dict[str, Any] | None:
-        return await self._store.effect_get(self._integration, key)
-
-    async def put(self, key: str, value: dict[str, Any]) -> bool:
-        return await self._store.effect_put(self._integration, key, value)
-
-    async def drop(self, key: str) -> bool:
-        return await self._store.effect_drop(self._integration, key)
-
-    async def items(self, prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
-        return await self._store.effect_items(self._integration, prefix)
-
-
 # The rows of a page of calls: $1 their accounts, $2 their call ids, pair by pair.
 _PAGE = "(account, call_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
 # An account's latest calls ($1 the account, $2 how many), their states as JSON.
@@ -974,11 +960,11 @@ def _status_filter(status: DeliveryStatus | None, integration: str | None, arg: 
     """The calls where an integration (any, or ``integration``) stands at ``status``: as the
     SQLite store finds them (see ``sqlite._status_filter``)."""
     only = f" AND integration = {arg(integration)}" if integration is not None else ""
-    if status is not None and status in _ROWS_OF_STATUS:
+    if status is not None and status in ROWS_OF_STATUS:
         return (
             "(account, call_id) IN (SELECT account, call_id FROM dispatches"
             " WHERE (account, call_id, integration) IN (SELECT account, call_id, integration"
-            f" FROM dispatches WHERE {_ROWS_OF_STATUS[status]}{only})"
+            f" FROM dispatches WHERE {ROWS_OF_STATUS[status]}{only})"
             f" GROUP BY account, call_id, integration HAVING {_STATUS_OF_GROUP} = "
             f"{arg(status.value)})"
         )

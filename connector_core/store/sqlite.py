@@ -30,6 +30,10 @@ from connector_core.callrecords import CallRecord, NewCallRecord
 from connector_core.callstate import CallState, LifecycleEvent
 from connector_core.clock import Clock, SystemClock
 from connector_core.store.base import (
+    MAX_REJECTED,
+    PROBE_TIMEOUT,
+    ROWS_OF_STATUS,
+    BoundEffects,
     CallQuery,
     CallRow,
     DeliveryStatus,
@@ -43,18 +47,16 @@ from connector_core.store.base import (
     StoreInfo,
     StoreUnavailable,
     call_id_of,
+    extensions_column,
 )
 from connector_core.store.local import LocalCoordination
 from connector_core.store.migrations import LATEST, migrate, version_of
 
 T = TypeVar("T")
 
-# Refused webhooks are kept for inspection, but a flood of garbage must not fill the disk.
-MAX_REJECTED = 10_000
 # Writes in one group commit at most: bounds how long one transaction holds the writer
 # thread (and so the reads queued behind it) under a flood of webhooks.
 MAX_WRITE_BATCH = 512
-PROBE_TIMEOUT = 5.0  # seconds: a write probe that takes longer says the store cannot write
 
 
 class SQLiteStore(LocalCoordination):
@@ -240,12 +242,12 @@ class SQLiteStore(LocalCoordination):
     def _inbox_item(row: tuple[Any, ...]) -> InboxItem:
         return InboxItem(row[0], row[1], row[2], json.loads(row[3]), *row[4:])
 
-    async def pending_events(self, limit: int) -> list[InboxItem]:
+    async def pending_events(self, limit: int, after_id: int = 0) -> list[InboxItem]:
         def select(db: sqlite3.Connection) -> list[InboxItem]:
             rows = db.execute(
                 f"SELECT {self._INBOX_COLUMNS} FROM inbox"
-                " WHERE status = 'pending' ORDER BY id LIMIT ?",
-                (limit,),
+                " WHERE status = 'pending' AND id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
             ).fetchall()
             return [self._inbox_item(r) for r in rows]
 
@@ -353,7 +355,7 @@ class SQLiteStore(LocalCoordination):
                 state.last_received_at,
                 state.started_at if state.started_at is not None else state.last_received_at,
                 state.client_number,
-                _extensions(state),
+                extensions_column(state),
             )
             if state is not None
             else None
@@ -563,8 +565,8 @@ class SQLiteStore(LocalCoordination):
 
     # -- effects ----------------------------------------------------------------------------
 
-    def effects(self, integration: str) -> SQLiteEffects:
-        return SQLiteEffects(self, integration)
+    def effects(self, integration: str) -> BoundEffects:
+        return BoundEffects(self, integration)
 
     async def effect_get(self, integration: str, key: str) -> dict[str, Any] | None:
         def select(db: sqlite3.Connection) -> str | None:
@@ -971,16 +973,6 @@ def _call_filters(query: CallQuery) -> tuple[str, list[Any]]:
     return " AND ".join(clauses), args
 
 
-# The rows without which an integration cannot stand at each status but done: few (the rows
-# not done), found through dispatches_status.
-_ROWS_OF_STATUS = {
-    DeliveryStatus.DEAD: "status = 'dead'",
-    DeliveryStatus.RETRYING: "status = 'pending' AND attempts > 0",
-    DeliveryStatus.PENDING: "status = 'pending'",
-    DeliveryStatus.DROPPED: "status = 'dropped'",
-}
-
-
 def _status_filter(status: DeliveryStatus | None, integration: str | None) -> tuple[str, list[Any]]:
     """The calls where an integration (any, or ``integration``) stands at ``status``.
 
@@ -990,11 +982,11 @@ def _status_filter(status: DeliveryStatus | None, integration: str | None) -> tu
     """
     only = " AND integration = ?" if integration is not None else ""
     named = [integration] if integration is not None else []
-    if status is not None and status in _ROWS_OF_STATUS:
+    if status is not None and status in ROWS_OF_STATUS:
         return (
             "(account, call_id) IN (SELECT account, call_id FROM dispatches"
             " WHERE (account, call_id, integration) IN (SELECT account, call_id, integration"
-            f" FROM dispatches WHERE {_ROWS_OF_STATUS[status]}{only})"
+            f" FROM dispatches WHERE {ROWS_OF_STATUS[status]}{only})"
             f" GROUP BY account, call_id, integration HAVING {_STATUS_OF_GROUP} = ?)",
             [*named, status.value],
         )
@@ -1004,14 +996,6 @@ def _status_filter(status: DeliveryStatus | None, integration: str | None) -> tu
         f" AND dispatches.call_id = calls.call_id{only}{having})",
         named,
     )
-
-
-def _extensions(state: CallState) -> str:
-    """The extensions a call rang, was answered by or was made from, as ``,101,102,``."""
-    found = [leg.extension for leg in state.legs] + [a.extension for a in state.answers]
-    if state.employee:
-        found.append(state.employee)
-    return "," + ",".join(dict.fromkeys(found)) + ","
 
 
 def _statuses(db: sqlite3.Connection, account: str, call_id: str) -> dict[str, DeliveryStatus]:
@@ -1082,25 +1066,6 @@ def _insert_records_of_row(
     ).fetchone()
     if row is not None:
         _insert_records(db, row[0], row[1], records)
-
-
-class SQLiteEffects:
-    """``EffectStore`` for one integration, backed by the ``effects`` table."""
-
-    def __init__(self, store: SQLiteStore, integration: str) -> None:
-        self._store, self._integration = store, integration
-
-    async def get(self, key: str) -> dict[str, Any] | None:
-        return await self._store.effect_get(self._integration, key)
-
-    async def put(self, key: str, value: dict[str, Any]) -> bool:
-        return await self._store.effect_put(self._integration, key, value)
-
-    async def drop(self, key: str) -> bool:
-        return await self._store.effect_drop(self._integration, key)
-
-    async def items(self, prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
-        return await self._store.effect_items(self._integration, prefix)
 
 
 def _dispatch(row: tuple[Any, ...]) -> Dispatch:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from connector_core import dispatcher as dispatch
 from connector_core.app import create_app
 from connector_core.appkeys import BOARD, DISPATCHER, INTEGRATIONS, LEASES, STORE, WORKER
 from connector_core.clock import FakeClock
@@ -86,6 +87,53 @@ async def test_the_dispatcher_leaves_a_group_another_process_holds(service) -> N
     assert await dispatcher.dispatch_due() == 1
     await dispatcher.wait_idle()
     assert any(theirs.call_id in key for key in await seen(app, "rec"))
+
+
+async def test_a_worker_looks_past_a_page_of_calls_another_process_holds(service) -> None:
+    """With several workers the oldest pending items are often another's: the worker pages
+    on to calls nobody holds instead of idling until those are done."""
+    app, client = service
+    store, worker = app[STORE], app[WORKER]
+    theirs = [scenarios.inbound_missed(call_id=f"1717171700.{i}") for i in range(3)]
+    ours = scenarios.inbound_missed(call_id="1717171700.9")
+    for call in [*theirs, ours]:
+        await send(client, call)
+    await store.take_leases([call_lease(ACCOUNT, c.call_id) for c in theirs], OTHER, 10)
+
+    # A page of 2 items holds only calls the other process has; ours is pages later.
+    processed = 0
+    while done := await worker.drain(batch=2):
+        processed += done
+    assert processed == len(ours.events)
+
+    assert await store.load_call(ACCOUNT, ours.call_id) is not None
+    assert all([await store.load_call(ACCOUNT, c.call_id) is None for c in theirs])
+    assert app[LEASES].held == set()
+
+
+async def test_a_dispatcher_leases_past_the_groups_another_process_holds(service) -> None:
+    """A scan's first groups (as many as the dispatcher has room for) held elsewhere: the
+    next chunk of due groups is leased and run."""
+    app, client = service
+    store, worker, dispatcher = app[STORE], app[WORKER], app[DISPATCHER]
+    calls = [scenarios.inbound_missed(call_id=f"1717171700.{i}") for i in range(4)]
+    for call in calls:
+        await send(client, call)
+    await worker.drain()
+    theirs, ours = calls[:2], calls[2:]
+    held = [dispatch_lease("012345/rec", ACCOUNT, c.call_id) for c in theirs]
+    await store.take_leases(held, OTHER, 10)
+    dispatch.MAX_GROUPS_PER_INTEGRATION, room = 2, dispatch.MAX_GROUPS_PER_INTEGRATION
+    try:
+        assert await dispatcher.dispatch_due() == len(ours)
+    finally:
+        dispatch.MAX_GROUPS_PER_INTEGRATION = room
+    await dispatcher.wait_idle()
+
+    journal = await seen(app, "rec")
+    assert {c.call_id for c in ours} == {
+        c.call_id for c in calls if any(c.call_id in k for k in journal)
+    }
 
 
 async def test_a_singleton_round_runs_in_one_of_two_processes_until_its_lease_lapses() -> None:

@@ -252,13 +252,15 @@ def check_usedesk(
 class Pbx(threading.Thread):
     """Sends ``stream`` in order; resends a webhook until it is acknowledged, as Sipuni does.
 
-    After the acknowledgement of a webhook whose position is in ``pauses`` it waits until the
-    test lets it go on, so a kill can land exactly there.
+    Given several URLs (ingest processes behind a load balancer) each webhook goes to the
+    next one in turn, and a webhook that got no answer to the one after. After the
+    acknowledgement of a webhook whose position is in ``pauses`` it waits until the test lets
+    it go on, so a kill can land exactly there.
     """
 
     def __init__(
         self,
-        url: str,
+        url: str | list[str],
         stream: list[dict[str, str]],
         pauses: set[int],
         *,
@@ -266,23 +268,29 @@ class Pbx(threading.Thread):
         deadline: float = 150.0,
     ) -> None:
         super().__init__(daemon=True)
-        self.url, self.stream, self.pace, self.deadline = url, stream, pace, deadline
+        self.urls = [url] if isinstance(url, str) else url
+        self.stream, self.pace, self.deadline = stream, pace, deadline
         self.gates = {p: threading.Event() for p in pauses}
         self.reached = {p: threading.Event() for p in pauses}
         self.failed_sends = 0
+        self.acknowledged: Counter[str] = Counter()  # by URL
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
             stop_at = time.monotonic() + self.deadline
             for index, params in enumerate(self.stream):
+                turn = index
                 while True:
                     assert time.monotonic() < stop_at, "the PBX gave up"
+                    url = self.urls[turn % len(self.urls)]
                     try:
-                        assert send(self.url, params) == {"success": True}
+                        assert send(url, params) == {"success": True}
+                        self.acknowledged[url] += 1
                         break
                     except (OSError, ConnectionError):
                         self.failed_sends += 1  # the service is down: try again shortly
+                        turn += 1
                         time.sleep(0.05)
                 if index in self.gates:
                     self.reached[index].set()
