@@ -34,7 +34,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -61,6 +60,7 @@ from .common import (
     get_json,
     machine,
     report,
+    stop_process,
     table,
     wait_http,
 )
@@ -140,14 +140,7 @@ token = "{TOKEN}"
         return get_json(self.url + "/readyz", timeout=30)[1].get("stats", {})
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        stop_process(self.proc)
 
 
 def machine_busy() -> tuple[float, float]:
