@@ -36,7 +36,7 @@ from connector_core.callstate import LifecycleEvent, LifecycleKind
 from connector_core.console.auth import hash_password
 from connector_core.events import SipuniEvent, parse_event
 from connector_core.simulator import scenarios
-from connector_core.store.sqlite import _extensions as extensions_column  # the store's own
+from connector_core.store.base import extensions_column  # the store's own
 
 from .common import ACCOUNT, STUB_INTEGRATION, Service, latency_summary, machine, report, table
 

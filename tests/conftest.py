@@ -8,14 +8,17 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
 import pytest
 
 from connector_core.store import pg_migrations
-from tests import pgcluster
 from tests.plugin_kit import install_test_plugins
 from tests.store_backends import StoreBackend
+
+if TYPE_CHECKING:
+    from connector_core.testing.pgcluster import PgCluster
 
 # pytester runs the contract kit against broken plugins (tests/contract); the kit itself is
 # loaded here, in the top-level conftest, so that pytest rewrites its asserts.
@@ -44,8 +47,12 @@ def _root_logging_restored() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[pgcluster.PgCluster]:
+def pg_cluster() -> Iterator[PgCluster]:
     """A PostgreSQL cluster of the test run's own; skipped without PostgreSQL, except in CI."""
+    # Imported here, not above: connector_core.testing must first be imported by pytest as
+    # the plugin below, which rewrites the contract kit's asserts.
+    from connector_core.testing import pgcluster
+
     try:
         cluster = pgcluster.start()
     except FileNotFoundError:
@@ -59,20 +66,20 @@ def pg_cluster() -> Iterator[pgcluster.PgCluster]:
 _databases = itertools.count(1)
 
 
-def _database(cluster: pgcluster.PgCluster, template: str | None = None) -> Iterator[str]:
+def _database(cluster: PgCluster, template: str | None = None) -> Iterator[str]:
     name = f"test_{os.getpid()}_{next(_databases)}"
     yield cluster.create_database(name, template)
     cluster.drop_database(name)
 
 
 @pytest.fixture
-def pg_url(pg_cluster: pgcluster.PgCluster) -> Iterator[str]:
+def pg_url(pg_cluster: PgCluster) -> Iterator[str]:
     """The URL of a new empty database, dropped after the test."""
     yield from _database(pg_cluster)
 
 
 @pytest.fixture(scope="session")
-def pg_schema(pg_cluster: pgcluster.PgCluster) -> str:
+def pg_schema(pg_cluster: PgCluster) -> str:
     """A database with the store's tables and nothing in them, made once: copying it is much
     cheaper than creating an empty database and the tables again for each test."""
     name = f"schema_{os.getpid()}"
@@ -94,7 +101,7 @@ async def _migrate(url: str) -> None:
 
 
 @pytest.fixture
-def pg_store_url(pg_cluster: pgcluster.PgCluster, pg_schema: str) -> Iterator[str]:
+def pg_store_url(pg_cluster: PgCluster, pg_schema: str) -> Iterator[str]:
     """The URL of a new database with the store's tables, empty; dropped after the test."""
     yield from _database(pg_cluster, pg_schema)
 

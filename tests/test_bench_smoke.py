@@ -111,3 +111,18 @@ def test_console_reports_server_time_per_page() -> None:
         assert {"p50_ms", "p90_ms", "max_ms"} <= set(r["pages"][page]["server"])
         assert r["pages"][page]["server"]["n"] == 5
     assert set(r["goals"]) == {"calls_page_under_100ms"}
+
+
+def test_scale_reports_drain_by_worker_count_and_ingest_against_bare() -> None:
+    r = run_bench("scale", "--generator", "python")
+    assert r["fsync"] is True and r["integration"] == "amocrm_stub"
+    assert [d["processes"] for d in r["drain_postgresql"]] == [1, 2]
+    assert [d["role"] for d in r["drain_sqlite"]] == ["worker", "all"]
+    for d in [*r["drain_postgresql"], *r["drain_sqlite"]]:
+        assert d["events"] == r["events"] and d["quarantined"] == 0 and d["dead"] == 0
+        assert {"seconds", "events_per_s", "connector_cpu_s"} <= set(d)
+    assert {"ratio_to_1"} <= set(r["drain_postgresql"][1])
+    for side in ("bare", "postgresql", "sqlite"):
+        assert r["ingest"][side]["count"] > 0 and r["ingest"][side]["failures"] == 0
+    assert set(r["ingest"]["ratio"]) == {"postgresql", "sqlite"}
+    assert set(r["limits"]) == {"drain_postgres", "drain_sqlite", "ingest"}

@@ -377,7 +377,9 @@ class Store(Protocol):
         ...
 
     async def pending_events(self, limit: int, after_id: int = 0) -> list[InboxItem]:
-        """Up to ``limit`` pending inbox items with an id above ``after_id``, in id order."""
+        """Up to ``limit`` pending inbox items with an id above ``after_id``, in id order; a
+        shared store leaves out the calls whose lease a process holds, so each worker is
+        handed calls it can take."""
         ...
 
     async def fail_event(self, item_id: int, error: str, *, quarantine: bool) -> None:
@@ -406,7 +408,8 @@ class Store(Protocol):
         ...
 
     async def due_heads(self, integration: str, now: float, limit: int) -> list[Dispatch]:
-        """The first pending row of each of ``integration``'s (call) groups, if due."""
+        """The first pending row of each of ``integration``'s (call) groups, if due; a shared
+        store leaves out the groups whose dispatch lease a process holds."""
         ...
 
     async def pending_in_group(

@@ -255,8 +255,18 @@ class PostgresStore:
         return [InboxItem(r[0], r[1], r[2], json.loads(r[3]), *r[4:]) for r in rows]
 
     async def pending_events(self, limit: int, after_id: int = 0) -> list[InboxItem]:
+        """The oldest pending items above ``after_id`` of calls no process holds the lease of.
+
+        Without the lease filter every worker is handed the same oldest items, takes none of
+        the calls another worker holds, and must page on past them (``Worker.drain``, a
+        round trip a page). The lease name is ``cluster.call_lease``'s.
+        """
         return await self._inbox(
-            "status = 'pending' AND id > $2 ORDER BY id LIMIT $1", limit, after_id
+            "status = 'pending' AND id > $2 AND NOT EXISTS (SELECT 1 FROM leases WHERE"
+            " leases.name = 'call:' || inbox.account || '/' || coalesce(inbox.call_id, '#' ||"
+            f" inbox.id) AND leases.expires_at > {_NOW}) ORDER BY id LIMIT $1",
+            limit,
+            after_id,
         )
 
     async def fail_event(self, item_id: int, error: str, *, quarantine: bool) -> None:
@@ -387,11 +397,15 @@ class PostgresStore:
         return await self._dispatches("status = 'pending' ORDER BY id LIMIT $1", limit)
 
     async def due_heads(self, integration: str, now: float, limit: int) -> list[Dispatch]:
-        """The first pending row of each of ``integration``'s calls whose turn has come."""
+        """The first pending row of each of ``integration``'s calls whose turn has come, for
+        the calls no process holds the dispatch lease of (``cluster.dispatch_lease``'s name):
+        as for ``pending_events``, each dispatcher is handed groups it can take."""
         return await self._dispatches(
             "id IN (SELECT min(id) FROM dispatches WHERE status = 'pending'"
             " AND integration = $1 GROUP BY account, call_id)"
-            " AND not_before <= $2 ORDER BY id LIMIT $3",
+            " AND not_before <= $2 AND NOT EXISTS (SELECT 1 FROM leases WHERE leases.name ="
+            " 'dispatch:' || dispatches.integration || '/' || dispatches.account || '/'"
+            f" || dispatches.call_id AND leases.expires_at > {_NOW}) ORDER BY id LIMIT $3",
             integration,
             now,
             limit,

@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 from connector_core.callstate import CallState, LifecycleEvent, LifecycleKind
+from connector_core.cluster import call_lease, dispatch_lease
 from connector_core.store import pg_migrations
 from connector_core.store.base import NewDispatch, StoreUnavailable, is_store_failure
 from connector_core.store.migrations import SchemaError
@@ -178,4 +179,47 @@ async def test_subscribers_hear_again_after_the_connection_drops_and_are_told(
         assert heard == ["", "1"]
     finally:
         await admin.close()
+        await store.close()
+
+
+# -- several workers: each is handed work it can take --------------------------------------------
+
+OTHER = "other-host:4242:beef"  # a lease holder in another process
+X = "012345/x"
+
+
+async def test_pending_events_leave_out_calls_another_process_holds(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        held = [await store.append_event("012345", {"call_id": "held.1"}, 1.0) for _ in range(3)]
+        free = await store.append_event("012345", {"call_id": "free.1"}, 2.0)
+        alone = await store.append_event("012345", {"event": "1"}, 3.0)  # no call id: by its id
+        await store.take_leases([call_lease("012345", "held.1")], OTHER, 60)
+        await store.take_leases([call_lease("012345", f"#{alone}")], OTHER, 60)
+
+        # The oldest items are the held call's: a second worker gets the next call instead.
+        assert [i.id for i in await store.pending_events(1)] == [free]
+
+        await store.release_leases(OTHER)
+        assert [i.id for i in await store.pending_events(10)] == [*held, free, alone]
+    finally:
+        await store.close()
+
+
+async def test_due_heads_leave_out_groups_another_process_holds(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        record = LifecycleEvent(kind=LifecycleKind.STARTED, id="started")
+        for call_id in ("c1", "c2"):
+            state = CallState(account="012345", call_id=call_id)
+            await store.commit_event(None, state, [NewDispatch(X, record)])
+        await store.take_leases([dispatch_lease(X, "012345", "c1")], OTHER, 60)
+
+        assert [h.call_id for h in await store.due_heads(X, now=10.0, limit=1)] == ["c2"]
+
+        await store.release_leases(OTHER)
+        assert [h.call_id for h in await store.due_heads(X, now=10.0, limit=10)] == ["c1", "c2"]
+    finally:
         await store.close()

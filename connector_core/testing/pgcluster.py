@@ -1,5 +1,5 @@
-"""A throwaway PostgreSQL cluster for the tests: Debian's binaries, a temporary directory,
-a free loopback port, stopped (and its files removed) at the end.
+"""A throwaway PostgreSQL cluster for the tests and the benchmarks: Debian's binaries, a
+temporary directory, a free loopback port, stopped (and its files removed) at the end.
 
 initdb refuses to run as root, and CI runs as root: the cluster then runs as the ``postgres``
 user the Debian package creates, or, without it, as a system user made for the purpose.
@@ -115,9 +115,13 @@ class PgCluster:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
-def start() -> PgCluster:
+def start(*, fsync: bool = False) -> PgCluster:
     """Make and start a cluster; raises ``FileNotFoundError(NOT_INSTALLED)`` without the
-    binaries."""
+    binaries.
+
+    ``fsync`` off (the tests): a cluster that does not survive a power cut is fine there, and
+    much faster. A benchmark turns it on, so a commit costs what it costs in production.
+    """
     where = bindir()
     if where is None:
         raise FileNotFoundError(NOT_INSTALLED)
@@ -132,10 +136,9 @@ def start() -> PgCluster:
             "initdb", "-D", str(cluster.data), "-A", "trust", "-U", SUPERUSER,
             "-E", "UTF8", "--no-sync",
         )  # fmt: skip
-        # fsync off: a test cluster that does not survive a power cut is fine, and much faster.
         options = (
-            f"-k {root} -p {cluster.port} -c listen_addresses=127.0.0.1 -c fsync=off"
-            " -c max_connections=200"
+            f"-k {root} -p {cluster.port} -c listen_addresses=127.0.0.1"
+            f" -c fsync={'on' if fsync else 'off'} -c max_connections=200"
         )
         cluster._run(
             "pg_ctl", "-D", str(cluster.data), "-l", str(root / "log"), "-w", "-t", "60",
