@@ -97,6 +97,12 @@ def _where(url: str) -> str:
     return f"{parts.hostname or 'localhost'}:{port}"
 
 
+async def _unchanged(_conn: asyncpg.Connection) -> None:
+    """The work pool's reset: none. Its connections never change their session (no SET, no
+    LISTEN, no session lock: those live on the listening connection and the lock pool), and
+    asyncpg's default reset is a round trip to the server on every release."""
+
+
 class PostgresStore:
     """``Store`` on PostgreSQL (see the module doc)."""
 
@@ -157,7 +163,7 @@ class PostgresStore:
             await conn.close()
         try:
             self._pool = await asyncpg.create_pool(
-                self.url, min_size=self._min_size, max_size=self._max_size
+                self.url, min_size=self._min_size, max_size=self._max_size, reset=_unchanged
             )
             self._lock_pool = await asyncpg.create_pool(
                 self.url, min_size=0, max_size=self._max_size
