@@ -194,12 +194,3 @@ def exclusive_worker(database: Path) -> Iterator[None]:
         yield
     finally:
         handle.close()
-
-
-async def announce(store: Store, channel: str, payload: str = "") -> None:
-    """Publish on ``channel``; a failure is logged, never raised: the work it announces is
-    stored already, and the listeners' polls find it anyway."""
-    try:
-        await store.publish(channel, payload)
-    except Exception as exc:
-        log.warning("could not announce on channel %s: %s", channel, exc)

@@ -19,10 +19,9 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from connector_core.appkeys import ACCOUNTS, CLOCK, CONFIG, METRICS, STORE, AccountRuntime
-from connector_core.cluster import announce
 from connector_core.events import CALL_ID, EventError, Probe, UnknownEvent, parse_event
 from connector_core.logcontext import call_context
-from connector_core.store.base import INBOX_CHANNEL, is_store_failure
+from connector_core.store.base import is_store_failure
 
 log = logging.getLogger(__name__)
 
@@ -177,9 +176,8 @@ async def sipuni_webhook(request: web.Request) -> web.Response:
             reason = f"{type(exc).__name__}: {exc}"
             log.error("webhook not stored (%s); the PBX sends it again", reason)
         return _reply(503, "the event could not be stored; send it again later")
+    # The store announced it on INBOX_CHANNEL: the worker may be in another process.
     app[METRICS].events_received.labels(account.number, str(parsed.event)).inc()
-    # The worker that processes it may be in another process.
-    await announce(store, INBOX_CHANNEL)
     return _reply()
 
 

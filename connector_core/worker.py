@@ -19,7 +19,7 @@ from collections.abc import Callable
 from connector_core import router, tracker
 from connector_core.callstate import CallState
 from connector_core.clock import Clock
-from connector_core.cluster import Leases, announce, call_lease
+from connector_core.cluster import Leases, call_lease
 from connector_core.errors import describe_error
 from connector_core.events import EventError, SipuniEvent, parse_event
 from connector_core.hooks import PluginHost
@@ -27,7 +27,6 @@ from connector_core.ingest import loggable_call_id
 from connector_core.integrations import Integration
 from connector_core.logcontext import call_context
 from connector_core.store.base import (
-    DISPATCH_CHANNEL,
     InboxItem,
     Store,
     call_id_of,
@@ -246,9 +245,8 @@ class Worker:
         await self.store.commit_event(item_id, state, dispatches, routed.decisions)
         self.on_call(state, [d.key for d in dispatches])
         if dispatches:
+            # The store announced them on DISPATCH_CHANNEL too, for other processes.
             self.on_dispatches()
-            # The dispatcher that runs them may be in another process.
-            await announce(self.store, DISPATCH_CHANNEL)
 
     async def expire_idle(self, batch: int = 500) -> int:
         """Finish calls whose final hang-up never came; returns how many were looked at.

@@ -367,7 +367,8 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     async def append_event(self, account: str, params: dict[str, Any], received_at: float) -> int:
-        """Durably store one accepted webhook; returns its inbox id."""
+        """Durably store one accepted webhook and announce it on ``INBOX_CHANNEL`` (on a
+        shared store, in the same transaction); returns its inbox id."""
         ...
 
     async def record_rejected(
@@ -400,7 +401,9 @@ class Store(Protocol):
         records: Sequence[NewCallRecord] = (),
     ) -> None:
         """Atomically save ``state``, mark inbox item ``item_id`` done, add ``dispatches``
-        and the call's ``records`` (a routing record only when it differs from the last)."""
+        and the call's ``records`` (a routing record only when it differs from the last);
+        with ``dispatches``, announce them on ``DISPATCH_CHANNEL`` (on a shared store, at
+        the same COMMIT)."""
         ...
 
     async def idle_open_calls(self, idle_before: float, limit: int) -> list[CallState]:

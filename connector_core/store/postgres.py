@@ -31,6 +31,8 @@ from connector_core.clock import Clock, SystemClock
 from connector_core.hooktime import queue_wait
 from connector_core.store import pg_migrations
 from connector_core.store.base import (
+    DISPATCH_CHANNEL,
+    INBOX_CHANNEL,
     MAX_REJECTED,
     PROBE_TIMEOUT,
     ROWS_OF_STATUS,
@@ -219,10 +221,13 @@ class PostgresStore:
     # -- inbox ------------------------------------------------------------------------------
 
     async def append_event(self, account: str, params: dict[str, Any], received_at: float) -> int:
+        # Stored and announced in one statement: one round trip per webhook, and the workers
+        # are woken when (and only if) the row is committed.
         return int(
             await self._db.fetchval(
-                "INSERT INTO inbox (account, call_id, received_at, params)"
-                " VALUES ($1, $2, $3, $4) RETURNING id",
+                "WITH row AS (INSERT INTO inbox (account, call_id, received_at, params)"
+                " VALUES ($1, $2, $3, $4) RETURNING id)"
+                f" SELECT id FROM row, pg_notify('{CHANNEL_PREFIX}{INBOX_CHANNEL}', '')",
                 account,
                 call_id_of(params),
                 received_at,
@@ -379,6 +384,10 @@ class PostgresStore:
                             )
                             for d in dispatches
                         ],
+                    )
+                    # Delivered at COMMIT: the dispatchers wake for rows they can see.
+                    await conn.execute(
+                        "SELECT pg_notify($1, '')", CHANNEL_PREFIX + DISPATCH_CHANNEL
                     )
                 await _insert_records(conn, state.account, state.call_id, records)
 

@@ -30,6 +30,8 @@ from connector_core.callrecords import CallRecord, NewCallRecord
 from connector_core.callstate import CallState, LifecycleEvent
 from connector_core.clock import Clock, SystemClock
 from connector_core.store.base import (
+    DISPATCH_CHANNEL,
+    INBOX_CHANNEL,
     MAX_REJECTED,
     PROBE_TIMEOUT,
     ROWS_OF_STATUS,
@@ -206,7 +208,9 @@ class SQLiteStore(LocalCoordination):
             )
             return int(cur.lastrowid or 0)
 
-        return await self._write(insert)
+        item_id = await self._write(insert)
+        await self.publish(INBOX_CHANNEL, "")
+        return item_id
 
     async def record_rejected(
         self, account: str | None, params: dict[str, Any], reason: str, received_at: float
@@ -402,6 +406,8 @@ class SQLiteStore(LocalCoordination):
                 _insert_records(db, state.account, state.call_id, records)
 
         await self._write(write)
+        if state is not None and dispatches:
+            await self.publish(DISPATCH_CHANNEL, "")
 
     async def idle_open_calls(self, idle_before: float, limit: int) -> list[CallState]:
         def select(db: sqlite3.Connection) -> list[str]:

@@ -13,7 +13,16 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from connector_core.store.base import Store, StoredAuth
+from connector_core import tracker
+from connector_core.events import parse_event
+from connector_core.simulator import scenarios
+from connector_core.store.base import (
+    DISPATCH_CHANNEL,
+    INBOX_CHANNEL,
+    NewDispatch,
+    Store,
+    StoredAuth,
+)
 from tests.store_backends import StoreBackend
 
 # A bound on waiting for something that must happen: it fails a broken store instead of
@@ -172,6 +181,43 @@ async def test_a_published_message_reaches_each_subscriber_of_its_channel(
         await listener.close()
     assert cards == ['{"agent": "101"}']
     assert inbox == []
+
+
+async def test_stored_work_is_announced_to_every_process(store_backend: StoreBackend) -> None:
+    """An appended webhook wakes the workers (INBOX_CHANNEL), a commit that adds hook calls
+    the dispatchers (DISPATCH_CHANNEL): the store says so itself, with the write."""
+    listener = store_backend.new()
+    heard: list[str] = []
+    both = asyncio.Event()
+
+    def on(channel: str):  # type: ignore[no-untyped-def]
+        def hear(_payload: str) -> None:
+            heard.append(channel)
+            if {"inbox", "dispatches"} <= set(heard):
+                both.set()
+
+        return hear
+
+    listener.subscribe(INBOX_CHANNEL, on("inbox"))
+    listener.subscribe(DISPATCH_CHANNEL, on("dispatches"))
+    await listener.open()
+    writer = store_backend.new() if listener.shared else listener
+    if writer is not listener:
+        await writer.open()
+    try:
+        call = scenarios.inbound_missed(call_id="1717171700.1")
+        await writer.append_event("012345", call.events[0], 1717171700.0)
+        state, new = tracker.apply(
+            None, parse_event(call.events[0]), account="012345", region="RU", received_at=1.0
+        )
+        await writer.commit_event(None, state, [NewDispatch("012345/rec", new[0])])
+        async with asyncio.timeout(EVENTUALLY):
+            await both.wait()
+    finally:
+        if writer is not listener:
+            await writer.close()
+        await listener.close()
+    assert heard == ["inbox", "dispatches"]
 
 
 # -- authorisation checks -----------------------------------------------------------------------
