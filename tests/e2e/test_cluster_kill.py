@@ -47,6 +47,7 @@ from tests.e2e.test_kill_loop import (
     interleave,
     shut_down,
 )
+from tests.store_backends import StoreBackend
 
 pytestmark = [
     pytest.mark.e2e,
@@ -99,8 +100,10 @@ on_duty_user = 4
 
 
 def test_postgresql_cluster_of_three_killed_at_random_loses_and_doubles_nothing(
-    tmp_path: Path, pg_url: str
+    tmp_path: Path, on_store_backend: StoreBackend
 ) -> None:
+    # The database every process's CONNECTOR_STORAGE_URL names (tests/backends.py).
+    pg_url = on_store_backend.where
     rng = random.Random(SEED)
     calls = generate_calls(CALLS, REPEAT_CALLERS, rng)
     stream = interleave(calls)

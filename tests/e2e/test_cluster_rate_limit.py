@@ -29,6 +29,7 @@ from tests.e2e.test_kill_loop import (
     send,
     shut_down,
 )
+from tests.store_backends import StoreBackend
 
 pytestmark = [
     pytest.mark.e2e,
@@ -56,8 +57,10 @@ def crm_requests(process: ServiceProcess) -> int:
 
 
 def test_postgresql_three_workers_never_exceed_the_shared_limit(
-    tmp_path: Path, pg_url: str
+    tmp_path: Path, on_store_backend: StoreBackend
 ) -> None:
+    # The database every process's CONNECTOR_STORAGE_URL names (tests/backends.py).
+    pg_url = on_store_backend.where
     calls = [
         scenarios.inbound_answered(
             client=f"7926{5550000 + i:07d}",
