@@ -53,6 +53,7 @@ from connector_core.store.base import (
     StoredAuth,
 )
 from connector_core.store.choose import make_store
+from connector_core.store.urls import masked_url
 from connector_core.supervisor import Supervisor
 from connector_core.worker import Worker
 
@@ -399,7 +400,13 @@ def run(config: Config, host: PluginHost | None = None, role: Role = Role.ALL) -
         server_log, on_error=lambda kind: metrics.http_errors.labels(kind.value).inc()
     )
     server_log.addFilter(errors)
+    store = "SQLite at " + str(config.storage.path)
+    if config.storage.url is not None:
+        store = "PostgreSQL at " + masked_url(config.storage.url.get_secret_value())
+    log.info("role %s, store: %s", role.value, store)
     for line in public_url.addresses(config):
+        if role is Role.WORKER and " webhook: " in line:
+            continue  # this process refuses webhooks: its address is not one for Sipuni
         log.info(line)
     try:
         web.run_app(

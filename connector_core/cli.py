@@ -48,8 +48,8 @@ from connector_core.simulator.sender import send_calls
 from connector_core.store import sqlite
 from connector_core.store.base import Dispatch, InboxItem, Store, StoreInfo, StoreUnavailable
 from connector_core.store.choose import NoPostgres, inspect_store, make_store
-from connector_core.store.migrations import too_new
-from connector_core.store.urls import masked_url
+from connector_core.store.migrations import SchemaError, too_new
+from connector_core.store.urls import masked_url, url_password
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
 DEFAULTS = Path(__file__).with_name("defaults.toml")
@@ -216,6 +216,11 @@ async def _check_store(config: Config, stand_in: Path) -> tuple[bool, bool]:
         reason = Redactor(config.secrets())(str(exc))
         missing = url is None or isinstance(exc, NoPostgres)
         problem = reason if missing else f"cannot connect to {where}: {reason}"
+        if not missing and url is not None and url_password(url) is None:
+            problem += (
+                "; the URL has no password: set CONNECTOR_STORAGE_URL to the whole URL with"
+                " it (it replaces storage.url)"
+            )
         print(f"error: {setting}: {problem}")
         return False, True
     line = _store_line(info, exists=url is not None or storage.path.exists())
@@ -879,7 +884,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         _print_config_errors(exc)
         return EXIT_BAD_CONFIG
-    except StoreUnavailable as exc:  # no traceback for a store that cannot be reached
+    except (StoreUnavailable, SchemaError) as exc:  # a store unreachable or too new: no traceback
         print(f"the store cannot be used: {exc}", file=sys.stderr)
         return EXIT_CHECK_FAILED
 

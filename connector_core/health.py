@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import logging
@@ -19,6 +20,7 @@ from connector_core.appkeys import (
     STORE,
     SUPERVISOR,
 )
+from connector_core.cluster import AuthMirror, Role
 from connector_core.integrations import AuthStatus
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,11 @@ async def readyz(request: web.Request) -> web.Response:
         " while it has work waiting"
         for name in stalled
     ]
+    if app[ROLE] is Role.INGEST:
+        # An ingest process runs no loops: it shows the cluster's checks as stored.
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(STATS_TIMEOUT):
+                await AuthMirror(app[STORE], app[INTEGRATIONS]).refresh()
     integrations = {
         key: {"auth": i.auth.status.value, "reason": i.auth.reason}
         for key, i in app[INTEGRATIONS].items()

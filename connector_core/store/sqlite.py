@@ -858,6 +858,8 @@ def backup(source: Path, dest: Path) -> None:
         be written.
     """
     partial = dest.with_name(f".{dest.name}.partial")
+    if not dest.parent.is_dir():
+        raise StoreUnavailable(f"cannot back up {source} to {dest}: no folder {dest.parent}")
     try:
         db = _connect_existing(source)
         try:
@@ -870,6 +872,7 @@ def backup(source: Path, dest: Path) -> None:
             db.close()
         with partial.open("rb+") as written:
             os.fsync(written.fileno())
+        partial.chmod(0o600)  # the copy holds callers' numbers: its owner's only
         os.replace(partial, dest)
     except (sqlite3.Error, OSError) as exc:
         partial.unlink(missing_ok=True)

@@ -59,7 +59,11 @@ def masked_url(url: str) -> str:
         user, _, host = netloc.rpartition("@")
         netloc = f"{user.partition(':')[0]}:{MASK}@{host}"
     query = [(k, MASK if k == "password" else v) for k, v in parse_qsl(parts.query, True)]
-    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="/*")))
+    text = urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="/*")))
+    if not netloc and url.strip().startswith(f"{parts.scheme}://"):
+        # A socket-folder URL (postgresql:///db?host=/run/...): urlunsplit drops the "//".
+        text = f"{parts.scheme}://" + text.removeprefix(f"{parts.scheme}:")
+    return text
 
 
 def _split(url: str) -> SplitResult | None:

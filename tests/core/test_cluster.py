@@ -290,6 +290,11 @@ async def test_an_ingest_process_takes_webhooks_and_runs_no_loops(
     assert ready["loops"] == {}
     assert ready["stats"]["inbox_pending"] > 0  # stored, for a worker process
     assert (await client.get("/agent/")).status == 404
+    assert ready["integrations"]["012345/rec"]["auth"] == "not_checked"
+    # A worker process of the cluster checked it: the ingest process shows that check.
+    await app[STORE].save_auth(StoredAuth("012345/rec", "auth_failed", "key refused", 100.0))
+    ready = await (await client.get("/readyz")).json()
+    assert ready["integrations"]["012345/rec"] == {"auth": "auth_failed", "reason": "key refused"}
 
 
 def test_a_second_worker_on_one_sqlite_file_is_refused(tmp_path: Path) -> None:

@@ -192,6 +192,40 @@ def test_check_names_an_unreachable_postgresql_database_without_its_password(
     assert PASSWORD not in "\n".join(out)
 
 
+def test_a_service_command_on_a_store_of_a_newer_release_says_so_in_one_line(
+    workdir: Path, capsys
+) -> None:
+    with sqlite3.connect(workdir / "connector.db") as made:
+        made.execute(f"PRAGMA user_version = {LATEST + 1}")
+    code, out, err = run(capsys, "dlq", "list", "--config", str(write_config(workdir)))
+    assert (code, out) == (EXIT_CHECK_FAILED, [])
+    assert err == (
+        f"the store cannot be used: the database is at schema version {LATEST + 1}, made by a"
+        f" newer release of connector; this release knows versions up to {LATEST}:"
+        " upgrade connector to open it\n"
+    )
+
+
+def test_check_says_where_the_password_of_a_url_without_one_goes(
+    workdir: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The set-up the docs recommend: the URL in the file, its password in the environment
+    (here forgotten in this shell)."""
+    url = f"postgresql://connector@127.0.0.1:{free_port()}/connector"
+    code, out, _ = run(capsys, "check", "--config", str(write_config(workdir, f'url = "{url}"')))
+    assert code == EXIT_CHECK_FAILED
+    assert out[1].endswith(
+        "; the URL has no password: set CONNECTOR_STORAGE_URL to the whole URL with it"
+        " (it replaces storage.url)"
+    )
+
+
+def test_a_socket_folder_url_is_shown_as_written_with_its_password_masked() -> None:
+    assert masked_url("postgresql:///connector?host=/run/postgresql&password=pw") == (
+        "postgresql:///connector?host=/run/postgresql&password=***"
+    )
+
+
 # --- connector backup -----------------------------------------------------------------------
 
 
@@ -259,6 +293,11 @@ def test_a_backup_does_not_replace_a_file_unless_forced(tmp_path: Path, capsys) 
     assert code == EXIT_OK, err
     with sqlite3.connect(tmp_path / "copy.db") as copy:
         assert copy.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    # It holds callers' numbers: readable by its owner only.
+    assert (tmp_path / "copy.db").stat().st_mode & 0o777 == 0o600
+    code, _, err = run(capsys, "backup", "no/such/folder/copy.db", "--config", str(config))
+    assert code == EXIT_CHECK_FAILED
+    assert err.endswith("no/such/folder/copy.db: no folder no/such/folder\n"), err
 
 
 def test_a_backup_of_a_missing_store_creates_nothing(tmp_path: Path, capsys) -> None:
