@@ -405,7 +405,22 @@ async def _ticket_for(
 ) -> dict[str, Any]:
     """The record of the call's ticket: ``found``'s open ticket, or a new one."""
     if found.get("ticket_id"):
-        return {**found, "ticket_new": False}
+        intent = f"intent:ticket:{call.call_id}"
+        if await integration.effects.get(intent) is None:
+            return {**found, "ticket_new": False}
+        # An earlier attempt of this call sent a create that got no answer (the process
+        # died), and the lookup, redone since, finds an open ticket: it may be the one that
+        # create made, with the call's comment as its first message. Settle the create
+        # first, or the comment would be written on it a second time.
+        made = await _made_by_earlier_attempt(
+            integration,
+            intent,
+            lambda: _ticket_made_for(integration, plan, found.get("client_id"), call.call_id),
+        )
+        if made is None:  # it never landed: the open ticket is another call's
+            return {**found, "ticket_new": False}
+        # It landed: recorded as that create's ticket (the intent says what it carried).
+        return await _create_ticket(integration, call, plan, {**found, "ticket_id": None})
     client_id = found.get("client_id")
     if client_id is None:
         # Another call from this number may have made the client since this call looked
