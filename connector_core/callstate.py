@@ -40,6 +40,13 @@ class LifecycleKind(StrEnum):
     # Proposed by the router (not the tracker) for integrations with transfer_schemes.
     REACHED_TRANSFER_SCHEME = "reached_transfer_scheme"
     FINISHED = "finished"
+    # The missed-call lifecycle, across calls of one number (``connector_core.missed``):
+    # on a missed call when the number had open missed calls already;
+    MISSED_AGAIN = "missed_again"
+    # on the call that answered the number's open missed calls;
+    CALLED_BACK = "called_back"
+    # on the first open missed call of a number nobody called back within the SLA.
+    MISSED_OVERDUE = "missed_overdue"
 
     @property
     def hook(self) -> str:
@@ -116,6 +123,43 @@ class Hangup(BaseModel):
     extension: str | None
 
 
+class MissedCall(BaseModel):
+    """An inbound call nobody answered, as the missed-call lifecycle remembers it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    call_id: str
+    started_at: int  # when the client's call began (Sipuni's time)
+    extensions: tuple[str, ...] = ()  # the employees' phones that rang, in ring order
+
+
+class Callback(BaseModel):
+    """A call that answered a number's open missed calls.
+
+    An outbound call the client answered, or an inbound call from the number that an
+    employee answered, within the callback window of the first open missed call.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    missed: tuple[MissedCall, ...]  # the missed calls it answers, oldest first; never empty
+    by_extension: str | None  # the employee who called back (or answered the client)
+    direction: Direction
+    answered_at: int
+    after_seconds: int  # from the first missed call's start to ``answered_at``
+    talk_seconds: int
+
+
+class Overdue(BaseModel):
+    """A number's open missed calls that nobody called back within the SLA."""
+
+    model_config = ConfigDict(frozen=True)
+
+    missed: tuple[MissedCall, ...]  # the open missed calls, oldest first; never empty
+    sla_seconds: int
+    waited_seconds: int  # from the first missed call's start to when this was noticed
+
+
 class LifecycleEvent(BaseModel):
     """Something that happened to a call, emitted exactly once per call: a typed record.
 
@@ -133,6 +177,9 @@ class LifecycleEvent(BaseModel):
     extension: str | None = None  # answered: who answered first
     transfer: Transfer | None = None
     scheme: SchemeVisit | None = None
+    earlier: tuple[MissedCall, ...] | None = None  # missed_again: the open missed calls before
+    callback: Callback | None = None
+    overdue: Overdue | None = None
 
     @model_validator(mode="after")
     def _has_its_payload(self) -> Self:
@@ -140,14 +187,28 @@ class LifecycleEvent(BaseModel):
             raise ValueError(f"lifecycle record {self.id!r} ({self.kind}) has no transfer")
         if self.kind in _SCHEME_KINDS and self.scheme is None:
             raise ValueError(f"lifecycle record {self.id!r} ({self.kind}) has no scheme")
+        if self.kind is LifecycleKind.MISSED_AGAIN and not self.earlier:
+            raise ValueError(f"lifecycle record {self.id!r} ({self.kind}) has no earlier calls")
+        if self.kind is LifecycleKind.CALLED_BACK and self.callback is None:
+            raise ValueError(f"lifecycle record {self.id!r} ({self.kind}) has no callback")
+        if self.kind is LifecycleKind.MISSED_OVERDUE and self.overdue is None:
+            raise ValueError(f"lifecycle record {self.id!r} ({self.kind}) has no overdue")
         return self
 
-    def hook_arguments(self) -> dict[str, Transfer | SchemeVisit]:
+    def hook_arguments(
+        self,
+    ) -> dict[str, Transfer | SchemeVisit | tuple[MissedCall, ...] | Callback | Overdue]:
         """The hook's arguments besides ``integration`` and ``call``, by name."""
         if self.kind is LifecycleKind.TRANSFERRED and self.transfer is not None:
             return {"transfer": self.transfer}
         if self.kind in _SCHEME_KINDS and self.scheme is not None:
             return {"scheme": self.scheme}
+        if self.kind is LifecycleKind.MISSED_AGAIN and self.earlier:
+            return {"earlier": self.earlier}
+        if self.kind is LifecycleKind.CALLED_BACK and self.callback is not None:
+            return {"callback": self.callback}
+        if self.kind is LifecycleKind.MISSED_OVERDUE and self.overdue is not None:
+            return {"overdue": self.overdue}
         return {}
 
 

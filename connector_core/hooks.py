@@ -33,9 +33,12 @@ import pluggy
 
 from connector_core import builtin_routing, hookspecs
 from connector_core.callstate import (
+    Callback,
     CallState,
     LifecycleEvent,
     LifecycleKind,
+    MissedCall,
+    Overdue,
     SchemeVisit,
     Transfer,
 )
@@ -283,6 +286,24 @@ class PluginHost:
         """``connector_call_finished`` on the plugin owning ``integration``."""
         await self.call("connector_call_finished", integration, call=call)
 
+    async def call_missed_again(
+        self, integration: Integration, call: CallState, earlier: tuple[MissedCall, ...]
+    ) -> None:
+        """``connector_call_missed_again`` on the plugin owning ``integration``."""
+        await self.call("connector_call_missed_again", integration, call=call, earlier=earlier)
+
+    async def call_called_back(
+        self, integration: Integration, call: CallState, callback: Callback
+    ) -> None:
+        """``connector_call_called_back`` on the plugin owning ``integration``."""
+        await self.call("connector_call_called_back", integration, call=call, callback=callback)
+
+    async def call_missed_overdue(
+        self, integration: Integration, call: CallState, overdue: Overdue
+    ) -> None:
+        """``connector_call_missed_overdue`` on the plugin owning ``integration``."""
+        await self.call("connector_call_missed_overdue", integration, call=call, overdue=overdue)
+
     async def call_lifecycle(
         self, integration: Integration, call: CallState, record: LifecycleEvent
     ) -> None:
@@ -300,6 +321,12 @@ class PluginHost:
                 await self.call_reached_transfer_scheme(integration, call, record.scheme)
             case LifecycleKind.FINISHED:
                 await self.call_finished(integration, call)
+            case LifecycleKind.MISSED_AGAIN if record.earlier:
+                await self.call_missed_again(integration, call, record.earlier)
+            case LifecycleKind.CALLED_BACK if record.callback is not None:
+                await self.call_called_back(integration, call, record.callback)
+            case LifecycleKind.MISSED_OVERDUE if record.overdue is not None:
+                await self.call_missed_overdue(integration, call, record.overdue)
             case _:  # LifecycleEvent's validator refuses a record without its payload
                 raise AssertionError(f"lifecycle record {record.id!r} has no payload")
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from connector_core.callstate import CallState, SchemeVisit, Transfer
+from connector_core.callstate import Callback, CallState, MissedCall, Overdue, SchemeVisit, Transfer
 from connector_core.integrations import (
     AuthResult,
     CardPart,
@@ -178,6 +178,59 @@ def connector_call_finished(integration: Integration, call: CallState) -> Awaita
 
     :param integration: the configured instance the call is routed to.
     :param call: the merged call state.
+    """
+
+
+@hookspec
+def connector_call_missed_again(
+    integration: Integration, call: CallState, earlier: tuple[MissedCall, ...]
+) -> Awaitable[None] | None:
+    """The number called and was missed again, before anybody called it back.
+
+    Called once per missed call (inbound, nobody answered) whose number already had open
+    missed calls, after that call's ``connector_call_finished``. Put it with the earlier
+    ones (one ticket for one person's missed calls) rather than treating it as new.
+
+    :param integration: the configured instance the call is routed to.
+    :param call: the new missed call, finished.
+    :param earlier: the number's open missed calls before this one, oldest first (never
+        empty); ``len(earlier) + 1`` is how many times the person has been missed.
+    """
+
+
+@hookspec
+def connector_call_called_back(
+    integration: Integration, call: CallState, callback: Callback
+) -> Awaitable[None] | None:
+    """A call reached the person whose calls were missed: the missed calls are answered.
+
+    Called once per callback, after the callback call's ``connector_call_finished``, on the
+    integrations that saw the first of the missed calls it answers (they hold its ticket),
+    whether or not they see the callback call itself. A callback is an outbound call the
+    client answered, or an inbound call from the number that an employee answered, within
+    the callback window (``[missed_calls] callback_window_hours``) of the first missed call.
+
+    :param integration: an integration that saw the first missed call.
+    :param call: the callback call, finished.
+    :param callback: the missed calls it answers (``callback.missed``, oldest first), who
+        called back (``by_extension``), when it was answered (``answered_at``), how long
+        after the first miss (``after_seconds``) and the talk time (``talk_seconds``).
+    """
+
+
+@hookspec
+def connector_call_missed_overdue(
+    integration: Integration, call: CallState, overdue: Overdue
+) -> Awaitable[None] | None:
+    """A number's missed calls have waited past the SLA with nobody calling back.
+
+    Called once per group of open missed calls, when the first of them has waited
+    ``[missed_calls] sla_minutes`` without a callback.
+
+    :param integration: the configured instance the first missed call was routed to.
+    :param call: the first open missed call of the number, finished.
+    :param overdue: the open missed calls (``overdue.missed``, oldest first), the SLA
+        (``sla_seconds``) and how long the first has waited (``waited_seconds``).
     """
 
 
