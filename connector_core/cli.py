@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Generic, Protocol, TypedDict, TypeVar
 from urllib.parse import parse_qsl
 
+import aiohttp
 from aiohttp import web
 
 from connector_core import app as service
@@ -531,9 +532,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return EXIT_BAD_CONFIG
     calls = simulated_calls(kinds, args.count, args.seed)
     url = f"{args.url.rstrip('/')}/sipuni/{args.token}"
-    sent = asyncio.run(
-        send_calls(url, calls, method=args.method, speed=args.speed, stagger=args.stagger)
-    )
+    try:
+        sent = asyncio.run(
+            send_calls(url, calls, method=args.method, speed=args.speed, stagger=args.stagger)
+        )
+    except aiohttp.ClientConnectionError as exc:
+        print(
+            f"cannot reach the service at {args.url}: {exc}; start it with `connector serve`"
+            " (or `connector demo`), or give its address with --url",
+            file=sys.stderr,
+        )
+        return EXIT_CHECK_FAILED
     refused = [s for s in sent if s.status != 200]
     print(
         f"sent {len(calls)} call(s), {len(sent)} webhook(s): "
@@ -887,6 +896,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StoreUnavailable, SchemaError) as exc:  # a store unreachable or too new: no traceback
         print(f"the store cannot be used: {exc}", file=sys.stderr)
         return EXIT_CHECK_FAILED
+    except BrokenPipeError:
+        # `connector calls | head`: the reader has what it wanted. Python would complain
+        # again when it flushes stdout at exit, so point stdout at nothing first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

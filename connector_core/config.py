@@ -607,6 +607,10 @@ def _build(
     if env.get(STORAGE_URL_ENV) and isinstance(storage, dict):
         # The database password stays out of the file; the tests run the suites on PostgreSQL.
         raw = {**raw, "storage": {**storage, "url": env[STORAGE_URL_ENV]}}
+        if problem := url_problem(env[STORAGE_URL_ENV]):
+            # The file may not even have the key: name where the bad value came from.
+            env_problems.append((("storage", "url"), f"{problem} (from {STORAGE_URL_ENV})"))
+            unresolved.append(("storage", "url"))
     context = {"base_dir": base_dir or Path.cwd()}
 
     # Pass 1: the core keys (plugin keys are split off each integration table first).

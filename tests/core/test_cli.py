@@ -720,3 +720,20 @@ def test_config_is_found_in_env_then_current_directory(
     # --config wins over both.
     config, _ = cli.load(str(local))
     assert list(config.accounts[ACCOUNT].integrations) == ["amocrm_stub"]
+
+
+def test_output_cut_short_by_a_pipe_ends_quietly() -> None:
+    """`connector schema | true` (the reader gone first): no BrokenPipeError, exit 0."""
+    import subprocess
+
+    connector = Path(sys.executable).with_name("connector")
+    reader = subprocess.run(
+        f"'{connector}' schema | true; echo ${{PIPESTATUS[0]}}",
+        shell=True,
+        executable="/bin/bash",
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert reader.stderr == ""
+    assert reader.stdout.strip() == "0"

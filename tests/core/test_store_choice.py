@@ -85,10 +85,11 @@ def test_a_url_that_names_no_postgresql_database_is_refused_without_quoting_it(
     with pytest.raises(ConfigError) as refused:
         parse(f'[storage]\nurl = "{url}"\n{ACCOUNT}')
     assert refused.value.errors == [f"storage.url: {message}"]
-    # The same from the environment variable, which takes the file's place.
+    # The same from the environment variable, which takes the file's place: the message
+    # names it, since the file may not mention storage at all.
     with pytest.raises(ConfigError) as refused:
         parse(ACCOUNT, {"CONNECTOR_STORAGE_URL": url})
-    assert refused.value.errors == [f"storage.url: {message}"]
+    assert refused.value.errors == [f"storage.url: {message} (from CONNECTOR_STORAGE_URL)"]
 
 
 def test_the_environment_variable_overrides_the_file_and_the_url_is_a_secret() -> None:

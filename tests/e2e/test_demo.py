@@ -81,3 +81,12 @@ async def test_simulate_sends_every_kind_of_call(aiohttp_server, capsys) -> None
     assert f"sent 7 call(s), {len(seen)} webhook(s): {len(seen)} acknowledged, 0 refused" in out
     assert len({e["call_id"] for e in seen}) == 7
     assert {e["event"] for e in seen} == {"1", "2", "3", "4"}
+
+
+def test_simulate_with_nothing_listening_says_so_in_one_line(capsys) -> None:
+    port = free_port()
+    code = main(["simulate", "--url", f"http://127.0.0.1:{port}", "--count", "1"])
+    assert code != 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"cannot reach the service at http://127.0.0.1:{port}: ")
+    assert "start it with `connector serve`" in err and "Traceback" not in err
