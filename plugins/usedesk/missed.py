@@ -149,9 +149,8 @@ async def missed_again(
     rt = flow.runtime(integration)
     if not rt.settings.missed_same_ticket_hours:
         return
-    ticket_id = await _ticket_of(integration, [*(m.call_id for m in earlier), call.call_id])
+    ticket_id = await _ticket_of(integration, call, [*earlier, missed_call(call)])
     if ticket_id is None:
-        _nothing(integration, call, "the missed calls have no ticket here")
         return
     phone = rt.values(call)["phone"]
     note = again_note(call, earlier, phone, rt.settings)
@@ -164,9 +163,8 @@ async def called_back(integration: Integration, call: CallState, callback: Callb
     and status (``callback_status``) in one update. The number's calls no longer go there."""
     rt = flow.runtime(integration)
     settings = rt.settings
-    ticket_id = await _ticket_of(integration, [m.call_id for m in callback.missed])
+    ticket_id = await _ticket_of(integration, call, callback.missed)
     if ticket_id is None:
-        _nothing(integration, call, "the missed calls have no ticket here")
         return
     agents = await rt.agents()
     ext = callback.by_extension
@@ -212,9 +210,8 @@ async def missed_overdue(integration: Integration, call: CallState, overdue: Ove
     the missed ticket, and a card for the on-duty agent (``overdue_card``)."""
     rt = flow.runtime(integration)
     settings = rt.settings
-    ticket_id = await _ticket_of(integration, [m.call_id for m in overdue.missed])
+    ticket_id = await _ticket_of(integration, call, overdue.missed)
     if ticket_id is None:
-        _nothing(integration, call, "the missed calls have no ticket here")
         return
     key = f"overdue:{call.call_id}:update"
     if await integration.effects.get(key) is None and (
@@ -240,18 +237,24 @@ async def missed_overdue(integration: Integration, call: CallState, overdue: Ove
 # -- steps -----------------------------------------------------------------------------------
 
 
-async def _ticket_of(integration: Integration, call_ids: Sequence[str]) -> int | None:
-    """The ticket of the first of the calls this integration wrote (``call:<call_id>``)."""
-    for call_id in call_ids:
-        record = await integration.effects.get(f"call:{call_id}")
+def missed_call(call: CallState) -> MissedCall:
+    """``call`` as the missed-call lifecycle names it."""
+    return MissedCall(call_id=call.call_id, started_at=call.started_at or 0)
+
+
+async def _ticket_of(
+    integration: Integration, call: CallState, missed: Sequence[MissedCall]
+) -> int | None:
+    """The ticket of the first of the missed calls this integration wrote (``call:<id>``);
+    ``None``, said in the trace, when it wrote none (they were outside its schemes)."""
+    for one in missed:
+        record = await integration.effects.get(f"call:{one.call_id}")
         if record is not None and record.get("ticket_id"):
             return int(record["ticket_id"])
-    return None
-
-
-def _nothing(integration: Integration, call: CallState, why: str) -> None:
+    why = "the missed calls have no ticket here"
     log.info("%s: call %s: nothing to write: %s", integration.key, call.call_id, why)
     integration.report(Decision("nothing written", why))
+    return None
 
 
 async def _note(
