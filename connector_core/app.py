@@ -246,6 +246,9 @@ async def _integrations_ctx(app: web.Application) -> AsyncIterator[None]:
     sinks: list[Sink] = [ChannelSink(store, board), *host.notification_sinks()]
     notifier = Notifier(host, {a.number: a.integrations for a in accounts}, sinks)
     app[BOARD], app[NOTIFIER] = board, notifier
+    for integration in by_key.values():
+        if integration.routing.notifications:
+            integration.notify = notifier.notice
     app[WORKER] = Worker(
         store,
         host,

@@ -27,6 +27,7 @@ from connector_core.callrecords import (
 from connector_core.hooktime import queue_wait
 
 if TYPE_CHECKING:
+    from connector_core.callstate import CallState
     from connector_core.store.base import EffectStore
 
 
@@ -127,6 +128,21 @@ class CardPart:
     title: str
     lines: list[str] = field(default_factory=list)
     links: list[tuple[str, str]] = field(default_factory=list)  # (label, url)
+
+
+class CardNotice(Protocol):
+    """``integration.notify(extension, call, part, state)``: a card on an extension's agent
+    page (and every notification sink) from any hook, not only while the phone rings: a
+    reminder such as an overdue missed call. The service sets it for integrations with
+    ``notifications = true``; elsewhere it shows nothing."""
+
+    async def __call__(
+        self, extension: str, call: CallState, part: CardPart, state: str
+    ) -> None: ...
+
+
+async def _nowhere(extension: str, call: CallState, part: CardPart, state: str) -> None:
+    return None
 
 
 class KeyedLocks:
@@ -258,6 +274,7 @@ class Integration(Generic[SettingsT, RuntimeT]):
     # Rate windows shared by every process on the store; ``None`` when this process is the
     # only one (SQLite), where the plugin's own limiter is the whole budget.
     shared_rate: SharedRate | None = None
+    notify: CardNotice = _nowhere
 
     @property
     def key(self) -> str:

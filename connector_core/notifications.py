@@ -180,6 +180,21 @@ class Notifier:
         results = await asyncio.gather(*(one(i) for i in wanted))
         return [asdict(part) for part in results if part is not None]
 
+    async def notice(self, extension: str, call: CallState, part: CardPart, state: str) -> None:
+        """A plugin's card outside the ring (``integration.notify``): ``part`` alone, complete,
+        kept on the extension's page until its next card replaces it."""
+        card = {
+            "call_id": call.call_id,
+            "extension": extension,
+            "caller": call.client_number or call.client_number_raw,
+            "direction": call.direction.value,
+            "state": state,
+            "answered_by": None,
+            "parts": [asdict(part)],
+            "complete": True,
+        }
+        await self._deliver(call.account, extension, card)
+
     async def _deliver(self, account: str, extension: str, card: dict[str, Any]) -> None:
         for sink in self.sinks:
             try:

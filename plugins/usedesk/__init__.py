@@ -4,13 +4,16 @@ On ring: the client and its open ticket are found by the caller's number, so the
 card can show them. A missing ticket (and client) is created on ring, on answer (with its
 owner) or at the end (with owner and comment), per ``ticket_created_on``. On hang-up: the
 ticket gets its owner and one private comment with the call's details and recording link.
-See docs/usedesk.md for every setting.
+Missed calls: a repeat and the callback go to the first miss's ticket, which records the
+callback (and may change owner and status) or, past the SLA, gets a tag and a higher
+priority (``missed.py``). See docs/usedesk.md for every setting.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from connector_core.callstate import Callback, MissedCall, Overdue
 from connector_core.plugin import (
     AuthError,
     AuthResult,
@@ -29,7 +32,7 @@ from connector_core.plugin import (
     hookimpl,
 )
 
-from . import check, flow, setup
+from . import check, flow, missed, setup
 from .settings import UsedeskSettings
 
 NAME = "usedesk"
@@ -92,6 +95,27 @@ async def connector_call_reached_transfer_scheme(
 @hookimpl
 async def connector_call_finished(integration: Usedesk, call: CallState) -> None:
     await flow.finish(integration, call)
+
+
+@hookimpl
+async def connector_call_missed_again(
+    integration: Usedesk, call: CallState, earlier: tuple[MissedCall, ...]
+) -> None:
+    await missed.missed_again(integration, call, earlier)
+
+
+@hookimpl
+async def connector_call_called_back(
+    integration: Usedesk, call: CallState, callback: Callback
+) -> None:
+    await missed.called_back(integration, call, callback)
+
+
+@hookimpl
+async def connector_call_missed_overdue(
+    integration: Usedesk, call: CallState, overdue: Overdue
+) -> None:
+    await missed.missed_overdue(integration, call, overdue)
 
 
 @hookimpl

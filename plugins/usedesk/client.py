@@ -90,6 +90,7 @@ DEFAULT_BASE_URL: Final = "https://api.usedesk.ru"
 SHARED_WINDOW_MARGIN: Final = 1.0
 
 TICKET_TYPES: Final = frozenset({"question", "task", "problem", "incident"})
+TICKET_PRIORITIES: Final = frozenset({"low", "medium", "urgent", "extreme"})
 PHONE_TYPES: Final = frozenset({"home", "mobile", "stationary", "fax", "other"})
 USER_TYPES: Final = ("employee", "admin", "support")
 COMMENT_TYPES: Final = frozenset({"public", "private"})
@@ -680,6 +681,7 @@ class UsedeskClient:
         status: int | None = None,
         tag: str | Sequence[str] | None = None,
         type: str | None = None,
+        priority: str | None = None,
         silent: bool = True,
     ) -> None:
         """``/update/ticket``: change only the fields given.
@@ -698,6 +700,8 @@ class UsedeskClient:
             body["tag"] = _clean_text(tags, "tag string")
         if type is not None:
             body["type"] = _check_choice(type, TICKET_TYPES, "ticket type")
+        if priority is not None:
+            body["priority"] = _check_choice(priority, TICKET_PRIORITIES, "ticket priority")
         if len(body) == 1:
             log.debug("Usedesk update/ticket %s skipped: nothing to change", ticket_id)
             return

@@ -3,7 +3,8 @@
 Every step is recorded in the integration's effect store before the next one, under keys
 ``phone:<E.164>:client@<account>`` (``hidden_client:<name>@<account>`` for the client that calls
 without a usable number go to), ``call:<call_id>``, ``assigned:<call_id>``,
-``ticket_owner:<ticket_id>``, ``comment:<call_id>``; a hook
+``ticket_owner:<ticket_id>``, ``comment:<call_id>``, and ``phone:<E.164>:missed@<account>`` for
+the number's open missed-call ticket (``missed.py``); a hook
 that runs again (a retry, a redelivery, a restart) finds the step done and goes on from
 there. Find-or-create for one phone number holds that number's lock, so two calls from one
 new number make one client.
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from connector_core import templates
-from connector_core.callstate import CallState, Outcome
+from connector_core.callstate import CallState, Direction, Outcome
 from connector_core.integrations import CardPart, Integration
 from connector_core.phones import digits_only
 from connector_core.plugin import Budget, CrmError, Decision, RetryLater, TransientError
@@ -240,7 +241,9 @@ async def lookup(integration: Integration, call: CallState) -> dict[str, Any]:
     async with integration.locks(_lock_name(plan)):
         record = await effects.get(key)  # looked up meanwhile by a concurrent run of this call
         if record is None:
-            record = await _healing(integration, call, plan, lambda: _look_up(integration, plan))
+            record = await _open_missed_ticket(integration, call, plan) or await _healing(
+                integration, call, plan, lambda: _look_up(integration, plan)
+            )
             await effects.put(key, record)
             _report_lookup(integration, record)
     return record
@@ -304,6 +307,66 @@ async def _record_steps_done(
     if record.get("comment_in_ticket"):
         done = {"id": None, "ticket_id": ticket_id, "first_message": True}
         await effects.put(f"comment:{call.call_id}", done)
+
+
+def missed_key(integration: Integration, phone: str) -> str:
+    """The effect key of the number's open missed-call ticket: the ticket of its first missed
+    call, while its calls go there (``missed_same_ticket_hours``)."""
+    return f"phone:{phone}:missed@{runtime(integration).client.account}"
+
+
+async def _open_missed_ticket(
+    integration: Integration, call: CallState, plan: Plan
+) -> dict[str, Any] | None:
+    """The lookup's record when the number has an open missed-call ticket: every call of the
+    number goes there (one ticket for one person's missed calls and the callback), even with
+    ``always_new_ticket``. A ticket past ``missed_same_ticket_hours``, gone from Usedesk or no
+    longer in ``search_statuses`` is forgotten: the call is looked up as usual."""
+    rt = runtime(integration)
+    hours = rt.settings.missed_same_ticket_hours
+    if not isinstance(plan, scenario.Lookup) or not hours:
+        return None
+    key = missed_key(integration, plan.phone)
+    missed = await integration.effects.get(key)
+    if missed is None:
+        return None
+    ticket = None
+    if (call.started_at or 0) - int(missed.get("started_at") or 0) <= hours * 3600:
+        try:
+            ticket = await rt.client.get_ticket(int(missed["ticket_id"]))
+        except UnknownIdError:
+            ticket = None
+    if ticket is None or ticket.status_id not in rt.settings.search_statuses:
+        await integration.effects.drop(key)
+        return None
+    link = await integration.effects.get(_link_key(integration, plan)) or {}
+    integration.report(
+        Decision(
+            f"ticket {ticket.id}",
+            f"the number's open missed-call ticket (call {missed.get('call_id')})",
+            link=rt.ticket_url(ticket.id),
+        )
+    )
+    found = {"client_id": ticket.client_id, "client_name": link.get("name", "")}
+    return {**found, "client_new": False, **_ticket_fields(ticket)}
+
+
+async def _remember_missed_ticket(
+    integration: Integration, call: CallState, ticket_id: int
+) -> None:
+    """A missed call's ticket becomes the number's open missed-call ticket, unless the number
+    has one already (the first missed call's stays: ``put`` writes only a new key)."""
+    settings = runtime(integration).settings
+    if (
+        settings.missed_same_ticket_hours
+        and call.client_number
+        and call.direction is Direction.INBOUND
+        and call.outcome is Outcome.MISSED
+    ):
+        await integration.effects.put(
+            missed_key(integration, call.client_number),
+            {"ticket_id": ticket_id, "call_id": call.call_id, "started_at": call.started_at},
+        )
 
 
 def client_key(integration: Integration, phone: str) -> str:
@@ -806,6 +869,7 @@ async def _finish(integration: Integration, call: CallState) -> None:
     ticket_id = record.get("ticket_id")
     if not ticket_id:
         return
+    await _remember_missed_ticket(integration, call, int(ticket_id))
     rt, effects = runtime(integration), integration.effects
     assigned = await effects.get(f"assigned:{call.call_id}") or record.get("assigned")
     if assigned is None:

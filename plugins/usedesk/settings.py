@@ -185,6 +185,39 @@ class UsedeskSettings(BaseModel):
         " found by this name, created if absent",
     )
 
+    # «Пропущенные звонки»: what the core's missed-call lifecycle does to the ticket
+    # (docs/usedesk.md). Sipuni's integration has none of these; the labels are ours.
+    missed_same_ticket_hours: int = Field(
+        24,
+        ge=0,
+        le=24 * 30,
+        description="«Повторные пропущенные — в тикет первого»: for this many hours after a"
+        " number's first missed call, its calls (missed again, the callback) go to that call's"
+        " ticket while it is open, even with always_new_ticket; 0: off",
+    )
+    callback_comment: bool = Field(
+        True, description="«Комментарий «Перезвонили»» on the missed call's ticket"
+    )
+    callback_owner: bool = Field(
+        False, description="«Ответственный — кто перезвонил»: the missed ticket's new owner"
+    )
+    callback_status: int | None = Field(
+        None, description="«Статус после перезвона»: the missed ticket's status (2 = Выполнен)"
+    )
+    # TOML has no null: an empty string turns these two off.
+    overdue_tag: str = Field(
+        "не перезвонили",
+        max_length=100,
+        pattern=r"^[^,]*$",
+        description="«Тег просроченного пропущенного»: added past the SLA; empty: no tag",
+    )
+    overdue_priority: Literal["", "low", "medium", "urgent", "extreme"] = Field(
+        "urgent", description="«Приоритет просроченного пропущенного»; empty: unchanged"
+    )
+    overdue_card: bool = Field(
+        True, description="«Карточка дежурному»: the on-duty agent's page shows the overdue call"
+    )
+
     # «Дополнительные настройки» (schemes, transfer schemes and notifications are core keys)
     phone_format: PhoneFormat = Field(
         PhoneFormat.INTERNATIONAL, description="«Формат номеров» in client cards and tickets"
@@ -208,6 +241,13 @@ class UsedeskSettings(BaseModel):
         description="how /clients is searched for a number: one LIKE pattern (123%45%67), three"
         " spellings, or auto (the pattern when the account's search takes wildcards)",
     )
+
+    @field_validator("callback_status")
+    @classmethod
+    def _callback_status(cls, value: int | None) -> int | None:
+        if value is not None and not 1 <= value <= 10:
+            raise ValueError(f"a Usedesk status id is 1-10 (2 = Solved, 3 = Closed); got {value}")
+        return value
 
     @field_validator("search_statuses")
     @classmethod

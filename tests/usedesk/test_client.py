@@ -771,6 +771,22 @@ async def test_update_ticket_with_nothing_to_change_sends_nothing(
     assert n_calls(mocked, "update/ticket") == 0
 
 
+async def test_update_ticket_sends_a_priority_and_refuses_one_usedesk_lacks(
+    client: UsedeskClient, mocked: aioresponses
+) -> None:
+    mocked.post(url("update/ticket"), payload={"status": "success"})
+    await client.update_ticket(7, priority="urgent", tag=["sipuni", "не перезвонили"])
+    assert sent(mocked, "update/ticket") == {
+        "api_token": TOKEN,
+        "ticket_id": 7,
+        "priority": "urgent",
+        "tag": "sipuni, не перезвонили",
+        "silent": True,
+    }
+    with pytest.raises(InvalidRequestError, match="ticket priority"):
+        await client.update_ticket(7, priority="high")
+
+
 async def test_update_ticket_failure_status_is_invalid(
     client: UsedeskClient, mocked: aioresponses
 ) -> None:
