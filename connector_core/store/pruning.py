@@ -79,7 +79,7 @@ PRUNE_RULES: tuple[PruneRule, ...] = (
     PruneRule(
         "effects", "effects", "integration, key", "created_at", Period.CALLS, Guard.EFFECT_KEY
     ),
-    PruneRule("calls", "calls", "account, call_id", "started_at", Period.CALLS, Guard.CALL),
+    PruneRule("calls", "calls", "account, call_id", "last_received_at", Period.CALLS, Guard.CALL),
 )
 
 # A call in progress: not finished, or one of its hook calls pending.

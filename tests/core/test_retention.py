@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,18 +83,19 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 
 def test_prune_prints_what_it_deletes_per_table(workdir: Path, capsys) -> None:
-    write_config(workdir, AMOCRM)
-    # The scenario's call started in 2024 (its events' own time): older than 30 days now.
+    # Calls kept 0.1 s: the call replayed is old by the time prune runs.
+    write_config(workdir, AMOCRM, head=f"[retention]\ncalls_days = {0.1 / DAY}")
     lines = [
         json.dumps({"account": "012345", "params": p}) for p in scenarios.inbound_missed().events
     ]
     (workdir / "calls.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     assert run(capsys, "replay", "calls.jsonl")[0] == 0
+    time.sleep(0.2)
 
     code, out, _ = run(capsys, "prune", "--dry-run")
     assert code == 0
     assert out.splitlines()[:2] == [
-        "retention: calls 30 days, inbox 7 days, 500 rows per batch",
+        f"retention: calls {0.1 / DAY:g} days, inbox 7 days, 500 rows per batch",
         "would delete (rows per table):",
     ]
     assert "  calls              1" in out.splitlines()
