@@ -16,7 +16,7 @@ from contextlib import AbstractAsyncContextManager
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from connector_core import agent_stream, callrecords, cluster, health, ingest, public_url
+from connector_core import agent_stream, callrecords, cluster, health, ingest, pruner, public_url
 from connector_core.appkeys import (
     ACCOUNTS,
     BOARD,
@@ -352,6 +352,23 @@ async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
         interval=AUTH_CHECK_INTERVAL,
         has_work=lambda stats: bool(app[INTEGRATIONS]),
     )
+    retention = app[CONFIG].retention
+    if retention.enabled:
+        pruned = app[METRICS].pruned_rows
+        supervisor.add(
+            "prune",
+            cluster.singleton(
+                leases,
+                pruner.PRUNE_SINGLETON,
+                pruner.prune_round(
+                    app[STORE],
+                    retention,
+                    app[CLOCK],
+                    lambda table, rows: pruned.labels(table).inc(rows),
+                ),
+            ),
+            interval=retention.interval_minutes * 60,
+        )
     for name in supervisor.loops:  # each loop's error count exists, at 0, from the start
         app[METRICS].loop_errors.labels(name)
     supervisor.start()

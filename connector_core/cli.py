@@ -24,7 +24,7 @@ import aiohttp
 from aiohttp import web
 
 from connector_core import app as service
-from connector_core import calls_cli, demo, forget, init_config, settings_check
+from connector_core import calls_cli, demo, forget, init_config, prune_cli, settings_check
 from connector_core.appkeys import CLOCK, DISPATCHER, HOST, INTEGRATIONS, STORE, WORKER
 from connector_core.clock import Clock, SystemClock
 from connector_core.cluster import Role, WorkerLocked
@@ -744,6 +744,14 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return asyncio.run(_with_store(config, lambda store: calls_cli.trace(store, args)))
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Delete what has outlived ``[retention]`` now (:mod:`connector_core.prune_cli`)."""
+    config, _ = load(args.config)
+    return asyncio.run(
+        _with_store(config, lambda store: prune_cli.run(store, config.retention, args))
+    )
+
+
 def parse_since(text: str, now: float) -> float:
     """``2h``, ``30m``, ``90s``, ``3d`` ago, or an ISO date/time (UTC unless it says)."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -873,6 +881,14 @@ def build_parser() -> argparse.ArgumentParser:
         "one call: Sipuni's webhooks, the routing, each hook call, CRM request and decision",
     )
     calls_cli.add_trace_arguments(p)
+    p.add_argument("--config", help=config_help)
+    p = command(
+        "prune",
+        cmd_prune,
+        "delete now what has outlived [retention] (finished calls, processed webhooks…),"
+        " in small batches while the service runs; prints the rows deleted per table",
+    )
+    prune_cli.add_arguments(p)
     p.add_argument("--config", help=config_help)
     p = command(
         "console-password",

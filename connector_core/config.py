@@ -308,6 +308,49 @@ class ClusterConfig(_Strict):
     )
 
 
+def _positive_days(value: float) -> float:
+    if value <= 0:
+        raise _error(
+            "retention_days",
+            f"must be more than 0 days, not {value:g}; to keep everything for ever,"
+            " set [retention] enabled = false",
+        )
+    return value
+
+
+RetentionDays = Annotated[float, AfterValidator(_positive_days)]
+
+
+class RetentionConfig(_Strict):
+    """``[retention]``: how long finished work is kept before it is deleted
+    (docs/retention.md)."""
+
+    enabled: bool = Field(
+        True, description="Off: nothing is ever deleted (the store grows with every call)."
+    )
+    calls_days: RetentionDays = Field(
+        30,
+        description="Finished calls (state, records, trace), their hook calls, dead letters, "
+        "effect keys and quarantined webhooks are deleted this many days after their last "
+        "activity. A fraction of a day is allowed.",
+    )
+    inbox_days: RetentionDays = Field(
+        7,
+        description="Processed (and dropped) webhooks and refused webhooks are deleted this "
+        "many days after they arrived.",
+    )
+    interval_minutes: float = Field(10, gt=0, description="How often the background pruning runs.")
+    batch_size: int = Field(
+        500,
+        ge=1,
+        le=10_000,
+        description="Rows deleted per transaction: small, so webhooks never wait long.",
+    )
+    batch_pause_seconds: float = Field(
+        0.05, ge=0, description="Pause between two batches, for the service's own work."
+    )
+
+
 class LoggingConfig(_Strict):
     """``[logging]``."""
 
@@ -400,6 +443,7 @@ class ConfigFile(_Strict):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     console: ConsoleConfig = Field(default_factory=ConsoleConfig)
     accounts: Annotated[dict[AccountNumber, AccountTable], AfterValidator(_check_accounts)] = Field(
@@ -448,6 +492,7 @@ class Config(_Strict):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     console: ConsoleConfig = Field(default_factory=ConsoleConfig)
     accounts: dict[str, AccountConfig]
@@ -679,6 +724,7 @@ def _build(
         storage=file.storage,
         tracker=file.tracker,
         cluster=file.cluster,
+        retention=file.retention,
         logging=file.logging,
         console=file.console,
         accounts=accounts,

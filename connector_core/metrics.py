@@ -69,6 +69,12 @@ class Metrics:
             ["plugin", "hook"],
             registry=r,
         )
+        self.pruned_rows = Counter(
+            "connector_pruned_rows",
+            "Rows deleted by retention, by kind (docs/retention.md)",
+            ["table"],
+            registry=r,
+        )
         self.breaker_open = Gauge(
             "connector_circuit_open",
             "1 while an integration's circuit breaker is open",

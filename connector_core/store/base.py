@@ -31,6 +31,7 @@ from connector_core import tracker
 from connector_core.callrecords import CallRecord, NewCallRecord
 from connector_core.callstate import CallState, LifecycleEvent, LifecycleKind
 from connector_core.errors import InvalidRequestError
+from connector_core.store.pruning import PruneRule
 
 # Refused webhooks are kept for inspection, but a flood of garbage must not fill the disk.
 MAX_REJECTED = 10_000
@@ -531,6 +532,18 @@ class Store(Protocol):
 
     async def recent_use(self, account: str, limit: int) -> RecentUse:
         """Extensions and schemes of the latest ``limit`` calls of ``account``."""
+        ...
+
+    # -- retention (``connector_core.pruner``) -------------------------------------------------
+
+    async def prune_batch(self, rule: PruneRule, cutoff: float, limit: int) -> int:
+        """Delete up to ``limit`` rows of ``rule`` dated before ``cutoff``, oldest first, in one
+        short transaction (never pending work, nothing of a call in progress); returns how
+        many."""
+        ...
+
+    async def count_prunable(self, rule: PruneRule, cutoff: float) -> int:
+        """How many rows ``prune_batch`` would delete for ``rule`` and ``cutoff``, in all."""
         ...
 
     # -- coordination of several processes (``connector_core.cluster``) ----------------------

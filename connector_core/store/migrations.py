@@ -159,6 +159,18 @@ CREATE INDEX IF NOT EXISTS dispatches_call
 CREATE INDEX IF NOT EXISTS dispatches_status ON dispatches(status, account, call_id)
 """,
     ),
+    Step(
+        6,
+        "retention deletes rows by age, oldest first: the tables it prunes are indexed by the"
+        " column that dates their rows (a call: its last webhook, on the service's clock)",
+        """
+CREATE INDEX IF NOT EXISTS inbox_received ON inbox(received_at);
+CREATE INDEX IF NOT EXISTS dispatches_created ON dispatches(created_at);
+CREATE INDEX IF NOT EXISTS call_records_at ON call_records(at);
+CREATE INDEX IF NOT EXISTS effects_created ON effects(created_at);
+CREATE INDEX IF NOT EXISTS calls_received ON calls(last_received_at)
+""",
+    ),
 )
 LATEST = STEPS[-1].version
 

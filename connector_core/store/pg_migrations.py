@@ -134,6 +134,18 @@ CREATE TABLE auth_results (
 )
 """,
     ),
+    Step(
+        3,
+        "retention deletes rows by age, oldest first: the tables it prunes are indexed by the"
+        " column that dates their rows (a call: its last webhook, on the service's clock)",
+        """
+CREATE INDEX inbox_received ON inbox(received_at);
+CREATE INDEX dispatches_created ON dispatches(created_at);
+CREATE INDEX call_records_at ON call_records(at);
+CREATE INDEX effects_created ON effects(created_at);
+CREATE INDEX calls_received ON calls(last_received_at)
+""",
+    ),
 )
 LATEST = STEPS[-1].version
 

@@ -53,6 +53,7 @@ from connector_core.store.base import (
     call_id_of,
     extensions_column,
 )
+from connector_core.store.pruning import PruneRule, count_sql, delete_batch_sql
 from connector_core.store.urls import masked_url, url_password
 
 if TYPE_CHECKING:
@@ -219,6 +220,14 @@ class PostgresStore:
         return await inspect(self.url)
 
     # -- inbox ------------------------------------------------------------------------------
+
+    async def prune_batch(self, rule: PruneRule, cutoff: float, limit: int) -> int:
+        """One batch, one short transaction of its own."""
+        status = await self._db.execute(delete_batch_sql(rule, "$1", "$2"), cutoff, limit)
+        return int(status.split()[-1])  # "DELETE <n>"
+
+    async def count_prunable(self, rule: PruneRule, cutoff: float) -> int:
+        return int(await self._db.fetchval(count_sql(rule, "$1"), cutoff))
 
     async def append_event(self, account: str, params: dict[str, Any], received_at: float) -> int:
         # Stored and announced in one statement: one round trip per webhook, and the workers

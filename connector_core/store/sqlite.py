@@ -53,6 +53,7 @@ from connector_core.store.base import (
 )
 from connector_core.store.local import LocalCoordination
 from connector_core.store.migrations import LATEST, migrate, version_of
+from connector_core.store.pruning import PruneRule, count_sql, delete_batch_sql
 
 T = TypeVar("T")
 
@@ -90,6 +91,8 @@ class SQLiteStore(LocalCoordination):
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA busy_timeout=5000")
+            # Deleted rows (pruned numbers) are overwritten, not left readable in free pages.
+            db.execute("PRAGMA secure_delete=ON")
             migrate(db)
             return db
 
@@ -730,6 +733,17 @@ class SQLiteStore(LocalCoordination):
 
     async def info(self) -> StoreInfo:
         return _info(self.path, await self._run(version_of))
+
+    # -- retention --------------------------------------------------------------------------
+
+    async def prune_batch(self, rule: PruneRule, cutoff: float, limit: int) -> int:
+        """One batch through the group commit: a short write among the webhooks' own."""
+        sql = delete_batch_sql(rule, "?", "?")
+        return await self._write(lambda db: db.execute(sql, (cutoff, limit)).rowcount)
+
+    async def count_prunable(self, rule: PruneRule, cutoff: float) -> int:
+        sql = count_sql(rule, "?")
+        return await self._run(lambda db: int(db.execute(sql, (cutoff,)).fetchone()[0]))
 
     # -- the console's own reads -------------------------------------------------------------
 

@@ -602,6 +602,7 @@ def test_the_json_schema_describes_the_core_and_every_plugins_settings() -> None
         "storage",
         "tracker",
         "cluster",
+        "retention",
         "logging",
         "console",
         "accounts",

@@ -89,6 +89,7 @@ async def test_readyz_names_a_loop_with_work_that_completed_no_round_and_it_reco
         "dispatcher": 0,
         "expiry": 0,
         "auth": 0,
+        "prune": 0,
     }
 
     made[0].heal()  # no restart: the loop's next round gets through
