@@ -372,7 +372,8 @@ class SipuniApi:
             "sipnumber": extension,
         }
         data = self._json(await self._post("callback/call_number", params), "callback/call_number")
-        inner = data.get("data") if isinstance(data.get("data"), dict) else {}
+        nested = data.get("data")
+        inner: dict[str, Any] = nested if isinstance(nested, dict) else {}
         found = data.get("callbackId", inner.get("callbackId", inner.get("id")))
         return CallbackStarted(str(found) if found not in (None, "") else None)
 
