@@ -171,7 +171,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         for number, account in config.accounts.items():
             sipuni[number] = read = await settings_check.read_sipuni_schemes(account)
             failed += read.problem is not None
-            print(_sipuni_line(number, read))
+            if read.skipped is None:  # a skip is said where an integration names schemes
+                print(_sipuni_line(number, read))
         integrations = app[INTEGRATIONS]
         if not integrations:
             print("no enabled integrations")
@@ -207,10 +208,8 @@ def _sipuni_line(number: str, read: settings_check.SipuniSchemes) -> str:
     """What ``connector check`` says of an account's schemes in Sipuni."""
     if read.problem is not None:
         return f"error: accounts.{number}.sipuni_api_key: Sipuni's schemes: {read.problem}"
-    if read.schemes is None:
-        return f"sipuni api {number}: skipped: {read.skipped}"
-    names = ", ".join(f"«{s.name}»" for s in read.schemes) or "none"
-    return f"sipuni api {number}: ok, {len(read.schemes)} scheme(s): {names}"
+    names = ", ".join(f"«{s.name}»" for s in read.schemes or []) or "none"
+    return f"sipuni api {number}: ok, {len(read.schemes or [])} scheme(s): {names}"
 
 
 async def _check_store(config: Config, stand_in: Path) -> tuple[bool, bool]:

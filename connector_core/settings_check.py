@@ -57,21 +57,33 @@ def scheme_findings(routing: RoutingSettings, seen: list[SeenScheme]) -> list[Ch
         ]
     names = [s.name for s in seen if s.name] + [s.id for s in seen if s.id]
     known = ", ".join(_label(s) for s in seen)
-    findings = []
-    for setting, selector in entries:
-        if any(s.matches(selector) for s in seen):
-            continue
-        close = difflib.get_close_matches(selector, names, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        findings.append(
-            CheckFinding(
-                CheckLevel.WARNING,
-                f"'{selector}' is no scheme the stored calls went through{hint} (a scheme is"
-                f" named by its number or its exact name; seen: {known})",
-                setting,
-            )
+    return [
+        CheckFinding(
+            CheckLevel.WARNING,
+            f"'{selector}' is no scheme the stored calls went through"
+            f"{'; ' + _did_you_mean(close) if close else ''} (a scheme is"
+            f" named by its number or its exact name; seen: {known})",
+            setting,
         )
-    return findings
+        for setting, selector, close in _unmatched(entries, seen, names)
+    ]
+
+
+def _did_you_mean(close: str) -> str:
+    return f"did you mean '{close}'?"
+
+
+def _unmatched(
+    entries: list[tuple[str, str]],
+    schemes: Sequence[SeenScheme | SipuniScheme],
+    names: list[str],
+) -> list[tuple[str, str, str | None]]:
+    """(setting, selector, the closest of ``names``) for each entry no scheme matches."""
+    return [
+        (setting, selector, next(iter(difflib.get_close_matches(selector, names, n=1)), None))
+        for setting, selector in entries
+        if not any(s.matches(selector) for s in schemes)
+    ]
 
 
 @dataclass(frozen=True)
@@ -121,21 +133,15 @@ def sipuni_scheme_findings(
     """
     labels = ", ".join(f"«{s.name}» ({s.tree_number})" for s in sipuni) or "none"
     names = [s.name for s in sipuni]
-    findings = []
-    for setting, selector in _entries(routing):
-        if any(s.matches(selector) for s in sipuni):
-            continue
-        close = difflib.get_close_matches(selector, names, n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        findings.append(
-            CheckFinding(
-                CheckLevel.ERROR,
-                f"Sipuni has no scheme '{selector}'; {hint}Sipuni's schemes: {labels};"
-                f" to copy: {copy_line}",
-                setting,
-            )
+    return [
+        CheckFinding(
+            CheckLevel.ERROR,
+            f"Sipuni has no scheme '{selector}'; {_did_you_mean(close) + ' ' if close else ''}"
+            f"Sipuni's schemes: {labels}; to copy: {copy_line}",
+            setting,
         )
-    return findings
+        for setting, selector, close in _unmatched(_entries(routing), sipuni, names)
+    ]
 
 
 def _label(scheme: SeenScheme) -> str:
@@ -174,6 +180,8 @@ async def check_settings(
         return findings + sipuni_scheme_findings(
             integration.routing, sipuni.schemes, sipuni.copy_line
         )
+    if sipuni is not None and sipuni.skipped is not None and _entries(integration.routing):
+        findings = [*findings, CheckFinding(CheckLevel.INFO, sipuni.skipped)]
     seen = await store.seen_schemes(integration.account)
     return findings + scheme_findings(integration.routing, seen)
 

@@ -9,7 +9,7 @@ import aiohttp
 from aioresponses import aioresponses
 
 
-class _CompatResponse(aiohttp.ClientResponse):
+class CompatResponse(aiohttp.ClientResponse):
     """aiohttp 3.14 made ``stream_writer`` a required argument and aioresponses 0.7.9 does not
     pass it (pnuckowski/aioresponses#289). A finished request only reads ``output_size`` from it.
     ``setdefault`` keeps this inert once aioresponses passes a real one."""
@@ -23,5 +23,5 @@ class Mocked(aioresponses):
     """``aioresponses`` whose responses build on aiohttp 3.14."""
 
     def add(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        kwargs.setdefault("response_class", _CompatResponse)
+        kwargs.setdefault("response_class", CompatResponse)
         super().add(*args, **kwargs)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,9 @@ from connector_core import cli
 from connector_core.appkeys import STORE
 from connector_core.callstate import Direction
 from connector_core.logcontext import setup_logging
+from connector_core.simulator import scenarios
 from connector_core.simulator.sipuni_sandbox import SipuniSandbox
-from connector_core.sipuni_api import SipuniApi
+from connector_core.sipuni_api import SIPUNI_TZ, SipuniApi
 from tests.console_kit import console_section, sign_in
 from tests.harness import ACCOUNT, TOKEN, app_for, make_config, settle
 
@@ -131,9 +133,11 @@ async def test_check_without_a_key_says_the_comparison_was_skipped(
     out = capsys.readouterr().out
     assert code == 0, out
     assert (
-        "sipuni api 012345: skipped: accounts.012345.sipuni_api_key is not set, so the schemes"
-        " were not compared with Sipuni's own list"
+        "  accounts.012345.sipuni_api_key is not set, so the schemes were not compared with"
+        " Sipuni's own list"
     ) in out
+    assert "warning: accounts.012345.integrations.amocrm_stub.schemes[0]" not in out
+    assert "no stored call went through a scheme yet" in out  # the fallback comparison
 
 
 async def test_check_says_when_sipuni_refuses_the_key(
@@ -149,3 +153,31 @@ async def test_check_says_when_sipuni_refuses_the_key(
         "error: accounts.012345.sipuni_api_key: Sipuni's schemes: AuthError: Sipuni refused" in out
     )
     assert "check the account number and sipuni_api_key" in out and "0.wrong-key-000" not in out
+
+
+async def test_the_sandbox_drops_the_webhooks_it_is_told_to_and_still_lists_the_calls(
+    tmp_path: Path,
+) -> None:
+    config, host = make_config(tmp_path, STUB)
+    app = app_for(config, host)
+    sandbox = SipuniSandbox(key=KEY)
+    start = int(datetime(2024, 6, 1, 9, tzinfo=SIPUNI_TZ).timestamp())
+    calls = [
+        scenarios.inbound_answered(start=start + 60 * i, call_id=f"{start + 60 * i}.{i}")
+        for i in range(3)
+    ]
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client, sandbox.serve() as url:
+        sandbox.webhook_url = str(client.make_url(f"/sipuni/{TOKEN}"))
+        for call, delivery in zip(calls, ("all", "none", "no_final_hangup"), strict=True):
+            sandbox.play(call, delivery)  # type: ignore[arg-type]
+        await sandbox.settled()
+        await settle(app)
+        store = app[STORE]
+        delivered, dropped, unfinished = [await store.load_call(ACCOUNT, c.call_id) for c in calls]
+        async with SipuniApi(account=ACCOUNT, key=KEY, base_url=url) as api:
+            since = datetime.fromtimestamp(start, SIPUNI_TZ)
+            history = await api.calls_since(since, since + timedelta(hours=1))
+    assert delivered is not None and delivered.finished_by == "hangup"
+    assert dropped is None
+    assert unfinished is not None and unfinished.ended_at is None and unfinished.answers
+    assert [row.record_id for row in history] == [c.call_id for c in calls]
