@@ -168,6 +168,12 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     async def checks(app: web.Application) -> int:
         failed = 0
+        sipuni = {}
+        for number, account in config.accounts.items():
+            sipuni[number] = read = await settings_check.read_sipuni_schemes(account)
+            failed += read.problem is not None
+            if read.skipped is None:  # a skip is said where an integration names schemes
+                print(_sipuni_line(number, read))
         integrations = app[INTEGRATIONS]
         if not integrations:
             print("no enabled integrations")
@@ -178,7 +184,9 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"{key} [{integration.type.name}]: {result.status.value}{reason}")
             if not result.ok:
                 continue  # the settings can be compared with the CRM only once it answers
-            findings = await settings_check.check_settings(app[HOST], integration, app[STORE])
+            findings = await settings_check.check_settings(
+                app[HOST], integration, app[STORE], sipuni.get(integration.account)
+            )
             failed += any(f.level is CheckLevel.ERROR for f in findings)
             for finding in findings:
                 print(f"  {settings_check.describe(integration, finding)}")
@@ -195,6 +203,14 @@ def cmd_check(args: argparse.Namespace) -> int:
             return code if store_ok else EXIT_CHECK_FAILED
 
     return asyncio.run(run())
+
+
+def _sipuni_line(number: str, read: settings_check.SipuniSchemes) -> str:
+    """What ``connector check`` says of an account's schemes in Sipuni."""
+    if read.problem is not None:
+        return f"error: accounts.{number}.sipuni_api_key: Sipuni's schemes: {read.problem}"
+    names = ", ".join(f"«{s.name}»" for s in read.schemes or []) or "none"
+    return f"sipuni api {number}: ok, {len(read.schemes or [])} scheme(s): {names}"
 
 
 async def _check_store(config: Config, stand_in: Path) -> tuple[bool, bool]:

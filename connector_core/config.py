@@ -53,6 +53,7 @@ from pydantic_core import PydanticCustomError
 from connector_core.console.settings import ConsoleConfig
 from connector_core.errors import ConfigError
 from connector_core.integrations import IntegrationType, RoutingSettings
+from connector_core.sipuni_api import DEFAULT_API_URL
 from connector_core.store.urls import url_password, url_problem
 
 __all__ = [
@@ -172,6 +173,17 @@ def _check_scheme_list(value: list[str]) -> list[str]:
     return value
 
 
+def _check_api_key(value: SecretStr) -> SecretStr:
+    # Shorter keys could not be masked in the log (httplog.MIN_SECRET_LENGTH).
+    if not re.fullmatch(r"\S{8,}", value.get_secret_value()):
+        raise _error(
+            "sipuni_api_key",
+            "the integration key is at least 8 characters without spaces; copy it from"
+            " Sipuni's cabinet (docs/sipuni.md)",
+        )
+    return value
+
+
 AccountNumber = Annotated[str, AfterValidator(_check_account_number)]
 InstanceName = Annotated[str, AfterValidator(_check_instance_name)]
 Extension = Annotated[str, Field(pattern=r"^\d{1,8}$")]
@@ -187,6 +199,10 @@ Region = Annotated[
     Field(json_schema_extra={"pattern": "^[A-Za-z]{2}$"}),
 ]
 Network = Annotated[IPv4Network | IPv6Network, BeforeValidator(_parse_network)]
+SipuniKey = Annotated[
+    SecretStr, AfterValidator(_check_api_key), Field(json_schema_extra={"minLength": 8})
+]
+ApiUrl = Annotated[str, AfterValidator(_check_public_url), Field(min_length=1)]
 SchemeRef = Annotated[str, Field(min_length=1)]
 Schemes = Annotated[
     Annotated[Literal["all"], Tag("all")]
@@ -428,6 +444,14 @@ class AccountTable(_Strict):
     agents: dict[Extension, Token] = Field(
         {}, description="Agent page tokens by extension: who may watch whose ringing phone."
     )
+    sipuni_api_key: SipuniKey | None = Field(
+        None,
+        description="The account's integration key for Sipuni's API (schemes check; write it"
+        " as ${SIPUNI_KEY} and keep it in the environment). Left out: no API calls.",
+    )
+    sipuni_api_url: ApiUrl = Field(
+        DEFAULT_API_URL, description="Sipuni's API; another URL only for a sandbox."
+    )
 
 
 def _check_accounts(value: dict[str, AccountTable]) -> dict[str, AccountTable]:
@@ -473,6 +497,8 @@ class AccountConfig(_Strict):
     allowed_ips: list[Network] = []
     integrations: dict[str, IntegrationConfig] = {}
     agents: dict[str, Token] = {}
+    sipuni_api_key: SipuniKey | None = None
+    sipuni_api_url: ApiUrl = DEFAULT_API_URL
 
     def allows(self, address: str) -> bool:
         """Whether a webhook from ``address`` is allowed (an empty allow-list allows all)."""
@@ -714,6 +740,8 @@ def _build(
             allowed_ips=account.allowed_ips,
             integrations=integrations,
             agents=account.agents,
+            sipuni_api_key=account.sipuni_api_key,
+            sipuni_api_url=account.sipuni_api_url,
         )
         if account.token.get_secret_value() == DEMO_TOKEN:
             warnings.append(

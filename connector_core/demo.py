@@ -2,7 +2,9 @@
 
 A newcomer sees the product work without any account: the bundled in-memory Usedesk starts
 on one loopback port, the service on another, simulated Sipuni calls go in over HTTP, and a
-table shows the clients, tickets, owners and comments they became.
+table shows the clients, tickets, owners and comments they became. A Sipuni sandbox stands in
+for Sipuni's API: the demo reads its schemes, as ``connector check`` does, and asks it to call
+the missed caller back from 101, whose webhooks then come in like any call's.
 """
 
 from __future__ import annotations
@@ -19,13 +21,18 @@ from aiohttp import web
 from connector_core import public_url
 from connector_core.app import RedactingAccessLogger, create_app
 from connector_core.appkeys import STORE
-from connector_core.config import parse_config_text
+from connector_core.config import AccountConfig, parse_config_text
 from connector_core.hooks import PluginHost
+from connector_core.settings_check import read_sipuni_schemes
 from connector_core.simulator import scenarios as sc
 from connector_core.simulator.sender import send_calls
+from connector_core.simulator.sipuni_sandbox import SipuniSandbox
+from connector_core.sipuni_api import SipuniApi
 
 TOKEN = "demo-token-change-me-0000"
 ACCOUNT = "012345"
+# The missed call of demo_calls(): the demo's click-to-call rings 101, then this client.
+MISSED_CLIENT = "79035550011"
 CONFIG = """
 [server]
 host = "127.0.0.1"
@@ -40,6 +47,8 @@ finish_settle_seconds = 1
 [accounts.012345]
 token = "{token}"
 default_region = "RU"
+sipuni_api_key = "{sipuni_key}"
+sipuni_api_url = "{sipuni_url}"
 
 [accounts.012345.integrations.usedesk]
 api_token = "{sandbox_token}"
@@ -153,8 +162,13 @@ async def run(
     except ImportError:  # pragma: no cover - the bundled plugin is part of the package
         raise SystemExit("the demo needs the bundled Usedesk plugin (plugins.usedesk)") from None
     sandbox = UsedeskSandbox()
+    # The click-to-call's webhooks come as fast as the simulated calls'.
+    sipuni = SipuniSandbox(account=ACCOUNT, speed=max(speed, 1.0))
     with tempfile.TemporaryDirectory(prefix="connector-demo-") as tmp:
-        async with sandbox.serve(port=sandbox_port) as sandbox_url:
+        async with (
+            sandbox.serve(port=sandbox_port) as sandbox_url,
+            sipuni.serve() as sipuni_url,
+        ):
             host = PluginHost()
             host.load(["usedesk", "amocrm_stub"])
             config = parse_config_text(
@@ -164,6 +178,8 @@ async def run(
                     token=TOKEN,
                     sandbox_token=sandbox.token,
                     sandbox_url=sandbox_url,
+                    sipuni_key=sipuni.key,
+                    sipuni_url=sipuni_url,
                 ),
                 types=host.types,
                 origin="<demo>",
@@ -181,6 +197,9 @@ async def run(
                 calls = demo_calls()
                 print(f"Sending {len(calls)} simulated Sipuni calls ({speed:g}× real time)…\n")
                 await send_calls(webhook, calls, speed=speed, stagger=0.3, method="mixed")
+                sipuni.webhook_url = webhook
+                print(await _click_to_call(config.accounts[ACCOUNT], sipuni_url))
+                await sipuni.settled()
                 await _until_processed(app)
                 table = render(sandbox.snapshot())
                 print(table)
@@ -191,6 +210,22 @@ async def run(
                 return table
             finally:
                 await runner.cleanup()
+
+
+async def _click_to_call(account: AccountConfig, api_url: str) -> str:
+    """Read the sandbox's schemes and call the missed caller back from 101; what happened."""
+    schemes = await read_sipuni_schemes(account)
+    names = ", ".join(f"«{s.name}»" for s in schemes.schemes or [])
+    if account.sipuni_api_key is None:  # the demo's config sets it
+        return "no Sipuni sandbox key: no click-to-call"
+    async with SipuniApi(
+        account=ACCOUNT, key=account.sipuni_api_key.get_secret_value(), base_url=api_url
+    ) as api:
+        started = await api.call_number(MISSED_CLIENT, "101")
+    return (
+        f"Sipuni sandbox on {api_url}: schemes {names or schemes.problem};"
+        f" click-to-call {started.callback_id}: 101 is rung, then {MISSED_CLIENT}.\n"
+    )
 
 
 NEXT_STEPS = """

@@ -236,6 +236,17 @@ TEXT: dict[str, tuple[str, str]] = {
     "setup.scheme_number": ("Номер (treeNumber)", "Number (treeNumber)"),
     "setup.scheme_name": ("Название (treeName)", "Name (treeName)"),
     "setup.no_schemes": ("Звонков со схемами ещё не было.", "No call went through a scheme yet."),
+    "setup.sipuni_schemes": ("Схемы в Sipuni", "Schemes in Sipuni"),
+    "setup.sipuni_failed": (
+        "Не удалось прочитать схемы из Sipuni",
+        "Could not read the schemes from Sipuni",
+    ),
+    "setup.sipuni_no_key": (
+        "Ключ интеграции Sipuni не задан (sipuni_api_key аккаунта): список схем из Sipuni"
+        " не показан. Где взять ключ: docs/sipuni.md.",
+        "No Sipuni integration key (the account's sipuni_api_key): Sipuni's list of schemes"
+        " is not shown. Where to find the key: docs/sipuni.md.",
+    ),
     "setup.extensions": ("Внутренние номера", "Extensions"),
     "setup.extension": ("Номер", "Extension"),
     "setup.calls": ("Звонков", "Calls"),

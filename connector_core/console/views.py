@@ -49,6 +49,7 @@ from connector_core.httplog import Redactor
 from connector_core.integrations import AuthResult, Integration
 from connector_core.pacing import Budget, budget_of
 from connector_core.phones import PhoneFormat, format_number
+from connector_core.settings_check import SipuniSchemes, read_sipuni_schemes
 from connector_core.store.base import (
     DeliveryStatus,
     Dispatch,
@@ -466,6 +467,7 @@ class AccountSetup:
     schemes_line: str  # `schemes = [...]`, ready to paste
     extensions: list[ExtensionRow]
     mapping_integrations: list[str]  # the integrations that map extensions to CRM users
+    sipuni: SipuniSchemes  # the account's schemes as Sipuni lists them, or why not shown
 
 
 @dataclass(frozen=True)
@@ -521,6 +523,7 @@ async def setup_view(sources: Sources) -> SetupView:
             for ext in every
         ]
         selectors = [s.id or s.name for s in schemes if s.id or s.name]
+        sipuni = await read_sipuni_schemes(account)
         accounts.append(
             AccountSetup(
                 number=number,
@@ -531,6 +534,7 @@ async def setup_view(sources: Sources) -> SetupView:
                 + json.dumps(list(dict.fromkeys(selectors)), ensure_ascii=False),
                 extensions=rows,
                 mapping_integrations=list(maps),
+                sipuni=sipuni,
             )
         )
     return SetupView(

@@ -10,7 +10,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
 from email.utils import formatdate
-from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -32,6 +31,7 @@ from plugins.usedesk.client import (
     UsedeskClient,
     parse_retry_after,
 )
+from tests.http_mock import CompatResponse, Mocked
 
 TOKEN = "sekret-TOKEN-9f3a1c77"
 BASE = "https://api.usedesk.ru"
@@ -57,25 +57,9 @@ def ft() -> FakeTime:
     return FakeTime()
 
 
-class _CompatResponse(aiohttp.ClientResponse):
-    """aiohttp 3.14 made ``stream_writer`` a required argument and aioresponses 0.7.9 does not
-    pass it (pnuckowski/aioresponses#289). A finished request only reads ``output_size`` from it.
-    ``setdefault`` keeps this inert once aioresponses passes a real one."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("stream_writer", SimpleNamespace(output_size=0))
-        super().__init__(*args, **kwargs)
-
-
-class _Mocked(aioresponses):
-    def add(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        kwargs.setdefault("response_class", _CompatResponse)
-        super().add(*args, **kwargs)
-
-
 @pytest.fixture
 def mocked() -> Iterator[aioresponses]:
-    with _Mocked() as m:
+    with Mocked() as m:
         yield m
 
 
@@ -225,7 +209,7 @@ async def test_search_clients_object_instead_of_array_is_invalid(
 
 def answered(**kwargs: Any) -> CallbackResult:
     """A callback's reply, built with the same aiohttp 3.14 shim as registered replies."""
-    return CallbackResult(response_class=_CompatResponse, **kwargs)
+    return CallbackResult(response_class=CompatResponse, **kwargs)
 
 
 def serve_clients(
