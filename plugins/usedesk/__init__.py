@@ -29,7 +29,7 @@ from connector_core.plugin import (
     hookimpl,
 )
 
-from . import check, flow, setup
+from . import card, check, flow, setup
 from .settings import UsedeskSettings
 
 NAME = "usedesk"
@@ -98,4 +98,4 @@ async def connector_call_finished(integration: Usedesk, call: CallState) -> None
 async def connector_agent_card(
     integration: Usedesk, call: CallState, extension: str
 ) -> CardPart | None:
-    return await flow.card(integration, call)
+    return await card.card(integration, call)
