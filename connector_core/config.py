@@ -53,6 +53,7 @@ from pydantic_core import PydanticCustomError
 from connector_core.console.settings import ConsoleConfig
 from connector_core.errors import ConfigError
 from connector_core.integrations import IntegrationType, RoutingSettings
+from connector_core.phones import DisplayFormat
 from connector_core.store.urls import url_password, url_problem
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "IntegrationConfig",
     "IntegrationTable",
     "LoggingConfig",
+    "NotificationsConfig",
     "ServerConfig",
     "StorageConfig",
     "TrackerConfig",
@@ -321,6 +323,22 @@ class LoggingConfig(_Strict):
     )
 
 
+class NotificationsConfig(_Strict):
+    """``[notifications]``: the agent page (docs/notifications.md)."""
+
+    phone_format: DisplayFormat = Field(
+        DisplayFormat.E164,
+        description='How the caller\'s number is shown on cards: "e164" (+79161234567), '
+        '"international" (+7 916 123-45-67) or "national" (8 (916) 123-45-67; numbers of '
+        "other countries stay international).",
+    )
+    sound: bool = Field(
+        False,
+        description="Whether the agent page rings while the phone does, until the agent "
+        "switches it on or off on the page (the browser remembers that choice).",
+    )
+
+
 # --- pass 1: the file's shape, core keys only --------------------------------------------------
 
 
@@ -402,6 +420,7 @@ class ConfigFile(_Strict):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     console: ConsoleConfig = Field(default_factory=ConsoleConfig)
+    notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
     accounts: Annotated[dict[AccountNumber, AccountTable], AfterValidator(_check_accounts)] = Field(
         description="Sipuni accounts, by their 6-digit number."
     )
@@ -450,6 +469,7 @@ class Config(_Strict):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     console: ConsoleConfig = Field(default_factory=ConsoleConfig)
+    notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
     accounts: dict[str, AccountConfig]
     warnings: list[str] = Field(
         [], description="Things worth telling the operator that are not errors."
@@ -677,6 +697,7 @@ def _build(
         cluster=file.cluster,
         logging=file.logging,
         console=file.console,
+        notifications=file.notifications,
         accounts=accounts,
         warnings=_format(warnings, raw, origin),
     )
