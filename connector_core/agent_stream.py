@@ -37,8 +37,11 @@ def _authorised(request: web.Request) -> tuple[str, str] | None:
 
 
 async def agent_page(request: web.Request) -> web.Response:
+    # The page rings by default when the operator says so; each agent's own choice, kept in
+    # the browser, wins over it.
+    sound = "true" if request.app[CONFIG].notifications.sound else "false"
     return web.Response(
-        text=PAGE.read_text(encoding="utf-8"),
+        text=PAGE.read_text(encoding="utf-8").replace("__SOUND_DEFAULT__", sound),
         content_type="text/html",
         headers={"Cache-Control": "no-store"},
     )

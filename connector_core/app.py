@@ -244,7 +244,13 @@ async def _integrations_ctx(app: web.Application) -> AsyncIterator[None]:
     # stream gets the cards this worker makes wherever it is held; plugin sinks are called
     # from here, once per card.
     sinks: list[Sink] = [ChannelSink(store, board), *host.notification_sinks()]
-    notifier = Notifier(host, {a.number: a.integrations for a in accounts}, sinks)
+    notifier = Notifier(
+        host,
+        {a.number: a.integrations for a in accounts},
+        sinks,
+        phone_format=config.notifications.phone_format,
+        regions={a.number: a.region for a in accounts},
+    )
     app[BOARD], app[NOTIFIER] = board, notifier
     for integration in by_key.values():
         if integration.routing.notifications:

@@ -53,6 +53,7 @@ from pydantic_core import PydanticCustomError
 from connector_core.console.settings import ConsoleConfig
 from connector_core.errors import ConfigError
 from connector_core.integrations import IntegrationType, RoutingSettings
+from connector_core.phones import DisplayFormat
 from connector_core.sipuni_api import DEFAULT_API_URL
 from connector_core.store.urls import url_password, url_problem
 
@@ -65,6 +66,7 @@ __all__ = [
     "IntegrationConfig",
     "IntegrationTable",
     "LoggingConfig",
+    "NotificationsConfig",
     "ServerConfig",
     "StorageConfig",
     "TrackerConfig",
@@ -380,6 +382,22 @@ class LoggingConfig(_Strict):
     )
 
 
+class NotificationsConfig(_Strict):
+    """``[notifications]``: the agent page (docs/notifications.md)."""
+
+    phone_format: DisplayFormat = Field(
+        DisplayFormat.E164,
+        description='How the caller\'s number is shown on cards: "e164" (+79161234567), '
+        '"international" (+7 916 123-45-67) or "national" (8 (916) 123-45-67; numbers of '
+        "other countries stay international).",
+    )
+    sound: bool = Field(
+        False,
+        description="Whether the agent page rings while the phone does, until the agent "
+        "switches it on or off on the page (the browser remembers that choice).",
+    )
+
+
 # --- pass 1: the file's shape, core keys only --------------------------------------------------
 
 
@@ -470,6 +488,7 @@ class ConfigFile(_Strict):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     console: ConsoleConfig = Field(default_factory=ConsoleConfig)
+    notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
     accounts: Annotated[dict[AccountNumber, AccountTable], AfterValidator(_check_accounts)] = Field(
         description="Sipuni accounts, by their 6-digit number."
     )
@@ -521,6 +540,7 @@ class Config(_Strict):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     console: ConsoleConfig = Field(default_factory=ConsoleConfig)
+    notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
     accounts: dict[str, AccountConfig]
     warnings: list[str] = Field(
         [], description="Things worth telling the operator that are not errors."
@@ -755,6 +775,7 @@ def _build(
         retention=file.retention,
         logging=file.logging,
         console=file.console,
+        notifications=file.notifications,
         accounts=accounts,
         warnings=_format(warnings, raw, origin),
     )

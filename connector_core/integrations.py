@@ -128,6 +128,10 @@ class CardPart:
     title: str
     lines: list[str] = field(default_factory=list)
     links: list[tuple[str, str]] = field(default_factory=list)  # (label, url)
+    # Who is calling as this CRM knows them: the desktop notification's title.
+    caller_name: str = ""
+    # (label, url) that one click on the card or its notification opens, e.g. the ticket.
+    main_link: tuple[str, str] | None = None
 
 
 class CardNotice(Protocol):

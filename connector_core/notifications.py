@@ -20,6 +20,7 @@ from connector_core import router
 from connector_core.callstate import CallState
 from connector_core.hooks import PluginHost
 from connector_core.integrations import CardPart, Integration
+from connector_core.phones import DisplayFormat, display_number
 from connector_core.store.base import CARD_CHANNEL, Store
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,19 @@ class ChannelSink:
         await self.store.publish(CARD_CHANNEL, text)
 
 
+def with_parts(card: dict[str, Any], parts: list[CardPart]) -> dict[str, Any]:
+    """``card`` with the CRMs' parts, and the caller's name and the main link taken from the
+    first part that has one (parts come in the account's integration order)."""
+    name = next((p.caller_name for p in parts if p.caller_name), "")
+    link = next((p.main_link for p in parts if p.main_link), None)
+    return {
+        **card,
+        "parts": [asdict(part) for part in parts],
+        "caller_name": name,
+        "main_link": {"label": link[0], "url": link[1]} if link else None,
+    }
+
+
 def card_state(call: CallState, extension: str) -> str:
     if call.finished:
         return "ended"
@@ -110,11 +124,15 @@ class Notifier:
         sinks: list[Sink],
         *,
         part_timeout: float = 2.0,
+        phone_format: DisplayFormat = DisplayFormat.E164,
+        regions: dict[str, str] | None = None,
     ) -> None:
         self.host = host
         self.integrations = integrations
         self.sinks = sinks
         self.part_timeout = part_timeout
+        self.phone_format = phone_format
+        self.regions = regions or {}  # account -> its default_region, for national numbers
         self._sent: dict[tuple[str, str, str], str] = {}  # (account, call, ext) -> state
         self._tasks: set[asyncio.Task[None]] = set()
         self._fetching = 0
@@ -135,17 +153,24 @@ class Notifier:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, call: CallState, extension: str, state: str) -> None:
-        card: dict[str, Any] = {
+    def _card(self, call: CallState, extension: str, state: str) -> dict[str, Any]:
+        """The card for ``extension`` without the CRMs' parts (``with_parts`` adds them)."""
+        return {
             "call_id": call.call_id,
             "extension": extension,
-            "caller": call.client_number or call.client_number_raw or call.employee,
+            "caller": self._caller(call),
+            "number": call.client_number,
+            "caller_name": "",
+            "main_link": None,
             "direction": call.direction.value,
             "state": state,
             "answered_by": call.answered_by,
             "parts": [],
             "complete": state == "ended",
         }
+
+    async def _send(self, call: CallState, extension: str, state: str) -> None:
+        card = self._card(call, extension, state)
         await self._deliver(call.account, extension, card)
         if state == "ended":
             return
@@ -158,9 +183,17 @@ class Notifier:
             parts = await self._parts(call, extension)
         finally:
             self._fetching -= 1
-        await self._deliver(call.account, extension, {**card, "parts": parts, "complete": True})
+        await self._deliver(call.account, extension, {**with_parts(card, parts), "complete": True})
 
-    async def _parts(self, call: CallState, extension: str) -> list[dict[str, Any]]:
+    def _caller(self, call: CallState) -> str | None:
+        """The caller's number as the operator chose to show it (``[notifications]
+        phone_format``); a number that is not one (hidden, internal) as Sipuni sent it."""
+        if call.client_number is None:
+            return call.client_number_raw or call.employee
+        region = self.regions.get(call.account, "RU")
+        return display_number(call.client_number, self.phone_format, region)
+
+    async def _parts(self, call: CallState, extension: str) -> list[CardPart]:
         # Only integrations that see the call (schemes, transfer schemes) add a part.
         wanted = [
             i
@@ -178,22 +211,13 @@ class Notifier:
                 return None
 
         results = await asyncio.gather(*(one(i) for i in wanted))
-        return [asdict(part) for part in results if part is not None]
+        return [part for part in results if part is not None]
 
     async def notice(self, extension: str, call: CallState, part: CardPart, state: str) -> None:
         """A plugin's card outside the ring (``integration.notify``): ``part`` alone, complete,
         kept on the extension's page until its next card replaces it."""
-        card = {
-            "call_id": call.call_id,
-            "extension": extension,
-            "caller": call.client_number or call.client_number_raw,
-            "direction": call.direction.value,
-            "state": state,
-            "answered_by": None,
-            "parts": [asdict(part)],
-            "complete": True,
-        }
-        await self._deliver(call.account, extension, card)
+        card = with_parts(self._card(call, extension, state), [part])
+        await self._deliver(call.account, extension, {**card, "complete": True})
 
     async def _deliver(self, account: str, extension: str, card: dict[str, Any]) -> None:
         for sink in self.sinks:

@@ -29,6 +29,41 @@ class PhoneFormat(StrEnum):
     NATIONAL_8 = "8XXXXXXXXXX"  # Russian trunk prefix: 89161234567
 
 
+class DisplayFormat(StrEnum):
+    """How a number is shown to a person (the agent page's ``[notifications] phone_format``).
+
+    Unlike :class:`PhoneFormat`, which spells numbers the way CRMs store and APIs accept them,
+    these are for reading, grouped as the number's country writes it.
+    """
+
+    E164 = "e164"  # +79161234567
+    INTERNATIONAL = "international"  # +7 916 123-45-67
+    NATIONAL = "national"  # 8 (916) 123-45-67; a number from another country: international
+
+
+_DISPLAY = {
+    DisplayFormat.E164: phonenumbers.PhoneNumberFormat.E164,
+    DisplayFormat.INTERNATIONAL: phonenumbers.PhoneNumberFormat.INTERNATIONAL,
+    DisplayFormat.NATIONAL: phonenumbers.PhoneNumberFormat.NATIONAL,
+}
+
+
+def display_number(e164: str, fmt: DisplayFormat | str, region: str = "RU") -> str:
+    """``e164`` as a person reads it in ``fmt``; ``national`` only for a number dialled
+    nationally from ``region`` (same country code), since a foreign number's national form
+    cannot be dialled from there. Text that is not a number is returned as it is."""
+    fmt = DisplayFormat(fmt)
+    try:
+        number = phonenumbers.parse(e164, None)
+    except phonenumbers.NumberParseException:
+        return e164
+    if fmt is DisplayFormat.NATIONAL and (
+        number.country_code != phonenumbers.country_code_for_region(region)
+    ):
+        fmt = DisplayFormat.INTERNATIONAL
+    return phonenumbers.format_number(number, _DISPLAY[fmt])
+
+
 def strip_line_suffix(raw: str) -> str:
     """``74951234567_id265648`` → ``74951234567`` (the suffix names a line, not a number)."""
     return _ID_SUFFIX.sub("", raw.strip())

@@ -526,7 +526,8 @@ class PluginContract:
                         problems.append(
                             f"{scenario.name}, extension {leg.extension}: connector_agent_card "
                             f"returned {part!r}; expected None or CardPart(title: str, "
-                            "lines: list[str], links: list[(label, url)])"
+                            "lines: list[str], links: list[(label, url)], caller_name: str, "
+                            "main_link: (label, url) | None)"
                         )
         problems += [
             f"while {r.getMessage()}"
@@ -833,12 +834,15 @@ def _valid_card(part: Any) -> bool:
         isinstance(part, CardPart)
         and isinstance(part.title, str)
         and all(isinstance(line, str) for line in part.lines)
-        and all(
-            isinstance(link, tuple | list)
-            and len(link) == 2
-            and all(isinstance(x, str) for x in link)
-            for link in part.links
-        )
+        and all(_valid_link(link) for link in part.links)
+        and isinstance(part.caller_name, str)
+        and (part.main_link is None or _valid_link(part.main_link))
+    )
+
+
+def _valid_link(link: Any) -> bool:
+    return (
+        isinstance(link, tuple | list) and len(link) == 2 and all(isinstance(x, str) for x in link)
     )
 
 

@@ -32,7 +32,7 @@ from connector_core.plugin import (
     hookimpl,
 )
 
-from . import check, flow, missed, setup
+from . import card, check, flow, missed, setup
 from .settings import UsedeskSettings
 
 NAME = "usedesk"
@@ -122,4 +122,4 @@ async def connector_call_missed_overdue(
 async def connector_agent_card(
     integration: Usedesk, call: CallState, extension: str
 ) -> CardPart | None:
-    return await flow.card(integration, call)
+    return await card.card(integration, call)

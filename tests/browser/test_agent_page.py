@@ -1,4 +1,5 @@
-"""The agent page in a real browser: the caller's card pops up while the phone rings.
+"""The agent page in a real browser: the caller's card pops up while the phone rings, with a
+desktop notification naming the caller, and goes when another employee answers.
 
 Needs Debian's ``chromium`` (CI installs it; set CONNECTOR_BROWSER_TESTS=1 to make its
 absence a failure instead of a skip). CONNECTOR_SCREENSHOTS=<dir> keeps the screenshot.
@@ -23,6 +24,28 @@ pytestmark = pytest.mark.e2e
 TOKEN_101 = "agent-101-token-0000000"
 TOKEN_102 = "agent-102-token-0000000"
 CLIENT = "79160000777"
+# Known to the sandbox's Usedesk: client 1001, with open ticket 5001 owned by agent 2.
+KNOWN_CLIENT = "79161234567"
+# Put in the page before its own script: records the notifications it raises (and closes)
+# and the tones it plays, through the browser's own classes.
+OBSERVE_PAGE = """
+window.__notes = [];
+window.__tones = 0;
+const RealNotification = window.Notification;
+window.Notification = class extends RealNotification {
+  constructor(title, options) {
+    super(title, options);
+    this.record = {title, body: (options || {}).body || "", closed: false};
+    window.__notes.push(this.record);
+  }
+  close() { this.record.closed = true; super.close(); }
+};
+const realOscillator = AudioContext.prototype.createOscillator;
+AudioContext.prototype.createOscillator = function () {
+  window.__tones += 1;
+  return realOscillator.call(this);
+};
+"""
 
 
 @pytest.fixture
@@ -91,6 +114,118 @@ async def test_card_pops_up_while_101_rings_and_clears_at_hang_up(
             await browser.wait_for(
                 "getComputedStyle(document.getElementById('card')).display === 'none'"
             )
+
+
+NOTIFICATIONS = """
+[notifications]
+phone_format = "national"
+sound = true
+"""
+
+
+async def test_a_ringing_call_notifies_101_by_name_and_another_answering_closes_it(
+    tmp_path: Path, needs_chromium: None
+) -> None:
+    sandbox = UsedeskSandbox()
+    async with sandbox.serve() as sandbox_url:
+        config, host = make_config(
+            tmp_path, agents_config(sandbox_url, sandbox.token), extra=NOTIFICATIONS
+        )
+        app = app_for(config, host)
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client, Browser() as browser:
+            page = client.make_url(f"/agent/?account=012345&extension=101&token={TOKEN_101}")
+            await browser.send(
+                "Browser.grantPermissions",
+                permissions=["notifications"],
+                origin=f"http://127.0.0.1:{page.port}",
+            )
+            await browser.send("Page.addScriptToEvaluateOnNewDocument", source=OBSERVE_PAGE)
+            await browser.goto(str(page))
+            await browser.wait_for(
+                "document.getElementById('status').textContent === 'Нет звонков'"
+            )
+            # Permission granted already: no button to ask for it; the sound is on by default.
+            assert await browser.evaluate("document.getElementById('notify').hidden") is True
+            state = await browser.evaluate("document.getElementById('notify-state').textContent")
+            assert state == "Уведомления включены"
+            assert await browser.evaluate("document.getElementById('sound').checked") is True
+
+            call = scenarios.inbound_answered(
+                ring=["101", "102"], answered_by="102", client=KNOWN_CLIENT
+            )
+            *ringing, answer, hang_up = call.events
+            for params in ringing:
+                assert (await client.get(f"/sipuni/{TOKEN}", params=params)).status == 200
+            await settle(app)
+            note = await browser.wait_for(
+                "window.__notes.find(n => n.title === 'Иван Петров' && !n.closed)"
+            )
+            assert note["body"] == "8 (916) 123-45-67 · Входящий звонок · Открыть тикет #5001"
+            assert await browser.evaluate("window.__tones") >= 2  # the chime: two tones
+            text = await browser.evaluate("document.getElementById('card').innerText")
+            # The ticket's owner by name, the number as the operator chose.
+            assert "агент Борис Операторов" in text and "8 (916) 123-45-67" in text
+            ticket = await browser.evaluate(
+                "(a => [a.hidden, a.href, a.target, a.rel, a.textContent])"
+                "(document.getElementById('open'))"
+            )
+            assert ticket == [
+                False,
+                "https://secure.usedesk.ru/tickets/5001",
+                "_blank",
+                "noopener",
+                "Открыть тикет #5001",
+            ]
+
+            # 102 picks up: 101's card goes, and so does every notification it raised.
+            assert (await client.get(f"/sipuni/{TOKEN}", params=answer)).status == 200
+            await settle(app)
+            await browser.wait_for(
+                "getComputedStyle(document.getElementById('card')).display === 'none'"
+                " && document.getElementById('status').textContent === 'Ответил другой сотрудник'"
+            )
+            assert await browser.wait_for("window.__notes.every(n => n.closed)")
+            assert (await client.get(f"/sipuni/{TOKEN}", params=hang_up)).status == 200
+            await settle(app)
+            await browser.wait_for(
+                "document.getElementById('status').textContent === 'Нет звонков'"
+            )
+
+            # The agent turns the sound off: the browser remembers it over the default.
+            await browser.evaluate("document.getElementById('sound').click()")
+            await browser.goto(str(page))
+            await browser.wait_for(
+                "document.getElementById('status').textContent === 'Нет звонков'"
+            )
+            assert await browser.evaluate("document.getElementById('sound').checked") is False
+
+
+async def test_the_ringing_card_names_the_caller_and_the_owner_in_the_chosen_format(
+    tmp_path: Path,
+) -> None:
+    sandbox = UsedeskSandbox()
+    async with sandbox.serve() as sandbox_url:
+        config, host = make_config(
+            tmp_path,
+            agents_config(sandbox_url, sandbox.token),
+            extra='[notifications]\nphone_format = "international"\n',
+        )
+        app = app_for(config, host)
+        async with TestClient(TestServer(app)) as client:
+            call = scenarios.inbound_answered(ring=["101"], client=KNOWN_CLIENT)
+            for params in call.events[:1]:
+                assert (await client.get(f"/sipuni/{TOKEN}", params=params)).status == 200
+            await settle(app)
+            card = app[BOARD].cards[("012345", "101")]
+    assert card["state"] == "ringing" and card["complete"] is True
+    assert (card["caller"], card["number"]) == ("+7 916 123-45-67", f"+{KNOWN_CLIENT}")
+    assert card["caller_name"] == "Иван Петров"
+    assert card["main_link"] == {
+        "label": "Открыть тикет #5001",
+        "url": "https://secure.usedesk.ru/tickets/5001",
+    }
+    [part] = card["parts"]
+    assert "агент Борис Операторов" in part["lines"][1]
 
 
 async def test_another_agents_token_cannot_open_101s_stream(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from connector_core.config import (
     Config,
     IntegrationTable,
     LoggingConfig,
+    NotificationsConfig,
     ServerConfig,
     StorageConfig,
     TrackerConfig,
@@ -28,6 +29,7 @@ from connector_core.config import (
 )
 from connector_core.errors import ConfigError
 from connector_core.integrations import IntegrationType, RoutingSettings
+from connector_core.phones import DisplayFormat
 
 # --- two small plugins' settings models ------------------------------------------------------
 
@@ -251,6 +253,7 @@ def test_the_embedded_defaults_file_states_the_models_defaults() -> None:
     assert LoggingConfig(**raw["logging"]) == LoggingConfig()
     assert StorageConfig(**raw["storage"]) == StorageConfig()
     assert ClusterConfig(**raw["cluster"]) == ClusterConfig()
+    assert NotificationsConfig(**raw["notifications"]) == NotificationsConfig()
     core = raw["accounts"]["012345"]["integrations"]["amocrm_stub"]
     assert set(core) == set(IntegrationTable.model_fields)  # every core key is written out
     assert IntegrationTable(**core) == IntegrationTable(plugin="amocrm_stub")
@@ -426,6 +429,15 @@ def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
         load_config(missing, types=TYPES, environ=ENV)
 
     assert caught.value.errors == [f"{missing}: the config file does not exist"]
+
+
+def test_the_agent_pages_phone_format_is_one_of_its_names() -> None:
+    config = parse('[notifications]\nphone_format = "national"\n' + ACCOUNT)
+    assert config.notifications == NotificationsConfig(phone_format=DisplayFormat.NATIONAL)
+    # The CRMs' «Формат номеров» spellings are another setting's.
+    assert errors_of('[notifications]\nphone_format = "+7XXXXXXXXXX"\n' + ACCOUNT) == [
+        "notifications.phone_format: Input should be 'e164', 'international' or 'national'"
+    ]
 
 
 def test_a_file_without_accounts_is_an_error() -> None:
@@ -605,6 +617,7 @@ def test_the_json_schema_describes_the_core_and_every_plugins_settings() -> None
         "retention",
         "logging",
         "console",
+        "notifications",
         "accounts",
     }
     assert schema["properties"]["accounts"]["propertyNames"] == {"pattern": "^[0-9]{6}$"}

@@ -7,8 +7,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from connector_core.phones import (
+    DisplayFormat,
     PhoneFormat,
     digits_only,
+    display_number,
     extension_of,
     format_number,
     last_digits,
@@ -189,3 +191,28 @@ def test_last_digits_match_across_spellings() -> None:
 )
 def test_strip_line_suffix(raw: str, stripped: str) -> None:
     assert strip_line_suffix(raw) == stripped
+
+
+@pytest.mark.parametrize(
+    ("e164", "fmt", "region", "shown"),
+    [
+        ("+79161234567", "e164", "RU", "+79161234567"),
+        ("+79161234567", "international", "RU", "+7 916 123-45-67"),
+        ("+79161234567", "national", "RU", "8 (916) 123-45-67"),
+        ("+74951234567", "national", "RU", "8 (495) 123-45-67"),
+        # Kazakhstan shares +7: dialled from Russia with 8 too.
+        ("+77011234567", "national", "RU", "8 (701) 123 4567"),
+        # A foreign number has no national form here: international, to be dialled back.
+        ("+998901234567", "national", "RU", "+998 90 123 45 67"),
+        ("+998901234567", "national", "UZ", "90 123 45 67"),
+        ("+442079460000", "international", "RU", "+44 20 7946 0000"),
+    ],
+)
+def test_a_number_is_shown_in_the_operators_format(
+    e164: str, fmt: str, region: str, shown: str
+) -> None:
+    assert display_number(e164, DisplayFormat(fmt), region) == shown
+
+
+def test_text_that_is_not_a_number_is_shown_as_it_came() -> None:
+    assert display_number("anonymous", DisplayFormat.NATIONAL) == "anonymous"

@@ -186,12 +186,16 @@ async def test_hook_agent_card(notifying) -> None:
             "title": "recorder crm",
             "lines": ["rings 101"],
             "links": [["call", f"https://crm.example/calls/{call.call_id}"]],
+            "caller_name": "",
+            "main_link": None,
         }
     ] or complete["parts"] == [
         {
             "title": "recorder crm",
             "lines": ["rings 101"],
             "links": [("call", f"https://crm.example/calls/{call.call_id}")],
+            "caller_name": "",
+            "main_link": None,
         }
     ]
     # The integration without notifications added no part.

@@ -14,7 +14,7 @@ from typing import Any
 from connector_core.callstate import CallState, Direction
 from connector_core.console.links import link_of
 from connector_core.integrations import Integration, IntegrationType, RoutingSettings
-from plugins.usedesk import flow
+from plugins.usedesk import card, flow
 from plugins.usedesk.sandbox import UsedeskSandbox
 from plugins.usedesk.settings import UsedeskSettings
 
@@ -65,14 +65,14 @@ async def test_a_card_that_gives_up_does_not_make_the_hook_search_again() -> Non
         integration = usedesk(base_url, sandbox.token)
         try:
             sandbox.faults.configure({"latency_ms": 300})  # every answer comes late
-            card = asyncio.create_task(flow.card(integration, CALL))
+            pending = asyncio.create_task(card.card(integration, CALL))
             async with asyncio.timeout(10):
                 # until the search is in flight: the wildcard question, then the number's query
                 while len(sandbox.rate.timestamps("/clients")) < 2:
                     await asyncio.sleep(0.01)
-            card.cancel()  # what the card part's timeout does
+            pending.cancel()  # what the card part's timeout does
             with contextlib.suppress(asyncio.CancelledError):
-                await card
+                await pending
             record = await flow.ensure_ticket(integration, CALL)  # the call's own hook
         finally:
             await integration.runtime.aclose()
@@ -89,7 +89,7 @@ async def test_the_card_of_a_new_number_says_when_its_ticket_is_made_and_writes_
     async with sandbox.serve() as base_url:
         integration = usedesk(base_url, sandbox.token)  # ticket_created_on = "answer"
         try:
-            part = await flow.card(integration, CALL)
+            part = await card.card(integration, CALL)
         finally:
             await integration.runtime.aclose()
     assert part is not None
