@@ -21,7 +21,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from aiohttp import ChainMapProxy, web
@@ -207,10 +207,11 @@ class ClickToCallService:
                 ) as api:
                     started = await api.call_number(state.client_number, extension)
             except CrmError as exc:
-                await self._keep(account, call_id, request, error=exc)
+                error = f"{type(exc).__name__}: {exc}"
+                await self._keep(account, call_id, replace(request, outcome="failed", error=error))
                 log.warning("click-to-call by %s for %s failed: %s", by, extension, exc)
                 raise _sipuni_refusal(exc) from None
-            await self._keep(account, call_id, request, callback_id=started.callback_id)
+            await self._keep(account, call_id, replace(request, callback_id=started.callback_id))
             log.info(
                 "click-to-call by %s: Sipuni rings %s, then the client (callbackId %s)",
                 by,
@@ -219,31 +220,7 @@ class ClickToCallService:
             )
         return Started(account, call_id, extension, state.client_number, started.callback_id)
 
-    async def _keep(
-        self,
-        account: str,
-        call_id: str,
-        request: ClickToCall,
-        *,
-        callback_id: str | None = None,
-        error: CrmError | None = None,
-    ) -> None:
-        if error is not None:
-            entry = ClickToCall(
-                by=request.by,
-                extension=request.extension,
-                phone=request.phone,
-                outcome="failed",
-                error=f"{type(error).__name__}: {error}",
-            )
-        else:
-            entry = ClickToCall(
-                by=request.by,
-                extension=request.extension,
-                phone=request.phone,
-                outcome="started",
-                callback_id=callback_id,
-            )
+    async def _keep(self, account: str, call_id: str, entry: ClickToCall) -> None:
         record = NewCallRecord(RECORDS, entry, self.clock.now())
         await self.store.add_call_records(account, call_id, [record])
 
@@ -291,7 +268,7 @@ async def find_origin(
     started = state.started_at or 0
     earlier = await store.find_calls(
         CallQuery(
-            limit=50,
+            limit=20,
             account=state.account,
             numbers=((state.account, state.client_number),),
             since=started - ORIGIN_LOOKBACK,

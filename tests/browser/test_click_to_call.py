@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from connector_core.appkeys import STORE
+from connector_core.appkeys import BOARD, STORE
 from connector_core.callstate import Direction
 from tests.browser.cdp import Browser
 from tests.browser.test_agent_page import needs_chromium
@@ -87,3 +87,47 @@ async def test_101_clicks_call_back_on_a_missed_call_and_the_ticket_shows_the_ca
         assert any(back.call_id in m for m in messages)
         callback = [m for m in messages if "Перезвонили" in m]
         assert len(callback) == 1 and "(101)" in callback[0], messages
+
+
+async def test_a_missed_calls_card_has_the_button_and_without_a_key_nothing_has(
+    tmp_path: Path, needs_chromium: None
+) -> None:
+    for with_key in (True, False):
+        async with world(tmp_path / str(with_key), with_key=with_key) as w, Browser() as browser:
+            page = f"/agent/?account={ACCOUNT}&extension=101&token={TOKEN_101}"
+            await browser.goto(str(w.client.make_url(page)))
+            missed = await w.missed(seq=52020 + with_key)
+            await browser.wait_for(
+                f"document.querySelector(\"#recent-calls li[data-call-id='{missed.call_id}']\")"
+                " !== null"
+            )
+            # A missed call's card, as a plugin's reminder puts it on the page
+            # (integration.notify with a state such as missed_overdue).
+            card = {
+                "call_id": missed.call_id,
+                "extension": "101",
+                "caller": f"+{CLIENT}",
+                "direction": "inbound",
+                "state": "missed_overdue",
+                "answered_by": None,
+                "parts": [],
+                "complete": True,
+            }
+            w.app[BOARD].put(ACCOUNT, "101", card)
+            await browser.wait_for(
+                "getComputedStyle(document.getElementById('card')).display === 'block'"
+            )
+            buttons = "document.querySelectorAll('button.call-back').length"
+            if not with_key:
+                assert await browser.evaluate(buttons) == 0
+                continue
+            await browser.wait_for("document.querySelector('#parts button.call-back') !== null")
+            await browser.evaluate("document.querySelector('#parts button.call-back').click()")
+            said = await browser.wait_for(
+                "document.getElementById('callback-status').textContent.startsWith('Sipuni')"
+                " && document.getElementById('callback-status').textContent"
+            )
+            assert said == "Sipuni звонит на ваш телефон, затем клиенту"
+            await w.calls_placed()
+            [(_, params)] = w.sipuni.requests
+            assert (params["sipnumber"], params["phone"]) == ("101", CLIENT)
