@@ -16,7 +16,16 @@ from contextlib import AbstractAsyncContextManager
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from connector_core import agent_stream, callrecords, cluster, health, ingest, pruner, public_url
+from connector_core import (
+    agent_stream,
+    callrecords,
+    click_to_call,
+    cluster,
+    health,
+    ingest,
+    pruner,
+    public_url,
+)
 from connector_core.appkeys import (
     ACCOUNTS,
     BOARD,
@@ -115,6 +124,7 @@ def create_app(
     app.add_routes(health.routes())
     if role.works:
         app.add_routes(agent_stream.routes())
+        click_to_call.install(app)  # «Перезвонить» on the agent page
         console.install(app)  # /console/, when [console] enabled = true
     app.cleanup_ctx.append(functools.partial(_store_ctx, factory=store_factory))
     if background and role.works:

@@ -5,6 +5,8 @@ Per call and integration the store keeps typed records (the one place they becom
 
 - ``Routing``: whether the integration sees the call and why (the scheme filter, the
   transfer-scheme gate), kept each time the decision changes;
+- ``ClickToCall``: a click-to-call started from the call, and Sipuni's answer (kept under
+  ``click_to_call.RECORDS``, not an integration's key);
 - ``HookCall``: one attempt at a lifecycle hook (which record, attempt number, start,
   duration, outcome, error), with the CRM requests the plugin made during it
   (``CrmRequest``: method, path, HTTP status, outcome, latency) and what it decided and why
@@ -115,7 +117,26 @@ class Routing:
         return "; ".join(r for r in (self.scheme_filter, self.transfer_scheme) if r)
 
 
-Entry = Routing | HookCall
+@dataclass(frozen=True, kw_only=True)
+class ClickToCall:
+    """A click-to-call started from this call («Перезвонить»): who asked, which extension
+    Sipuni was to ring first and which number then, and what Sipuni answered.
+
+    ``outcome`` is ``started`` (Sipuni took the request: ``callback_id`` names it; the call
+    itself arrives later as webhooks) or ``failed`` (``error`` says why, as Sipuni or the
+    connection did). Refusals before Sipuni was asked (a token, the rate limit) are not kept.
+    """
+
+    kind: Literal["click_to_call"] = "click_to_call"
+    by: str  # "agent 101", "console"
+    extension: str
+    phone: str  # E.164
+    outcome: Literal["started", "failed"]
+    callback_id: str | None = None
+    error: str | None = None
+
+
+Entry = Routing | HookCall | ClickToCall
 _ENTRY: TypeAdapter[Entry] = TypeAdapter(Annotated[Entry, Field(discriminator="kind")])
 
 
@@ -148,7 +169,7 @@ def decode(text: str) -> Entry:
     return _ENTRY.validate_json(text)
 
 
-E = TypeVar("E", Routing, HookCall)
+E = TypeVar("E", Routing, HookCall, ClickToCall)
 
 
 def redacted(entry: E, redact: Callable[[str], str]) -> E:

@@ -163,6 +163,7 @@ def render_trace(found: CallTrace) -> str:
         )
         lines.append(f"  schemes: {path}")
     lines.append(f"  started {_local(c.started_at)} ({_zone()})")
+    lines += _click_to_call_lines(found)
     lines += ["", "Webhooks from Sipuni, in arrival order (received, event, Sipuni's time):"]
     lines += [f"  {_event_line(e)}" for e in found.events] or ["  none stored"]
     for integration in found.integrations:
@@ -194,6 +195,29 @@ def render_trace(found: CallTrace) -> str:
                 lines += _hook_lines(call)
     lines += [f"note: {note}" for note in found.notes]
     return "\n".join(lines)
+
+
+def _click_to_call_lines(found: CallTrace) -> list[str]:
+    """Where the call came from («Перезвонить»), and the click-to-calls started from it."""
+    lines = []
+    if (origin := found.started_from) is not None:
+        cb = f", callbackId {origin.request.callback_id}" if origin.request.callback_id else ""
+        lines.append(
+            f"  started from the connector: click-to-call by {origin.request.by}"
+            f" at {_local(origin.at, '%H:%M:%S')} from call {origin.call_id}{cb}"
+        )
+    for step in found.click_to_call:
+        r = step.request
+        said = (
+            f"Sipuni started it, callbackId {r.callback_id or '-'}"
+            if r.outcome == "started"
+            else f"failed: {r.error}"
+        )
+        lines.append(
+            f"  click-to-call at {_local(step.at, '%H:%M:%S')} by {r.by}: ring {r.extension},"
+            f" then {r.phone}: {said}"
+        )
+    return lines
 
 
 def _event_line(event: RawEvent) -> str:

@@ -18,13 +18,13 @@ for into a store query and store rows into the views below; :func:`list_calls` a
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from pydantic import TypeAdapter
 
-from connector_core import callrecords, phones
-from connector_core.callrecords import CallRecord, Decision, HookCall, Routing
+from connector_core import callrecords, click_to_call, phones
+from connector_core.callrecords import CallRecord, ClickToCall, Decision, HookCall, Routing
 from connector_core.callstate import CallState, Direction, Outcome
 from connector_core.events import EventError, EventType, SipuniEvent, parse_event
 from connector_core.store.base import (
@@ -149,6 +149,18 @@ class CallTrace:
     integrations: list[IntegrationTrace]
     records_limit: int = callrecords.MAX_RECORDS_PER_CALL
     notes: list[str] = field(default_factory=list)
+    # «Перезвонить» pressed on this call (click_to_call), and the click this call came from.
+    click_to_call: list[ClickToCallStep] = field(default_factory=list)
+    started_from: ClickToCallStep | None = None
+
+
+@dataclass(frozen=True)
+class ClickToCallStep:
+    """A click-to-call: when it was asked, from which call, and what Sipuni answered."""
+
+    at: float
+    call_id: str  # the call it was started from
+    request: ClickToCall
 
 
 # -- pure: from what a person asks to a store query, from store rows to views ------------------
@@ -242,6 +254,8 @@ def trace(
     records: list[CallRecord],
 ) -> CallTrace:
     """One call's trace from its stored rows: its call row, webhooks, dispatch rows, records."""
+    clicks = [r for r in records if isinstance(r.entry, ClickToCall)]
+    records = [r for r in records if not isinstance(r.entry, ClickToCall)]
     keys = list(
         dict.fromkeys(
             [*row.statuses, *(d.integration for d in dispatches), *(r.integration for r in records)]
@@ -268,6 +282,11 @@ def trace(
         events=[_raw_event(item) for item in events],
         integrations=integrations,
         notes=notes,
+        click_to_call=[
+            ClickToCallStep(r.at, row.state.call_id, r.entry)
+            for r in clicks
+            if isinstance(r.entry, ClickToCall)
+        ],
     )
 
 
@@ -349,12 +368,17 @@ async def load_trace(store: Store, call_id: str, account: str | None = None) -> 
         raise ViewError(f"call {call_id!r} is in accounts {accounts}: name one with --account")
     row = rows[0]
     number = row.state.account
-    return trace(
+    events = await store.call_events(number, call_id)
+    found = trace(
         row,
-        await store.call_events(number, call_id),
+        events,
         await store.dispatches_for(number, call_id),
         await store.call_records(number, call_id),
     )
+    origin = await click_to_call.find_origin(store, row.state, [e.params for e in events])
+    if origin is None:
+        return found
+    return replace(found, started_from=ClickToCallStep(origin.at, origin.call_id, origin.request))
 
 
 _TRACE: TypeAdapter[CallTrace] = TypeAdapter(CallTrace)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from connector_core.click_to_call import ClickToCallService, Refused
 from connector_core.dispatcher import Dispatcher
 from connector_core.logcontext import call_context
 from connector_core.store.base import Store
@@ -76,3 +77,27 @@ async def replay_call(
         log.info("console: call replayed (%d of %d stored event(s))", ran, len(items))
     dispatcher.notify()
     return Done("flash.replayed", True)
+
+
+# What the operator reads after «Перезвонить», by the refusal's code; the details (Sipuni's
+# own words) are kept on the call and shown in its click-to-call section.
+CALL_BACK_REFUSED = {
+    "no_api_key": "flash.call_back_off",
+    "no_number": "flash.call_back_no_number",
+    "rate_limited": "flash.call_back_too_often",
+    "sipuni_refused": "flash.call_back_refused",
+    "sipuni_unavailable": "flash.call_back_unavailable",
+}
+
+
+async def call_back(
+    service: ClickToCallService, account: str, call_id: str, extension: str
+) -> Done:
+    """«Перезвонить»: Sipuni rings ``extension``, then the call's client."""
+    try:
+        await service.start(account, call_id, extension, "console")
+    except Refused as refused:
+        with call_context(account, call_id):
+            log.warning("console: click-to-call for %s refused: %s", extension, refused)
+        return Done(CALL_BACK_REFUSED.get(refused.code, "flash.call_back_failed"), False)
+    return Done("flash.called_back", True)

@@ -132,6 +132,19 @@ TEXT: dict[str, tuple[str, str]] = {
     "call.no_hook_calls": ("Вызовов нет.", "No hook calls."),
     "call.no_integrations": ("У аккаунта нет интеграций.", "The account has no integrations."),
     "call.not_found": ("Такого звонка нет.", "There is no such call."),
+    "call.call_back": ("Перезвонить", "Call back"),
+    "call.call_back_from": ("с номера", "from extension"),
+    "call.call_back_hint": (
+        "Sipuni позвонит сначала на этот внутренний номер, затем клиенту.",
+        "Sipuni rings this extension first, then the client.",
+    ),
+    "call.click_to_call": ("Звонки из коннектора", "Click-to-call"),
+    "call.started_from": (
+        "Звонок начат из коннектора («Перезвонить») по звонку",
+        "Started from the connector (Call back) on call",
+    ),
+    "call.click_started": ("Sipuni начал звонок", "Sipuni started the call"),
+    "call.click_failed": ("не удалось", "failed"),
     "event.ring": ("Звонок сотруднику", "Ringing"),
     "event.answer": ("Ответ", "Answer"),
     "event.hangup": ("Завершение", "Hang-up"),
@@ -276,6 +289,31 @@ TEXT: dict[str, tuple[str, str]] = {
     "flash.no_events": ("У звонка нет сохранённых событий.", "The call has no stored events."),
     "flash.replayed": ("Звонок проведён заново.", "The call was replayed."),
     "flash.logged_out": ("Вы вышли.", "You are logged out."),
+    "flash.called_back": (
+        "Sipuni звонит на внутренний номер, затем клиенту.",
+        "Sipuni is ringing the extension, then the client.",
+    ),
+    "flash.call_back_off": (
+        "Звонки из коннектора выключены: у аккаунта нет sipuni_api_key.",
+        "Click-to-call is off: the account has no sipuni_api_key.",
+    ),
+    "flash.call_back_no_number": (
+        "Номер клиента скрыт: перезвонить нельзя.",
+        "The client's number is hidden: it cannot be called back.",
+    ),
+    "flash.call_back_too_often": (
+        "С этого номера звонили только что: подождите несколько секунд.",
+        "That extension started a call moments ago: wait a few seconds.",
+    ),
+    "flash.call_back_refused": (
+        "Sipuni отказал в звонке: причина записана в звонке ниже.",
+        "Sipuni refused the call: the reason is recorded on the call below.",
+    ),
+    "flash.call_back_unavailable": (
+        "Sipuni недоступен: причина записана в звонке ниже, попробуйте позже.",
+        "Sipuni could not be reached: the reason is recorded on the call below; try later.",
+    ),
+    "flash.call_back_failed": ("Звонок не начат.", "The call was not started."),
     # refusals
     "error.csrf": (
         "Форма устарела: обновите страницу и повторите.",

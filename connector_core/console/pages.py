@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import ChainMapProxy, web
 from yarl import URL
 
+from connector_core import click_to_call
 from connector_core.appkeys import (
     CLOCK,
     CONFIG,
@@ -306,6 +307,18 @@ async def replay(request: web.Request) -> web.Response:
     return await _after(request, done, _call_url(request))
 
 
+async def call_back(request: web.Request) -> web.Response:
+    form = await request.post()
+    extension = form.get("extension")
+    done = await actions.call_back(
+        click_to_call.service(request.config_dict),
+        request.match_info["account"],
+        request.match_info["call_id"],
+        extension if isinstance(extension, str) else "",
+    )
+    return await _after(request, done, _call_url(request))
+
+
 def routes() -> list[web.RouteDef]:
     call = f"/calls/{{account:\\d{{6}}}}/{{call_id:{CALL_ID}}}"
     return [
@@ -318,6 +331,7 @@ def routes() -> list[web.RouteDef]:
         web.get(call, call_page, name="call"),
         web.get(call + "/hooks", call_hooks, name="call_hooks"),
         web.post(call + "/replay", replay, name="replay"),
+        web.post(call + "/call-back", call_back, name="call_back"),
         web.post(r"/dead-letters/{row_id:\d+}/retry", dead_retry, name="dead_retry"),
         web.post(r"/dead-letters/{row_id:\d+}/drop", dead_drop, name="dead_drop"),
         web.post(r"/quarantine/{item_id:\d+}/retry", quarantine_retry, name="quarantine_retry"),

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel
 
 from connector_core import calls_view as read_model
-from connector_core import public_url
+from connector_core import click_to_call, public_url
 from connector_core.callrecords import HookCall
 from connector_core.calls_view import (
     CallSummary,
@@ -294,6 +294,9 @@ class CallView:
     owner: str | None
     events: list[EventRow]
     integrations: list[IntegrationView]
+    # «Перезвонить»: the extensions to ring first, the likeliest first; () when it is off
+    # (no Sipuni key) or the number is hidden.
+    call_back: tuple[str, ...] = ()
 
     @property
     def state(self) -> CallState:
@@ -320,7 +323,17 @@ async def call_view(sources: Sources, account: str, call_id: str) -> CallView | 
         owner=trace.state.owner(sources.config.tracker.answered_owner),
         events=[_event(sources, raw) for raw in trace.events],
         integrations=[_integration(sources, key, traced.get(key), call_id, links) for key in keys],
+        call_back=_call_back(sources, trace.state),
     )
+
+
+def _call_back(sources: Sources, state: CallState) -> tuple[str, ...]:
+    configured = sources.config.accounts.get(state.account)
+    if click_to_call.unavailable(sources.config, state.account) or not state.client_number:
+        return ()
+    agents = configured.agents if configured else {}
+    owner_rule = sources.config.tracker.answered_owner
+    return tuple(click_to_call.choices(state, agents, owner_rule))
 
 
 def _event(sources: Sources, raw: RawEvent) -> EventRow:
