@@ -96,6 +96,40 @@ async def connector_call_finished(integration, call):
     await _seen(integration, call, "finished", call.outcome.value)
 
 
+async def _missed(integration, call, hook: str, arg: str) -> None:
+    # Kept apart from the calls' own hooks ("seen:"), which tests compare whole.
+    CALLS.append((integration.key, call.call_id, hook, arg))
+    key = f"missed:{call.call_id}:{hook}:{arg}"
+    if not await integration.effects.put(key, {"outcome": call.outcome.value}):
+        n = 1
+        while not await integration.effects.put(f"dup{n}:{key}", {}):
+            n += 1
+
+
+def _ids(calls) -> str:
+    return ",".join(m.call_id for m in calls)
+
+
+@hookimpl
+async def connector_call_missed_again(integration, call, earlier):
+    await _missed(integration, call, "missed_again", _ids(earlier))
+
+
+@hookimpl
+async def connector_call_called_back(integration, call, callback):
+    await _missed(
+        integration,
+        call,
+        "called_back",
+        f"{_ids(callback.missed)}/{callback.by_extension}/{callback.after_seconds}",
+    )
+
+
+@hookimpl
+async def connector_call_missed_overdue(integration, call, overdue):
+    await _missed(integration, call, "missed_overdue", _ids(overdue.missed))
+
+
 @hookimpl
 def connector_agent_card(integration, call, extension):
     from connector_core.integrations import CardPart

@@ -1,0 +1,56 @@
+"""The missed-call lifecycle's table (``number_calls``), in SQL both backends share.
+
+Each backend binds these with its own placeholders (``?`` for SQLite, ``$n`` for
+PostgreSQL): the statements are written once, with ``{}`` where a placeholder goes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+# A finished call of a number: a change (a late event after the hang-up) makes it decided
+# again; the same fact again (a repeated webhook, a re-commit) changes nothing.
+NOTE = (
+    "INSERT INTO number_calls (account, call_id, number, at, fact, noted_at)"
+    " VALUES ({}, {}, {}, {}, {}, {})"
+    " ON CONFLICT (account, call_id) DO UPDATE SET"
+    " number = excluded.number, at = excluded.at, fact = excluded.fact,"
+    " decided = CASE WHEN number_calls.fact = excluded.fact"
+    " THEN number_calls.decided ELSE {} END,"
+    " noted_at = CASE WHEN number_calls.fact = excluded.fact"
+    " THEN number_calls.noted_at ELSE excluded.noted_at END"
+)
+UNSETTLED = (
+    "SELECT account, number FROM number_calls WHERE NOT decided AND noted_at < {}"
+    " UNION SELECT account, number FROM number_calls WHERE overdue_at <= {}"
+    " LIMIT {}"
+)
+OF_NUMBER = (
+    "SELECT fact, decided, overdue_sent FROM number_calls"
+    " WHERE account = {} AND number = {} ORDER BY at, call_id"
+)
+LINK = (
+    "UPDATE number_calls SET group_first = {}, called_back_by = {}, overdue_at = {}"
+    " WHERE account = {} AND call_id = {}"
+)
+DECIDED = "UPDATE number_calls SET decided = {} WHERE account = {} AND call_id = {}"
+OVERDUE_SENT = (
+    "UPDATE number_calls SET overdue_sent = {}, overdue_at = NULL"
+    " WHERE account = {} AND call_id = {}"
+)
+# A missed call is one the lifecycle grouped (its own group when first); a callback is
+# linked to the group it answered without being in it.
+SUMMARIES = (
+    "SELECT account,"
+    " count(*) FILTER (WHERE group_first IS NOT NULL"
+    " AND coalesce(called_back_by, '') <> call_id),"
+    " count(*) FILTER (WHERE group_first IS NOT NULL AND called_back_by IS NULL),"
+    " count(*) FILTER (WHERE called_back_by = call_id)"
+    " FROM number_calls GROUP BY account"
+)
+
+
+def bind(sql: str, placeholder: Callable[[int], str]) -> str:
+    """``sql`` with each ``{}`` replaced by the backend's ``placeholder(n)``, n from 1."""
+    count = sql.count("{}")
+    return sql.format(*(placeholder(n) for n in range(1, count + 1)))
