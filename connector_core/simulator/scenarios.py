@@ -783,9 +783,7 @@ def missed_then_called_back(
     order, for the missed-call lifecycle (docs/missed-calls.md)."""
     return [
         inbound_missed(ring, account=account, client=client, start=start, seq=52501),
-        inbound_missed(
-            ring, account=account, client=client, start=start + again_after, seq=52502
-        ),
+        inbound_missed(ring, account=account, client=client, start=start + again_after, seq=52502),
         outbound_answered(
             employee, account=account, client=client, start=start + callback_after, seq=52503
         ),

@@ -306,6 +306,8 @@ class StoredNumberCall:
     call: NumberCall
     decided: bool  # its records were worked out (it may still be linked anew)
     overdue_sent: bool  # a first missed call whose overdue record was written
+    group: str | None = None  # the first missed call of its group
+    called_back_by: str | None = None  # the callback that answered its group
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ UNSETTLED = (
     " LIMIT {}"
 )
 OF_NUMBER = (
-    "SELECT fact, decided, overdue_sent FROM number_calls"
+    "SELECT fact, decided, overdue_sent, group_first, called_back_by FROM number_calls"
     " WHERE account = {} AND number = {} ORDER BY at, call_id"
 )
 LINK = (

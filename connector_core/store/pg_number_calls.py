@@ -52,7 +52,10 @@ class PostgresNumberCalls:
 
     async def number_calls(self, account: str, number: str) -> list[StoredNumberCall]:
         rows = await self._db.fetch(_q(sql.OF_NUMBER), account, number)
-        return [StoredNumberCall(NumberCall.model_validate_json(r[0]), r[1], r[2]) for r in rows]
+        return [
+            StoredNumberCall(NumberCall.model_validate_json(r[0]), r[1], r[2], r[3], r[4])
+            for r in rows
+        ]
 
     async def settle_number(self, settlement: NumberSettlement) -> None:
         s = settlement

@@ -61,7 +61,9 @@ class SQLiteNumberCalls:
             return db.execute(_q(sql.OF_NUMBER), (account, number)).fetchall()
 
         return [
-            StoredNumberCall(NumberCall.model_validate_json(r[0]), bool(r[1]), bool(r[2]))
+            StoredNumberCall(
+                NumberCall.model_validate_json(r[0]), bool(r[1]), bool(r[2]), r[3], r[4]
+            )
             for r in await self._run(select)
         ]
 

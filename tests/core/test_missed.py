@@ -3,8 +3,12 @@ window and the SLA, decided by the calls' own times."""
 
 from __future__ import annotations
 
+import pytest
+
 from connector_core import missed
 from connector_core.callstate import Direction, LifecycleKind
+from connector_core.config import parse_config_text
+from connector_core.errors import ConfigError
 from connector_core.missed import NumberCall, Rules
 
 T0 = 1_717_171_700
@@ -135,3 +139,25 @@ def test_a_missed_call_decided_after_the_callback_joins_the_group_but_is_not_ann
     assert missed.links(found, RULES, now=T0 + 2000, overdue_sent=set())["m2"] == missed.Link(
         "m1", "c"
     )
+
+
+MINIMAL = """
+[accounts.012345]
+token = "test-token-0123456789"
+"""
+
+
+def test_the_settings_and_their_defaults() -> None:
+    defaults = parse_config_text(MINIMAL, types={}).missed_calls
+    assert defaults.enabled and defaults.rules() == Rules(24 * 3600, 15 * 60)
+    no_sla = parse_config_text("[missed_calls]\nsla_minutes = 0\n" + MINIMAL, types={})
+    assert no_sla.missed_calls.rules().sla_seconds is None
+
+
+def test_a_bad_setting_is_named_with_its_path() -> None:
+    text = "[missed_calls]\ncallback_window_hours = 0\nsla_minutes = -1\n" + MINIMAL
+    with pytest.raises(ConfigError) as caught:
+        parse_config_text(text, types={})
+    errors = "\n".join(caught.value.errors)
+    assert "missed_calls.callback_window_hours: Input should be greater than 0" in errors
+    assert "missed_calls.sla_minutes: Input should be greater than or equal to 0" in errors

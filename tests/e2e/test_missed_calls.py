@@ -163,4 +163,3 @@ async def test_hook_call_missed_overdue(service) -> None:
         "finished",
         "missed_overdue",
     ]
-
