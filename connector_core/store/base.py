@@ -19,7 +19,7 @@ console, the health checks) uses only this interface. The guarantees every backe
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -326,9 +326,24 @@ class NumberSettlement:
 class MissedSummary:
     """An account's missed-call lifecycle at a glance (the console)."""
 
-    missed: int  # missed calls kept
-    open: int  # of them, still waiting for a callback (not linked to one)
+    missed: int  # missed calls
+    open: int  # of them, not linked to a callback (waiting, or closed unanswered)
     called_back: int  # callbacks that answered missed calls
+
+
+def summarise(rows: Iterable[tuple[str, str, str | None, str | None]]) -> dict[str, MissedSummary]:
+    """Each account's summary from (account, call id, group, called back by) rows: a missed
+    call is one in a group (a callback is linked to the group it answered without being in
+    it); an open one has no callback."""
+    counts: dict[str, list[int]] = {}
+    for account, call_id, group, called_back_by in rows:
+        count = counts.setdefault(account, [0, 0, 0])
+        if called_back_by == call_id:
+            count[2] += 1
+        elif group is not None:
+            count[0] += 1
+            count[1] += called_back_by is None
+    return {account: MissedSummary(*count) for account, count in counts.items()}
 
 
 # Channels of Store.publish / Store.subscribe.
@@ -461,8 +476,9 @@ class Store(Protocol):
         ``DISPATCH_CHANNEL``."""
         ...
 
-    async def missed_summaries(self) -> dict[str, MissedSummary]:
-        """Each account's missed calls, the open ones and the callbacks, by account."""
+    async def missed_summaries(self, since: float) -> dict[str, MissedSummary]:
+        """Each account's missed calls since ``since`` (Sipuni's time), the open ones and the
+        callbacks, by account."""
         ...
 
     async def idle_open_calls(self, idle_before: float, limit: int) -> list[CallState]:

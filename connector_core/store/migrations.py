@@ -180,6 +180,7 @@ CREATE TABLE IF NOT EXISTS number_calls (
     PRIMARY KEY (account, call_id)
 );
 CREATE INDEX IF NOT EXISTS number_calls_number ON number_calls(account, number, at);
+CREATE INDEX IF NOT EXISTS number_calls_at ON number_calls(at);
 CREATE INDEX IF NOT EXISTS number_calls_undecided ON number_calls(noted_at) WHERE decided = 0;
 CREATE INDEX IF NOT EXISTS number_calls_overdue
     ON number_calls(overdue_at) WHERE overdue_at IS NOT NULL

@@ -38,16 +38,9 @@ OVERDUE_SENT = (
     "UPDATE number_calls SET overdue_sent = {}, overdue_at = NULL"
     " WHERE account = {} AND call_id = {}"
 )
-# A missed call is one the lifecycle grouped (its own group when first); a callback is
-# linked to the group it answered without being in it.
-SUMMARIES = (
-    "SELECT account,"
-    " count(*) FILTER (WHERE group_first IS NOT NULL"
-    " AND coalesce(called_back_by, '') <> call_id),"
-    " count(*) FILTER (WHERE group_first IS NOT NULL AND called_back_by IS NULL),"
-    " count(*) FILTER (WHERE called_back_by = call_id)"
-    " FROM number_calls GROUP BY account"
-)
+# The calls since a moment, through number_calls_at (a page never reads the table whole);
+# counted by ``base.summarise``.
+RECENT = "SELECT account, call_id, group_first, called_back_by FROM number_calls WHERE at >= {}"
 
 
 def bind(sql: str, placeholder: Callable[[int], str]) -> str:

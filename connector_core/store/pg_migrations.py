@@ -155,6 +155,7 @@ CREATE TABLE number_calls (
     PRIMARY KEY (account, call_id)
 );
 CREATE INDEX number_calls_number ON number_calls(account, number, at);
+CREATE INDEX number_calls_at ON number_calls(at);
 CREATE INDEX number_calls_undecided ON number_calls(noted_at) WHERE NOT decided;
 CREATE INDEX number_calls_overdue ON number_calls(overdue_at) WHERE overdue_at IS NOT NULL
 """,

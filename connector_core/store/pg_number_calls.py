@@ -12,6 +12,7 @@ from connector_core.store.base import (
     MissedSummary,
     NumberSettlement,
     StoredNumberCall,
+    summarise,
 )
 
 
@@ -104,6 +105,6 @@ class PostgresNumberCalls:
                 # Delivered at COMMIT: the dispatchers wake for rows they can see.
                 await conn.execute("SELECT pg_notify($1, '')", CHANNEL_PREFIX + DISPATCH_CHANNEL)
 
-    async def missed_summaries(self) -> dict[str, MissedSummary]:
-        rows = await self._db.fetch(sql.SUMMARIES)
-        return {r[0]: MissedSummary(r[1], r[2], r[3]) for r in rows}
+    async def missed_summaries(self, since: float) -> dict[str, MissedSummary]:
+        rows = await self._db.fetch(_q(sql.RECENT), since)
+        return summarise((r[0], r[1], r[2], r[3]) for r in rows)

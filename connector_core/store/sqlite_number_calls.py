@@ -14,6 +14,7 @@ from connector_core.store.base import (
     MissedSummary,
     NumberSettlement,
     StoredNumberCall,
+    summarise,
 )
 
 T = TypeVar("T")
@@ -103,8 +104,8 @@ class SQLiteNumberCalls:
         if s.dispatches:
             await self.publish(DISPATCH_CHANNEL, "")
 
-    async def missed_summaries(self) -> dict[str, MissedSummary]:
+    async def missed_summaries(self, since: float) -> dict[str, MissedSummary]:
         def select(db: sqlite3.Connection) -> list[Any]:
-            return db.execute(sql.SUMMARIES).fetchall()
+            return db.execute(_q(sql.RECENT), (since,)).fetchall()
 
-        return {r[0]: MissedSummary(r[1], r[2], r[3]) for r in await self._run(select)}
+        return summarise((r[0], r[1], r[2], r[3]) for r in await self._run(select))

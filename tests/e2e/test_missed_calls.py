@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from connector_core.appkeys import MISSED_CALLS, STORE
 from connector_core.clock import FakeClock
 from connector_core.simulator import scenarios
 from connector_core.simulator.scenarios import Scenario
+from tests.console_kit import console_section, sign_in
 from tests.harness import ACCOUNT, TOKEN, app_for, make_config, settle
 
 pytestmark = pytest.mark.e2e
@@ -163,3 +165,28 @@ async def test_hook_call_missed_overdue(service) -> None:
         "finished",
         "missed_overdue",
     ]
+
+
+async def test_metrics_and_the_console_count_missed_calls_and_callbacks(
+    tmp_path: Path, test_plugins_dir: Path
+) -> None:
+    config, host = make_config(tmp_path, ROUTES, extra=MISSED + console_section())
+    clock = FakeClock(START)
+    app = app_for(config, host, clock=clock)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        await send(client, *scenarios.missed_then_called_back(callback_after=600))
+        await run(app, clock, 1000)
+        metrics = await (await client.get("/metrics")).text()
+        assert f'connector_missed_calls_total{{account="{ACCOUNT}"}} 2.0' in metrics
+        assert f'connector_called_back_total{{account="{ACCOUNT}"}} 1.0' in metrics
+        # 610 s from the first miss to the client's answer: in the 900 s bucket, not 300 s.
+        bucket = 'connector_time_to_callback_seconds_bucket{{account="{}",le="{}"}} {}'
+        assert bucket.format(ACCOUNT, "300.0", "0.0") in metrics
+        assert bucket.format(ACCOUNT, "900.0", "1.0") in metrics
+        await sign_in(client)
+        page = await (await client.get("/console/integrations")).text()
+        assert "Пропущенные и перезвоны" in page
+        row = f'<tr data-account="{ACCOUNT}"><td>{ACCOUNT}</td><td>2</td><td>0</td><td>1</td></tr>'
+        assert row in page
+        english = await (await client.get("/console/integrations", params={"lang": "en"})).text()
+        assert "Missed calls and callbacks" in english and "Not called back" in english
