@@ -358,6 +358,7 @@ async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
             "missed_calls",
             cluster.singleton(leases, cluster.MISSED_SINGLETON, app[MISSED_CALLS].settle_round),
             interval=1.0,
+            has_work=lambda stats: app[MISSED_CALLS].waiting,
         )
     supervisor.add(
         "auth",

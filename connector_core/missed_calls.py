@@ -52,15 +52,20 @@ class MissedCalls:
         self.settle_seconds = settle_seconds
         # on_settled(account, calls decided now, records written): the metrics.
         self.on_settled = on_settled
+        # Whether numbers wait to be decided (a round left some, or failed): /readyz reports
+        # the loop when such a state lasts with no round completed.
+        self.waiting = False
 
     async def settle_round(self) -> bool:
         """Decide the numbers whose calls have settled or whose SLA fell due; ``True`` when
         a full batch suggests more wait."""
+        self.waiting = True
         now = self.clock.now()
         numbers = await self.store.unsettled_numbers(now - self.settle_seconds, now, BATCH)
         for account, number in numbers:
             await self.settle(account, number, now)
-        return len(numbers) >= BATCH
+        self.waiting = len(numbers) >= BATCH
+        return self.waiting
 
     async def settle(self, account: str, number: str, now: float) -> list[Emission]:
         """Decide one number at ``now``: its links, and the records not written before."""

@@ -36,11 +36,11 @@ def connector_register_integration_types(register):
     register(IntegrationType("recorder", Settings))
 
 
-async def _seen(integration, call, hook: str, arg: str = "") -> None:
+async def _seen(integration, call, hook: str, arg: str = "", journal: str = "seen") -> None:
     if HOOK_SECONDS:
         await asyncio.sleep(HOOK_SECONDS)
     CALLS.append((integration.key, call.call_id, hook, arg))
-    key = f"seen:{call.call_id}:{hook}:{arg}"
+    key = f"{journal}:{call.call_id}:{hook}:{arg}"
     if not await integration.effects.put(key, {"outcome": call.outcome.value}):
         # A second delivery of the same hook call: kept visible so tests can count it.
         n = 1
@@ -98,12 +98,7 @@ async def connector_call_finished(integration, call):
 
 async def _missed(integration, call, hook: str, arg: str) -> None:
     # Kept apart from the calls' own hooks ("seen:"), which tests compare whole.
-    CALLS.append((integration.key, call.call_id, hook, arg))
-    key = f"missed:{call.call_id}:{hook}:{arg}"
-    if not await integration.effects.put(key, {"outcome": call.outcome.value}):
-        n = 1
-        while not await integration.effects.put(f"dup{n}:{key}", {}):
-            n += 1
+    await _seen(integration, call, hook, arg, journal="missed")
 
 
 def _ids(calls) -> str:

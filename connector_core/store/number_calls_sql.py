@@ -6,7 +6,11 @@ PostgreSQL): the statements are written once, with ``{}`` where a placeholder go
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # base.py imports nothing from here; only the type is needed
+    from connector_core.store.base import NewDispatch
 
 # A finished call of a number: a change (a late event after the hang-up) makes it decided
 # again; the same fact again (a repeated webhook, a re-commit) changes nothing.
@@ -41,6 +45,24 @@ OVERDUE_SENT = (
 # The calls since a moment, through number_calls_at (a page never reads the table whole);
 # counted by ``base.summarise``.
 RECENT = "SELECT account, call_id, group_first, called_back_by FROM number_calls WHERE at >= {}"
+
+
+# The lifecycle's dispatch rows: as the worker writes a call's rows, ignored when there.
+INSERT_DISPATCH = (
+    "INSERT INTO dispatches"
+    " (account, call_id, integration, key, record, not_before, created_at)"
+    " VALUES ({}, {}, {}, {}, {}, {}, {}) ON CONFLICT DO NOTHING"
+)
+
+
+def dispatch_rows(
+    account: str, dispatches: Iterable[tuple[str, NewDispatch]], now: float
+) -> list[tuple[str, str, str, str, str, float, float]]:
+    """``INSERT_DISPATCH``'s parameters for each (call id, row)."""
+    return [
+        (account, call_id, d.integration, d.key, d.record.model_dump_json(), d.not_before, now)
+        for call_id, d in dispatches
+    ]
 
 
 def bind(sql: str, placeholder: Callable[[int], str]) -> str:

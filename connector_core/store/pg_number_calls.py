@@ -83,22 +83,7 @@ class PostgresNumberCalls:
             )
             if s.dispatches:
                 await conn.executemany(
-                    "INSERT INTO dispatches"
-                    " (account, call_id, integration, key, record, not_before, created_at)"
-                    " VALUES ($1, $2, $3, $4, $5, $6, $7)"
-                    " ON CONFLICT (integration, account, call_id, key) DO NOTHING",
-                    [
-                        (
-                            s.account,
-                            call_id,
-                            d.integration,
-                            d.key,
-                            d.record.model_dump_json(),
-                            d.not_before,
-                            now,
-                        )
-                        for call_id, d in s.dispatches
-                    ],
+                    _q(sql.INSERT_DISPATCH), sql.dispatch_rows(s.account, s.dispatches, now)
                 )
                 from connector_core.store.postgres import CHANNEL_PREFIX  # imports this module
 

@@ -82,23 +82,7 @@ class SQLiteNumberCalls:
             for call_id in s.overdue_sent:
                 db.execute(_q(sql.OVERDUE_SENT), (True, s.account, call_id))
             now = self.clock.now()
-            db.executemany(
-                "INSERT INTO dispatches"
-                " (account, call_id, integration, key, record, not_before, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                [
-                    (
-                        s.account,
-                        call_id,
-                        d.integration,
-                        d.key,
-                        d.record.model_dump_json(),
-                        d.not_before,
-                        now,
-                    )
-                    for call_id, d in s.dispatches
-                ],
-            )
+            db.executemany(_q(sql.INSERT_DISPATCH), sql.dispatch_rows(s.account, s.dispatches, now))
 
         await self._write(write)
         if s.dispatches:

@@ -610,14 +610,9 @@ class PluginContract:
             # (b) every hook call runs again (a crash after the hook, before the row was done).
             problems = []
             for scenario in calls:
-                for row in rows[scenario.call_id]:
-                    try:
-                        await service.redeliver(row)
-                    except Exception as exc:
-                        problems.append(
-                            f"{hook_for(row)} for {scenario.name} ({row.integration}), "
-                            f"delivered again, raised {type(exc).__name__}: {exc}"
-                        )
+                problems += await _redeliver(
+                    service, rows[scenario.call_id], f"{scenario.name} ({{integration}})"
+                )
             after_hooks = await self._observe(service)
         assert rows_again == rows, "repeated webhooks made new hook calls (a core problem)"
         assert after_webhooks == before, "webhooks sent again changed the CRM:\n" + _diff(
@@ -661,15 +656,7 @@ class PluginContract:
                 if row.integration == integration.key and row.kind in MISSED_CALL_KINDS
             ]
             before = await self._observe(service)
-            problems = []
-            for row in rows:
-                try:
-                    await service.redeliver(row)
-                except Exception as exc:
-                    problems.append(
-                        f"{hook_for(row)} for call {row.call_id}, delivered again, raised "
-                        f"{type(exc).__name__}: {exc}"
-                    )
+            problems = await _redeliver(service, rows, "call {call_id}")
             after = await self._observe(service)
         assert sorted(row.key for row in rows) == sorted(k.value for k in MISSED_CALL_KINDS), (
             "the service did not dispatch every missed-call hook (a core problem): got "
@@ -853,6 +840,21 @@ class PluginContract:
 
 
 # --- helpers ----------------------------------------------------------------------------------
+
+
+async def _redeliver(service: KitService, rows: Sequence[Dispatch], what: str) -> list[str]:
+    """Each row's hook called again; what went wrong, naming ``what`` (``{call_id}`` and
+    ``{integration}`` filled from the row)."""
+    problems = []
+    for row in rows:
+        try:
+            await service.redeliver(row)
+        except Exception as exc:
+            named = what.format(call_id=row.call_id, integration=row.integration)
+            problems.append(
+                f"{hook_for(row)} for {named}, delivered again, raised {type(exc).__name__}: {exc}"
+            )
+    return problems
 
 
 @asynccontextmanager
