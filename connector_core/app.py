@@ -36,6 +36,7 @@ from connector_core.appkeys import (
     INTEGRATIONS,
     LEASES,
     METRICS,
+    MISSED_CALLS,
     NOTIFIER,
     ROLE,
     STORE,
@@ -52,6 +53,7 @@ from connector_core.hooks import PluginHost
 from connector_core.httplog import Redactor, ServerErrorLog
 from connector_core.integrations import AuthResult, AuthStatus, Integration, KeyedLocks, SharedRate
 from connector_core.metrics import Metrics
+from connector_core.missed_calls import MissedCalls
 from connector_core.notifications import CardBoard, ChannelSink, Notifier, Sink
 from connector_core.store.base import (
     CARD_CHANNEL,
@@ -276,6 +278,14 @@ async def _integrations_ctx(app: web.Application) -> AsyncIterator[None]:
         on_call=lambda call, keys: notifier.on_call(call),
         on_processed=metrics.events_processed.inc,
         leases=leases,
+        keep_number_calls=config.missed_calls.enabled,
+    )
+    app[MISSED_CALLS] = MissedCalls(
+        store,
+        app[CLOCK],
+        config.missed_calls.rules(),
+        settle_seconds=config.missed_calls.settle_seconds,
+        on_settled=metrics.missed_call_observer(),
     )
     yield
     await notifier.wait_idle()
@@ -362,6 +372,13 @@ async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
         interval=expiry_interval(worker.hangup_timeout),
         has_work=lambda stats: stats.get("calls_open", 0) > 0,
     )
+    if app[CONFIG].missed_calls.enabled:
+        supervisor.add(
+            "missed_calls",
+            cluster.singleton(leases, cluster.MISSED_SINGLETON, app[MISSED_CALLS].settle_round),
+            interval=1.0,
+            has_work=lambda stats: app[MISSED_CALLS].waiting,
+        )
     supervisor.add(
         "auth",
         cluster.singleton(leases, cluster.AUTH_SINGLETON, functools.partial(_auth_round, app)),

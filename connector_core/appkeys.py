@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from connector_core.console.web import ConsoleState
     from connector_core.dispatcher import Dispatcher
     from connector_core.metrics import Metrics
+    from connector_core.missed_calls import MissedCalls
     from connector_core.notifications import CardBoard, Notifier
     from connector_core.store.base import Store
     from connector_core.worker import Worker
@@ -43,6 +44,7 @@ STORE: web.AppKey[Store] = web.AppKey("store")
 ACCOUNTS = web.AppKey("accounts", list[AccountRuntime])
 INTEGRATIONS = web.AppKey("integrations", dict[str, Integration])
 WORKER: web.AppKey[Worker] = web.AppKey("worker")
+MISSED_CALLS: web.AppKey[MissedCalls] = web.AppKey("missed_calls")
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
 BOARD: web.AppKey[CardBoard] = web.AppKey("board")
 NOTIFIER: web.AppKey[Notifier] = web.AppKey("notifier")

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 DEFAULT_LEASE_SECONDS = 10.0
 EXPIRY_SINGLETON = "singleton:expiry"
 AUTH_SINGLETON = "singleton:auth"
+MISSED_SINGLETON = "singleton:missed"  # the missed-call loop (missed_calls.py)
 
 
 class Role(StrEnum):

@@ -53,6 +53,7 @@ from pydantic_core import PydanticCustomError
 from connector_core.console.settings import ConsoleConfig
 from connector_core.errors import ConfigError
 from connector_core.integrations import IntegrationType, RoutingSettings
+from connector_core.missed import Rules
 from connector_core.phones import DisplayFormat
 from connector_core.sipuni_api import DEFAULT_API_URL
 from connector_core.store.urls import url_password, url_problem
@@ -314,6 +315,39 @@ class TrackerConfig(_Strict):
     )
 
 
+class MissedCallsConfig(_Strict):
+    """``[missed_calls]``: the missed-call lifecycle (docs/missed-calls.md)."""
+
+    enabled: bool = Field(
+        True,
+        description="Keep each number's missed calls and call the missed_again, called_back "
+        "and missed_overdue hooks; false: none of them.",
+    )
+    callback_window_hours: float = Field(
+        24,
+        gt=0,
+        description="A call that reaches the client this long after the first missed call "
+        "is no callback of it: the missed calls are closed unanswered.",
+    )
+    sla_minutes: float = Field(
+        15,
+        ge=0,
+        description="Missed calls nobody called back this long after the first are overdue "
+        "(missed_overdue, once); 0: no SLA.",
+    )
+    settle_seconds: float = Field(
+        5,
+        ge=0,
+        description="How long a number's newest call waits for its calls processed out of "
+        "order before the records are decided.",
+    )
+
+    def rules(self) -> Rules:
+        """The lifecycle's rules from these settings."""
+        sla = round(self.sla_minutes * 60) if self.sla_minutes else None
+        return Rules(window_seconds=round(self.callback_window_hours * 3600), sla_seconds=sla)
+
+
 class ClusterConfig(_Strict):
     """``[cluster]``: several connector processes on one store (PostgreSQL)."""
 
@@ -484,6 +518,7 @@ class ConfigFile(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)
+    missed_calls: MissedCallsConfig = Field(default_factory=MissedCallsConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
@@ -536,6 +571,7 @@ class Config(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)
+    missed_calls: MissedCallsConfig = Field(default_factory=MissedCallsConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
@@ -771,6 +807,7 @@ def _build(
         server=file.server,
         storage=file.storage,
         tracker=file.tracker,
+        missed_calls=file.missed_calls,
         cluster=file.cluster,
         retention=file.retention,
         logging=file.logging,

@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from connector_core.missed import Emission, NumberCall
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -81,6 +83,40 @@ class Metrics:
             ["integration"],
             registry=r,
         )
+
+        self.missed_calls = Counter(
+            "connector_missed_calls",
+            "Missed calls (inbound, nobody answered) decided by the missed-call lifecycle",
+            ["account"],
+            registry=r,
+        )
+        self.called_back = Counter(
+            "connector_called_back",
+            "Callbacks that answered a number's missed calls",
+            ["account"],
+            registry=r,
+        )
+        self.time_to_callback = Histogram(
+            "connector_time_to_callback_seconds",
+            "From a number's first missed call to the callback that reached the client",
+            ["account"],
+            registry=r,
+            buckets=(60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400),
+        )
+
+    def missed_call_observer(self) -> Callable[[str, list[NumberCall], list[Emission]], None]:
+        """A callback for the missed-call loop's ``on_settled(account, decided, records)``."""
+
+        def observe(account: str, decided: list[NumberCall], emissions: list[Emission]) -> None:
+            missed = sum(1 for call in decided if call.missed)
+            if missed:
+                self.missed_calls.labels(account).inc(missed)
+            for e in emissions:
+                if e.record.callback is not None:
+                    self.called_back.labels(account).inc()
+                    self.time_to_callback.labels(account).observe(e.record.callback.after_seconds)
+
+        return observe
 
     def crm_request_observer(self, integration: str) -> Callable[[str, float, str], None]:
         """A callback for a CRM client's ``on_request(method, seconds, outcome)``."""

@@ -42,11 +42,14 @@ from __future__ import annotations
 from connector_core.callrecords import Decision
 from connector_core.callstate import (
     Answer,
+    Callback,
     CallState,
     Direction,
     Hangup,
     Leg,
+    MissedCall,
     Outcome,
+    Overdue,
     SchemeVisit,
     Transfer,
 )
@@ -85,6 +88,7 @@ __all__ = [
     "AuthStatus",
     "Budget",
     "CallState",
+    "Callback",
     "CardPart",
     "CheckFinding",
     "CheckLevel",
@@ -99,7 +103,9 @@ __all__ = [
     "KeyedLocks",
     "Leg",
     "Linking",
+    "MissedCall",
     "Outcome",
+    "Overdue",
     "Paced",
     "Questions",
     "RegisterIntegrationType",

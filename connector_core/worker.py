@@ -16,7 +16,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from connector_core import router, tracker
+from connector_core import missed_calls, router, tracker
 from connector_core.callstate import CallState
 from connector_core.clock import Clock
 from connector_core.cluster import Leases, call_lease
@@ -57,8 +57,10 @@ class Worker:
         on_processed: Callable[[], None] = lambda: None,
         max_attempts: int = MAX_ATTEMPTS,
         leases: Leases | None = None,
+        keep_number_calls: bool = True,
     ) -> None:
         self.store = store
+        self.keep_number_calls = keep_number_calls  # for the missed-call lifecycle
         # Another worker process may drain the same inbox: a call's events are processed
         # only under its lease (on SQLite this process holds every lease).
         self.leases = leases or Leases(store)
@@ -242,7 +244,10 @@ class Worker:
         )
         dispatches = routed.dispatches
         # The routing decisions go with the state: the store keeps each one that changed.
-        await self.store.commit_event(item_id, state, dispatches, routed.decisions)
+        kept = missed_calls.noted(state, dispatches) if self.keep_number_calls else None
+        await self.store.commit_event(
+            item_id, state, dispatches, routed.decisions, number_call=kept
+        )
         self.on_call(state, [d.key for d in dispatches])
         if dispatches:
             # The store announced them on DISPATCH_CHANNEL too, for other processes.

@@ -36,11 +36,11 @@ def connector_register_integration_types(register):
     register(IntegrationType("recorder", Settings))
 
 
-async def _seen(integration, call, hook: str, arg: str = "") -> None:
+async def _seen(integration, call, hook: str, arg: str = "", journal: str = "seen") -> None:
     if HOOK_SECONDS:
         await asyncio.sleep(HOOK_SECONDS)
     CALLS.append((integration.key, call.call_id, hook, arg))
-    key = f"seen:{call.call_id}:{hook}:{arg}"
+    key = f"{journal}:{call.call_id}:{hook}:{arg}"
     if not await integration.effects.put(key, {"outcome": call.outcome.value}):
         # A second delivery of the same hook call: kept visible so tests can count it.
         n = 1
@@ -94,6 +94,35 @@ async def connector_call_reached_transfer_scheme(integration, call, scheme):
 @hookimpl
 async def connector_call_finished(integration, call):
     await _seen(integration, call, "finished", call.outcome.value)
+
+
+async def _missed(integration, call, hook: str, arg: str) -> None:
+    # Kept apart from the calls' own hooks ("seen:"), which tests compare whole.
+    await _seen(integration, call, hook, arg, journal="missed")
+
+
+def _ids(calls) -> str:
+    return ",".join(m.call_id for m in calls)
+
+
+@hookimpl
+async def connector_call_missed_again(integration, call, earlier):
+    await _missed(integration, call, "missed_again", _ids(earlier))
+
+
+@hookimpl
+async def connector_call_called_back(integration, call, callback):
+    await _missed(
+        integration,
+        call,
+        "called_back",
+        f"{_ids(callback.missed)}/{callback.by_extension}/{callback.after_seconds}",
+    )
+
+
+@hookimpl
+async def connector_call_missed_overdue(integration, call, overdue):
+    await _missed(integration, call, "missed_overdue", _ids(overdue.missed))
 
 
 @hookimpl

@@ -54,12 +54,14 @@ from connector_core.store.base import (
     DeliveryStatus,
     Dispatch,
     InboxItem,
+    MissedSummary,
     QueueDepth,
     Rejected,
     SeenScheme,
     Store,
 )
 
+MISSED_PERIOD_SECONDS = 24 * 3600  # the missed-calls block counts the last day's calls
 LIST_LIMIT = 100  # dead letters, quarantined and rejected webhooks shown at most
 # The setup page looks at this many of each account's latest calls: what rings now matters,
 # and reading every call ever stored would make the page slower as the store grows.
@@ -421,6 +423,7 @@ class IntegrationsView:
     quarantined: list[InboxItem]
     rejected: list[Rejected]
     stats: dict[str, int]
+    missed: dict[str, MissedSummary]  # by account: the last day's missed calls and callbacks
 
 
 async def integrations_view(sources: Sources) -> IntegrationsView:
@@ -454,6 +457,7 @@ async def integrations_view(sources: Sources) -> IntegrationsView:
         quarantined=await sources.store.quarantined_events(limit=LIST_LIMIT),
         rejected=await sources.store.rejected(limit=LIST_LIMIT),
         stats=await sources.store.stats(),
+        missed=await sources.store.missed_summaries(sources.clock.now() - MISSED_PERIOD_SECONDS),
     )
 
 

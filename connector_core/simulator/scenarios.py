@@ -768,6 +768,28 @@ def internal(
     return _scenario("internal", c, events, expected)
 
 
+def missed_then_called_back(
+    *,
+    account: str = ACCOUNT,
+    client: str = CLIENT,
+    start: int = START,
+    again_after: int = 300,
+    callback_after: int = 900,
+    ring: Sequence[str] = ("101", "102"),
+    employee: str = "103",
+) -> list[Scenario]:
+    """A client's call is missed, the client calls again and is missed again, then
+    ``employee`` (who was not rung) calls back and the client answers: three calls, in time
+    order, for the missed-call lifecycle (docs/missed-calls.md)."""
+    return [
+        inbound_missed(ring, account=account, client=client, start=start, seq=52501),
+        inbound_missed(ring, account=account, client=client, start=start + again_after, seq=52502),
+        outbound_answered(
+            employee, account=account, client=client, start=start + callback_after, seq=52503
+        ),
+    ]
+
+
 def catalogue() -> list[Scenario]:
     """One call of each kind, with distinct call ids: a smoke set for replays and demos."""
     return [

@@ -19,7 +19,7 @@ console, the health checks) uses only this interface. The guarantees every backe
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -31,6 +31,7 @@ from connector_core import tracker
 from connector_core.callrecords import CallRecord, NewCallRecord
 from connector_core.callstate import CallState, LifecycleEvent, LifecycleKind
 from connector_core.errors import InvalidRequestError
+from connector_core.missed import Link, NumberCall
 from connector_core.store.pruning import PruneRule
 
 # Refused webhooks are kept for inspection, but a flood of garbage must not fill the disk.
@@ -299,6 +300,53 @@ class StoreInfo:
     latest: int  # the version this release writes
 
 
+@dataclass(frozen=True)
+class StoredNumberCall:
+    """A call of a client's number as the missed-call lifecycle keeps it."""
+
+    call: NumberCall
+    decided: bool  # its records were worked out (it may still be linked anew)
+    overdue_sent: bool  # a first missed call whose overdue record was written
+    group: str | None = None  # the first missed call of its group
+    called_back_by: str | None = None  # the callback that answered its group
+
+
+@dataclass(frozen=True)
+class NumberSettlement:
+    """What the missed-call loop decided for one number, written in one transaction."""
+
+    account: str
+    number: str  # E.164
+    decided: tuple[str, ...]  # the call ids whose records are now written
+    links: Mapping[str, Link]  # by call id
+    overdue_sent: tuple[str, ...]  # first missed calls whose overdue record is written
+    dispatches: tuple[tuple[str, NewDispatch], ...]  # (call id, row) of the new records
+
+
+@dataclass(frozen=True)
+class MissedSummary:
+    """An account's missed-call lifecycle at a glance (the console)."""
+
+    missed: int  # missed calls
+    open: int  # of them, not linked to a callback (waiting, or closed unanswered)
+    called_back: int  # callbacks that answered missed calls
+
+
+def summarise(rows: Iterable[tuple[str, str, str | None, str | None]]) -> dict[str, MissedSummary]:
+    """Each account's summary from (account, call id, group, called back by) rows: a missed
+    call is one in a group (a callback is linked to the group it answered without being in
+    it); an open one has no callback."""
+    counts: dict[str, list[int]] = {}
+    for account, call_id, group, called_back_by in rows:
+        count = counts.setdefault(account, [0, 0, 0])
+        if called_back_by == call_id:
+            count[2] += 1
+        elif group is not None:
+            count[0] += 1
+            count[1] += called_back_by is None
+    return {account: MissedSummary(*count) for account, count in counts.items()}
+
+
 # Channels of Store.publish / Store.subscribe.
 INBOX_CHANNEL = "inbox"  # an event was appended: workers look at the inbox now
 DISPATCH_CHANNEL = "dispatches"  # dispatch rows were added: dispatchers scan now
@@ -400,11 +448,38 @@ class Store(Protocol):
         state: CallState | None,
         dispatches: list[NewDispatch],
         records: Sequence[NewCallRecord] = (),
+        *,
+        number_call: NumberCall | None = None,
     ) -> None:
         """Atomically save ``state``, mark inbox item ``item_id`` done, add ``dispatches``
         and the call's ``records`` (a routing record only when it differs from the last);
         with ``dispatches``, announce them on ``DISPATCH_CHANNEL`` (on a shared store, at
-        the same COMMIT)."""
+        the same COMMIT). With ``number_call`` (a finished call of the client's number),
+        keep it for the missed-call lifecycle, to be decided again if it changed."""
+        ...
+
+    # -- the missed-call lifecycle (``connector_core.missed``, ``missed_calls``) ---------------
+
+    async def unsettled_numbers(
+        self, noted_before: float, now: float, limit: int
+    ) -> list[tuple[str, str]]:
+        """(account, number) pairs with a call noted before ``noted_before`` and not decided,
+        or a group whose SLA falls due by ``now``."""
+        ...
+
+    async def number_calls(self, account: str, number: str) -> list[StoredNumberCall]:
+        """Every kept call of a number."""
+        ...
+
+    async def settle_number(self, settlement: NumberSettlement) -> None:
+        """Atomically mark calls decided, store their links and overdue marks, and add the
+        dispatch rows (each ignored if its (integration, call, id) exists); announce them on
+        ``DISPATCH_CHANNEL``."""
+        ...
+
+    async def missed_summaries(self, since: float) -> dict[str, MissedSummary]:
+        """Each account's missed calls since ``since`` (Sipuni's time), the open ones and the
+        callbacks, by account."""
         ...
 
     async def idle_open_calls(self, idle_before: float, limit: int) -> list[CallState]:

@@ -171,6 +171,34 @@ CREATE INDEX IF NOT EXISTS effects_created ON effects(created_at);
 CREATE INDEX IF NOT EXISTS calls_received ON calls(last_received_at)
 """,
     ),
+    Step(
+        7,
+        "the missed-call lifecycle: each finished call of a client's number (missed, or one"
+        " that reached the client), the group of missed calls it belongs to and the callback"
+        " that answered them, and when the group's SLA falls due",
+        """
+CREATE TABLE IF NOT EXISTS number_calls (
+    account TEXT NOT NULL,
+    call_id TEXT NOT NULL,
+    number TEXT NOT NULL,
+    at REAL NOT NULL,
+    fact TEXT NOT NULL,
+    noted_at REAL NOT NULL,
+    decided INTEGER NOT NULL DEFAULT 0,
+    group_first TEXT,
+    called_back_by TEXT,
+    overdue_at REAL,
+    overdue_sent INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (account, call_id)
+);
+CREATE INDEX IF NOT EXISTS number_calls_number ON number_calls(account, number, at);
+CREATE INDEX IF NOT EXISTS number_calls_at ON number_calls(at);
+CREATE INDEX IF NOT EXISTS number_calls_noted ON number_calls(noted_at);
+CREATE INDEX IF NOT EXISTS number_calls_undecided ON number_calls(noted_at) WHERE decided = 0;
+CREATE INDEX IF NOT EXISTS number_calls_overdue
+    ON number_calls(overdue_at) WHERE overdue_at IS NOT NULL
+""",
+    ),
 )
 LATEST = STEPS[-1].version
 

@@ -146,6 +146,33 @@ CREATE INDEX effects_created ON effects(created_at);
 CREATE INDEX calls_received ON calls(last_received_at)
 """,
     ),
+    Step(
+        4,
+        "the missed-call lifecycle: each finished call of a client's number (missed, or one"
+        " that reached the client), the group of missed calls it belongs to and the callback"
+        " that answered them, and when the group's SLA falls due",
+        """
+CREATE TABLE number_calls (
+    account text NOT NULL,
+    call_id text NOT NULL,
+    number text NOT NULL,
+    at double precision NOT NULL,
+    fact text NOT NULL,
+    noted_at double precision NOT NULL,
+    decided boolean NOT NULL DEFAULT false,
+    group_first text,
+    called_back_by text,
+    overdue_at double precision,
+    overdue_sent boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (account, call_id)
+);
+CREATE INDEX number_calls_number ON number_calls(account, number, at);
+CREATE INDEX number_calls_at ON number_calls(at);
+CREATE INDEX number_calls_noted ON number_calls(noted_at);
+CREATE INDEX number_calls_undecided ON number_calls(noted_at) WHERE NOT decided;
+CREATE INDEX number_calls_overdue ON number_calls(overdue_at) WHERE overdue_at IS NOT NULL
+""",
+    ),
 )
 LATEST = STEPS[-1].version
 

@@ -29,6 +29,7 @@ from connector_core.callrecords import CallRecord, NewCallRecord
 from connector_core.callstate import CallState, LifecycleEvent
 from connector_core.clock import Clock, SystemClock
 from connector_core.hooktime import queue_wait
+from connector_core.missed import NumberCall
 from connector_core.store import pg_migrations
 from connector_core.store.base import (
     DISPATCH_CHANNEL,
@@ -53,6 +54,7 @@ from connector_core.store.base import (
     call_id_of,
     extensions_column,
 )
+from connector_core.store.pg_number_calls import PostgresNumberCalls, note_number_call
 from connector_core.store.pruning import PruneRule, count_sql, delete_batch_sql
 from connector_core.store.urls import masked_url, url_password
 
@@ -106,7 +108,7 @@ async def _unchanged(_conn: asyncpg.Connection) -> None:
     asyncpg's default reset is a round trip to the server on every release."""
 
 
-class PostgresStore:
+class PostgresStore(PostgresNumberCalls):
     """``Store`` on PostgreSQL (see the module doc)."""
 
     shared = True
@@ -344,6 +346,8 @@ class PostgresStore:
         state: CallState | None,
         dispatches: list[NewDispatch],
         records: Sequence[NewCallRecord] = (),
+        *,
+        number_call: NumberCall | None = None,
     ) -> None:
         now = self.clock.now()
         async with self._db.acquire() as conn, conn.transaction():  # all or nothing
@@ -399,6 +403,10 @@ class PostgresStore:
                         "SELECT pg_notify($1, '')", CHANNEL_PREFIX + DISPATCH_CHANNEL
                     )
                 await _insert_records(conn, state.account, state.call_id, records)
+                if number_call is not None and state.client_number:
+                    await note_number_call(
+                        conn, state.account, state.client_number, number_call, now
+                    )
 
     async def idle_open_calls(self, idle_before: float, limit: int) -> list[CallState]:
         rows = await self._db.fetch(

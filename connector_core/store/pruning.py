@@ -79,6 +79,16 @@ PRUNE_RULES: tuple[PruneRule, ...] = (
     PruneRule(
         "effects", "effects", "integration, key", "created_at", Period.CALLS, Guard.EFFECT_KEY
     ),
+    # The missed-call lifecycle's memory of a number (it holds the number): decided rows only.
+    PruneRule(
+        "number_calls",
+        "number_calls",
+        "account, call_id",
+        "noted_at",
+        Period.CALLS,
+        Guard.CALL,
+        only="decided",
+    ),
     PruneRule("calls", "calls", "account, call_id", "last_received_at", Period.CALLS, Guard.CALL),
 )
 

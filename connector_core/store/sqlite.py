@@ -29,6 +29,7 @@ from connector_core import callrecords
 from connector_core.callrecords import CallRecord, NewCallRecord
 from connector_core.callstate import CallState, LifecycleEvent
 from connector_core.clock import Clock, SystemClock
+from connector_core.missed import NumberCall
 from connector_core.store.base import (
     DISPATCH_CHANNEL,
     INBOX_CHANNEL,
@@ -54,6 +55,7 @@ from connector_core.store.base import (
 from connector_core.store.local import LocalCoordination
 from connector_core.store.migrations import LATEST, migrate, version_of
 from connector_core.store.pruning import PruneRule, count_sql, delete_batch_sql
+from connector_core.store.sqlite_number_calls import SQLiteNumberCalls, note_number_call
 
 T = TypeVar("T")
 
@@ -62,7 +64,7 @@ T = TypeVar("T")
 MAX_WRITE_BATCH = 512
 
 
-class SQLiteStore(LocalCoordination):
+class SQLiteStore(SQLiteNumberCalls, LocalCoordination):
     def __init__(self, path: str | Path, *, clock: Clock | None = None) -> None:
         # One worker process per file (`connector serve`): coordination lives in memory.
         super().__init__(clock or SystemClock())
@@ -351,6 +353,8 @@ class SQLiteStore(LocalCoordination):
         state: CallState | None,
         dispatches: list[NewDispatch],
         records: Sequence[NewCallRecord] = (),
+        *,
+        number_call: NumberCall | None = None,
     ) -> None:
         now = self.clock.now()
         state_row = (
@@ -407,6 +411,8 @@ class SQLiteStore(LocalCoordination):
                     ],
                 )
                 _insert_records(db, state.account, state.call_id, records)
+                if number_call is not None and state.client_number:
+                    note_number_call(db, state.account, state.client_number, number_call, now)
 
         await self._write(write)
         if state is not None and dispatches:

@@ -35,7 +35,8 @@ from aiohttp import web
 from pluggy import PluginValidationError
 from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
 
-from connector_core.appkeys import STORE
+from connector_core.appkeys import MISSED_CALLS, STORE
+from connector_core.callstate import LifecycleKind
 from connector_core.config import config_json_schema
 from connector_core.errors import ConfigError
 from connector_core.hooks import ENTRY_POINT_GROUP, PluginHost
@@ -70,6 +71,11 @@ NO_SCHEME = "contract-kit-no-such-scheme"  # routes no call to the authorisation
 AUTH_STATUSES = ("ok", "auth_failed", "cannot_connect")
 _RECORD_ATTRS = {*vars(logging.makeLogRecord({})), "message", "asctime"}
 MIN_SECRET = 4  # shorter "secrets" would match by accident
+MISSED_CALL_KINDS = (
+    LifecycleKind.MISSED_AGAIN,
+    LifecycleKind.CALLED_BACK,
+    LifecycleKind.MISSED_OVERDUE,
+)
 
 
 class PluginContract:
@@ -605,14 +611,9 @@ class PluginContract:
             # (b) every hook call runs again (a crash after the hook, before the row was done).
             problems = []
             for scenario in calls:
-                for row in rows[scenario.call_id]:
-                    try:
-                        await service.redeliver(row)
-                    except Exception as exc:
-                        problems.append(
-                            f"{hook_for(row)} for {scenario.name} ({row.integration}), "
-                            f"delivered again, raised {type(exc).__name__}: {exc}"
-                        )
+                problems += await _redeliver(
+                    service, rows[scenario.call_id], f"{scenario.name} ({{integration}})"
+                )
             after_hooks = await self._observe(service)
         assert rows_again == rows, "repeated webhooks made new hook calls (a core problem)"
         assert after_webhooks == before, "webhooks sent again changed the CRM:\n" + _diff(
@@ -623,6 +624,54 @@ class PluginContract:
             "delivery is at least once: every hook called again for a call it already handled "
             "must change nothing (record each effect in integration.effects under a key and "
             "look before you create):\n" + _diff(before, after_hooks)
+        )
+
+    # -- 7b. the missed-call lifecycle ------------------------------------------------------------
+
+    def missed_calls(self) -> list[Scenario]:
+        """Two missed calls of one number, then a callback after the SLA (docs/missed-calls.md):
+        every missed-call hook is due. Override with calls the plugin's CRM knows."""
+        return scenarios.missed_then_called_back(callback_after=1200)
+
+    @pytest.mark.asyncio
+    async def test_missed_call_hooks_accepted_and_idempotent(self, tmp_path: Path) -> None:
+        self._kind()
+        calls = self.missed_calls()
+        async with self._running(tmp_path) as service:
+            integration = service.integrations[CONTRACT]
+            hooks = [k.hook for k in MISSED_CALL_KINDS]
+            if not any(service.host.has_impl(hook, integration) for hook in hooks):
+                pytest.skip(f"{self.plugin} implements none of {', '.join(hooks)}")
+            await self._send_calls(service, calls)
+            # The SLA has passed and the callback is known: the loop decides all three.
+            end = max(int(p["timestamp"]) for c in calls for p in c.events)
+            number = await service.load_call(calls[0].call_id)
+            assert number is not None and number.client_number, "the calls need a number"
+            await service.app[MISSED_CALLS].settle(ACCOUNT, number.client_number, float(end + 1))
+            await service.settle()
+            failures = await self._unfinished(service, calls)
+            rows = [
+                row
+                for c in calls
+                for row in await service.dispatches(c.call_id)
+                if row.integration == integration.key and row.kind in MISSED_CALL_KINDS
+            ]
+            before = await self._observe(service)
+            problems = await _redeliver(service, rows, "call {call_id}")
+            after = await self._observe(service)
+        assert sorted(row.key for row in rows) == sorted(k.value for k in MISSED_CALL_KINDS), (
+            "the service did not dispatch every missed-call hook (a core problem): got "
+            f"{sorted(row.key for row in rows)}"
+        )
+        assert not failures, (
+            "every missed-call hook the plugin implements must accept its payload (earlier, "
+            "callback, overdue); these hook calls did not succeed:\n" + "\n".join(failures)
+        )
+        assert not problems, "\n".join(problems)
+        assert after == before, (
+            "delivery is at least once: a missed-call hook called again must change nothing "
+            "(record each effect in integration.effects under a key and look before you "
+            "create):\n" + _diff(before, after)
         )
 
     # -- 8. shutdown ---------------------------------------------------------------------------
@@ -792,6 +841,21 @@ class PluginContract:
 
 
 # --- helpers ----------------------------------------------------------------------------------
+
+
+async def _redeliver(service: KitService, rows: Sequence[Dispatch], what: str) -> list[str]:
+    """Each row's hook called again; what went wrong, naming ``what`` (``{call_id}`` and
+    ``{integration}`` filled from the row)."""
+    problems = []
+    for row in rows:
+        try:
+            await service.redeliver(row)
+        except Exception as exc:
+            named = what.format(call_id=row.call_id, integration=row.integration)
+            problems.append(
+                f"{hook_for(row)} for {named}, delivered again, raised {type(exc).__name__}: {exc}"
+            )
+    return problems
 
 
 @asynccontextmanager

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from connector_core.plugin import (
     AuthResult,
     AuthStatus,
+    Callback,
     CallState,
     CardPart,
     CheckFinding,
@@ -34,6 +35,8 @@ from connector_core.plugin import (
     Integration,
     IntegrationType,
     InvalidRequestError,
+    MissedCall,
+    Overdue,
     Questions,
     RegisterIntegrationType,
     SchemeVisit,
@@ -50,6 +53,8 @@ REQUESTS = {
     "lead_create": "POST /api/v4/leads",
     "call_note": "POST /api/v4/leads/notes",
     "set_responsible": "PATCH /api/v4/leads",
+    "task_create": "POST /api/v4/tasks",
+    "task_complete": "PATCH /api/v4/tasks",
 }
 
 
@@ -271,6 +276,70 @@ async def connector_call_finished(integration: AmoCrm, call: CallState) -> None:
     )
     user = f"user {responsible}" if responsible is not None else "nobody"
     integration.report(Decision(f"responsible {user}", f"{why} ({_done(journaled)})"))
+
+
+# The missed-call lifecycle (docs/missed-calls.md): one person's missed calls are one lead
+# (the first missed call's) with a callback task, completed when somebody calls back.
+
+
+@hookimpl
+async def connector_call_missed_again(
+    integration: AmoCrm, call: CallState, earlier: tuple[MissedCall, ...]
+) -> None:
+    first = earlier[0].call_id
+    note = f"missed again: {len(earlier) + 1} missed calls since call {first}"
+    journaled = await integration.runtime.request(
+        f"note:{call.call_id}:missed_again",
+        "call_note",
+        lead_of_call=first,
+        call_id=call.call_id,
+        missed_times=len(earlier) + 1,
+    )
+    integration.report(Decision(f"note on the lead of call {first}", _done(journaled), text=note))
+
+
+@hookimpl
+async def connector_call_called_back(
+    integration: AmoCrm, call: CallState, callback: Callback
+) -> None:
+    first = callback.missed[0].call_id
+    journaled = await integration.runtime.request(
+        f"callback:{first}",
+        "task_complete",
+        lead_of_call=first,
+        callback_call=call.call_id,
+        by_extension=callback.by_extension,
+        after_seconds=callback.after_seconds,
+        talk_seconds=callback.talk_seconds,
+    )
+    who = f"extension {callback.by_extension}" if callback.by_extension else "somebody"
+    integration.report(
+        Decision(
+            f"callback task of call {first} done",
+            f"{who} reached the client {callback.after_seconds} s after the first miss"
+            f" ({_done(journaled)})",
+        )
+    )
+
+
+@hookimpl
+async def connector_call_missed_overdue(
+    integration: AmoCrm, call: CallState, overdue: Overdue
+) -> None:
+    journaled = await integration.runtime.request(
+        f"overdue:{call.call_id}",
+        "task_create",
+        lead_of_call=call.call_id,
+        missed_times=len(overdue.missed),
+        waited_seconds=overdue.waited_seconds,
+        responsible=integration.settings.default_responsible,
+    )
+    integration.report(
+        Decision(
+            "urgent callback task",
+            f"nobody called back within {overdue.sla_seconds // 60} min ({_done(journaled)})",
+        )
+    )
 
 
 @hookimpl

@@ -180,6 +180,26 @@ else:
 
 
 @hookimpl
+async def connector_call_missed_again(integration, call, earlier):
+    await _record(integration, f"repeat:{{call.call_id}}", "repeat", first=earlier[0].call_id)
+
+
+@hookimpl
+async def connector_call_called_back(integration, call, callback):
+    if BROKEN == "callback_misread":  # takes the payload for the missed call itself
+        first = callback.call_id
+    else:
+        first = callback.missed[0].call_id
+    await _record(integration, f"callback:{{first}}", "callback", by=callback.by_extension)
+
+
+@hookimpl
+async def connector_call_missed_overdue(integration, call, overdue):
+    waited = overdue.waited_seconds
+    await _record(integration, f"overdue:{{call.call_id}}", "overdue", waited=waited)
+
+
+@hookimpl
 def connector_agent_card(integration, call, extension):
     if BROKEN == "card_raises" and call.client_number is None:
         raise KeyError("client_number")
@@ -257,6 +277,10 @@ class TinyContract(PluginContract):
 # entry-point name: (what is broken, the kit tests written to catch it)
 VARIANTS: dict[str, tuple[str, set[str]]] = {
     "kit_good": ("nothing", set()),
+    "kit_callback_misread": (
+        "reads connector_call_called_back's payload wrongly (callback.call_id: no such field)",
+        {"test_missed_call_hooks_accepted_and_idempotent"},
+    ),
     "kit_misnamed": (
         "registers its integration type under another name than its entry point",
         {"test_registered_through_entry_point"},
@@ -312,7 +336,7 @@ VARIANTS: dict[str, tuple[str, set[str]]] = {
     ),
     "kit_not_idempotent": (
         "writes a new journal row on every delivery",
-        {"test_redelivery_is_idempotent"},
+        {"test_redelivery_is_idempotent", "test_missed_call_hooks_accepted_and_idempotent"},
     ),
     "kit_session_leak": (
         "aclose() does not close its aiohttp.ClientSession",
@@ -342,6 +366,7 @@ KIT_TESTS = {
     "test_agent_card_never_raises",
     "test_unknown_events_skipped",
     "test_redelivery_is_idempotent",
+    "test_missed_call_hooks_accepted_and_idempotent",
     "test_clean_shutdown",
 }
 
@@ -385,6 +410,7 @@ def verdicts(junit: Path) -> dict[str, dict[str, str]]:
     return found
 
 
+@pytest.mark.timeout(320)  # the inner run's own limit is 300 s
 def test_kit_fails_every_broken_plugin_and_passes_the_unbroken_one(
     pytester: pytest.Pytester,
 ) -> None:

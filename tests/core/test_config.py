@@ -613,6 +613,7 @@ def test_the_json_schema_describes_the_core_and_every_plugins_settings() -> None
         "server",
         "storage",
         "tracker",
+        "missed_calls",
         "cluster",
         "retention",
         "logging",

@@ -88,6 +88,7 @@ async def test_readyz_names_a_loop_with_work_that_completed_no_round_and_it_reco
         "worker": worker.errors,
         "dispatcher": 0,
         "expiry": 0,
+        "missed_calls": 0,
         "auth": 0,
         "prune": 0,
     }

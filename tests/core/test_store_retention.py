@@ -10,11 +10,12 @@ from dataclasses import dataclass
 import asyncpg
 import pytest
 
-from connector_core import pruner, tracker
+from connector_core import missed_calls, pruner, tracker
 from connector_core.callrecords import Decision, HookCall, HookOutcome, NewCallRecord
 from connector_core.clock import FakeClock
 from connector_core.config import RetentionConfig
 from connector_core.events import parse_event
+from connector_core.missed import Rules
 from connector_core.retention import DAY
 from connector_core.simulator import scenarios
 from connector_core.store.base import NewDispatch, Store
@@ -74,12 +75,18 @@ async def seed_call(
             outcome=HookOutcome.DONE,
             decisions=(Decision(what="client found", text=f"call from +{number}"),),
         )
+        dispatches = [NewDispatch(INTEGRATION, record) for record in new]
         await store.commit_event(
             item,
             state,
-            [NewDispatch(INTEGRATION, record) for record in new],
+            dispatches,
             [NewCallRecord(INTEGRATION, hook, now)],
+            number_call=missed_calls.noted(state, dispatches),
         )
+    if state is not None and state.finished and state.client_number:
+        # The missed-call lifecycle keeps the finished call's number until it is decided.
+        lifecycle = missed_calls.MissedCalls(store, world.clock, Rules())
+        await lifecycle.settle(ACCOUNT, state.client_number, now)
     if complete:
         for row in await store.dispatches_for(ACCOUNT, call_id):
             await store.complete_dispatch(row.id)
@@ -153,6 +160,7 @@ async def test_old_rows_go_and_new_rows_stay(world: World) -> None:
         "call_records": 4,
         "dispatches": counts["dispatches"],
         "effects": 2,
+        "number_calls": 1,
         "calls": 1,
     }
     assert counts["dispatches"] >= 3

@@ -28,6 +28,7 @@ import http.client
 import itertools
 import json
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -214,10 +215,15 @@ def digits(call: scenarios.Scenario) -> str:
     return str(call.expected["client_number"]).lstrip("+")
 
 
+LIFECYCLE_NOTE = re.compile(r"<p>ID: ([^,<]+), (missed_again|called_back)</p>")
+
+
 def is_call_comment(comment: dict[str, Any]) -> bool:
     """A call's comment names its call (the default template's ``ID: {call_id}``): a comment of
-    its own, or the first message of a ticket made at the call's end."""
-    return "<p>ID: " in comment["message"]
+    its own, or the first message of a ticket made at the call's end. The missed-call
+    lifecycle's notes name their call and step (``ID: <call>, missed_again``) and are counted
+    apart."""
+    return "<p>ID: " in comment["message"] and not LIFECYCLE_NOTE.search(comment["message"])
 
 
 def check_usedesk(
@@ -247,6 +253,14 @@ def check_usedesk(
         mine = [c for c in all_comments if f"ID: {call.call_id}<" in c["message"]]
         assert len(mine) == 1, (call.name, call.call_id, len(mine))
     assert len(all_comments) == len(calls)
+    # A repeat caller missed twice gets a lifecycle note: never two for one call and step.
+    notes = Counter(
+        m.groups()
+        for t in tickets
+        for c in t["comments"]
+        for m in LIFECYCLE_NOTE.finditer(c["message"])
+    )
+    assert all(n == 1 for n in notes.values()), notes
     return {"clients": len(clients), "tickets": len(tickets), "comments": len(all_comments)}
 
 
