@@ -8,7 +8,8 @@ from typing import Any
 from aiohttp import web
 
 from connector_core.app import create_app
-from connector_core.appkeys import DISPATCHER, NOTIFIER, STORE, WORKER
+from connector_core.appkeys import DISPATCHER, MISSED_CALLS, NOTIFIER, STORE, WORKER
+from connector_core.clock import FakeClock
 from connector_core.config import Config, parse_config_text
 from connector_core.hooks import PluginHost
 
@@ -43,6 +44,15 @@ async def settle(app: web.Application, rounds: int = 50) -> None:
         if not drained and not started:
             return
     raise AssertionError("the service did not settle")
+
+
+async def settle_missed(app: web.Application, clock: FakeClock, seconds: float) -> None:
+    """Everything processed, then ``seconds`` later the missed-call loop, then its hooks."""
+    await settle(app)
+    clock.advance(seconds)
+    while await app[MISSED_CALLS].settle_round():
+        pass
+    await settle(app)
 
 
 def app_for(config: Config, host: PluginHost, **kwargs: Any) -> web.Application:

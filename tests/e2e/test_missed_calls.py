@@ -13,12 +13,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from connector_core.appkeys import MISSED_CALLS, STORE
+from connector_core.appkeys import STORE
 from connector_core.clock import FakeClock
 from connector_core.simulator import scenarios
 from connector_core.simulator.scenarios import Scenario
 from tests.console_kit import console_section, sign_in
-from tests.harness import ACCOUNT, TOKEN, app_for, make_config, settle
+from tests.harness import ACCOUNT, TOKEN, app_for, make_config, settle_missed
 
 pytestmark = pytest.mark.e2e
 START = scenarios.START
@@ -56,12 +56,7 @@ async def send(client, *calls: Scenario) -> None:
 
 
 async def run(app: web.Application, clock: FakeClock, seconds: float = SETTLE + 1) -> None:
-    """Everything processed, then ``seconds`` later the missed-call loop, then its hooks."""
-    await settle(app)
-    clock.advance(seconds)
-    while await app[MISSED_CALLS].settle_round():
-        pass
-    await settle(app)
+    await settle_missed(app, clock, seconds)
 
 
 async def journal(app: web.Application, integration: str) -> list[str]:
