@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from connector_core.appkeys import MISSED_CALLS
 from connector_core.simulator import scenarios
 from connector_core.simulator.sipuni_sandbox import SipuniSandbox
 from plugins.usedesk.sandbox import UsedeskSandbox
@@ -75,8 +76,12 @@ class World:
         return response.status, await response.json()
 
     async def calls_placed(self) -> None:
-        """The click-to-calls' webhooks sent, and processed."""
+        """The click-to-calls' webhooks sent, and processed, the missed-call lifecycle's
+        round (the callback of the missed call) included."""
         await self.sipuni.settled()
+        await settle(self.app)
+        while await self.app[MISSED_CALLS].settle_round():
+            pass
         await settle(self.app)
 
     def tickets(self) -> list[dict[str, Any]]:
@@ -94,7 +99,8 @@ async def world(tmp_path: Path, *, with_key: bool = True, **sipuni: Any) -> Asyn
         config, host = make_config(
             tmp_path,
             config_text(usedesk_url, usedesk.token, sipuni_url if with_key else None),
-            extra=console_section(),
+            # The missed-call lifecycle decides a number at once, not 5 s after its last call.
+            extra=console_section() + "\n[missed_calls]\nsettle_seconds = 0\n",
         )
         app = app_for(config, host)
         client = await stack.enter_async_context(TestClient(TestServer(app, host="127.0.0.1")))

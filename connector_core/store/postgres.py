@@ -29,6 +29,7 @@ from connector_core.callrecords import CallRecord, NewCallRecord
 from connector_core.callstate import CallState, LifecycleEvent
 from connector_core.clock import Clock, SystemClock
 from connector_core.hooktime import queue_wait
+from connector_core.integrations import KeyedLocks
 from connector_core.missed import NumberCall
 from connector_core.store import pg_migrations
 from connector_core.store.base import (
@@ -72,6 +73,8 @@ CHANNEL_PREFIX = "connector_"  # NOTIFY channels are database-wide: keep to ours
 CONNECT_TIMEOUT = 10.0  # seconds to reach the server before the store says it cannot
 LISTEN_CHECK_SECONDS = 5.0  # how often the listening connection is proved alive
 RECONNECT_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)  # waits between attempts to listen again
+# Pauses between tries of a cluster-wide lock another process holds: growing to the maximum.
+LOCK_RETRY_FIRST, LOCK_RETRY_MAX = 0.01, 0.2
 # Rate grants older than this are deleted, now and then: no window looks further back.
 RATE_GRANTS_KEPT = 300.0
 # The database's clock, in epoch seconds: one clock for every host.
@@ -125,7 +128,13 @@ class PostgresStore(PostgresNumberCalls):
         self.clock = clock or SystemClock()
         self._min_size, self._max_size = min_size, max_size
         self._pool: asyncpg.Pool | None = None
-        self._lock_pool: asyncpg.Pool | None = None
+        # The session holding this process's cluster-wide locks (see ``lock``), opened on
+        # first use; the mutex keeps its statements one at a time.
+        self._lock_session: asyncpg.Connection[asyncpg.Record] | None = None
+        self._lock_mutex = asyncio.Lock()
+        self._open = False
+        # A name is held by one task of the process at a time, before the session tries it.
+        self._local_locks = KeyedLocks()
         self._subscribers: dict[str, list[Callable[[str], None]]] = {}
         self._listener: asyncpg.Connection | None = None
         self._listening: asyncio.Task[None] | None = None
@@ -170,12 +179,10 @@ class PostgresStore(PostgresNumberCalls):
             self._pool = await asyncpg.create_pool(
                 self.url, min_size=self._min_size, max_size=self._max_size, reset=_unchanged
             )
-            self._lock_pool = await asyncpg.create_pool(
-                self.url, min_size=0, max_size=self._max_size
-            )
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             await self._close_pools()
             raise self._unreachable(exc) from exc
+        self._open = True
         if self._subscribers:
             self._listener = await self._listen()
         self._listening = asyncio.create_task(self._keep_listening(), name="pg-listen")
@@ -194,10 +201,13 @@ class PostgresStore(PostgresNumberCalls):
         await self._close_pools()
 
     async def _close_pools(self) -> None:
-        for pool in (self._pool, self._lock_pool):
-            if pool is not None:
-                await pool.close()
-        self._pool = self._lock_pool = None
+        self._open = False
+        if self._pool is not None:
+            await self._pool.close()
+        self._pool = None
+        if self._lock_session is not None:
+            self._lock_session.terminate()  # the server frees the session's locks
+            self._lock_session = None
 
     async def writable(self) -> bool:
         """Whether a real write succeeds: the probe row is updated and committed within
@@ -781,28 +791,62 @@ class PostgresStore(PostgresNumberCalls):
 
     @asynccontextmanager
     async def lock(self, name: str) -> AsyncIterator[None]:
-        """Hold the cluster-wide lock ``name``: a session advisory lock on a connection kept
-        for the block. The server frees it if this process dies (its connection closes)."""
-        if self._lock_pool is None:
-            raise StoreUnavailable("the store is not open")
-        pool = self._lock_pool
-        async with queue_wait():
-            conn = await pool.acquire()
-        try:
+        """Hold the cluster-wide lock ``name``: a session advisory lock, freed by the server
+        if this process dies (its session ends).
+
+        Every lock of the process lives on one session, taken with ``pg_try_advisory_lock``
+        and tried again after a short, growing pause while another process holds it. A
+        session per held lock (a pool) deadlocks once locks nest: with the pool's every
+        connection held by an outer lock, no inner lock can get a connection, and no outer
+        one is let go. One session never waits inside the server, so it cannot. The process's
+        own callers of one name queue first (``KeyedLocks``), so the session's re-entrant
+        counting never comes into play.
+        """
+        async with self._local_locks(name):
+            pause = LOCK_RETRY_FIRST
             async with queue_wait():
-                await conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", name)
+                while not await self._lock_statement("pg_try_advisory_lock", name):
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, LOCK_RETRY_MAX)
             try:
                 yield
             finally:
-                try:
-                    await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", name)
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                    # The session ends with the connection, and the server frees its locks.
-                    conn.terminate()
-        finally:
-            # A wait cancelled midway may have left the lock taken: the pool's reset on
-            # release unlocks every advisory lock of the session.
-            await pool.release(conn)
+                await self._lock_statement("pg_advisory_unlock", name)
+
+    async def _lock_statement(self, function: str, name: str) -> bool:
+        """Run ``function(name)`` on the lock session; a statement cut short by cancellation
+        still completes, and a lock it took is let go, so none is left behind."""
+        run = asyncio.ensure_future(self._on_lock_session(function, name))
+        try:
+            return await asyncio.shield(run)
+        except asyncio.CancelledError:
+            if await run and function == "pg_try_advisory_lock":
+                await self._on_lock_session("pg_advisory_unlock", name)
+            raise
+
+    async def _on_lock_session(self, function: str, name: str) -> bool:
+        async with self._lock_mutex:
+            if not self._open:
+                raise StoreUnavailable("the store is not open")
+            lost = self._lock_session is None or self._lock_session.is_closed()
+            if function == "pg_advisory_unlock" and lost:
+                return False  # the session that held it is gone, and its locks with it
+            try:
+                if lost or self._lock_session is None:
+                    self._lock_session = await self._connect()
+                answer = await self._lock_session.fetchval(
+                    f"SELECT {function}(hashtextextended($1, 0))", name
+                )
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # A lost session has lost its locks too (the server freed them): the next
+                # statement opens a new one.
+                if self._lock_session is not None:
+                    self._lock_session.terminate()
+                    self._lock_session = None
+                if function == "pg_advisory_unlock":
+                    return False
+                raise self._unreachable(exc) from exc
+            return bool(answer)
 
     async def take_rate_slot(
         self, name: str, per_minute: int, per_second: int, margin: float = 0.0

@@ -122,6 +122,39 @@ async def test_a_lock_is_free_again_after_its_holder_failed(stores: tuple[Store,
         pass
 
 
+async def test_locks_nest_however_many_are_held_at_once(stores: tuple[Store, Store]) -> None:
+    """A hook holds its number's lock and, inside it, a lock every call shares (the Usedesk
+    plugin's agent list). With more numbers at once than a pool has connections, a session
+    per held lock deadlocked: every connection held by an outer lock, no inner one could
+    get one. (The PostgreSQL kill loop stalled on it, hook calls pending forever.)"""
+    a, b = stores
+    inside: list[str] = []
+
+    async def hook(store: Store, number: str) -> None:
+        async with store.lock(f"usedesk:{number}"), store.lock("usedesk:agents"):
+            inside.append(number)
+            await asyncio.sleep(0.001)
+
+    numbers = [f"+7916000{i:04d}" for i in range(24)]
+    async with asyncio.timeout(EVENTUALLY * 3):
+        await asyncio.gather(*(hook(a if i % 2 else b, n) for i, n in enumerate(numbers)))
+    assert sorted(inside) == numbers
+
+
+async def test_a_cancelled_wait_leaves_no_lock_behind(stores: tuple[Store, Store]) -> None:
+    a, b = stores
+    async with a.lock("k"):
+        waiter = asyncio.create_task(b.lock("k").__aenter__())
+        await asyncio.sleep(0.05)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+    async with asyncio.timeout(EVENTUALLY), a.lock("k"):
+        pass
+    async with asyncio.timeout(EVENTUALLY), b.lock("k"):
+        pass
+
+
 # -- shared rate windows ------------------------------------------------------------------------
 
 

@@ -363,7 +363,8 @@ def dangling_intents(backend: StoreBackend) -> set[str]:
     for key in stored:
         if key.startswith("intent:"):
             _, kind, call_id = key.split(":", 2)
-            if f"{outcome[kind]}:{call_id}" not in stored:
+            # The missed-call lifecycle's notes record their outcome under the intent's key.
+            if f"{outcome.get(kind, kind)}:{call_id}" not in stored:
                 found.add(key)
     return found
 
