@@ -367,6 +367,27 @@ class RetentionConfig(_Strict):
     )
 
 
+class ReconcileConfig(_Strict):
+    """``[reconcile]``: comparing Sipuni's call history with the calls received
+    (docs/sipuni.md); only for accounts with a ``sipuni_api_key``."""
+
+    enabled: bool = Field(
+        True, description="Off: no background reconciliation (`connector reconcile` still works)."
+    )
+    interval_minutes: float = Field(15, gt=0, description="How often the background run goes.")
+    lookback_hours: float = Field(
+        6,
+        gt=0,
+        description="Each run reads Sipuni's history of the calls started this long ago or later.",
+    )
+    settle_minutes: float = Field(
+        10,
+        ge=0,
+        description="Calls that ended less than this long ago are left for a later run: they "
+        "may still be going on, or their webhooks still on their way.",
+    )
+
+
 class LoggingConfig(_Strict):
     """``[logging]``."""
 
@@ -468,6 +489,7 @@ class ConfigFile(_Strict):
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    reconcile: ReconcileConfig = Field(default_factory=ReconcileConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     console: ConsoleConfig = Field(default_factory=ConsoleConfig)
     accounts: Annotated[dict[AccountNumber, AccountTable], AfterValidator(_check_accounts)] = Field(
@@ -519,6 +541,7 @@ class Config(_Strict):
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    reconcile: ReconcileConfig = Field(default_factory=ReconcileConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     console: ConsoleConfig = Field(default_factory=ConsoleConfig)
     accounts: dict[str, AccountConfig]
@@ -753,6 +776,7 @@ def _build(
         tracker=file.tracker,
         cluster=file.cluster,
         retention=file.retention,
+        reconcile=file.reconcile,
         logging=file.logging,
         console=file.console,
         accounts=accounts,

@@ -18,6 +18,7 @@ from connector_core.config import (
     Config,
     IntegrationTable,
     LoggingConfig,
+    ReconcileConfig,
     ServerConfig,
     StorageConfig,
     TrackerConfig,
@@ -251,6 +252,7 @@ def test_the_embedded_defaults_file_states_the_models_defaults() -> None:
     assert LoggingConfig(**raw["logging"]) == LoggingConfig()
     assert StorageConfig(**raw["storage"]) == StorageConfig()
     assert ClusterConfig(**raw["cluster"]) == ClusterConfig()
+    assert ReconcileConfig(**raw["reconcile"]) == ReconcileConfig()
     core = raw["accounts"]["012345"]["integrations"]["amocrm_stub"]
     assert set(core) == set(IntegrationTable.model_fields)  # every core key is written out
     assert IntegrationTable(**core) == IntegrationTable(plugin="amocrm_stub")
@@ -603,6 +605,7 @@ def test_the_json_schema_describes_the_core_and_every_plugins_settings() -> None
         "tracker",
         "cluster",
         "retention",
+        "reconcile",
         "logging",
         "console",
         "accounts",
