@@ -19,14 +19,15 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from connector_core import app as service
 from connector_core import calls_view, cli
-from connector_core.appkeys import STORE
+from connector_core.appkeys import STORE, SUPERVISOR
 from connector_core.config import parse_config_text
 from connector_core.hooks import PluginHost
 from connector_core.simulator import scenarios as sc
 from connector_core.simulator.sipuni_sandbox import Delivery, SipuniSandbox
 from plugins.usedesk.sandbox import UsedeskSandbox
+from tests.e2e.test_usedesk_calls import eventually
 from tests.e2e.usedesk_world import USERS, call_comments
-from tests.harness import ACCOUNT, TOKEN, app_for, settle
+from tests.harness import ACCOUNT, TOKEN, app_for, make_config, settle
 
 pytestmark = pytest.mark.e2e
 KEY = "0.sipuni-KEY-reconcile-7f3a"
@@ -223,3 +224,22 @@ async def test_the_cli_says_why_it_cannot_read_sipunis_history(
         assert "AuthError: Sipuni refused statistic/export" in err and KEY not in err
         assert await _cli(s, "--account", "999999") == 1
         assert "account 999999 is not in the config (accounts: 012345)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("keyed", "section", "runs"),
+    [(True, "", True), (False, "", False), (True, "[reconcile]\nenabled = false\n", False)],
+)
+async def test_the_background_run_goes_only_for_accounts_with_a_key_and_when_enabled(
+    tmp_path: Path, keyed: bool, section: str, runs: bool
+) -> None:
+    sipuni = SipuniSandbox(key=KEY)
+    async with sipuni.serve() as url:
+        keys = f'sipuni_api_key = "{KEY}"\nsipuni_api_url = "{url}"\n' if keyed else ""
+        config, host = make_config(tmp_path, keys, extra=section)
+        app = service.create_app(config, host=host)
+        async with TestClient(TestServer(app, host="127.0.0.1")):
+            assert ("reconcile" in app[SUPERVISOR].loops) is runs
+            if runs:
+                await eventually(lambda: app[SUPERVISOR].loops["reconcile"].rounds >= 1)
+                assert ("statistic/export",) == tuple(m for m, _ in sipuni.requests[:1])
