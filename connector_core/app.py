@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
 from aiohttp import web
@@ -25,6 +25,7 @@ from connector_core import (
     ingest,
     pruner,
     public_url,
+    reconcile,
 )
 from connector_core.appkeys import (
     ACCOUNTS,
@@ -116,6 +117,9 @@ def create_app(
     app[CLOCK] = clock or SystemClock()
     app[HOST] = host or plugin_host_for(config)
     app[METRICS] = Metrics()
+    for account in reconcile.accounts_with_key(config):
+        for missing in _MISSING.values():  # at 0 from the start, for an alert on its increase
+            app[METRICS].reconciled_calls.labels(account, missing)
     app[HOST].on_routing_error = lambda plugin, hook: (
         app[METRICS].routing_hook_errors.labels(plugin, hook).inc()
     )
@@ -339,6 +343,21 @@ async def _auth_round(app: web.Application) -> bool:
     return False
 
 
+# The ``missing`` label of connector_reconciled_calls, by what reconciliation found.
+_MISSING = {reconcile.Verdict.MISSING_CALL: "call", reconcile.Verdict.MISSING_END: "end"}
+
+
+def reconcile_round(app: web.Application) -> Callable[[], Awaitable[bool]]:
+    """The reconciliation loop's round, counting the calls it records in ``/metrics``."""
+    counter = app[METRICS].reconciled_calls
+    return reconcile.reconcile_round(
+        app[STORE],
+        app[CONFIG],
+        app[CLOCK],
+        lambda account, verdict: counter.labels(account, _MISSING[verdict]).inc(),
+    )
+
+
 async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
     worker, dispatcher, supervisor = app[WORKER], app[DISPATCHER], app[SUPERVISOR]
     leases = app[LEASES]
@@ -401,6 +420,13 @@ async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
                 ),
             ),
             interval=retention.interval_minutes * 60,
+        )
+    settings = app[CONFIG].reconcile
+    if settings.enabled and reconcile.accounts_with_key(app[CONFIG]):
+        supervisor.add(
+            "reconcile",
+            cluster.singleton(leases, reconcile.RECONCILE_SINGLETON, reconcile_round(app)),
+            interval=settings.interval_minutes * 60,
         )
     for name in supervisor.loops:  # each loop's error count exists, at 0, from the start
         app[METRICS].loop_errors.labels(name)

@@ -27,6 +27,7 @@ from connector_core import callrecords, click_to_call, phones
 from connector_core.callrecords import CallRecord, ClickToCall, Decision, HookCall, Routing
 from connector_core.callstate import CallState, Direction, Outcome
 from connector_core.events import EventError, EventType, SipuniEvent, parse_event
+from connector_core.reconcile import is_reconciled
 from connector_core.store.base import (
     CallQuery,
     CallRow,
@@ -271,6 +272,12 @@ def trace(
         for key in keys
     ]
     notes = []
+    made_up = sum(1 for item in events if is_reconciled(item.params))
+    if made_up:
+        notes.append(
+            f"reconciled from Sipuni's call history: {made_up} of its webhooks never arrived"
+            " and were made from the history row (`connector reconcile`, docs/sipuni.md)"
+        )
     if len(records) >= callrecords.MAX_RECORDS_PER_CALL:
         notes.append(
             f"the call has {len(records)} records, the most kept per call: its oldest hook"

@@ -24,7 +24,15 @@ import aiohttp
 from aiohttp import web
 
 from connector_core import app as service
-from connector_core import calls_cli, demo, forget, init_config, prune_cli, settings_check
+from connector_core import (
+    calls_cli,
+    demo,
+    forget,
+    init_config,
+    prune_cli,
+    reconcile_cli,
+    settings_check,
+)
 from connector_core.appkeys import CLOCK, DISPATCHER, HOST, INTEGRATIONS, STORE, WORKER
 from connector_core.clock import Clock, SystemClock
 from connector_core.cluster import Role, WorkerLocked
@@ -768,6 +776,17 @@ def cmd_prune(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    """Compare Sipuni's call history with the calls received (:mod:`reconcile_cli`)."""
+    config, _ = load(args.config)
+    setup_logging(config.logging.level, config.secrets(), json_lines=config.logging.json_format)
+    now = time.time()
+    since = parse_since(args.since, now)
+    return asyncio.run(
+        _with_store(config, lambda store: reconcile_cli.run(store, config, args, since, now))
+    )
+
+
 def parse_since(text: str, now: float) -> float:
     """``2h``, ``30m``, ``90s``, ``3d`` ago, or an ISO date/time (UTC unless it says)."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -905,6 +924,14 @@ def build_parser() -> argparse.ArgumentParser:
         " in small batches while the service runs; prints the rows deleted per table",
     )
     prune_cli.add_arguments(p)
+    p.add_argument("--config", help=config_help)
+    p = command(
+        "reconcile",
+        cmd_reconcile,
+        "compare Sipuni's call history with the calls received and record the calls whose"
+        " webhooks never arrived (or arrived without their end); prints what it found per call",
+    )
+    reconcile_cli.add_arguments(p)
     p.add_argument("--config", help=config_help)
     p = command(
         "console-password",

@@ -403,6 +403,27 @@ class RetentionConfig(_Strict):
     )
 
 
+class ReconcileConfig(_Strict):
+    """``[reconcile]``: comparing Sipuni's call history with the calls received
+    (docs/sipuni.md); only for accounts with a ``sipuni_api_key``."""
+
+    enabled: bool = Field(
+        True, description="Off: no background reconciliation (`connector reconcile` still works)."
+    )
+    interval_minutes: float = Field(15, gt=0, description="How often the background run goes.")
+    lookback_hours: float = Field(
+        6,
+        gt=0,
+        description="Each run reads Sipuni's history of the calls started this long ago or later.",
+    )
+    settle_minutes: float = Field(
+        10,
+        ge=0,
+        description="Calls that ended less than this long ago are left for a later run: they "
+        "may still be going on, or their webhooks still on their way.",
+    )
+
+
 class LoggingConfig(_Strict):
     """``[logging]``."""
 
@@ -521,6 +542,7 @@ class ConfigFile(_Strict):
     missed_calls: MissedCallsConfig = Field(default_factory=MissedCallsConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    reconcile: ReconcileConfig = Field(default_factory=ReconcileConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     console: ConsoleConfig = Field(default_factory=ConsoleConfig)
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
@@ -574,6 +596,7 @@ class Config(_Strict):
     missed_calls: MissedCallsConfig = Field(default_factory=MissedCallsConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    reconcile: ReconcileConfig = Field(default_factory=ReconcileConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     console: ConsoleConfig = Field(default_factory=ConsoleConfig)
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
@@ -810,6 +833,7 @@ def _build(
         missed_calls=file.missed_calls,
         cluster=file.cluster,
         retention=file.retention,
+        reconcile=file.reconcile,
         logging=file.logging,
         console=file.console,
         notifications=file.notifications,

@@ -77,6 +77,14 @@ class Metrics:
             ["table"],
             registry=r,
         )
+        self.reconciled_calls = Counter(
+            "connector_reconciled_calls",
+            "Calls recorded from Sipuni's call history because their webhooks (missing=call)"
+            " or their final hang-up (missing=end) never arrived: should stay at 0"
+            " (docs/sipuni.md)",
+            ["account", "missing"],
+            registry=r,
+        )
         self.breaker_open = Gauge(
             "connector_circuit_open",
             "1 while an integration's circuit breaker is open",

@@ -19,6 +19,7 @@ from connector_core.config import (
     IntegrationTable,
     LoggingConfig,
     NotificationsConfig,
+    ReconcileConfig,
     ServerConfig,
     StorageConfig,
     TrackerConfig,
@@ -254,6 +255,7 @@ def test_the_embedded_defaults_file_states_the_models_defaults() -> None:
     assert StorageConfig(**raw["storage"]) == StorageConfig()
     assert ClusterConfig(**raw["cluster"]) == ClusterConfig()
     assert NotificationsConfig(**raw["notifications"]) == NotificationsConfig()
+    assert ReconcileConfig(**raw["reconcile"]) == ReconcileConfig()
     core = raw["accounts"]["012345"]["integrations"]["amocrm_stub"]
     assert set(core) == set(IntegrationTable.model_fields)  # every core key is written out
     assert IntegrationTable(**core) == IntegrationTable(plugin="amocrm_stub")
@@ -616,6 +618,7 @@ def test_the_json_schema_describes_the_core_and_every_plugins_settings() -> None
         "missed_calls",
         "cluster",
         "retention",
+        "reconcile",
         "logging",
         "console",
         "notifications",
