@@ -23,9 +23,8 @@ from connector_core.clock import FakeClock
 from connector_core.pacing import Priority
 from connector_core.simulator import scenarios
 from plugins.usedesk.ratelimit import SlidingWindowLimiter
-from plugins.usedesk.sandbox import UsedeskSandbox
-from tests.e2e.usedesk_world import USERS
-from tests.harness import ACCOUNT, TOKEN, app_for, make_config, settle
+from tests.e2e.usedesk_world import world
+from tests.harness import ACCOUNT, TOKEN, settle
 
 pytestmark = pytest.mark.e2e
 
@@ -68,25 +67,11 @@ async def settle_paced(app: web.Application) -> None:
     raise AssertionError("the service did not settle")
 
 
-async def test_a_hang_ups_comment_goes_before_other_calls_queued_lookups(
-    tmp_path: Path, aiohttp_client
-) -> None:
+async def test_a_hang_ups_comment_goes_before_other_calls_queued_lookups(tmp_path: Path) -> None:
     held = HeldTime()
-    sandbox = UsedeskSandbox()
-    async with sandbox.serve() as base_url:
-        config, host = make_config(
-            tmp_path,
-            f"""
-[accounts.{ACCOUNT}.integrations.usedesk]
-api_token = "{sandbox.token}"
-base_url = "{base_url}"
-rate_limit_per_minute = 1000
-burst_per_second = {BURST}
-users = {USERS}
-""",
-        )
-        app = app_for(config, host)
-        client = await aiohttp_client(app)
+    limits = f"rate_limit_per_minute = 1000\nburst_per_second = {BURST}"
+    async with world(tmp_path, limits=limits) as w:
+        app, client, sandbox = w.app, w.client, w.sandbox
         usedesk = app[INTEGRATIONS][KEY].runtime.client
         limiter = usedesk.limiter = SlidingWindowLimiter(
             1000, burst_per_second=BURST, clock=held.clock, sleep=held.sleep
