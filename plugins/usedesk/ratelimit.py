@@ -18,11 +18,12 @@ The limiter waits instead of failing: a caller over budget sleeps until a slot f
 are served by priority, then in arrival order: a request of the work that completes a call (the
 hang-up's owner and comment, :class:`connector_core.pacing.Priority`) takes the next slot before
 other calls' ring-time lookups that queued earlier. The priority is the hook call's
-(``pacing.work_urgency``, set by the dispatcher and raised by it when a call hangs up while
-its ring-time request still waits), so the plugin's code passes nothing. Low
-priority still progresses: a waiter that ``max_overtaken`` later arrivals have overtaken is
-served as the highest priority, in its arrival order (it waits for at most that many extra
-slots). After a
+(``pacing.work_urgency``, set by the dispatcher and raised by it when a call hangs up while its
+ring-time request still waits), so the plugin's code passes nothing. Ring-time work also leaves
+the last ``reserve`` slots of any 60 s window (a twentieth: 5 of 100) to completing work, so a
+hang-up finds a slot at once when ring-time work alone would fill the window. Low priority
+still progresses: a waiter that ``max_overtaken`` later arrivals have overtaken is served as
+the highest priority, in its arrival order (it waits for at most that many extra slots). After a
 429 the client calls :meth:`SlidingWindowLimiter.pause_for`, and every caller then waits until the
 server's ``Retry-After`` has passed. That wait is a queue wait: it does not count against the hook
 timeout (:mod:`connector_core.hooktime`). :meth:`SlidingWindowLimiter.budget` tells the
