@@ -32,7 +32,14 @@ from connector_core.hooks import PluginHost
 from connector_core.hooktime import waiting_for_turn
 from connector_core.integrations import AuthResult, AuthStatus, Integration
 from connector_core.logcontext import call_context
-from connector_core.pacing import budget_of, room_to_start
+from connector_core.pacing import (
+    Priority,
+    Urgency,
+    budget_of,
+    prioritised,
+    room_to_complete,
+    room_to_start,
+)
 from connector_core.store.base import Dispatch, Store, is_store_failure
 
 log = logging.getLogger(__name__)
@@ -150,6 +157,8 @@ class Dispatcher:
         self.wakeup = asyncio.Event()
         self._running: dict[tuple[str, str, str], asyncio.Task[None]] = {}
         self._probes: set[tuple[str, str, str]] = set()
+        # The priority of each running group's work (pacing.Urgency), raised on hang-up.
+        self._urgency: dict[tuple[str, str, str], Urgency] = {}
         self._pace_timer: asyncio.TimerHandle | None = None
         self.last_scan_rows = 0
         self.breakers: dict[str, Breaker] = {}
@@ -219,7 +228,8 @@ class Dispatcher:
         backlog never holds up another; an open circuit is not even asked for (one probe
         when its cooldown is over). A paced integration starts no more calls than its CRM
         budget serves soon (:mod:`connector_core.pacing`); it is looked at again when the
-        budget grows or one of its calls finishes.
+        budget grows or one of its calls finishes. The calls that hung up start first, paced
+        against the completing work already running (``pacing.room_to_complete``).
         """
         now = self.clock.now()
         started = scanned = 0
@@ -230,39 +240,76 @@ class Dispatcher:
             running = self.running(key)
             budget = budget_of(integration.runtime, PACING_HORIZON_SECONDS)
             room = room_to_start(budget, running, MAX_GROUPS_PER_INTEGRATION)
-            if room <= 0:
-                if budget is not None and budget.more_in > 0:
-                    self._wake_in(budget.more_in)
+            completing = sum(
+                1
+                for group, urgency in self._urgency.items()
+                if group[0] == key and urgency.priority is Priority.COMPLETING
+            )
+            first = room_to_complete(budget, completing, running, MAX_GROUPS_PER_INTEGRATION)
+            if room <= 0 and budget is not None and budget.more_in > 0:
+                self._wake_in(budget.more_in)
+            if room <= 0 and first <= 0:
                 continue
-            heads = await self.store.due_heads(key, now, 1 if breaker.is_open else limit)
+            # Completing heads come first (Store.due_heads orders them so): with no room for
+            # the rest, the few that may start (past the running groups' heads) are enough.
+            want = limit if room > 0 else min(limit, first + running)
+            heads = await self.store.due_heads(key, now, 1 if breaker.is_open else want)
             scanned += len(heads)
-            wanted = [
-                group
-                for head in heads
-                if (group := (head.integration, head.account, head.call_id)) not in self._running
-            ]
-            held = await self._lease(wanted, room)
-            unused = set(held)
-            for group in wanted:
-                lease = dispatch_lease(*group)
-                if lease not in held:
-                    continue
-                if room <= 0:  # before allow(): a half-open breaker must not mark a probe
-                    break
-                probe = breaker.is_open
-                if not breaker.allow(now):
-                    continue
-                room -= 1
-                unused.discard(lease)
-                task = asyncio.create_task(self._run_leased(group), name=f"dispatch {group}")
-                self._running[group] = task
-                if probe:
-                    self._probes.add(group)
-                task.add_done_callback(functools.partial(self._done, group))
-                started += 1
-            await self.leases.release(unused)
+            wanted: dict[Priority, list[tuple[str, str, str]]] = {p: [] for p in Priority}
+            for head in heads:
+                group = (head.integration, head.account, head.call_id)
+                priority = Priority.COMPLETING if head.completes_call else Priority.ROUTINE
+                if group not in self._running:
+                    wanted[priority].append(group)
+                else:
+                    # The call hung up while its earlier hook waits for the CRM: that hook's
+                    # requests now go first too (the comment waits for them).
+                    self._urgency[group].raise_to(priority)
+            if first > 0 and wanted[Priority.COMPLETING]:
+                begun = await self._start(
+                    wanted[Priority.COMPLETING], first, breaker, now, Priority.COMPLETING
+                )
+                started += begun
+                room -= begun  # they run beside the rest, and count against its room
+            if room > 0 and wanted[Priority.ROUTINE]:
+                routine = wanted[Priority.ROUTINE]
+                started += await self._start(routine, room, breaker, now, Priority.ROUTINE)
         self.last_scan_rows = scanned
         return started
+
+    async def _start(
+        self,
+        wanted: list[tuple[str, str, str]],
+        room: int,
+        breaker: Breaker,
+        now: float,
+        priority: Priority,
+    ) -> int:
+        """Start up to ``room`` of ``wanted`` (in order) whose lease this process takes, at
+        ``priority``; returns how many."""
+        held = await self._lease(wanted, room)
+        unused = set(held)
+        begun = 0
+        for group in wanted:
+            lease = dispatch_lease(*group)
+            if lease not in held:
+                continue
+            if room <= 0:  # before allow(): a half-open breaker must not mark a probe
+                break
+            probe = breaker.is_open
+            if not breaker.allow(now):
+                continue
+            room -= 1
+            unused.discard(lease)
+            urgency = self._urgency[group] = Urgency(priority)
+            task = asyncio.create_task(self._run_leased(group, urgency), name=f"dispatch {group}")
+            self._running[group] = task
+            if probe:
+                self._probes.add(group)
+            task.add_done_callback(functools.partial(self._done, group))
+            begun += 1
+        await self.leases.release(unused)
+        return begun
 
     async def _lease(self, wanted: list[tuple[str, str, str]], room: int) -> set[str]:
         """Leases for up to ``room`` of ``wanted`` (in order), a chunk of ``room`` per round
@@ -279,6 +326,7 @@ class Dispatcher:
 
     def _done(self, group: tuple[str, str, str], task: asyncio.Task[None]) -> None:
         self._running.pop(group, None)
+        self._urgency.pop(group, None)
         if not task.cancelled() and (error := task.exception()) is not None:
             self._group_errors.append(error)
         if group in self._probes:
@@ -304,9 +352,11 @@ class Dispatcher:
         while self._running:
             await asyncio.gather(*self._running.values(), return_exceptions=True)
 
-    async def _run_leased(self, group: tuple[str, str, str]) -> None:
+    async def _run_leased(self, group: tuple[str, str, str], urgency: Urgency) -> None:
         try:
-            await self._run_group(group)
+            # The CRM client's limiter serves the hooks' requests by it (pacing).
+            with prioritised(urgency):
+                await self._run_group(group)
         finally:
             await self.leases.release([dispatch_lease(*group)])
 

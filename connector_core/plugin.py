@@ -23,6 +23,9 @@ and may move. A plugin that imports only from this module keeps working across t
 - ``queue_wait()`` wraps a wait that is not the CRM's time (a rate limiter, a lock of the
   plugin's own), so the hook's timeout stops meanwhile; a runtime with a rate budget reports
   it as a ``Budget`` through the ``Paced`` protocol, and the dispatcher starts work at its pace.
+  ``work_urgency()`` is the running hook call's ``Urgency``: its ``priority`` (a ``Priority``,
+  ``COMPLETING`` once the call hung up) may rise while the hook waits, and a rate limiter of
+  the plugin's own serves waiters by it (``prioritised`` sets it for a block).
 - ``Questions`` is what ``connector_setup_integration`` asks the operator through (``ask``
   with a ``parse`` function, ``text``, ``confirm``, ``secret`` giving a ``SecretAnswer``,
   ``tell``), for ``connector init``.
@@ -77,7 +80,7 @@ from connector_core.integrations import (
     SharedRate,
 )
 from connector_core.notifications import Sink
-from connector_core.pacing import Budget, Paced
+from connector_core.pacing import Budget, Paced, Priority, Urgency, prioritised, work_urgency
 from connector_core.prompts import Questions, SecretAnswer
 from connector_core.store.base import EffectStore
 
@@ -107,6 +110,7 @@ __all__ = [
     "Outcome",
     "Overdue",
     "Paced",
+    "Priority",
     "Questions",
     "RegisterIntegrationType",
     "RetryLater",
@@ -117,6 +121,9 @@ __all__ = [
     "Sink",
     "Transfer",
     "TransientError",
+    "Urgency",
     "hookimpl",
+    "prioritised",
     "queue_wait",
+    "work_urgency",
 ]

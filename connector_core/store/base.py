@@ -112,6 +112,9 @@ class Dispatch:
     created_at: float = 0.0
     # None for a row written before rows kept their record (schema version 1).
     record: LifecycleEvent | None = None
+    # Read by due_heads only: the call hung up (its finished row waits in this row's group),
+    # so the group's work is the work that completes the call (pacing.Priority).
+    completes_call: bool = False
 
     @property
     def kind(self) -> LifecycleKind | None:
@@ -488,7 +491,8 @@ class Store(Protocol):
 
     async def due_heads(self, integration: str, now: float, limit: int) -> list[Dispatch]:
         """The first pending row of each of ``integration``'s (call) groups, if due; a shared
-        store leaves out the groups whose dispatch lease a process holds."""
+        store leaves out the groups whose dispatch lease a process holds. The groups of calls
+        that hung up come first (``Dispatch.completes_call``), then by age."""
         ...
 
     async def pending_in_group(

@@ -19,6 +19,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -31,6 +32,7 @@ from connector_core.clock import Clock, SystemClock
 from connector_core.hooktime import queue_wait
 from connector_core.integrations import KeyedLocks
 from connector_core.missed import NumberCall
+from connector_core.pacing import COMPLETING_KEY
 from connector_core.store import pg_migrations
 from connector_core.store.base import (
     DISPATCH_CHANNEL,
@@ -441,17 +443,24 @@ class PostgresStore(PostgresNumberCalls):
     async def due_heads(self, integration: str, now: float, limit: int) -> list[Dispatch]:
         """The first pending row of each of ``integration``'s calls whose turn has come, for
         the calls no process holds the dispatch lease of (``cluster.dispatch_lease``'s name):
-        as for ``pending_events``, each dispatcher is handed groups it can take."""
-        return await self._dispatches(
-            "id IN (SELECT min(id) FROM dispatches WHERE status = 'pending'"
-            " AND integration = $1 GROUP BY account, call_id)"
-            " AND not_before <= $2 AND NOT EXISTS (SELECT 1 FROM leases WHERE leases.name ="
+        as for ``pending_events``, each dispatcher is handed groups it can take. The calls
+        that hung up come first (their ``finished`` row, ``pacing.COMPLETING_KEY``, waits in
+        the group: ``Dispatch.completes_call``), then by age."""
+        rows = await self._db.fetch(
+            f"SELECT {_DISPATCH_COLUMNS}, g.completes FROM dispatches JOIN ("
+            " SELECT min(id) AS head, bool_or(key = $4) AS completes FROM dispatches"
+            " WHERE status = 'pending' AND integration = $1 GROUP BY account, call_id"
+            ") AS g ON dispatches.id = g.head"
+            " WHERE not_before <= $2 AND NOT EXISTS (SELECT 1 FROM leases WHERE leases.name ="
             " 'dispatch:' || dispatches.integration || '/' || dispatches.account || '/'"
-            f" || dispatches.call_id AND leases.expires_at > {_NOW}) ORDER BY id LIMIT $3",
+            f" || dispatches.call_id AND leases.expires_at > {_NOW})"
+            " ORDER BY g.completes DESC, dispatches.id LIMIT $3",
             integration,
             now,
             limit,
+            COMPLETING_KEY,
         )
+        return [replace(_dispatch(r), completes_call=r["completes"]) for r in rows]
 
     async def pending_in_group(
         self, integration: str, account: str, call_id: str

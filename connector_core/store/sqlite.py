@@ -22,6 +22,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,6 +31,7 @@ from connector_core.callrecords import CallRecord, NewCallRecord
 from connector_core.callstate import CallState, LifecycleEvent
 from connector_core.clock import Clock, SystemClock
 from connector_core.missed import NumberCall
+from connector_core.pacing import COMPLETING_KEY
 from connector_core.store.base import (
     DISPATCH_CHANNEL,
     INBOX_CHANNEL,
@@ -452,17 +454,20 @@ class SQLiteStore(SQLiteNumberCalls, LocalCoordination):
 
         Only a group's first row can run (the rest wait behind it); asking per integration
         means one stalled integration's backlog cannot crowd the others out of a batch.
+        The calls that hung up come first (their ``finished`` row, ``pacing.COMPLETING_KEY``,
+        waits in the group: ``Dispatch.completes_call``), then by age.
         """
 
         def select(db: sqlite3.Connection) -> list[Dispatch]:
             rows = db.execute(
-                f"SELECT {self._DISPATCH_COLUMNS} FROM dispatches WHERE id IN ("
-                "  SELECT min(id) FROM dispatches WHERE status = 'pending' AND integration = ?"
-                "  GROUP BY account, call_id)"
-                " AND not_before <= ? ORDER BY id LIMIT ?",
-                (integration, now, limit),
+                f"SELECT {self._DISPATCH_COLUMNS}, g.completes FROM dispatches JOIN ("
+                "  SELECT min(id) AS head, max(key = ?) AS completes FROM dispatches"
+                "  WHERE status = 'pending' AND integration = ? GROUP BY account, call_id"
+                ") AS g ON dispatches.id = g.head"
+                " WHERE not_before <= ? ORDER BY g.completes DESC, dispatches.id LIMIT ?",
+                (COMPLETING_KEY, integration, now, limit),
             ).fetchall()
-            return [_dispatch(r) for r in rows]
+            return [replace(_dispatch(r[:-1]), completes_call=bool(r[-1])) for r in rows]
 
         return await self._run(select)
 

@@ -772,18 +772,22 @@ class UsedeskClient:
     def _error(self, cls: type[_E], message: str, **kwargs: Any) -> _E:
         return cls(self._redact(message), integration=INTEGRATION, **kwargs)
 
+    async def _shared_slot(self) -> None:
+        assert self.shared_rate is not None
+        # Named by the account, not the integration: two integrations (in any process)
+        # on one token share one budget, as Usedesk counts them.
+        await self.shared_rate.acquire(
+            f"usedesk:{self.account}",
+            per_minute=self.limiter.per_minute,
+            per_second=self.limiter.burst_per_second,
+            margin=max(self.limiter.margin, SHARED_WINDOW_MARGIN),
+        )
+
     async def _call(self, method: str, params: Mapping[str, Any]) -> Any:
         """POST one API method; return the decoded JSON or raise a classified error."""
-        await self.limiter.acquire()
-        if self.shared_rate is not None:
-            # Named by the account, not the integration: two integrations (in any process)
-            # on one token share one budget, as Usedesk counts them.
-            await self.shared_rate.acquire(
-                f"usedesk:{self.account}",
-                per_minute=self.limiter.per_minute,
-                per_second=self.limiter.burst_per_second,
-                margin=max(self.limiter.margin, SHARED_WINDOW_MARGIN),
-            )
+        # The hook call's priority (the hang-up's work first) orders the waiters, through
+        # the shared window's slot too: it is taken before the next local waiter's turn.
+        await self.limiter.acquire(then=None if self.shared_rate is None else self._shared_slot)
         url = f"{self._base_url}/{method}"
         body = {"api_token": self._token, **params}
         started = time.monotonic()

@@ -14,7 +14,16 @@ Both are *sliding* windows over the times requests were let through, not token b
 bucket with capacity B and rate N/60 admits B + N requests in some 60 s windows, and the point
 here is a hard "never more than N in any minute".
 
-The limiter waits instead of failing: a caller over budget sleeps until a slot frees up. After a
+The limiter waits instead of failing: a caller over budget sleeps until a slot frees up. Waiters
+are served by priority, then in arrival order: a request of the work that completes a call (the
+hang-up's owner and comment, :class:`connector_core.pacing.Priority`) takes the next slot before
+other calls' ring-time lookups that queued earlier. The priority is the hook call's
+(``pacing.work_urgency``, set by the dispatcher and raised by it when a call hangs up while its
+ring-time request still waits), so the plugin's code passes nothing. Ring-time work also leaves
+the last ``reserve`` slots of any 60 s window (a twentieth: 5 of 100) to completing work, so a
+hang-up finds a slot at once when ring-time work alone would fill the window. Low priority
+still progresses: a waiter that ``max_overtaken`` later arrivals have overtaken is served as
+the highest priority, in its arrival order (it waits for at most that many extra slots). After a
 429 the client calls :meth:`SlidingWindowLimiter.pause_for`, and every caller then waits until the
 server's ``Retry-After`` has passed. That wait is a queue wait: it does not count against the hook
 timeout (:mod:`connector_core.hooktime`). :meth:`SlidingWindowLimiter.budget` tells the
@@ -25,12 +34,14 @@ dispatcher how much the windows can serve soon, so it starts no more calls than 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from connector_core.clock import Clock
-from connector_core.plugin import Budget, queue_wait
+from connector_core.plugin import Budget, Priority, Urgency, queue_wait, work_urgency
 
 __all__ = [
     "DEFAULT_BURST_PER_SECOND",
@@ -42,12 +53,28 @@ __all__ = [
 
 DEFAULT_PER_MINUTE = 100
 DEFAULT_BURST_PER_SECOND = 5
+# Later arrivals a waiter lets go first before it is served in arrival order: at the default
+# 100/min, a ring-time request waits at most ~12 s longer than it would first come, first served.
+DEFAULT_MAX_OVERTAKEN = 20
+# The default reserve for completing work: a twentieth of the minute (5 of 100).
+RESERVE_DIVISOR = 20
 
 # A fake clock advanced by exactly the computed wait can land one float ulp short of the target
 # (1.7e9 + x - 1.7e9 != x). Without a tolerance the limiter would sleep again for ~1e-7 s.
 _EPSILON = 1e-6
 
 Sleep = Callable[[float], Awaitable[None]]
+Then = Callable[[], Awaitable[object]]
+
+
+@dataclass(eq=False)
+class _Waiter:
+    """A caller waiting for its slot."""
+
+    urgency: Urgency  # read live: the dispatcher raises it when the call hangs up
+    seq: int  # arrival order
+    turn: asyncio.Event = field(default_factory=asyncio.Event)  # set: look again
+    overtaken: int = 0  # later arrivals served before it
 
 
 class MonotonicClock:
@@ -63,7 +90,8 @@ class MonotonicClock:
 
 class SlidingWindowLimiter:
     """Lets at most ``per_minute`` acquisitions through in any 60 s window and at most
-    ``burst_per_second`` in any 1 s window; callers over budget wait (FIFO) rather than fail.
+    ``burst_per_second`` in any 1 s window; callers over budget wait rather than fail, served
+    by priority, then in arrival order (a waiter overtaken ``max_overtaken`` times goes first).
 
     ``clock`` and ``sleep`` are injectable so tests run instantly: pass a
     :class:`connector_core.clock.FakeClock` and a ``sleep`` that advances it. They must agree: a
@@ -81,6 +109,8 @@ class SlidingWindowLimiter:
         clock: Clock | None = None,
         sleep: Sleep | None = None,
         margin: float = 0.0,
+        max_overtaken: int = DEFAULT_MAX_OVERTAKEN,
+        reserve: int | None = None,
     ) -> None:
         if per_minute < 1:
             raise ValueError(f"per_minute must be at least 1, got {per_minute}")
@@ -99,9 +129,19 @@ class SlidingWindowLimiter:
         self._minute: deque[float] = deque(maxlen=self.per_minute)
         self._second: deque[float] = deque(maxlen=self.burst_per_second)
         self._paused_until = float("-inf")
-        # The lock makes waiters queue in arrival order; without it concurrent callers could all
-        # wake at the same instant and overshoot the window together.
-        self._lock = asyncio.Lock()
+        self.max_overtaken = max_overtaken
+        # Slots of the minute ring-time work leaves to the work that completes a call, so a
+        # hang-up finds one at once even when ring-time work would fill the window.
+        self.reserve = per_minute // RESERVE_DIVISOR if reserve is None else reserve
+        if not 0 <= self.reserve < self.per_minute:
+            raise ValueError(
+                f"reserve must be at least 0 and below per_minute ({per_minute}), got {reserve}"
+            )
+        self.routine_per_minute = self.per_minute - self.reserve
+        # Only the first waiter (by rank) may take a slot; without the queue concurrent callers
+        # could all wake at the same instant and overshoot the window together.
+        self._waiters: list[_Waiter] = []
+        self._arrivals = itertools.count()
 
     def __repr__(self) -> str:
         return (
@@ -109,21 +149,28 @@ class SlidingWindowLimiter:
             f"burst_per_second={self.burst_per_second})"
         )
 
-    def ready_at(self) -> float:
-        """The earliest clock time at which the next acquisition may go through."""
-        return self._ready(self._minute, self._second)
+    def ready_at(self, priority: int = Priority.COMPLETING) -> float:
+        """The earliest clock time at which the next acquisition of ``priority`` may go
+        through (ring-time work leaves the minute's ``reserve`` alone)."""
+        return self._ready(self._minute, self._second, self._cap(priority))
 
-    def _ready(self, minute: deque[float], second: deque[float]) -> float:
+    def _cap(self, priority: int) -> int:
+        """How many grants in the 60 s window leave room for one more of ``priority``."""
+        return self.per_minute if priority >= Priority.COMPLETING else self.routine_per_minute
+
+    def _ready(self, minute: deque[float], second: deque[float], cap: int) -> float:
         ready = self._paused_until
-        if len(minute) == self.per_minute:
-            ready = max(ready, minute[0] + self.MINUTE + self.margin)
+        if len(minute) >= cap:
+            # The window holds fewer than ``cap`` once this grant has left it.
+            ready = max(ready, minute[len(minute) - cap] + self.MINUTE + self.margin)
         if len(second) == self.burst_per_second:
             ready = max(ready, second[0] + self.SECOND + self.margin)
         return ready
 
     def budget(self, within: float) -> Budget:
         """How many acquisitions the windows would let through in the next ``within`` seconds
-        (callers already waiting not subtracted), and when that number next grows.
+        (callers already waiting not subtracted), and when that number next grows. Counted
+        for the work that completes a call: ring-time work may find up to ``reserve`` fewer.
 
         The dispatcher uses it to start no more calls than the limit can serve soon
         (:mod:`connector_core.pacing`).
@@ -135,7 +182,7 @@ class SlidingWindowLimiter:
         # Grant one by one on copies of the windows, as acquire() would, until past the
         # horizon: at most a minute's budget, so this stays cheap.
         for count in range(self.per_minute + 1):
-            granted = max(now, self._ready(minute, second))
+            granted = max(now, self._ready(minute, second, self.per_minute))
             if granted > horizon + _EPSILON:
                 return Budget(count, granted - horizon)
             minute.append(granted)
@@ -160,25 +207,83 @@ class SlidingWindowLimiter:
             return
         self._paused_until = max(self._paused_until, self._clock.now() + seconds)
 
-    async def acquire(self) -> float:
+    async def acquire(self, urgency: Urgency | None = None, *, then: Then | None = None) -> float:
         """Wait until a request may be sent, record it, and return the seconds spent waiting.
+
+        ``urgency``: the waiter's priority (higher first); by default the running hook call's
+        (:func:`connector_core.pacing.work_urgency`). ``then``: awaited before the next
+        waiter's turn (a slot of a window shared with other processes), so the order holds
+        through it too.
 
         The wait is a queue wait (:func:`connector_core.hooktime.queue_wait`): it does not
         count against the hook timeout of the hook call that makes the request.
         """
-        async with queue_wait(), self._lock:
-            waited = 0.0
+        me = _Waiter(urgency or work_urgency(), next(self._arrivals))
+        self._waiters.append(me)
+        began = self._clock.now()
+        try:
+            # A raise of the caller's priority while it waits may make it the first.
+            with me.urgency.watch(self._wake_first):
+                granted = await self._take_turn(me)
+                for other in self._waiters:
+                    other.overtaken += other.seq < me.seq
+                if then is not None:
+                    async with queue_wait():
+                        await then()
+        finally:
+            self._waiters.remove(me)
+            self._wake_first()
+        return max(0.0, granted - began)
+
+    async def _take_turn(self, me: _Waiter) -> float:
+        """Wait until ``me`` is the first waiter and the windows have room for its priority;
+        record its grant (with no await in between) and return the grant's time."""
+        async with queue_wait():
             while True:
+                if self._first() is not me:
+                    me.turn.clear()
+                    await me.turn.wait()
+                    continue
                 now = self._clock.now()
-                ready = self.ready_at()
+                ready = self.ready_at(self._rank_priority(me))
                 if now >= ready - _EPSILON:
-                    break
-                # Re-check after sleeping: pause_for may have moved the target while we slept.
-                await self._sleep(ready - now)
-                waited += ready - now
-            # Record the nominal time rather than a clock reading a hair early, so the bookkeeping
-            # itself never shows N + 1 grants in a window.
-            granted = max(now, ready)
-            self._minute.append(granted)
-            self._second.append(granted)
-            return waited
+                    # Record the nominal time rather than a clock reading a hair early, so
+                    # the bookkeeping itself never shows N + 1 grants in a window.
+                    granted = max(now, ready)
+                    self._minute.append(granted)
+                    self._second.append(granted)
+                    return granted
+                # Re-check after sleeping: pause_for may have moved the target, a waiter of
+                # a higher priority may go first, or this one's priority rose (a nudge).
+                await self._nap(me, ready - now)
+
+    async def _nap(self, me: _Waiter, seconds: float) -> None:
+        """Sleep ``seconds``, or until ``me`` is nudged (its priority rose: the reserve may
+        serve it now)."""
+        me.turn.clear()
+        nap = asyncio.ensure_future(self._sleep(seconds))
+        nudge = asyncio.ensure_future(me.turn.wait())
+        try:
+            await asyncio.wait((nap, nudge), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            nap.cancel()
+            nudge.cancel()
+
+    def _wake_first(self) -> None:
+        if self._waiters:
+            self._first().turn.set()
+
+    def waiting(self) -> list[int]:
+        """The priorities of the callers waiting now, in arrival order."""
+        return [w.urgency.priority for w in sorted(self._waiters, key=lambda w: w.seq)]
+
+    def _rank_priority(self, waiter: _Waiter) -> int:
+        """The waiter's priority, or the top one once ``max_overtaken`` later arrivals went
+        first (its wait is bounded: it goes next, and may use the reserve)."""
+        if waiter.overtaken >= self.max_overtaken:
+            return max(Priority)
+        return waiter.urgency.priority
+
+    def _first(self) -> _Waiter:
+        """The waiter whose turn it is: by priority, then arrival."""
+        return min(self._waiters, key=lambda w: (-self._rank_priority(w), w.seq))

@@ -13,7 +13,13 @@ from connector_core.appkeys import DISPATCHER, INTEGRATIONS, STORE, WORKER
 from connector_core.clock import FakeClock
 from connector_core.dispatcher import RetryPolicy
 from connector_core.errors import AuthError, InvalidRequestError, TransientError
-from connector_core.pacing import Budget, budget_of, room_to_start
+from connector_core.pacing import (
+    Budget,
+    Priority,
+    budget_of,
+    room_to_complete,
+    room_to_start,
+)
 from connector_core.simulator import scenarios
 from tests.harness import ACCOUNT, TOKEN, app_for, make_config
 from tests.plugin_kit import add_test_plugin
@@ -24,10 +30,12 @@ import asyncio
 from connector_core import hookimpl
 from connector_core.hooktime import queue_wait
 from connector_core.integrations import IntegrationType
-from connector_core.pacing import Budget
+from connector_core.pacing import Budget, work_urgency
 from pydantic import BaseModel
 
 RUNNING: list[str] = []
+URGENCY: dict[str, object] = {}  # each hook call's urgency, by call and hook
+
 FAILURES: list[Exception] = []
 QUEUED: set[str] = set()  # calls whose hook waits for its turn (a rate limiter) forever
 
@@ -53,12 +61,18 @@ def connector_register_integration_types(register):
 @hookimpl
 async def connector_call_started(integration, call):
     RUNNING.append(call.call_id)
+    URGENCY[call.call_id, "started"] = work_urgency()
     if FAILURES:
         raise FAILURES.pop(0)
     if call.call_id in QUEUED:
         async with queue_wait():
             await asyncio.Event().wait()
     await integration.runtime.release.wait()
+
+
+@hookimpl
+async def connector_call_finished(integration, call):
+    URGENCY[call.call_id, "finished"] = work_urgency()
 '''
 
 
@@ -69,6 +83,7 @@ def paced(test_plugins_dir: Path):
     module.RUNNING.clear()
     module.FAILURES.clear()
     module.QUEUED.clear()
+    module.URGENCY.clear()
     return module
 
 
@@ -113,11 +128,50 @@ async def test_a_paced_integration_runs_no_more_calls_than_its_budget(service, p
     assert sorted(paced.RUNNING) == sorted(set(paced.RUNNING)) and len(paced.RUNNING) == 10
 
 
+async def test_calls_that_hung_up_go_first_and_do_not_wait_for_ring_time_calls(
+    service, paced
+) -> None:
+    app, client, _ = service
+    dispatcher, runtime = app[DISPATCHER], app[INTEGRATIONS][f"{ACCOUNT}/crm"].runtime
+    runtime.budget = Budget(3, more_in=0.5)
+    calls = await ring(client, 5)
+    await app[WORKER].drain()
+    assert await dispatcher.dispatch_due() == 3  # calls 0-2 ring; their hooks hold
+    async with asyncio.timeout(5):
+        while len(paced.RUNNING) < 3:
+            await asyncio.sleep(0.01)
+    for call in (calls[0], calls[4]):  # one running, one not started yet, hang up
+        for params in call.events[1:]:
+            assert (await client.get(f"/sipuni/{TOKEN}", params=params)).status == 200
+    await app[WORKER].drain()
+    # No room for ring-time work, but call 4 hung up: it starts, ahead of call 3.
+    assert await dispatcher.dispatch_due() == 1
+    async with asyncio.timeout(5):
+        while len(paced.RUNNING) < 4:
+            await asyncio.sleep(0.01)
+    assert paced.RUNNING[3] == calls[4].call_id
+    urgency = {key: u.priority for key, u in paced.URGENCY.items()}
+    assert urgency[calls[4].call_id, "started"] is Priority.COMPLETING
+    # Call 0's ring-time hook, still waiting, now goes first too; call 1's does not.
+    assert urgency[calls[0].call_id, "started"] is Priority.COMPLETING
+    assert urgency[calls[1].call_id, "started"] is Priority.ROUTINE
+    runtime.release.set()
+    runtime.budget = Budget(100)
+    for _ in range(4):
+        await dispatcher.dispatch_due()
+        await dispatcher.wait_idle()
+    finished = {key[0]: u.priority for key, u in paced.URGENCY.items() if key[1] == "finished"}
+    assert finished == {c.call_id: Priority.COMPLETING for c in (calls[0], calls[4])}
+
+
 async def test_an_integration_without_a_budget_is_not_paced(service) -> None:
     assert budget_of(object(), 2.0) is None
     assert room_to_start(None, running=3, cap=100) == 97
     assert room_to_start(Budget(10), running=3, cap=100) == 7
     assert room_to_start(Budget(2), running=3, cap=100) == 0
+    # Completing work counts only the completing work running, under the same fixed cap.
+    assert room_to_complete(Budget(2), completing=1, running=3, cap=100) == 1
+    assert room_to_complete(None, completing=0, running=99, cap=100) == 1
 
 
 async def test_a_held_back_dispatcher_wakes_itself_when_the_budget_grows(service) -> None:

@@ -286,6 +286,21 @@ async def test_a_dead_row_is_requeued_or_dropped(store: Store) -> None:
     assert await store.get_dispatch(999) is None
 
 
+async def test_due_heads_put_the_calls_that_hung_up_first(store: Store) -> None:
+    calls = [CallState(account="012345", call_id=f"c{i}") for i in range(3)]
+    for call in calls:
+        await store.commit_event(None, call, [proposed(STARTED)])
+    # c1 hangs up while its ring-time row still waits: its group's work completes the call.
+    await store.commit_event(None, calls[1], [proposed(FINISHED)])
+    heads = await store.due_heads("012345/x", now=10.0, limit=10)
+    assert [(h.call_id, h.key, h.completes_call) for h in heads] == [
+        ("c1", "started", True),
+        ("c0", "started", False),
+        ("c2", "started", False),
+    ]
+    assert [h.call_id for h in await store.due_heads("012345/x", now=10.0, limit=1)] == ["c1"]
+
+
 async def test_due_heads_are_each_groups_first_row_when_due(store: Store) -> None:
     one, two = CallState(account="012345", call_id="c1"), CallState(account="012345", call_id="c2")
     await store.commit_event(None, one, [proposed(STARTED), proposed(FINISHED)])

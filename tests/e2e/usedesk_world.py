@@ -79,12 +79,14 @@ async def world(
     seed: SeedSource = None,
     background: bool = False,
     literal_search: bool = False,
+    limits: str = "rate_limit_per_minute = 1000\nburst_per_second = 100",
 ) -> AsyncIterator[World]:
     """The service with a Usedesk integration (``settings`` added to its table), other
     integrations' tables in ``others``, and top-level tables in ``extra``; the sandbox holds
     ``seed`` (the default seed if None). With ``background`` the service's own loops run (do
     not ``World.call`` then: it drains the queue itself). ``literal_search`` makes the
-    sandbox's /clients take ``%`` literally (an API that escapes LIKE wildcards)."""
+    sandbox's /clients take ``%`` literally (an API that escapes LIKE wildcards). ``limits``:
+    the rate limit's keys (by default far above what a test sends)."""
     sandbox = UsedeskSandbox(seed=seed, like_wildcards=not literal_search)
     async with sandbox.serve() as base_url:
         config, host = make_config(
@@ -93,8 +95,7 @@ async def world(
 [accounts.012345.integrations.usedesk]
 api_token = "{sandbox.token}"
 base_url = "{base_url}"
-rate_limit_per_minute = 1000
-burst_per_second = 100
+{limits}
 users = {USERS}
 on_duty_user = 4
 {settings}

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from connector_core.clock import FakeClock
 from connector_core.hooktime import hook_deadline
-from connector_core.pacing import Budget
+from connector_core.pacing import Budget, Priority, Urgency, prioritised
 from plugins.usedesk.ratelimit import MonotonicClock, SlidingWindowLimiter
 
 TOL = 1e-6
@@ -82,25 +82,43 @@ async def test_minute_cap_waits_for_the_oldest_grant_to_leave_the_window(ft: Fak
     assert ft.clock.now() == pytest.approx(start + 60)
 
 
-async def test_concurrent_backlog_never_exceeds_either_window(ft: FakeTime) -> None:
+@pytest.mark.parametrize(
+    ("priority", "served"), [(Priority.COMPLETING, 100), (Priority.ROUTINE, 95)]
+)
+async def test_concurrent_backlog_never_exceeds_either_window(
+    ft: FakeTime, priority: Priority, served: int
+) -> None:
     limiter = ft.limiter(per_minute=100, burst=5)
     start = ft.clock.now()
     grants: list[float] = []
 
     async def one() -> None:
-        await limiter.acquire()
+        await limiter.acquire(Urgency(priority))
         grants.append(ft.clock.now())
 
     await asyncio.gather(*(one() for _ in range(250)))
 
     assert len(grants) == 250
-    assert max_in_window(grants, 60.0) == 100
+    # Ring-time work leaves the minute's reserve (5 of 100) to the work completing calls.
+    assert max_in_window(grants, 60.0) == served
     assert max_in_window(grants, 1.0) == 5
-    # 100 grants at 5/s fill seconds 0..19; the 101st must wait for the first to age out at 60 s,
-    # not a moment longer.
+    # The grants at 5/s fill seconds 0..19 (0..18 for ring-time work); the next must wait for
+    # the first to age out at 60 s, not a moment longer.
     ordered = sorted(grants)
-    assert ordered[99] - start == pytest.approx(19.0)
-    assert ordered[100] - start == pytest.approx(60.0)
+    assert ordered[served - 1] - start == pytest.approx((served - 1) // 5)
+    assert ordered[served] - start == pytest.approx(60.0)
+
+
+async def test_the_reserve_is_left_to_the_work_completing_calls(ft: FakeTime) -> None:
+    limiter = ft.limiter(per_minute=100, burst=100)
+    for _ in range(95):
+        await limiter.acquire(Urgency(Priority.ROUTINE))
+    assert limiter.ready_at(Priority.ROUTINE) == pytest.approx(ft.clock.now() + 60.0)
+    for _ in range(5):  # a hang-up's request finds a slot at once
+        assert await limiter.acquire(Urgency(Priority.COMPLETING)) == 0.0
+    assert limiter.delay() == pytest.approx(60.0)
+    with pytest.raises(ValueError, match="reserve"):
+        SlidingWindowLimiter(10, reserve=10)
 
 
 async def test_waiters_are_served_in_arrival_order(ft: FakeTime) -> None:
@@ -244,3 +262,151 @@ async def test_waiting_in_the_limiter_does_not_spend_the_hook_timeout() -> None:
     async with hook_deadline(0.15):
         # Five callers queue: the last waits 0.4 s, past the 0.15 s hook timeout.
         await asyncio.gather(*(limiter.acquire() for _ in range(5)))
+
+
+class HeldTime(FakeTime):
+    """Time stands still until ``flow()``: every caller queues before any slot frees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flowing = asyncio.Event()
+
+    async def sleep(self, seconds: float) -> None:
+        target = self.clock.now() + seconds
+        self.sleeps.append(seconds)
+        await self.flowing.wait()
+        self.clock.advance(max(0.0, target - self.clock.now()))
+        await asyncio.sleep(0)
+
+    def limiter(self, per_minute: int, burst: int, **kwargs: int) -> SlidingWindowLimiter:
+        return SlidingWindowLimiter(
+            per_minute, burst_per_second=burst, clock=self.clock, sleep=self.sleep, **kwargs
+        )
+
+
+Queued = tuple[list[str], list[float], list[asyncio.Task[None]]]
+
+
+async def _queued(
+    held: HeldTime, limiter: SlidingWindowLimiter, callers: list[tuple[str, Priority]]
+) -> Queued:
+    """Queue ``callers`` in this order while no slot is free (each at its priority, set as the
+    dispatcher sets a hook call's); then let time flow. Returns the order of their grants."""
+    order: list[str] = []
+    grants: list[float] = []
+
+    async def one(name: str) -> None:
+        await limiter.acquire()
+        order.append(name)
+        grants.append(held.clock.now())
+
+    tasks = []
+    for name, priority in callers:
+        with prioritised(Urgency(priority)):  # the task copies the context: its requests' priority
+            tasks.append(asyncio.create_task(one(name)))
+        await asyncio.sleep(0)  # it arrives (and waits) before the next one
+    return order, grants, tasks
+
+
+async def test_a_later_waiter_of_a_higher_priority_gets_the_next_slot() -> None:
+    held = HeldTime()
+    limiter = held.limiter(per_minute=100, burst=1)
+    await limiter.acquire()  # this second's slot is spent: everyone below waits
+    ring = [(f"ring {i}", Priority.ROUTINE) for i in range(3)]
+    order, grants, tasks = await _queued(held, limiter, [*ring, ("hang-up", Priority.COMPLETING)])
+    assert order == []  # all queued, none served yet
+    held.flowing.set()
+    await asyncio.gather(*tasks)
+
+    # The hang-up arrived last and went first; the ring-time work then in arrival order.
+    assert order == ["hang-up", "ring 0", "ring 1", "ring 2"]
+    assert max_in_window(grants, 1.0) == 1  # the priority never bought an extra slot
+
+
+async def test_low_priority_work_progresses_under_a_stream_of_high_priority_work() -> None:
+    held = HeldTime()
+    limiter = held.limiter(per_minute=100, burst=1, max_overtaken=3)
+    await limiter.acquire()
+    hangups = [(f"hang-up {i}", Priority.COMPLETING) for i in range(6)]
+    order, grants, tasks = await _queued(held, limiter, [("ring", Priority.ROUTINE), *hangups])
+    held.flowing.set()
+    await asyncio.gather(*tasks)
+
+    # Overtaken by three later arrivals, the ring-time request is served before the rest.
+    assert order == ["hang-up 0", "hang-up 1", "hang-up 2", "ring", *(h for h, _ in hangups[3:])]
+    assert max_in_window(grants, 1.0) == 1
+
+
+async def test_a_waiter_whose_call_hangs_up_while_it_waits_goes_first() -> None:
+    held = HeldTime()
+    limiter = held.limiter(per_minute=100, burst=1)
+    await limiter.acquire()
+    ring = [(f"ring {i}", Priority.ROUTINE) for i in range(2)]
+    order, _, tasks = await _queued(held, limiter, ring)
+
+    async def answer() -> None:  # a ring-time hook's request (the ticket made on answer)
+        await limiter.acquire()
+        order.append("answer")
+
+    urgency = Urgency()
+    with prioritised(urgency):
+        tasks.append(asyncio.create_task(answer()))
+    await asyncio.sleep(0)
+    urgency.raise_to(Priority.COMPLETING)  # its call hung up meanwhile (the dispatcher)
+    held.flowing.set()
+    await asyncio.gather(*tasks)
+    assert order == ["answer", "ring 0", "ring 1"]
+
+
+async def test_a_raised_waiter_takes_a_reserved_slot_while_the_first_one_sleeps() -> None:
+    held = HeldTime()
+    limiter = held.limiter(per_minute=100, burst=100)  # 5 of the minute kept for hang-ups
+    for _ in range(95):
+        await limiter.acquire(Urgency(Priority.ROUTINE))
+    order, _, tasks = await _queued(held, limiter, [("ring", Priority.ROUTINE)])
+    urgency = Urgency()
+
+    async def answer() -> None:
+        await limiter.acquire(urgency)
+        order.append("answer")
+
+    tasks.append(asyncio.create_task(answer()))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert limiter.waiting() == [Priority.ROUTINE, Priority.ROUTINE]  # "ring" sleeps 60 s
+    urgency.raise_to(Priority.COMPLETING)  # the call hangs up: a reserved slot, at once
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert order == ["answer"]  # while time stood still
+    held.flowing.set()
+    await asyncio.gather(*tasks)
+    assert order == ["answer", "ring"]
+
+
+async def test_the_first_waiter_raised_while_it_sleeps_takes_a_reserved_slot() -> None:
+    held = HeldTime()
+    limiter = held.limiter(per_minute=100, burst=100)
+    for _ in range(95):
+        await limiter.acquire(Urgency(Priority.ROUTINE))
+    urgency = Urgency()
+    waiter = asyncio.create_task(limiter.acquire(urgency))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not waiter.done()  # ring-time work: it sleeps until a slot leaves the window
+    urgency.raise_to(Priority.COMPLETING)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert waiter.done() and waiter.result() == 0.0  # woken: a reserved slot, time stood still
+
+
+async def test_a_cancelled_first_waiter_hands_the_turn_on() -> None:
+    held = HeldTime()
+    limiter = held.limiter(per_minute=100, burst=1)
+    await limiter.acquire()
+    order, _, tasks = await _queued(
+        held, limiter, [("ring", Priority.ROUTINE), ("hang-up", Priority.COMPLETING)]
+    )
+    tasks[1].cancel()  # the first in line (a hook call stopped at shutdown)
+    held.flowing.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert order == ["ring"]
