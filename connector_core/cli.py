@@ -649,7 +649,8 @@ async def _dead_letter_shown(store: Store, row: Dispatch) -> dict[str, Any]:
 
 
 async def _quarantined_shown(store: Store, item: InboxItem) -> dict[str, Any]:
-    return {"item": item.__dict__}
+    event = item.event.model_dump(mode="json") if item.event is not None else None
+    return {"item": {**item.__dict__, "event": event}}
 
 
 DEAD_LETTERS: _SetAside[Dispatch] = _SetAside(

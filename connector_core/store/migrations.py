@@ -159,6 +159,14 @@ CREATE INDEX IF NOT EXISTS dispatches_call
 CREATE INDEX IF NOT EXISTS dispatches_status ON dispatches(status, account, call_id)
 """,
     ),
+    Step(
+        6,
+        "the inbox keeps the event as ingest validated it, so the worker does not parse the"
+        " webhook a second time; rows stored before have none and are parsed as before",
+        """
+ALTER TABLE inbox ADD COLUMN event TEXT
+""",
+    ),
 )
 LATEST = STEPS[-1].version
 

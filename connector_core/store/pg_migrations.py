@@ -134,6 +134,14 @@ CREATE TABLE auth_results (
 )
 """,
     ),
+    Step(
+        3,
+        "the inbox keeps the event as ingest validated it, so the worker does not parse the"
+        " webhook a second time; rows stored before have none and are parsed as before",
+        """
+ALTER TABLE inbox ADD COLUMN event text
+""",
+    ),
 )
 LATEST = STEPS[-1].version
 

@@ -29,6 +29,7 @@ from connector_core import callrecords
 from connector_core.callrecords import CallRecord, NewCallRecord
 from connector_core.callstate import CallState, LifecycleEvent
 from connector_core.clock import Clock, SystemClock
+from connector_core.events import SipuniEvent
 from connector_core.store.base import (
     DISPATCH_CHANNEL,
     INBOX_CHANNEL,
@@ -50,6 +51,7 @@ from connector_core.store.base import (
     StoreUnavailable,
     call_id_of,
     extensions_column,
+    stored_event,
 )
 from connector_core.store.local import LocalCoordination
 from connector_core.store.migrations import LATEST, migrate, version_of
@@ -193,17 +195,30 @@ class SQLiteStore(LocalCoordination):
 
     # -- inbox ------------------------------------------------------------------------------
 
-    async def append_event(self, account: str, params: dict[str, Any], received_at: float) -> int:
+    async def append_event(
+        self,
+        account: str,
+        params: dict[str, Any],
+        received_at: float,
+        event: SipuniEvent | None = None,
+    ) -> int:
         """Store one webhook; returns its inbox id once the transaction holding it is durable.
 
         Group commit (see the module doc): appends that arrive while a transaction is being
         written go together into the next one, so one fsync serves many webhooks.
         """
-        row = (account, call_id_of(params), received_at, json.dumps(params, ensure_ascii=False))
+        row = (
+            account,
+            call_id_of(params),
+            received_at,
+            json.dumps(params, ensure_ascii=False),
+            event.model_dump_json() if event is not None else None,
+        )
 
         def insert(db: sqlite3.Connection) -> int:
             cur = db.execute(
-                "INSERT INTO inbox (account, call_id, received_at, params) VALUES (?, ?, ?, ?)",
+                "INSERT INTO inbox (account, call_id, received_at, params, event)"
+                " VALUES (?, ?, ?, ?, ?)",
                 row,
             )
             return int(cur.lastrowid or 0)
@@ -240,11 +255,13 @@ class SQLiteStore(LocalCoordination):
 
         return await self._run(select)
 
-    _INBOX_COLUMNS = "id, account, received_at, params, status, attempts, last_error"
+    _INBOX_COLUMNS = "id, account, received_at, params, status, attempts, last_error, event"
 
     @staticmethod
     def _inbox_item(row: tuple[Any, ...]) -> InboxItem:
-        return InboxItem(row[0], row[1], row[2], json.loads(row[3]), *row[4:])
+        return InboxItem(
+            row[0], row[1], row[2], json.loads(row[3]), row[4], row[5], row[6], stored_event(row[7])
+        )
 
     async def pending_events(self, limit: int, after_id: int = 0) -> list[InboxItem]:
         def select(db: sqlite3.Connection) -> list[InboxItem]:
@@ -341,6 +358,22 @@ class SQLiteStore(LocalCoordination):
 
         text = await self._run(select)
         return CallState.model_validate_json(text) if text else None
+
+    async def load_calls(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], CallState]:
+        def select(db: sqlite3.Connection) -> list[tuple[str, str, str]]:
+            # One lookup by primary key each, all in one trip to the store's thread.
+            found = []
+            for account, call_id in keys:
+                row = db.execute(
+                    "SELECT state FROM calls WHERE account = ? AND call_id = ?",
+                    (account, call_id),
+                ).fetchone()
+                if row is not None:
+                    found.append((account, call_id, row[0]))
+            return found
+
+        rows = await self._run(select) if keys else []
+        return {(a, c): CallState.model_validate_json(text) for a, c, text in rows}
 
     async def commit_event(
         self,
