@@ -22,10 +22,7 @@ own time and by cumulative time.
 from __future__ import annotations
 
 import argparse
-import json
 import pstats
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from urllib.parse import urlencode
@@ -34,6 +31,7 @@ from connector_core.simulator import scenarios
 
 from . import calls
 from .common import ROOT, TOKEN, Service, machine, report, table
+from .ingest import loadgen
 
 
 def long_call_paths(count: int, events_per_call: int, run: int) -> list[str]:
@@ -54,33 +52,11 @@ def long_call_paths(count: int, events_per_call: int, run: int) -> list[str]:
 
 
 def send(service: Service, paths: list[str], concurrency: int, workdir: Path) -> dict:
-    """Send every path once; return the loadgen's summary."""
+    """Send every path once (closed loop); return the loadgen's summary."""
     file = workdir / f"paths-{len(list(workdir.iterdir()))}.txt"
     file.write_text("\n".join(paths) + "\n")
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.loadgen",
-            "--base",
-            service.url,
-            "--paths",
-            str(file),
-            "--concurrency",
-            str(concurrency),
-            "--duration",
-            "3600",
-            "--warmup",
-            "0",
-            "--once",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-        timeout=1800,
-    ).stdout
-    return dict(json.loads(out.strip().splitlines()[-1]))
+    argv = ["--base", service.url, "--paths", str(file), "--concurrency", str(concurrency)]
+    return loadgen([*argv, "--duration", "3600", "--warmup", "0", "--once"], timeout=1800)
 
 
 def measure(paths: list[str], concurrency: int, workdir: Path, repeat: int) -> dict:

@@ -427,7 +427,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 refused += 1
                 continue
             if isinstance(parsed, SipuniEvent):
-                await store.append_event(account, params, app[CLOCK].now())
+                await store.append_event(account, params, app[CLOCK].now(), parsed)
                 accepted += 1
             if index % 1000 == 0:
                 print(f"{index}/{len(events)} read", file=sys.stderr)

@@ -215,6 +215,7 @@ class SQLiteStore(LocalCoordination):
             event.model_dump_json() if event is not None else None,
         )
 
+        @_one_statement
         def insert(db: sqlite3.Connection) -> int:
             cur = db.execute(
                 "INSERT INTO inbox (account, call_id, received_at, params, event)"
@@ -921,6 +922,17 @@ class _Failed:
         self.error = error
 
 
+_ONE_STATEMENT = "_one_statement"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _one_statement(fn: F) -> F:
+    """Mark a write that runs exactly one statement: ``_commit_batch`` runs it without a
+    savepoint of its own."""
+    setattr(fn, _ONE_STATEMENT, True)
+    return fn
+
+
 def _commit_batch(
     db: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]]
 ) -> list[Any]:
@@ -933,7 +945,11 @@ def _commit_batch(
     db.execute("BEGIN IMMEDIATE")
     try:
         for fn in fns:
-            db.execute("SAVEPOINT write")
+            # A statement that fails is undone by SQLite itself, the transaction going on: a
+            # write of one statement needs no savepoint (two statements fewer per webhook).
+            savepoint = not getattr(fn, _ONE_STATEMENT, False)
+            if savepoint:
+                db.execute("SAVEPOINT write")
             try:
                 result = fn(db)
             except Exception as exc:
@@ -941,11 +957,13 @@ def _commit_batch(
                     # SQLite gave up the whole transaction (an I/O error, a full disk):
                     # nothing of this batch is stored.
                     raise
-                db.execute("ROLLBACK TO write")
-                db.execute("RELEASE write")
+                if savepoint:
+                    db.execute("ROLLBACK TO write")
+                    db.execute("RELEASE write")
                 results.append(_Failed(exc))
             else:
-                db.execute("RELEASE write")
+                if savepoint:
+                    db.execute("RELEASE write")
                 results.append(result)
         db.execute("COMMIT")
     except BaseException as exc:
