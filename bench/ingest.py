@@ -263,7 +263,11 @@ def main(argv: list[str] | None = None) -> None:
         if warmup:
             gen.closed(server.url, bare_paths, 8, warmup)  # warm-up, not reported
         for c in levels:
+            assert server.proc is not None
+            cpu0 = cpu_seconds(server.proc.pid)
             bare[c] = gen.closed(server.url, bare_paths, c, args.duration)
+            used = cpu_seconds(server.proc.pid) - cpu0
+            bare[c]["front_cpu_us_per_request"] = round(used / max(1, bare[c]["count"]) * 1e6)
 
     def warmed(service: Service) -> None:
         if warmup:
@@ -306,6 +310,16 @@ def main(argv: list[str] | None = None) -> None:
     ratio_best = {
         layout: max(runs[layout][c]["rps"] for c in levels) / best_bare for layout in LAYOUTS
     }
+    # What the rates would be if each server had a core of its own, as on a quiet machine:
+    # the bare handler's CPU per request over the ingest process's (same run, same level).
+    cpu_ratio = {
+        c: round(
+            bare[c]["front_cpu_us_per_request"]
+            / max(1, runs["split"][c]["front_cpu_us_per_request"]),
+            3,
+        )
+        for c in levels
+    }
     rows = []
     for c in levels:
         b, s, o = bare[c], runs["split"][c], runs["one"][c]
@@ -321,6 +335,7 @@ def main(argv: list[str] | None = None) -> None:
                 s["p50_ms"],
                 s["p99_ms"],
                 s["failures"] + o["failures"] + b["failures"],
+                b["front_cpu_us_per_request"],
                 s["front_cpu_us_per_request"],
                 s["drain_s"],
                 o["drain_s"],
@@ -343,6 +358,7 @@ def main(argv: list[str] | None = None) -> None:
                 "split p50",
                 "split p99",
                 "fail",
+                "bare µs/req",
                 "ingest µs/req",
                 "split drain s",
                 "one drain s",
@@ -350,6 +366,8 @@ def main(argv: list[str] | None = None) -> None:
         ),
         f"best service rps / best bare rps: split {ratio_best['split']:.2f} (goal ≥ 0.5),"
         f" one process {ratio_best['one']:.2f}",
+        "CPU per request, bare ÷ ingest process (split): "
+        + ", ".join(f"{cpu_ratio[c]:.2f} at {c}" for c in levels),
         *(
             f"open loop {args.rate:g}/s for {args.rate_duration:g} s, {layout}:"
             f" p50 {o['p50_ms']} ms, p99 {o['p99_ms']} ms, max {o['max_ms']} ms,"
@@ -376,6 +394,7 @@ def main(argv: list[str] | None = None) -> None:
                 str(c): round(runs["one"][c]["rps"] / bare[c]["rps"], 3) for c in levels
             },
             "ratio_best": round(ratio_best["split"], 3),
+            "cpu_ratio": {str(c): cpu_ratio[c] for c in levels},
             "ratio_best_one_process": round(ratio_best["one"], 3),
             "open_loop": split_open,
             "open_loop_one_process": open_loops["one"],

@@ -7,9 +7,10 @@ Writes are group-committed: each write method queues its statements and waits; t
 written by one transaction at a time, with everything that queued up while the previous one
 was being written, so one fsync serves every write of a batch (webhooks, worker commits,
 effect keys, dispatch results). Each write runs under a savepoint of its own, so one that
-fails is undone alone and raises for its caller only. No write method returns before the
-COMMIT that holds its statements has returned: with synchronous=FULL, before it is durable.
-A lone write is flushed at once: no timer, no added delay.
+fails is undone alone and raises for its caller only (a write of a single statement, the
+inbox append, needs none: SQLite undoes a failed statement alone). No write method returns
+before the COMMIT that holds its statements has returned: with synchronous=FULL, before it
+is durable. A lone write is flushed at once: no timer, no added delay.
 """
 
 from __future__ import annotations
