@@ -19,6 +19,7 @@ from .common import ROOT
 
 RUNS: list[list[str]] = [
     ["ingest"],
+    ["cpu"],
     ["hangup", "--mode", "realistic"],
     ["hangup", "--mode", "limit"],
     ["requests_per_call"],

@@ -197,17 +197,50 @@ class Service:
         account_extra: str = "",
         finish_settle: float = 0,
         level: str = "WARNING",
+        role: str = "all",
+        python_args: Sequence[str] = (),
+        worker_nice: int | None = None,
     ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="connector-bench-"))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.webhook = f"{self.url}/sipuni/{TOKEN}"
+        self.role = role
+        # Before ``-m connector_core``: e.g. ``-m cProfile -o FILE`` to profile the service.
+        self.python_args = list(python_args)
+        # role "ingest": a ``--role worker`` process on the same SQLite file drains the inbox,
+        # at this niceness (None: the same priority as the ingest process).
+        self.worker_nice = worker_nice
+        self.worker_port = free_port()
+        self.worker_proc: subprocess.Popen[bytes] | None = None
         self.config = self.dir / "connector.toml"
         self.config.write_text(
-            f"""
+            self._config_text(self.port, integrations, extra, account_extra, finish_settle, level),
+            encoding="utf-8",
+        )
+        self.worker_config = self.dir / "worker.toml"
+        self.worker_config.write_text(
+            self._config_text(
+                self.worker_port, integrations, extra, account_extra, finish_settle, level
+            ),
+            encoding="utf-8",
+        )
+        self.log_path = self.dir / "service.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def _config_text(
+        port: int,
+        integrations: str,
+        extra: str,
+        account_extra: str,
+        finish_settle: float,
+        level: str,
+    ) -> str:
+        return f"""
 [server]
 host = "127.0.0.1"
-port = {self.port}
+port = {port}
 [storage]
 path = "connector.db"
 [tracker]
@@ -219,28 +252,51 @@ level = "{level}"
 token = "{TOKEN}"
 {account_extra}
 {integrations}
-""",
-            encoding="utf-8",
-        )
-        self.log_path = self.dir / "service.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+"""
 
     @property
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
 
+    @property
+    def pids(self) -> list[int]:
+        """The service's processes: the server, and the worker beside an ingest process."""
+        return [p.pid for p in (self.proc, self.worker_proc) if p is not None]
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by all the service's processes (every thread of each)."""
+        return sum(cpu_seconds(pid) for pid in self.pids)
+
     def start(self, timeout: float = 30.0) -> Service:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        serve = [sys.executable, *self.python_args, "-m", "connector_core", "serve"]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "connector_core", "serve", "--config", str(self.config)],
+                [*serve, "--config", str(self.config), "--role", self.role],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
                 cwd=self.dir,
             )
         wait_http(self.url + "/healthz", timeout, self.proc, self.log_path)
+        if self.role == "ingest":
+            nice = self.worker_nice
+            with (self.dir / "worker.log").open("ab") as log:
+                self.worker_proc = subprocess.Popen(
+                    [*serve, "--config", str(self.worker_config), "--role", "worker"],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=self.dir,
+                    preexec_fn=(lambda: os.nice(nice)) if nice else None,
+                )
+            wait_http(
+                f"http://127.0.0.1:{self.worker_port}/healthz",
+                timeout,
+                self.worker_proc,
+                self.dir / "worker.log",
+            )
         return self
 
     def stats(self) -> dict[str, int]:
@@ -273,6 +329,7 @@ token = "{TOKEN}"
         return self.log_path.read_text(errors="replace")[-chars:]
 
     def stop(self) -> None:
+        stop_process(self.worker_proc)
         stop_process(self.proc)
 
     def __enter__(self) -> Service:

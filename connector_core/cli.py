@@ -452,7 +452,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 refused += 1
                 continue
             if isinstance(parsed, SipuniEvent):
-                await store.append_event(account, params, app[CLOCK].now())
+                await store.append_event(account, params, app[CLOCK].now(), parsed)
                 accepted += 1
             if index % 1000 == 0:
                 print(f"{index}/{len(events)} read", file=sys.stderr)
@@ -682,7 +682,8 @@ async def _dead_letter_shown(store: Store, row: Dispatch) -> dict[str, Any]:
 
 
 async def _quarantined_shown(store: Store, item: InboxItem) -> dict[str, Any]:
-    return {"item": item.__dict__}
+    event = item.event.model_dump(mode="json") if item.event is not None else None
+    return {"item": {**item.__dict__, "event": event}}
 
 
 DEAD_LETTERS: _SetAside[Dispatch] = _SetAside(

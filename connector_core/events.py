@@ -25,6 +25,7 @@ class EventType(IntEnum):
     TRANSFER_HANGUP = 4  # an intermediate hang-up during a transfer
 
 
+_EVENT_TYPES = {t.value: t for t in EventType}
 KNOWN_STATUSES = frozenset({"ANSWER", "BUSY", "NOANSWER", "CANCEL", "CONGESTION", "CHANUNAVAIL"})
 
 # Fields the model knows; anything else (roistat…, future additions) is kept in ``extra``.
@@ -43,11 +44,26 @@ _STRING_FIELDS = (
     "callbackId",
 )
 _TIMESTAMP_FIELDS = ("call_start_timestamp", "call_answer_timestamp")
+_KNOWN_FIELDS = frozenset(
+    {
+        "event",
+        "call_id",
+        "timestamp",
+        "status",
+        "call_record_link",
+        "src_type",
+        "dst_type",
+        "is_inner_call",
+        *_STRING_FIELDS,
+        *_TIMESTAMP_FIELDS,
+    }
+)
 MAX_FIELD_LENGTH = 512
 MAX_EXTRA_FIELDS = 50
 CALL_ID = re.compile(r"^[0-9A-Za-z._:-]{1,128}$")
-# Compiled once: parse_event runs twice per webhook (at ingest and in the worker).
+# Compiled once: parse_event runs on every webhook.
 _CONTROL = re.compile(r"[\x00-\x1f]")
+_EVENT_NUMBER = re.compile(r"[0-9]{1,4}")
 _NUMBER = re.compile(r"-?[0-9]{1,18}(\.[0-9]+)?")
 _STATUS = re.compile(r"^[A-Z_]{1,32}$")
 # Unix seconds between 2000-01-01 and 2100-01-01: anything else is a sender bug, not a call.
@@ -89,7 +105,12 @@ class SipuniEvent(BaseModel):
 
     @property
     def type(self) -> EventType:
-        return EventType(self.event)
+        # A dict lookup: EventType(n) costs more, and the tracker asks every event of a call
+        # each time one arrives.
+        try:
+            return _EVENT_TYPES[self.event]
+        except KeyError:
+            raise ValueError(f"{self.event} is not a valid EventType") from None
 
 
 @dataclass(frozen=True)
@@ -112,12 +133,15 @@ def _text(params: Mapping[str, Any], name: str) -> str | None:
     value = params.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise EventError(f"field '{name}' must be a string, got {type(value).__name__}")
-    text = str(value).strip()
+    if type(value) is not str:  # a query string or a form gives text: the checks are for JSON
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise EventError(f"field '{name}' must be a string, got {type(value).__name__}")
+        value = str(value)
+    text = value.strip()
     if len(text) > MAX_FIELD_LENGTH:
         raise EventError(f"field '{name}' is longer than {MAX_FIELD_LENGTH} characters")
-    if _CONTROL.search(text):
+    # isprintable() is False for any control character: the search runs only when it is.
+    if not text.isprintable() and _CONTROL.search(text):
         raise EventError(f"field '{name}' contains control characters")
     return text or None
 
@@ -155,7 +179,7 @@ def parse_event(params: Mapping[str, Any]) -> ParsedRequest:
         return Probe()
     if event_text is None:
         raise EventError("field 'event' is missing")
-    if not re.fullmatch(r"[0-9]{1,4}", event_text):
+    if not _EVENT_NUMBER.fullmatch(event_text):
         raise EventError(f"field 'event' must be a number, got {event_text[:40]!r}")
     event = int(event_text)
     if event not in EventType._value2member_map_:
@@ -179,19 +203,7 @@ def parse_event(params: Mapping[str, Any]) -> ParsedRequest:
     if link is not None and not re.match(r"^https?://", link):
         raise EventError("field 'call_record_link' must be an http(s) URL")
 
-    known = {
-        "event",
-        "call_id",
-        "timestamp",
-        "status",
-        "call_record_link",
-        "src_type",
-        "dst_type",
-        "is_inner_call",
-        *_STRING_FIELDS,
-        *_TIMESTAMP_FIELDS,
-    }
-    extra_names = [name for name in params if name not in known]
+    extra_names = [name for name in params if name not in _KNOWN_FIELDS]
     if len(extra_names) > MAX_EXTRA_FIELDS:
         raise EventError(f"too many unknown fields ({len(extra_names)} > {MAX_EXTRA_FIELDS})")
     for name in extra_names:

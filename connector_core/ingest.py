@@ -9,6 +9,7 @@ JSON parameters, validate them, store the raw event durably, then answer
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import ipaddress
 import json
@@ -17,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from prometheus_client import Counter
 
 from connector_core.appkeys import ACCOUNTS, CLOCK, CONFIG, METRICS, STORE, AccountRuntime
 from connector_core.events import CALL_ID, EventError, Probe, UnknownEvent, parse_event
@@ -111,6 +113,8 @@ async def read_params(request: web.Request) -> dict[str, Any]:
 async def read_params_in_time(request: web.Request) -> dict[str, Any]:
     """``read_params``, or a 408 when the body has not arrived within the body timeout: a
     sender that stalls mid-body would otherwise hold its connection for ever."""
+    if request.method != "POST" or not request.can_read_body:
+        return dict(request.query)  # nothing to wait for: no timer to arm (Sipuni's GETs)
     seconds = request.app[CONFIG].server.body_timeout_seconds
     try:
         async with asyncio.timeout(seconds):
@@ -168,7 +172,8 @@ async def sipuni_webhook(request: web.Request) -> web.Response:
             log.debug("event type %s ignored", parsed.event)
         return _reply()
     try:
-        await store.append_event(account.number, params, now)
+        # What was parsed is stored with the raw fields: the worker does not parse it again.
+        await store.append_event(account.number, params, now, parsed)
     except Exception as exc:
         if not is_store_failure(exc):
             raise
@@ -177,8 +182,15 @@ async def sipuni_webhook(request: web.Request) -> web.Response:
             log.error("webhook not stored (%s); the PBX sends it again", reason)
         return _reply(503, "the event could not be stored; send it again later")
     # The store announced it on INBOX_CHANNEL: the worker may be in another process.
-    app[METRICS].events_received.labels(account.number, str(parsed.event)).inc()
+    _received(app[METRICS].events_received, account.number, parsed.event).inc()
     return _reply()
+
+
+@functools.lru_cache(maxsize=1024)
+def _received(counter: Counter, account: str, event: int) -> Counter:
+    """The counter of ``account``'s events of type ``event``: looking a labelled child up
+    (its label values checked and joined) on every webhook showed in profiles."""
+    return counter.labels(account, str(event))
 
 
 def routes() -> list[web.RouteDef]:

@@ -9,6 +9,8 @@ lifecycle events, each exactly once.
 
 from __future__ import annotations
 
+import bisect
+import functools
 import itertools
 import re
 from collections.abc import Iterable
@@ -30,6 +32,18 @@ from connector_core.events import EventType, SipuniEvent
 from connector_core.phones import extension_of, normalize, strip_line_suffix
 
 T = TypeVar("T")
+# Pure functions of a number, called on every event of a call each time one arrives: the
+# same few numbers come back (a call's client and line, the account's extensions), and
+# parsing them was a large share of the worker's time per event.
+_normalize = functools.lru_cache(maxsize=8192)(normalize)
+
+
+@functools.lru_cache(maxsize=8192)
+def _leg(extension: str, rang_at: int, transfer_from: str | None) -> Leg:
+    # Legs are frozen: the one built for a ring the last time the call changed is reused.
+    return Leg(extension=extension, rang_at=rang_at, transfer_from=transfer_from)
+
+
 EXTERNAL, INTERNAL = 1, 2
 # Within one second, a ring precedes its answer, and hang-ups come last.
 _TYPE_RANK = {
@@ -60,8 +74,12 @@ def apply(
     if state is None:
         state = CallState(account=account, call_id=event.call_id)
     events = state.events
-    if event not in events:
-        events = sorted([*events, event], key=_order)
+    # The events are kept in _order, and two events have the same key only if they are the
+    # same event: a binary search finds a repeat, or where a new one goes, looking at a few
+    # events rather than comparing it with all of them.
+    at = bisect.bisect_left(events, _order(event), key=_order)
+    if at == len(events) or events[at] != event:
+        events = [*events[:at], event, *events[at:]]
     state = state.model_copy(
         update={"events": events, "last_received_at": max(state.last_received_at, received_at)}
     )
@@ -77,6 +95,7 @@ def expire(
     return _emit(derive(state.model_copy(update={"timed_out_at": now}), region))
 
 
+@functools.lru_cache(maxsize=8192)
 def _party_type(declared: int | None, number: str | None, account: str) -> int | None:
     """Sipuni's 1/2 party type; inferred from the number when a follow-up event omits it."""
     if declared is not None or not number:
@@ -153,7 +172,7 @@ def derive(state: CallState, region: str) -> CallState:
                 if src == INTERNAL and direction is Direction.INBOUND
                 else None
             )
-            legs[dst_ext] = Leg(extension=dst_ext, rang_at=e.timestamp, transfer_from=transfer_from)
+            legs[dst_ext] = _leg(dst_ext, e.timestamp, transfer_from)
         elif e.type is EventType.ANSWER:
             answer_times.append(e.timestamp)
             who = employee if direction is Direction.OUTBOUND else dst_ext
@@ -217,8 +236,8 @@ def derive(state: CallState, region: str) -> CallState:
         update={
             "direction": direction,
             "client_number_raw": client_raw and strip_line_suffix(client_raw),
-            "client_number": normalize(client_raw, region),
-            "line_number": normalize(line_raw, region),
+            "client_number": _normalize(client_raw, region),
+            "line_number": _normalize(line_raw, region),
             "employee": employee,
             "legs": sorted(legs.values(), key=lambda leg: (leg.rang_at, leg.extension)),
             "answers": ordered_answers,

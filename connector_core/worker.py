@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from connector_core import missed_calls, router, tracker
 from connector_core.callstate import CallState
@@ -39,6 +40,22 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
 # Pages of the inbox one drain looks through for calls no other worker holds.
 MAX_PAGES = 8
+
+
+@dataclass(frozen=True)
+class KnownState:
+    """A call's state as this process holds it under the call's lease, so it need not be
+    loaded: read for a drain, then what each commit wrote (``None``: the call is new)."""
+
+    account: str
+    call_id: str
+    state: CallState | None
+
+
+def _call_key(item: InboxItem) -> tuple[str, str] | None:
+    """The ``(account, call_id)`` of the call an inbox item belongs to, if it names one."""
+    call_id = item.event.call_id if item.event is not None else call_id_of(item.params)
+    return (item.account, call_id) if call_id else None
 
 
 class Worker:
@@ -134,13 +151,20 @@ class Worker:
     async def _run_chains(self, chains: list[list[InboxItem]]) -> int:
         """Run each chain's items in order, the chains concurrently; ``drain`` says how."""
         settled = 0
+        # The calls' states in one read (their leases are held: nobody else writes them now);
+        # after that each chain goes on with the state its last commit wrote.
+        keys = {key for key in map(_call_key, (chain[0] for chain in chains)) if key}
+        stored = await self.store.load_calls(sorted(keys))
 
         async def run(chain: list[InboxItem]) -> None:
             nonlocal settled
+            key = _call_key(chain[0])
+            known = KnownState(*key, stored.get(key)) if key else None
             for item in chain:
                 try:
-                    await self.process(item)
+                    known = await self.process(item, known)
                 except Exception as exc:
+                    known = None  # what was committed is unknown: the next item loads it
                     if is_store_failure(exc) or not await self._store_writes():
                         # Every item would fail: counting attempts would quarantine
                         # good work. The round fails instead.
@@ -210,17 +234,25 @@ class Worker:
         except Exception:
             return False
 
-    async def process(self, item: InboxItem) -> None:
-        try:
-            parsed = parse_event(item.params)
-        except EventError as exc:  # accepted by an older version, refused by this one
-            log.warning("inbox item %s cannot be parsed any more: %s", item.id, exc)
-            parsed = None
-        if not isinstance(parsed, SipuniEvent):
+    async def process(self, item: InboxItem, known: KnownState | None = None) -> KnownState | None:
+        """Merge one inbox item into its call and commit; returns the state committed (None
+        for an item that is no call event).
+
+        ``known`` is the call's state as this process holds it under the call's lease (loaded
+        for the drain, or committed by the item before); without it the state is loaded.
+        """
+        parsed = self.event_of(item)
+        if parsed is None:
             await self.store.commit_event(item.id, None, [])
-            return
+            return None
         with call_context(item.account, parsed.call_id):
-            state = await self.store.load_call(item.account, parsed.call_id)
+            if known is not None and (known.account, known.call_id) == (
+                item.account,
+                parsed.call_id,
+            ):
+                state = known.state
+            else:
+                state = await self.store.load_call(item.account, parsed.call_id)
             state, new = tracker.apply(
                 state,
                 parsed,
@@ -229,10 +261,24 @@ class Worker:
                 received_at=item.received_at,
             )
             await self._commit(item.id, state)
-            if new:
+            if new and log.isEnabledFor(logging.INFO):
                 log.info("call %s: %s", state.outcome.value, ", ".join(e.id for e in new))
             self.processed += 1
             self.on_processed()
+            return KnownState(item.account, parsed.call_id, state)
+
+    @staticmethod
+    def event_of(item: InboxItem) -> SipuniEvent | None:
+        """The call event of an inbox item: as ingest stored it, or (a row stored before the
+        inbox kept it) parsed from its fields; None for anything else."""
+        if item.event is not None:
+            return item.event
+        try:
+            parsed = parse_event(item.params)
+        except EventError as exc:  # accepted by an older version, refused by this one
+            log.warning("inbox item %s cannot be parsed any more: %s", item.id, exc)
+            return None
+        return parsed if isinstance(parsed, SipuniEvent) else None
 
     async def _commit(self, item_id: int | None, state: CallState) -> None:
         routed = router.route(

@@ -45,6 +45,18 @@ def test_ingest_reports_service_and_bare_rates_and_the_open_loop() -> None:
         assert level in r["ratio"]
     assert {"p50_ms", "p99_ms", "failures"} <= set(r["open_loop"])
     assert set(r["goals"]) == {"ingest_half_of_bare", "p99_under_10ms_at_rate"}
+    # The worker in another process, and everything in one, in the same run; each drained.
+    assert set(r["service_one_process"]) == set(r["service"]) == set(map(str, r["levels"]))
+    assert {"ratio_best", "ratio_best_one_process"} <= set(r)
+    for run in [*r["service"].values(), r["open_loop"], r["open_loop_one_process"]]:
+        assert run["drain_s"] >= 0 and run["failures"] == 0
+
+
+def test_cpu_reports_cpu_per_event_for_short_and_long_calls() -> None:
+    r = run_bench("cpu", "--profile", "--top", "5")
+    for run in ("mixed", "long"):
+        assert r[run]["events"] > 0 and r[run]["failures"] == 0 and r[run]["us_per_event"] > 0
+    assert len(r["profile"]["tottime"]) == 6 and r["profile"]["events"] > 0
 
 
 def test_hangup_reports_latency_per_kind_and_requests_per_call() -> None:

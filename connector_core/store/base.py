@@ -31,6 +31,7 @@ from connector_core import tracker
 from connector_core.callrecords import CallRecord, NewCallRecord
 from connector_core.callstate import CallState, LifecycleEvent, LifecycleKind
 from connector_core.errors import InvalidRequestError
+from connector_core.events import SipuniEvent
 from connector_core.missed import Link, NumberCall
 from connector_core.store.pruning import PruneRule
 
@@ -79,6 +80,15 @@ class InboxItem:
     status: str = "pending"  # pending | done | quarantined | dropped
     attempts: int = 0  # failed attempts at processing it
     last_error: str | None = None
+    # The event as ingest validated it; None for a row stored before the inbox kept it
+    # (then the worker parses ``params``).
+    event: SipuniEvent | None = None
+
+
+def stored_event(text: str | None) -> SipuniEvent | None:
+    """An inbox row's ``event`` column, as ``append_event`` wrote it: already validated once,
+    so it is read back by pydantic's JSON reader, not by ``parse_event`` again."""
+    return SipuniEvent.model_validate_json(text) if text else None
 
 
 @dataclass(frozen=True)
@@ -418,9 +428,17 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
-    async def append_event(self, account: str, params: dict[str, Any], received_at: float) -> int:
+    async def append_event(
+        self,
+        account: str,
+        params: dict[str, Any],
+        received_at: float,
+        event: SipuniEvent | None = None,
+    ) -> int:
         """Durably store one accepted webhook and announce it on ``INBOX_CHANNEL`` (on a
-        shared store, in the same transaction); returns its inbox id."""
+        shared store, in the same transaction); returns its inbox id. ``event`` is what
+        ``parse_event`` made of ``params``: stored beside them, so the worker need not parse
+        them again."""
         ...
 
     async def record_rejected(
@@ -444,6 +462,11 @@ class Store(Protocol):
         ...
 
     async def load_call(self, account: str, call_id: str) -> CallState | None: ...
+
+    async def load_calls(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], CallState]:
+        """The stored state of each ``(account, call_id)`` that has one, in one round trip
+        (the worker loads the calls of a drain together)."""
+        ...
 
     async def commit_event(
         self,

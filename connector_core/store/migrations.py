@@ -199,6 +199,14 @@ CREATE INDEX IF NOT EXISTS number_calls_overdue
     ON number_calls(overdue_at) WHERE overdue_at IS NOT NULL
 """,
     ),
+    Step(
+        8,
+        "the inbox keeps the event as ingest validated it, so the worker does not parse the"
+        " webhook a second time; rows stored before have none and are parsed as before",
+        """
+ALTER TABLE inbox ADD COLUMN event TEXT
+""",
+    ),
 )
 LATEST = STEPS[-1].version
 

@@ -173,6 +173,14 @@ CREATE INDEX number_calls_undecided ON number_calls(noted_at) WHERE NOT decided;
 CREATE INDEX number_calls_overdue ON number_calls(overdue_at) WHERE overdue_at IS NOT NULL
 """,
     ),
+    Step(
+        5,
+        "the inbox keeps the event as ingest validated it, so the worker does not parse the"
+        " webhook a second time; rows stored before have none and are parsed as before",
+        """
+ALTER TABLE inbox ADD COLUMN event text
+""",
+    ),
 )
 LATEST = STEPS[-1].version
 

@@ -29,6 +29,7 @@ from connector_core import callrecords
 from connector_core.callrecords import CallRecord, NewCallRecord
 from connector_core.callstate import CallState, LifecycleEvent
 from connector_core.clock import Clock, SystemClock
+from connector_core.events import SipuniEvent
 from connector_core.hooktime import queue_wait
 from connector_core.integrations import KeyedLocks
 from connector_core.missed import NumberCall
@@ -56,6 +57,7 @@ from connector_core.store.base import (
     StoreUnavailable,
     call_id_of,
     extensions_column,
+    stored_event,
 )
 from connector_core.store.pg_number_calls import PostgresNumberCalls, note_number_call
 from connector_core.store.pruning import PruneRule, count_sql, delete_batch_sql
@@ -90,7 +92,7 @@ _STATUS_OF_GROUP = (
     " WHEN bool_or(status = 'dropped') THEN 'dropped'"
     " ELSE 'done' END"
 )
-_INBOX_COLUMNS = "id, account, received_at, params, status, attempts, last_error"
+_INBOX_COLUMNS = "id, account, received_at, params, status, attempts, last_error, event"
 _DISPATCH_COLUMNS = (
     "id, account, call_id, integration, key, attempts, not_before, status, last_error,"
     " created_at, record"
@@ -243,18 +245,25 @@ class PostgresStore(PostgresNumberCalls):
     async def count_prunable(self, rule: PruneRule, cutoff: float) -> int:
         return int(await self._db.fetchval(count_sql(rule, "$1"), cutoff))
 
-    async def append_event(self, account: str, params: dict[str, Any], received_at: float) -> int:
+    async def append_event(
+        self,
+        account: str,
+        params: dict[str, Any],
+        received_at: float,
+        event: SipuniEvent | None = None,
+    ) -> int:
         # Stored and announced in one statement: one round trip per webhook, and the workers
         # are woken when (and only if) the row is committed.
         return int(
             await self._db.fetchval(
-                "WITH row AS (INSERT INTO inbox (account, call_id, received_at, params)"
-                " VALUES ($1, $2, $3, $4) RETURNING id)"
+                "WITH row AS (INSERT INTO inbox (account, call_id, received_at, params, event)"
+                " VALUES ($1, $2, $3, $4, $5) RETURNING id)"
                 f" SELECT id FROM row, pg_notify('{CHANNEL_PREFIX}{INBOX_CHANNEL}', '')",
                 account,
                 call_id_of(params),
                 received_at,
                 json.dumps(params, ensure_ascii=False),
+                event.model_dump_json() if event is not None else None,
             )
         )
 
@@ -286,7 +295,10 @@ class PostgresStore(PostgresNumberCalls):
 
     async def _inbox(self, where: str, *args: Any) -> list[InboxItem]:
         rows = await self._db.fetch(f"SELECT {_INBOX_COLUMNS} FROM inbox WHERE {where}", *args)
-        return [InboxItem(r[0], r[1], r[2], json.loads(r[3]), *r[4:]) for r in rows]
+        return [
+            InboxItem(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], stored_event(r[7]))
+            for r in rows
+        ]
 
     async def pending_events(self, limit: int, after_id: int = 0) -> list[InboxItem]:
         """The oldest pending items above ``after_id`` of calls no process holds the lease of.
@@ -351,6 +363,17 @@ class PostgresStore(PostgresNumberCalls):
             "SELECT state FROM calls WHERE account = $1 AND call_id = $2", account, call_id
         )
         return CallState.model_validate_json(text) if text else None
+
+    async def load_calls(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], CallState]:
+        if not keys:
+            return {}
+        rows = await self._db.fetch(
+            "SELECT account, call_id, state FROM calls WHERE (account, call_id) IN"
+            " (SELECT * FROM unnest($1::text[], $2::text[]))",
+            [account for account, _ in keys],
+            [call_id for _, call_id in keys],
+        )
+        return {(r[0], r[1]): CallState.model_validate_json(r[2]) for r in rows}
 
     async def commit_event(
         self,

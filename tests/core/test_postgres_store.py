@@ -52,16 +52,18 @@ async def test_a_database_left_at_the_first_step_opens_migrated_and_works(
         m.setattr(pg_migrations, "STEPS", pg_migrations.STEPS[:1])
         m.setattr(pg_migrations, "LATEST", 1)
         await _migrate(pg_url)
-        old = PostgresStore(pg_url)
-        await old.open()
-        item = await old.append_event("012345", {"call_id": "old.1"}, 1.0)
-        await old.close()
+        conn = await asyncpg.connect(pg_url)  # a webhook as that release stored it
+        item = await conn.fetchval(
+            "INSERT INTO inbox (account, call_id, received_at, params)"
+            """ VALUES ('012345', 'old.1', 1.0, '{"call_id": "old.1"}') RETURNING id"""
+        )
+        await conn.close()
     assert await _version(pg_url) == 1
 
     store = PostgresStore(pg_url)
     await store.open()
     try:
-        assert [i.id for i in await store.pending_events(10)] == [item]
+        assert [(i.id, i.event) for i in await store.pending_events(10)] == [(item, None)]
         state = CallState(account="012345", call_id="old.1", last_received_at=1.0)
         started = LifecycleEvent(kind=LifecycleKind.STARTED, id="started")
         await store.commit_event(item, state, [NewDispatch("012345/usedesk", started)])

@@ -65,6 +65,25 @@ async def test_a_failing_write_fails_alone_within_its_batch(store: SQLiteStore) 
     assert [p.id for p in await store.pending_events(10)] == [item]
 
 
+async def test_an_append_that_fails_fails_alone_without_a_savepoint(
+    store: SQLiteStore,
+) -> None:
+    # An append is one statement, written without a savepoint of its own: SQLite undoes
+    # the failed statement alone, and the batch's other writes are committed.
+    statements: list[str] = []
+    assert store._db is not None
+    store._db.set_trace_callback(statements.append)
+    results = await asyncio.gather(
+        store.append_event("012345", {"event": "1", "n": "0"}, 1.0),
+        store.append_event(None, {"event": "1", "n": "1"}, 2.0),  # type: ignore[arg-type]
+        store.append_event("012345", {"event": "1", "n": "2"}, 3.0),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], sqlite3.IntegrityError)
+    assert [p.params["n"] for p in await store.pending_events(10)] == ["0", "2"]
+    assert not any(sql.startswith("SAVEPOINT") for sql in statements)
+
+
 async def test_close_waits_for_writes_in_flight(tmp_path: Path) -> None:
     s = SQLiteStore(tmp_path / "c.db")
     await s.open()
