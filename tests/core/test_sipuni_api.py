@@ -126,6 +126,11 @@ def test_a_history_without_its_columns_says_which_is_missing() -> None:
         ({"status": 429, "headers": {"Retry-After": "7"}}, TransientError, "rate-limited"),
         ({"status": 502, "body": "<html>Bad Gateway</html>"}, TransientError, "server error"),
         ({"body": "<html>hello</html>"}, InvalidRequestError, "is sipuni_api_url Sipuni's API?"),
+        (
+            {"status": 404, "body": "404: Not Found"},
+            InvalidRequestError,
+            "is sipuni_api_url Sipuni's API (https://sipuni.com/api)?",
+        ),
     ],
 )
 async def test_failures_are_classified_with_a_message_to_act_on_and_never_the_key(
