@@ -772,6 +772,11 @@ def cmd_trace(args: argparse.Namespace) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     """Delete what has outlived ``[retention]`` now (:mod:`connector_core.prune_cli`)."""
     config, _ = load(args.config)
+    missing = config.storage.url is None and not Path(config.storage.path).exists()
+    if missing and prune_cli.refused(config.retention) is None:
+        # Opening the store would create it: a dry run, or a prune, must not leave a file.
+        print(f"connector prune: no store at {config.storage.path} yet: nothing to delete")
+        return EXIT_OK
     return asyncio.run(
         _with_store(config, lambda store: prune_cli.run(store, config.retention, args))
     )

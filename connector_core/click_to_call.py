@@ -179,10 +179,13 @@ class ClickToCallService:
         if state is None:
             raise Refused(404, "no_call", f"account {account} has no stored call {call_id!r}")
         if not state.client_number:
+            why = (
+                "an internal call, between employees"
+                if state.direction is Direction.INTERNAL
+                else "the number was hidden"
+            )
             raise Refused(
-                422,
-                "no_number",
-                f"call {call_id} has no client number to call back (the number was hidden)",
+                422, "no_number", f"call {call_id} has no client number to call back ({why})"
             )
         wait = self.limit.acquire((account, extension), self.clock.now())
         if wait > 0:

@@ -30,6 +30,8 @@ from connector_core.simulator.sipuni_sandbox import SipuniSandbox
 from connector_core.sipuni_api import SipuniApi
 
 TOKEN = "demo-token-change-me-0000"
+# The agent page of 101 (docs/notifications.md): the demo's cards and «Перезвонить» to try.
+AGENT_TOKEN = "demo-agent-101-change-me"
 ACCOUNT = "012345"
 # The missed call of demo_calls(): the demo's click-to-call rings 101, then this client.
 MISSED_CLIENT = "79035550011"
@@ -49,6 +51,7 @@ token = "{token}"
 default_region = "RU"
 sipuni_api_key = "{sipuni_key}"
 sipuni_api_url = "{sipuni_url}"
+agents = {{ "101" = "{agent_token}" }}
 
 [accounts.012345.integrations.usedesk]
 api_token = "{sandbox_token}"
@@ -180,6 +183,7 @@ async def run(
                     sandbox_url=sandbox_url,
                     sipuni_key=sipuni.key,
                     sipuni_url=sipuni_url,
+                    agent_token=AGENT_TOKEN,
                 ),
                 types=host.types,
                 origin="<demo>",
@@ -194,6 +198,8 @@ async def run(
             try:
                 print(f"connector is serving on {url} (webhook: {webhook})")
                 print(f"Usedesk sandbox on {sandbox_url} (state: {sandbox_url}/_sandbox/state)")
+                agent_page = public_url.agent_page_url(config.server, ACCOUNT, "101", AGENT_TOKEN)
+                print(f"Agent page of extension 101: {agent_page}")
                 calls = demo_calls()
                 print(f"Sending {len(calls)} simulated Sipuni calls ({speed:g}× real time)…\n")
                 await send_calls(webhook, calls, speed=speed, stagger=0.3, method="mixed")

@@ -48,9 +48,9 @@ def accounts(config: Config, only: str | None) -> tuple[list[str], str | None]:
     chosen = [only] if only else list(config.accounts)
     keyed = [n for n in chosen if config.accounts[n].sipuni_api_key is not None]
     if not keyed:
-        which = f"account {only} has" if only else "no account has"
+        which = f"account {only} has no" if only else "no account has a"
         return [], (
-            f"{which} no sipuni_api_key: Sipuni's call history cannot be read; set it"
+            f"{which} sipuni_api_key: Sipuni's call history cannot be read; set it"
             " (the integration key of Sipuni's cabinet, docs/sipuni.md)"
         )
     return keyed, None

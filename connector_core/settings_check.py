@@ -123,6 +123,24 @@ async def read_sipuni_schemes(account: AccountConfig) -> SipuniSchemes:
         return SipuniSchemes(problem=f"{type(exc).__name__}: {exc.message}")
 
 
+@dataclass(frozen=True)
+class UnknownScheme:
+    """A routing entry naming no scheme Sipuni has: its setting (``schemes[1]``), the entry,
+    and the closest of Sipuni's names, if any."""
+
+    setting: str
+    selector: str
+    close: str | None
+
+
+def schemes_sipuni_lacks(
+    routing: RoutingSettings, sipuni: Sequence[SipuniScheme]
+) -> list[UnknownScheme]:
+    """The entries of ``schemes`` / ``transfer_schemes`` that match none of Sipuni's schemes."""
+    names = [s.name for s in sipuni]
+    return [UnknownScheme(*found) for found in _unmatched(_entries(routing), sipuni, names)]
+
+
 def sipuni_scheme_findings(
     routing: RoutingSettings, sipuni: Sequence[SipuniScheme], copy_line: str
 ) -> list[CheckFinding]:
@@ -132,15 +150,15 @@ def sipuni_scheme_findings(
     an error: that entry can never match a call.
     """
     labels = ", ".join(f"«{s.name}» ({s.tree_number})" for s in sipuni) or "none"
-    names = [s.name for s in sipuni]
     return [
         CheckFinding(
             CheckLevel.ERROR,
-            f"Sipuni has no scheme '{selector}'; {_did_you_mean(close) + ' ' if close else ''}"
+            f"Sipuni has no scheme '{u.selector}'; "
+            f"{_did_you_mean(u.close) + ' ' if u.close else ''}"
             f"Sipuni's schemes: {labels}; to copy: {copy_line}",
-            setting,
+            u.setting,
         )
-        for setting, selector, close in _unmatched(_entries(routing), sipuni, names)
+        for u in schemes_sipuni_lacks(routing, sipuni)
     ]
 
 

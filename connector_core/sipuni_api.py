@@ -485,6 +485,13 @@ class SipuniApi:
             )
         if status in (401, 403):
             raise AuthError(self._auth_message(method, status, said), integration=INTEGRATION)
+        if status == 404:
+            # Sipuni answers every method it has: a 404 is a wrong address, not a refusal.
+            raise InvalidRequestError(
+                f"no Sipuni API method {method} at {self.base_url} (HTTP 404: {said});"
+                f" is sipuni_api_url Sipuni's API ({DEFAULT_API_URL})?",
+                integration=INTEGRATION,
+            )
         if not 200 <= status < 300:
             raise InvalidRequestError(
                 f"Sipuni refused {method} (HTTP {status}): {said}", integration=INTEGRATION

@@ -262,6 +262,13 @@ TEXT: dict[str, tuple[str, str]] = {
         "Не удалось прочитать схемы из Sipuni",
         "Could not read the schemes from Sipuni",
     ),
+    "setup.sipuni_unknown": (
+        "В настройках есть схемы, которых нет в Sipuni: звонки по ним никогда не совпадут."
+        " Исправьте их (список для копирования выше) и перезапустите сервис:",
+        "The config names schemes Sipuni does not have: no call can ever match them. Correct"
+        " them (the list to copy is above) and restart the service:",
+    ),
+    "setup.sipuni_did_you_mean": ("может быть,", "did you mean"),
     "setup.sipuni_no_key": (
         "Ключ интеграции Sipuni не задан (sipuni_api_key аккаунта): список схем из Sipuni"
         " не показан. Где взять ключ: docs/sipuni.md.",

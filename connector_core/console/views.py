@@ -49,7 +49,12 @@ from connector_core.httplog import Redactor
 from connector_core.integrations import AuthResult, Integration
 from connector_core.pacing import Budget, budget_of
 from connector_core.phones import PhoneFormat, format_number
-from connector_core.settings_check import SipuniSchemes, read_sipuni_schemes
+from connector_core.settings_check import (
+    SipuniSchemes,
+    UnknownScheme,
+    read_sipuni_schemes,
+    schemes_sipuni_lacks,
+)
 from connector_core.store.base import (
     DeliveryStatus,
     Dispatch,
@@ -485,6 +490,8 @@ class AccountSetup:
     extensions: list[ExtensionRow]
     mapping_integrations: list[str]  # the integrations that map extensions to CRM users
     sipuni: SipuniSchemes  # the account's schemes as Sipuni lists them, or why not shown
+    # (integration, entry) for each routing entry of the config that Sipuni has no scheme for
+    unknown_schemes: list[tuple[str, UnknownScheme]]
 
 
 @dataclass(frozen=True)
@@ -541,6 +548,12 @@ async def setup_view(sources: Sources) -> SetupView:
         ]
         selectors = [s.id or s.name for s in schemes if s.id or s.name]
         sipuni = await read_sipuni_schemes(account)
+        unknown = [
+            (name, entry)
+            for name, item in account.integrations.items()
+            if item.enabled and sipuni.schemes is not None
+            for entry in schemes_sipuni_lacks(item.routing, sipuni.schemes)
+        ]
         accounts.append(
             AccountSetup(
                 number=number,
@@ -552,6 +565,7 @@ async def setup_view(sources: Sources) -> SetupView:
                 extensions=rows,
                 mapping_integrations=list(maps),
                 sipuni=sipuni,
+                unknown_schemes=unknown,
             )
         )
     return SetupView(

@@ -17,10 +17,13 @@ takes any scenario of :mod:`connector_core.simulator.scenarios` with a ``deliver
 ``{"success": false, "message": …}``; a click-to-call answers ``{"success": true,
 "callbackId": …}`` and its final webhook carries that ``callbackId`` (C-PROXY's
 behaviour); its webhooks look like an outbound call from the employee (sequence D).
+
+By hand: ``python -m connector_core.simulator.sipuni_sandbox --webhook-url URL`` (``--help``).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hmac
 import itertools
@@ -302,3 +305,57 @@ class SipuniSandbox:
 
 def _refuse(message: str) -> web.Response:
     return web.json_response({"success": False, "message": message}, status=400)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve the sandbox until Ctrl-C, printing the two lines to put in ``connector.toml``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m connector_core.simulator.sipuni_sandbox",
+        description="Sipuni's API (schema/list, callback/call_number, statistic/export) "
+        "for one account, in memory",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8092, help="0: any free port")
+    parser.add_argument("--account", default=sc.ACCOUNT, help="the account number (user)")
+    parser.add_argument("--key", help="the integration key to accept (default: a random one)")
+    parser.add_argument(
+        "--webhook-url",
+        help="where click-to-calls send their webhooks: the connector's …/sipuni/<token>"
+        " (without it, calls are placed and listed but no webhook is sent)",
+    )
+    parser.add_argument(
+        "--speed", type=float, default=1.0, help="how much faster than real time a call goes"
+    )
+    parser.add_argument(
+        "--extension",
+        action="append",
+        dest="extensions",
+        help="an employee a click-to-call may ring (repeat it; default: 101, 102, 103)",
+    )
+    args = parser.parse_args(argv)
+    sandbox = SipuniSandbox(
+        account=args.account,
+        key=args.key,
+        webhook_url=args.webhook_url,
+        speed=args.speed,
+        extensions=args.extensions or ("101", "102", "103"),
+    )
+
+    async def serve() -> None:
+        async with sandbox.serve(args.host, args.port) as url:
+            print(f"Sipuni sandbox on {url} for account {sandbox.account}", flush=True)
+            print(f"[accounts.{sandbox.account}] in connector.toml:", flush=True)
+            print(f'sipuni_api_url = "{url}"', flush=True)
+            print(f'sipuni_api_key = "{sandbox.key}"', flush=True)
+            if sandbox.webhook_url is None:
+                print("no --webhook-url: click-to-calls send no webhooks", flush=True)
+            await asyncio.Event().wait()
+
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

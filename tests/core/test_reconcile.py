@@ -4,6 +4,9 @@ for them, merged by the real tracker."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
+
+import pytest
 
 from connector_core import reconcile, tracker
 from connector_core.callstate import CallState, Outcome
@@ -12,6 +15,7 @@ from connector_core.reconcile import Received, Verdict
 from connector_core.simulator import scenarios as sc
 from connector_core.simulator.sipuni_sandbox import PlacedCall
 from connector_core.sipuni_api import HistoryRow, history_csv, parse_history
+from tests.core.test_cli import AMOCRM, run, write_config
 
 START = 1_717_171_700
 LATER = START + 3600  # "now": every call has long ended
@@ -152,3 +156,17 @@ def test_an_employee_is_read_from_a_name_with_a_short_number() -> None:
     row = replace(row_of(call), answered_by="Анна Петрова (103)")
     [finding] = plan([row], [])
     assert merged(list(finding.events)).answered_by == "103"
+
+
+def test_the_cli_without_any_key_says_no_account_has_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(tmp_path, AMOCRM)
+    code, _, err = run(capsys, "reconcile", "--config", str(path), "--dry-run")
+    assert code == 1
+    assert err.startswith(
+        "connector reconcile: no account has a sipuni_api_key: Sipuni's call history cannot"
+        " be read; set it"
+    )
+    code, _, err = run(capsys, "reconcile", "--config", str(path), "--account", "012345")
+    assert err.startswith("connector reconcile: account 012345 has no sipuni_api_key:")

@@ -114,3 +114,13 @@ def test_prune_with_retention_off_deletes_nothing_and_says_so(workdir: Path, cap
     code, out, err = run(capsys, "prune")
     assert code == 1 and out == ""
     assert err.startswith("connector prune: retention is off ([retention] enabled = false)")
+
+
+def test_prune_before_the_store_exists_creates_nothing(workdir: Path, capsys) -> None:
+    write_config(workdir, AMOCRM)
+    code, out, _ = run(capsys, "prune", "--dry-run")
+    assert code == 0
+    assert (
+        out == f"connector prune: no store at {workdir / 'connector.db'} yet: nothing to delete\n"
+    )
+    assert not (workdir / "connector.db").exists()

@@ -3,7 +3,9 @@ history CSV it reads; and the sandbox that answers like Sipuni (signature includ
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import sys
 from datetime import datetime
 
 import aiohttp
@@ -124,6 +126,11 @@ def test_a_history_without_its_columns_says_which_is_missing() -> None:
         ({"status": 429, "headers": {"Retry-After": "7"}}, TransientError, "rate-limited"),
         ({"status": 502, "body": "<html>Bad Gateway</html>"}, TransientError, "server error"),
         ({"body": "<html>hello</html>"}, InvalidRequestError, "is sipuni_api_url Sipuni's API?"),
+        (
+            {"status": 404, "body": "404: Not Found"},
+            InvalidRequestError,
+            "is sipuni_api_url Sipuni's API (https://sipuni.com/api)?",
+        ),
     ],
 )
 async def test_failures_are_classified_with_a_message_to_act_on_and_never_the_key(
@@ -193,3 +200,31 @@ async def test_the_sandbox_refuses_a_click_to_call_for_an_unknown_employee() -> 
             with pytest.raises(InvalidRequestError, match="no employee with short number 109"):
                 await api.call_number("79031234567", "109")
     assert sandbox.calls == []
+
+
+async def test_the_sandbox_runs_by_hand_and_prints_the_lines_for_the_config() -> None:
+    # An operator trying `connector check` or «Перезвонить» without a Sipuni account starts
+    # the sandbox from the shell; it prints where it is and the key it accepts.
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "connector_core.simulator.sipuni_sandbox",
+        "--port",
+        "0",
+        "--key",
+        KEY,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        lines = [(await process.stdout.readline()).decode().strip() for _ in range(4)]
+        assert lines[0].startswith("Sipuni sandbox on http://127.0.0.1:")
+        assert lines[1] == "[accounts.012345] in connector.toml:"
+        assert lines[3] == f'sipuni_api_key = "{KEY}"'
+        url = lines[2].removeprefix('sipuni_api_url = "').removesuffix('"')
+        async with SipuniApi(account="012345", key=KEY, base_url=url) as api:
+            names = [scheme.name for scheme in await api.schemes()]
+        assert names == ["Входящая", "Исходящая", "Распределитель", "Продажи"]
+    finally:
+        process.terminate()
+        await process.wait()

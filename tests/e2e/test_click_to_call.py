@@ -5,6 +5,7 @@ rate limit, a missing key and Sipuni's refusals each get a clear answer."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from connector_core import calls_cli, calls_view
 from connector_core.appkeys import STORE
 from connector_core.callstate import Direction
+from connector_core.simulator import scenarios
 from tests.click_to_call_world import CLIENT, KEY, TOKEN_101, TOKEN_102, world
 from tests.console_kit import csrf_in, sign_in
 from tests.harness import ACCOUNT
@@ -116,6 +118,16 @@ async def test_what_the_agent_sends_wrong_is_named(tmp_path: Path) -> None:
         )
         assert response.status == 400
         assert (await response.json())["error"] == "the body must be a JSON object"
+        # A call between two employees has no client to call back; it is not a hidden one.
+        between = scenarios.internal("101", "102", start=int(time.time()) - 60)
+        await w.send(between)
+        status, body = await w.call_back(between.call_id)
+        assert (status, body["code"], body["error"]) == (
+            422,
+            "no_number",
+            f"call {between.call_id} has no client number to call back (an internal call,"
+            " between employees)",
+        )
         assert w.sipuni.requests == []
 
 

@@ -43,6 +43,9 @@ async def test_demo_turns_simulated_calls_into_usedesk_tickets(capsys) -> None:
     assert comments.count("Входящий звонок: Отвечен") == 3
     assert "Входящий звонок: Пропущен" in comments and "Исходящий звонок: Отвечен" in comments
     assert "connector check" in printed  # how to point it at a real Usedesk
+    # The agent page can be tried too: its address, with the demo's agent token, is printed.
+    [page] = re.findall(r"Agent page of extension 101: (\S+)", printed)
+    assert page.endswith("/agent/?account=012345&extension=101&token=demo-agent-101-change-me")
 
 
 async def test_simulate_sends_every_kind_of_call(aiohttp_server, capsys) -> None:

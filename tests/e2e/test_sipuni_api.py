@@ -93,6 +93,26 @@ async def test_the_setup_page_says_why_sipunis_schemes_are_not_shown(tmp_path: P
     assert "0.wrong-key-000" not in page
 
 
+async def test_the_setup_page_names_the_configs_schemes_sipuni_does_not_have(
+    tmp_path: Path,
+) -> None:
+    sandbox = SipuniSandbox(key=KEY)
+    routing = 'schemes = ["Входящая", "Продажи 2"]\ntransfer_schemes = ["000-200"]\n'
+    async with sandbox.serve() as url:
+        config, host = make_config(
+            tmp_path, _account_keys(url) + STUB + routing, extra=console_section()
+        )
+        async with TestClient(TestServer(app_for(config, host), host="127.0.0.1")) as client:
+            await sign_in(client)
+            page = await (await client.get("/console/setup")).text()
+    assert "В настройках есть схемы, которых нет в Sipuni" in page
+    assert (
+        "<li><code>amocrm_stub.schemes[1]</code> «Продажи 2»: может быть, «Продажи»?</li>"
+    ) in page
+    listed = page.split('<ul class="unknown-schemes">')[1].split("</ul>")[0]
+    assert listed.count("<li>") == 1  # schemes[0] and transfer_schemes[0] are Sipuni's
+
+
 def _config_file(tmp_path: Path, account_keys: str, routing: str) -> Path:
     path = tmp_path / "connector.toml"
     path.write_text(
