@@ -593,6 +593,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _read_store(config: Config, command: str, body: Callable[[Store], Awaitable[int]]) -> int:
+    """``_with_store`` for a command that only looks at what is stored: a SQLite file that
+    does not exist yet is named (a wrong config path, or a service never started) rather
+    than created empty by opening it."""
+    if config.storage.url is None and not Path(config.storage.path).exists():
+        print(
+            f"connector {command}: no store at {config.storage.path}: nothing is stored there"
+            " (is it the config the service runs with? the service creates it when it starts)",
+            file=sys.stderr,
+        )
+        return EXIT_CHECK_FAILED
+    return asyncio.run(_with_store(config, body))
+
+
 async def _with_store(config: Config, body: Callable[[Store], Awaitable[int]]) -> int:
     """Open the configured store, run ``body(store)``, close it."""
     store = make_store(config.storage, SystemClock())
@@ -671,7 +685,7 @@ def _manage(args: argparse.Namespace, aside: _SetAside[Any]) -> int:
                 print(f"{row_id}: dropped ({aside.label(row)})")
         return EXIT_CHECK_FAILED if failed else EXIT_OK
 
-    return asyncio.run(_with_store(config, run))
+    return _read_store(config, args.command, run)
 
 
 async def _dead_letter_shown(store: Store, row: Dispatch) -> dict[str, Any]:
@@ -740,7 +754,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
             print(f"{len(dropped)} link(s) of {req.what} dropped; the next call looks it up again")
         return EXIT_OK
 
-    return asyncio.run(_with_store(config, run))
+    return _read_store(config, "forget", run)
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
@@ -758,15 +772,13 @@ def cmd_calls(args: argparse.Namespace) -> int:
     config, _ = load(args.config)
     since = parse_since(args.since, time.time()) if args.since else None
     regions = {number: account.default_region for number, account in config.accounts.items()}
-    return asyncio.run(
-        _with_store(config, lambda store: calls_cli.calls(store, regions, args, since))
-    )
+    return _read_store(config, "calls", lambda store: calls_cli.calls(store, regions, args, since))
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
     """Everything stored about one call: its webhooks, routing, hook calls, CRM requests."""
     config, _ = load(args.config)
-    return asyncio.run(_with_store(config, lambda store: calls_cli.trace(store, args)))
+    return _read_store(config, "trace", lambda store: calls_cli.trace(store, args))
 
 
 def cmd_prune(args: argparse.Namespace) -> int:

@@ -131,3 +131,13 @@ async def test_a_missed_calls_card_has_the_button_and_without_a_key_nothing_has(
             await w.calls_placed()
             [(_, params)] = w.sipuni.requests
             assert (params["sipnumber"], params["phone"]) == ("101", CLIENT)
+            # A second click at once is refused, said in Russian only (the server's English
+            # sentence is for Sipuni's own refusals).
+            await browser.wait_for("!document.querySelector('#parts button.call-back').disabled")
+            await browser.evaluate("document.querySelector('#parts button.call-back').click()")
+            refused = await browser.wait_for(
+                "document.getElementById('callback-status').textContent.startsWith('Слишком')"
+                " && document.getElementById('callback-status').textContent"
+            )
+            assert refused.startswith("Слишком часто: подождите ") and refused.endswith(" с")
+            assert "(" not in refused

@@ -737,3 +737,18 @@ def test_output_cut_short_by_a_pipe_ends_quietly() -> None:
     )
     assert reader.stderr == ""
     assert reader.stdout.strip() == "0"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["calls"], ["trace", "1717171717.1"], ["dlq", "list"], ["quarantine", "list"]],
+)
+def test_a_command_that_reads_the_store_names_a_missing_one_and_creates_nothing(
+    workdir: Path, capsys, argv: list[str]
+) -> None:
+    write_config(workdir, AMOCRM)
+    code, _, err = run(capsys, *argv)
+    assert code == 1
+    assert err.startswith(f"connector {argv[0]}: no store at {workdir / 'connector.db'}: ")
+    assert "the service creates it when it starts" in err
+    assert not (workdir / "connector.db").exists()
