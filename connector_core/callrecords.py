@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Protocol, TypeVar
 
@@ -174,19 +174,25 @@ E = TypeVar("E", Routing, HookCall, ClickToCall)
 
 def redacted(entry: E, redact: Callable[[str], str]) -> E:
     """``entry`` with every text in it passed through ``redact`` (configured secrets masked)."""
-    masked = _masked(_ENTRY.dump_python(entry, mode="json"), redact)
-    result = _ENTRY.validate_python(masked)
-    assert isinstance(result, type(entry))
-    return result
+    return _masked(entry, redact)
 
 
 def _masked(value: Any, redact: Callable[[str], str]) -> Any:
+    # Walks the frozen dataclasses themselves (no round trip through JSON-ready dicts, once
+    # per hook call); a part with nothing masked is kept as it is.
     if isinstance(value, str):
         return redact(value)
-    if isinstance(value, dict):
-        return {k: _masked(v, redact) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_masked(v, redact) for v in value]
+    if isinstance(value, tuple):
+        items = tuple(_masked(v, redact) for v in value)
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+    if is_dataclass(value) and not isinstance(value, type):
+        changes = {}
+        for f in fields(value):
+            old = getattr(value, f.name)
+            new = _masked(old, redact)
+            if new is not old and new != old:
+                changes[f.name] = new
+        return replace(value, **changes) if changes else value
     return value
 
 

@@ -109,6 +109,15 @@ class NewDispatch:
 
 
 @dataclass(frozen=True)
+class GroupWork:
+    """What one (integration, call) group has to run: its pending rows, in order, and the
+    call's state (``None`` when the call is gone)."""
+
+    rows: list[Dispatch]
+    call: CallState | None
+
+
+@dataclass(frozen=True)
 class Dispatch:
     id: int
     account: str
@@ -522,6 +531,12 @@ class Store(Protocol):
         self, integration: str, account: str, call_id: str
     ) -> list[Dispatch]:
         """A group's pending rows, in the order they must run."""
+        ...
+
+    async def group_work(self, integration: str, account: str, call_id: str) -> GroupWork:
+        """A group's pending rows and its call's state, in one round trip: the state is
+        read after the rows, so it holds every event that made them (the dispatcher runs a
+        group's rows with it)."""
         ...
 
     async def complete_dispatch(

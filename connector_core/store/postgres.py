@@ -46,6 +46,7 @@ from connector_core.store.base import (
     CallRow,
     DeliveryStatus,
     Dispatch,
+    GroupWork,
     InboxItem,
     NewDispatch,
     QueueDepth,
@@ -493,6 +494,24 @@ class PostgresStore(PostgresNumberCalls):
             integration,
             account,
             call_id,
+        )
+
+    async def group_work(self, integration: str, account: str, call_id: str) -> GroupWork:
+        # One statement, one snapshot: the state holds every event that made the rows. The
+        # state's subquery does not depend on the row: PostgreSQL reads it once.
+        found = await self._db.fetch(
+            f"SELECT {_DISPATCH_COLUMNS}, (SELECT state FROM calls"
+            " WHERE account = $2 AND call_id = $3) FROM dispatches"
+            " WHERE status = 'pending' AND integration = $1 AND account = $2"
+            " AND call_id = $3 ORDER BY id",
+            integration,
+            account,
+            call_id,
+        )
+        state = found[0][-1] if found else None
+        return GroupWork(
+            [_dispatch(r) for r in found],
+            CallState.model_validate_json(state) if state else None,
         )
 
     async def dispatches_for(self, account: str, call_id: str) -> list[Dispatch]:

@@ -45,6 +45,7 @@ from connector_core.store.base import (
     CallRow,
     DeliveryStatus,
     Dispatch,
+    GroupWork,
     InboxItem,
     NewDispatch,
     QueueDepth,
@@ -518,6 +519,25 @@ class SQLiteStore(SQLiteNumberCalls, LocalCoordination):
             return [_dispatch(r) for r in rows]
 
         return await self._run(select)
+
+    async def group_work(self, integration: str, account: str, call_id: str) -> GroupWork:
+        def select(db: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            # One statement, one snapshot: the state holds every event that made the rows.
+            # The state's subquery does not depend on the row: SQLite reads it once.
+            return db.execute(
+                f"SELECT {self._DISPATCH_COLUMNS}, (SELECT state FROM calls"
+                " WHERE account = ?1 AND call_id = ?2) FROM dispatches"
+                " WHERE status = 'pending' AND integration = ?3 AND account = ?1"
+                " AND call_id = ?2 ORDER BY id",
+                (account, call_id, integration),
+            ).fetchall()
+
+        found = await self._run(select)
+        state = found[0][-1] if found else None
+        return GroupWork(
+            [_dispatch(r[:-1]) for r in found],
+            CallState.model_validate_json(state) if state else None,
+        )
 
     async def dispatches_for(self, account: str, call_id: str) -> list[Dispatch]:
         def select(db: sqlite3.Connection) -> list[Dispatch]:
