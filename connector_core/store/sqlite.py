@@ -23,7 +23,6 @@ import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,6 +44,7 @@ from connector_core.store.base import (
     CallRow,
     DeliveryStatus,
     Dispatch,
+    DueHead,
     GroupWork,
     InboxItem,
     NewDispatch,
@@ -485,25 +485,25 @@ class SQLiteStore(SQLiteNumberCalls, LocalCoordination):
 
         return await self._run(select)
 
-    async def due_heads(self, integration: str, now: float, limit: int) -> list[Dispatch]:
+    async def due_heads(self, integration: str, now: float, limit: int) -> list[DueHead]:
         """The first pending row of each of ``integration``'s calls whose turn has come.
 
         Only a group's first row can run (the rest wait behind it); asking per integration
         means one stalled integration's backlog cannot crowd the others out of a batch.
         The calls that hung up come first (their ``finished`` row, ``pacing.COMPLETING_KEY``,
-        waits in the group: ``Dispatch.completes_call``), then by age.
+        waits in the group: ``DueHead.completes_call``), then by age.
         """
 
-        def select(db: sqlite3.Connection) -> list[Dispatch]:
+        def select(db: sqlite3.Connection) -> list[DueHead]:
             rows = db.execute(
-                f"SELECT {self._DISPATCH_COLUMNS}, g.completes FROM dispatches JOIN ("
+                "SELECT id, integration, account, call_id, key, g.completes FROM dispatches JOIN ("
                 "  SELECT min(id) AS head, max(key = ?) AS completes FROM dispatches"
                 "  WHERE status = 'pending' AND integration = ? GROUP BY account, call_id"
                 ") AS g ON dispatches.id = g.head"
                 " WHERE not_before <= ? ORDER BY g.completes DESC, dispatches.id LIMIT ?",
                 (COMPLETING_KEY, integration, now, limit),
             ).fetchall()
-            return [replace(_dispatch(r[:-1]), completes_call=bool(r[-1])) for r in rows]
+            return [DueHead(*r[:-1], completes_call=bool(r[-1])) for r in rows]
 
         return await self._run(select)
 
