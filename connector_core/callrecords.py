@@ -181,7 +181,9 @@ def redacted(entry: E, redact: Callable[[str], str]) -> E:
     joined = "\n".join(texts)
     if redact(joined) == joined:
         return entry
-    return _masked(entry, redact)
+    result = _masked(entry, redact)
+    assert isinstance(result, type(entry))
+    return result
 
 
 def _texts(value: Any, into: list[str]) -> None:

@@ -79,7 +79,9 @@ class hook_deadline:  # lower case: it replaced a function of that name
     ) -> bool | None:
         self._deadline.active = False
         _current.reset(self._token)
-        return await self._timeout.__aexit__(exc_type, exc, tb)
+        # The timeout turns its own cancellation into TimeoutError; nothing is suppressed.
+        await self._timeout.__aexit__(exc_type, exc, tb)
+        return None
 
 
 @asynccontextmanager

@@ -503,7 +503,7 @@ class SQLiteStore(SQLiteNumberCalls, LocalCoordination):
                 " WHERE not_before <= ? ORDER BY g.completes DESC, dispatches.id LIMIT ?",
                 (COMPLETING_KEY, integration, now, limit),
             ).fetchall()
-            return [DueHead(*r[:-1], completes_call=bool(r[-1])) for r in rows]
+            return [DueHead(r[0], r[1], r[2], r[3], r[4], completes_call=bool(r[5])) for r in rows]
 
         return await self._run(select)
 
