@@ -243,7 +243,7 @@ async def _integrations_ctx(app: web.Application) -> AsyncIterator[None]:
     metrics = app[METRICS]
 
     def count_hook_call(row: Dispatch, outcome: str) -> None:
-        metrics.hook_calls.labels(row.integration, row.kind or "unknown", outcome).inc()
+        metrics.hook_call(row.integration, row.kind or "unknown", outcome)
 
     dispatcher = Dispatcher(
         store,

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Protocol, TypeVar
 
@@ -174,19 +174,55 @@ E = TypeVar("E", Routing, HookCall, ClickToCall)
 
 def redacted(entry: E, redact: Callable[[str], str]) -> E:
     """``entry`` with every text in it passed through ``redact`` (configured secrets masked)."""
-    masked = _masked(_ENTRY.dump_python(entry, mode="json"), redact)
-    result = _ENTRY.validate_python(masked)
+    texts: list[str] = []
+    _texts(entry, texts)
+    # Most records hold no secret: one pass over all their texts at once (a line apart, so
+    # a match inside any one text is a match in the whole) says so; then each text is done.
+    joined = "\n".join(texts)
+    if redact(joined) == joined:
+        return entry
+    result = _masked(entry, redact)
     assert isinstance(result, type(entry))
     return result
 
 
+def _texts(value: Any, into: list[str]) -> None:
+    if isinstance(value, str):
+        into.append(value)
+    elif isinstance(value, tuple):
+        for item in value:
+            _texts(item, into)
+    elif (names := _field_names(type(value))) is not None:
+        for name in names:
+            _texts(getattr(value, name), into)
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...] | None] = {}
+
+
+def _field_names(kind: type) -> tuple[str, ...] | None:
+    """The fields of a dataclass type (``None`` for any other type), looked up once."""
+    if kind not in _FIELD_NAMES:
+        _FIELD_NAMES[kind] = tuple(f.name for f in fields(kind)) if is_dataclass(kind) else None
+    return _FIELD_NAMES[kind]
+
+
 def _masked(value: Any, redact: Callable[[str], str]) -> Any:
+    # Walks the frozen dataclasses themselves (no round trip through JSON-ready dicts, once
+    # per hook call); a part with nothing masked is kept as it is.
     if isinstance(value, str):
         return redact(value)
-    if isinstance(value, dict):
-        return {k: _masked(v, redact) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_masked(v, redact) for v in value]
+    if isinstance(value, tuple):
+        items = tuple(_masked(v, redact) for v in value)
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+    if is_dataclass(value) and not isinstance(value, type):
+        changes = {}
+        for f in fields(value):
+            old = getattr(value, f.name)
+            new = _masked(old, redact)
+            if new is not old and new != old:
+                changes[f.name] = new
+        return replace(value, **changes) if changes else value
     return value
 
 

@@ -361,15 +361,19 @@ class Dispatcher:
             await self.leases.release([dispatch_lease(*group)])
 
     async def _run_group(self, group: tuple[str, str, str]) -> None:
-        for row in await self.store.pending_in_group(*group):
-            if row.not_before > self.clock.now():
-                return
-            with call_context(row.account, row.call_id, row.integration):
-                if not await self._run_one(row):
+        # The rows and the call's state in one read: the state holds every event that made
+        # these rows, and the dispatcher never changes it, so each row runs with it (rows
+        # added meanwhile run in the group's next turn, with the state read then).
+        work = await self.store.group_work(*group)
+        with call_context(group[1], group[2], group[0]):
+            for row in work.rows:
+                if row.not_before > self.clock.now():
+                    return
+                if not await self._run_one(row, work.call):
                     return
 
-    async def _run_one(self, row: Dispatch) -> bool:
-        """Run one row; ``True`` if the rows behind it may run now.
+    async def _run_one(self, row: Dispatch, call: CallState | None) -> bool:
+        """Run one row with its call's state; ``True`` if the rows behind it may run now.
 
         The attempt is kept with the call (``callrecords.HookCall``: start, duration,
         outcome, and the CRM requests and decisions the plugin reported meanwhile), in the
@@ -378,7 +382,6 @@ class Dispatcher:
         # Only configured integrations are dispatched (dispatch_due asks per integration):
         # rows of one removed from the config wait, pending, for it to come back.
         integration = self.integrations[row.integration]
-        call = await self.store.load_call(row.account, row.call_id)
         if call is None:
             await self.store.fail_dispatch(row.id, "call state missing", None)
             return True

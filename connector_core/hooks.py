@@ -398,19 +398,13 @@ class PluginHost:
         The typed methods above are built on it; new code calls those.
         """
         caller = self._owner_caller(hook_name, integration)
-        timeout = integration.routing.hook_timeout_seconds
-
-        async def run() -> Any:
-            results = caller(integration=integration, **kwargs)
-            for result in results:
+        async with hook_deadline(integration.routing.hook_timeout_seconds):
+            for result in caller(integration=integration, **kwargs):
                 if inspect.isawaitable(result):
                     result = await result
                 if result is not None:
                     return result
             return None
-
-        async with hook_deadline(timeout):
-            return await run()
 
     def has_impl(self, hook_name: str, integration: Integration) -> bool:
         return bool(self._owner_caller(hook_name, integration).get_hookimpls())

@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 __all__ = ["hook_deadline", "queue_wait", "waiting_for_turn"]
@@ -52,20 +53,35 @@ def waiting_for_turn(task: asyncio.Task[Any]) -> bool:
     return task in _waiting
 
 
-@asynccontextmanager
-async def hook_deadline(seconds: float) -> AsyncIterator[None]:
+class hook_deadline:  # lower case: it replaced a function of that name
     """Run the body under a timeout of ``seconds`` that :func:`queue_wait` stops and resumes.
 
     Raises ``TimeoutError`` when the body used more than ``seconds`` outside queue waits.
+    (A class, not a generator-based context manager: it wraps every hook call.)
     """
-    async with asyncio.timeout(seconds) as timeout:
-        deadline = _Deadline(timeout)
-        token = _current.set(deadline)
-        try:
-            yield
-        finally:
-            deadline.active = False
-            _current.reset(token)
+
+    __slots__ = ("_deadline", "_seconds", "_timeout", "_token")
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+
+    async def __aenter__(self) -> None:
+        self._timeout = asyncio.timeout(self._seconds)
+        await self._timeout.__aenter__()
+        self._deadline = _Deadline(self._timeout)
+        self._token = _current.set(self._deadline)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        self._deadline.active = False
+        _current.reset(self._token)
+        # The timeout turns its own cancellation into TimeoutError; nothing is suppressed.
+        await self._timeout.__aexit__(exc_type, exc, tb)
+        return None
 
 
 @asynccontextmanager

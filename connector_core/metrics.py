@@ -7,6 +7,7 @@ process — as in tests — keep separate counts.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -35,6 +36,7 @@ class Metrics:
             ["integration", "hook", "outcome"],
             registry=r,
         )
+        self._hook_calls: dict[tuple[str, str, str], Any] = {}
         self.crm_requests = Histogram(
             "connector_crm_request_seconds",
             "CRM API requests by method and outcome",
@@ -126,11 +128,26 @@ class Metrics:
 
         return observe
 
+    def hook_call(self, integration: str, kind: str, outcome: str) -> None:
+        """Count one hook call's result (a label lookup per hook call is not free: cached)."""
+        key = (integration, kind, outcome)
+        child = self._hook_calls.get(key)
+        if child is None:
+            child = self._hook_calls[key] = self.hook_calls.labels(integration, kind, outcome)
+        child.inc()
+
     def crm_request_observer(self, integration: str) -> Callable[[str, float, str], None]:
         """A callback for a CRM client's ``on_request(method, seconds, outcome)``."""
 
+        children: dict[tuple[str, str], Any] = {}  # a label lookup per request is not free
+
         def observe(method: str, seconds: float, outcome: str) -> None:
-            self.crm_requests.labels(integration, method, outcome).observe(seconds)
+            child = children.get((method, outcome))
+            if child is None:
+                child = children[method, outcome] = self.crm_requests.labels(
+                    integration, method, outcome
+                )
+            child.observe(seconds)
 
         return observe
 

@@ -21,7 +21,7 @@ The Usedesk plugin's runtime reports its rate limiter's figures
 ticket's owner, the call's comment, and what they wait for: a ticket still to be made) goes
 ahead of the other calls' ring-time work, since a person waits for it and a lookup for a call
 that is over helps nobody. The store hands the dispatcher the calls that hung up first
-(``Store.due_heads``, ``Dispatch.completes_call``); it starts them against the budget counting
+(``Store.due_heads``, ``DueHead.completes_call``); it starts them against the budget counting
 only the completing calls already running (:func:`room_to_complete`: a hang-up does not wait
 for ring-time calls to end), and runs each call's hooks under :func:`prioritised` with an
 :class:`Urgency` that it raises when the call hangs up while its earlier hook still waits. A

@@ -33,6 +33,7 @@ from connector_core.store.base import (
     call_id_of,
     is_store_failure,
 )
+from connector_core.stored_rows import StoredRows
 
 log = logging.getLogger(__name__)
 # Attempts at one inbox item before it is quarantined: a few, as an error that is not the
@@ -95,6 +96,8 @@ class Worker:
         self.processed = 0
         # Two drains at once could merge two events of one call into two stale copies.
         self._draining = asyncio.Lock()
+        # The dispatch rows committed per call: each event sends the store only new ones.
+        self.stored_rows = StoredRows()
 
     def notify(self) -> None:
         """An event was appended to the inbox: process it now rather than at the next poll."""
@@ -194,6 +197,8 @@ class Worker:
                 if item.status in ("quarantined", "dropped"):
                     continue
                 call_id = call_id_of(item.params) or f"#{item.id}"
+                # Routed afresh: every row the call is owed is proposed to the store again.
+                self.stored_rows.forget((item.account, call_id))
                 async with self.leases.holding(call_lease(item.account, call_id)):
                     await self.process(item)
                 ran += 1
@@ -253,6 +258,8 @@ class Worker:
                 state = known.state
             else:
                 state = await self.store.load_call(item.account, parsed.call_id)
+            if state is None:  # a new call (or one pruned or forgotten): no rows stored
+                self.stored_rows.forget((item.account, parsed.call_id))
             state, new = tracker.apply(
                 state,
                 parsed,
@@ -291,11 +298,12 @@ class Worker:
         dispatches = routed.dispatches
         # The routing decisions go with the state: the store keeps each one that changed.
         kept = missed_calls.noted(state, dispatches) if self.keep_number_calls else None
-        await self.store.commit_event(
-            item_id, state, dispatches, routed.decisions, number_call=kept
-        )
+        call = (state.account, state.call_id)
+        new = self.stored_rows.new(call, dispatches)
+        await self.store.commit_event(item_id, state, new, routed.decisions, number_call=kept)
+        self.stored_rows.stored(call, new)
         self.on_call(state, [d.key for d in dispatches])
-        if dispatches:
+        if new:
             # The store announced them on DISPATCH_CHANNEL too, for other processes.
             self.on_dispatches()
 

@@ -109,6 +109,31 @@ class NewDispatch:
 
 
 @dataclass(frozen=True)
+class DueHead:
+    """A call group whose first pending row is due (``Store.due_heads``): which group, and
+    whether its work completes the call. Not the row's record: the dispatcher reads the
+    group's rows when it runs it (``Store.group_work``), so a scan parses no records."""
+
+    id: int  # the head row's
+    integration: str
+    account: str
+    call_id: str
+    key: str  # the head row's lifecycle record id
+    # The call hung up (its finished row waits in this group), so the group's work is the
+    # work that completes the call (pacing.Priority).
+    completes_call: bool = False
+
+
+@dataclass(frozen=True)
+class GroupWork:
+    """What one (integration, call) group has to run: its pending rows, in order, and the
+    call's state (``None`` when the call is gone)."""
+
+    rows: list[Dispatch]
+    call: CallState | None
+
+
+@dataclass(frozen=True)
 class Dispatch:
     id: int
     account: str
@@ -122,9 +147,6 @@ class Dispatch:
     created_at: float = 0.0
     # None for a row written before rows kept their record (schema version 1).
     record: LifecycleEvent | None = None
-    # Read by due_heads only: the call hung up (its finished row waits in this row's group),
-    # so the group's work is the work that completes the call (pacing.Priority).
-    completes_call: bool = False
 
     @property
     def kind(self) -> LifecycleKind | None:
@@ -512,16 +534,22 @@ class Store(Protocol):
         """Unfinished calls whose last event was received before ``idle_before``."""
         ...
 
-    async def due_heads(self, integration: str, now: float, limit: int) -> list[Dispatch]:
+    async def due_heads(self, integration: str, now: float, limit: int) -> list[DueHead]:
         """The first pending row of each of ``integration``'s (call) groups, if due; a shared
         store leaves out the groups whose dispatch lease a process holds. The groups of calls
-        that hung up come first (``Dispatch.completes_call``), then by age."""
+        that hung up come first (``DueHead.completes_call``), then by age."""
         ...
 
     async def pending_in_group(
         self, integration: str, account: str, call_id: str
     ) -> list[Dispatch]:
         """A group's pending rows, in the order they must run."""
+        ...
+
+    async def group_work(self, integration: str, account: str, call_id: str) -> GroupWork:
+        """A group's pending rows and its call's state, in one round trip: the state is
+        read after the rows, so it holds every event that made them (the dispatcher runs a
+        group's rows with it)."""
         ...
 
     async def complete_dispatch(

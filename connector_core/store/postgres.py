@@ -19,7 +19,6 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -46,6 +45,8 @@ from connector_core.store.base import (
     CallRow,
     DeliveryStatus,
     Dispatch,
+    DueHead,
+    GroupWork,
     InboxItem,
     NewDispatch,
     QueueDepth,
@@ -463,14 +464,14 @@ class PostgresStore(PostgresNumberCalls):
     async def pending_dispatches(self, limit: int) -> list[Dispatch]:
         return await self._dispatches("status = 'pending' ORDER BY id LIMIT $1", limit)
 
-    async def due_heads(self, integration: str, now: float, limit: int) -> list[Dispatch]:
+    async def due_heads(self, integration: str, now: float, limit: int) -> list[DueHead]:
         """The first pending row of each of ``integration``'s calls whose turn has come, for
         the calls no process holds the dispatch lease of (``cluster.dispatch_lease``'s name):
         as for ``pending_events``, each dispatcher is handed groups it can take. The calls
         that hung up come first (their ``finished`` row, ``pacing.COMPLETING_KEY``, waits in
-        the group: ``Dispatch.completes_call``), then by age."""
+        the group: ``DueHead.completes_call``), then by age."""
         rows = await self._db.fetch(
-            f"SELECT {_DISPATCH_COLUMNS}, g.completes FROM dispatches JOIN ("
+            "SELECT id, integration, account, call_id, key, g.completes FROM dispatches JOIN ("
             " SELECT min(id) AS head, bool_or(key = $4) AS completes FROM dispatches"
             " WHERE status = 'pending' AND integration = $1 GROUP BY account, call_id"
             ") AS g ON dispatches.id = g.head"
@@ -483,7 +484,7 @@ class PostgresStore(PostgresNumberCalls):
             limit,
             COMPLETING_KEY,
         )
-        return [replace(_dispatch(r), completes_call=r["completes"]) for r in rows]
+        return [DueHead(r[0], r[1], r[2], r[3], r[4], completes_call=r[5]) for r in rows]
 
     async def pending_in_group(
         self, integration: str, account: str, call_id: str
@@ -493,6 +494,24 @@ class PostgresStore(PostgresNumberCalls):
             integration,
             account,
             call_id,
+        )
+
+    async def group_work(self, integration: str, account: str, call_id: str) -> GroupWork:
+        # One statement, one snapshot: the state holds every event that made the rows. The
+        # state's subquery does not depend on the row: PostgreSQL reads it once.
+        found = await self._db.fetch(
+            f"SELECT {_DISPATCH_COLUMNS}, (SELECT state FROM calls"
+            " WHERE account = $2 AND call_id = $3) FROM dispatches"
+            " WHERE status = 'pending' AND integration = $1 AND account = $2"
+            " AND call_id = $3 ORDER BY id",
+            integration,
+            account,
+            call_id,
+        )
+        state = found[0][-1] if found else None
+        return GroupWork(
+            [_dispatch(r) for r in found],
+            CallState.model_validate_json(state) if state else None,
         )
 
     async def dispatches_for(self, account: str, call_id: str) -> list[Dispatch]:

@@ -23,7 +23,6 @@ import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,6 +44,8 @@ from connector_core.store.base import (
     CallRow,
     DeliveryStatus,
     Dispatch,
+    DueHead,
+    GroupWork,
     InboxItem,
     NewDispatch,
     QueueDepth,
@@ -484,25 +485,25 @@ class SQLiteStore(SQLiteNumberCalls, LocalCoordination):
 
         return await self._run(select)
 
-    async def due_heads(self, integration: str, now: float, limit: int) -> list[Dispatch]:
+    async def due_heads(self, integration: str, now: float, limit: int) -> list[DueHead]:
         """The first pending row of each of ``integration``'s calls whose turn has come.
 
         Only a group's first row can run (the rest wait behind it); asking per integration
         means one stalled integration's backlog cannot crowd the others out of a batch.
         The calls that hung up come first (their ``finished`` row, ``pacing.COMPLETING_KEY``,
-        waits in the group: ``Dispatch.completes_call``), then by age.
+        waits in the group: ``DueHead.completes_call``), then by age.
         """
 
-        def select(db: sqlite3.Connection) -> list[Dispatch]:
+        def select(db: sqlite3.Connection) -> list[DueHead]:
             rows = db.execute(
-                f"SELECT {self._DISPATCH_COLUMNS}, g.completes FROM dispatches JOIN ("
+                "SELECT id, integration, account, call_id, key, g.completes FROM dispatches JOIN ("
                 "  SELECT min(id) AS head, max(key = ?) AS completes FROM dispatches"
                 "  WHERE status = 'pending' AND integration = ? GROUP BY account, call_id"
                 ") AS g ON dispatches.id = g.head"
                 " WHERE not_before <= ? ORDER BY g.completes DESC, dispatches.id LIMIT ?",
                 (COMPLETING_KEY, integration, now, limit),
             ).fetchall()
-            return [replace(_dispatch(r[:-1]), completes_call=bool(r[-1])) for r in rows]
+            return [DueHead(r[0], r[1], r[2], r[3], r[4], completes_call=bool(r[5])) for r in rows]
 
         return await self._run(select)
 
@@ -518,6 +519,25 @@ class SQLiteStore(SQLiteNumberCalls, LocalCoordination):
             return [_dispatch(r) for r in rows]
 
         return await self._run(select)
+
+    async def group_work(self, integration: str, account: str, call_id: str) -> GroupWork:
+        def select(db: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            # One statement, one snapshot: the state holds every event that made the rows.
+            # The state's subquery does not depend on the row: SQLite reads it once.
+            return db.execute(
+                f"SELECT {self._DISPATCH_COLUMNS}, (SELECT state FROM calls"
+                " WHERE account = ?1 AND call_id = ?2) FROM dispatches"
+                " WHERE status = 'pending' AND integration = ?3 AND account = ?1"
+                " AND call_id = ?2 ORDER BY id",
+                (account, call_id, integration),
+            ).fetchall()
+
+        found = await self._run(select)
+        state = found[0][-1] if found else None
+        return GroupWork(
+            [_dispatch(r[:-1]) for r in found],
+            CallState.model_validate_json(state) if state else None,
+        )
 
     async def dispatches_for(self, account: str, call_id: str) -> list[Dispatch]:
         def select(db: sqlite3.Connection) -> list[Dispatch]:

@@ -85,3 +85,27 @@ async def test_info_says_the_backend_and_that_the_schema_is_current(
     info = await store.info()
     assert info.backend == store_backend.name
     assert info.version == info.latest > 0
+
+
+async def test_group_work_is_a_groups_pending_rows_and_its_calls_state(store: Store) -> None:
+    """What the dispatcher reads per call group, in one trip: the group's pending rows in
+    order (not another integration's, not those done), and the call's state."""
+    rows = [
+        NewDispatch(f"012345/{name}", LifecycleEvent(kind=kind, id=kind.value))
+        for name in ("usedesk", "amo")
+        for kind in (LifecycleKind.STARTED, LifecycleKind.ANSWERED, LifecycleKind.FINISHED)
+    ]
+    state = CallState(account="012345", call_id="c1", client_number="+74950000000")
+    await store.commit_event(None, state, rows)
+    first = (await store.group_work("012345/usedesk", "012345", "c1")).rows[0]
+    await store.complete_dispatch(first.id)
+
+    work = await store.group_work("012345/usedesk", "012345", "c1")
+
+    assert [(r.integration, r.key) for r in work.rows] == [
+        ("012345/usedesk", "answered"),
+        ("012345/usedesk", "finished"),
+    ]
+    assert work.call == state
+    nothing = await store.group_work("012345/usedesk", "012345", "c2")
+    assert nothing.rows == [] and nothing.call is None
