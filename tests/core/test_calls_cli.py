@@ -11,7 +11,7 @@ import pytest
 
 from connector_core.calls_view import CallFilter, ViewError, store_query
 from connector_core.simulator import scenarios
-from tests.core.test_cli import AMOCRM, run, write_config
+from tests.core.test_cli import AMOCRM, create_store, run, write_config
 
 ACCOUNT, OTHER = "012345", "054321"
 EXIT_OK, EXIT_NOT_FOUND, EXIT_BAD_INPUT = 0, 1, 2
@@ -117,6 +117,7 @@ def test_calls_lists_newest_first_and_finds_a_number_spelt_otherwise(workdir: Pa
 
 def test_calls_with_a_filter_it_cannot_apply_exits_2_saying_why(workdir: Path, capsys) -> None:
     write_config(workdir, AMOCRM)
+    create_store(workdir / "connector.db")
     code, out, err = run(capsys, "calls", "--phone", "not a number")
     assert (code, out) == (EXIT_BAD_INPUT, "")
     assert err == "connector calls: 'not a number' cannot be read as a phone number (region RU)\n"
@@ -124,6 +125,7 @@ def test_calls_with_a_filter_it_cannot_apply_exits_2_saying_why(workdir: Path, c
 
 def test_trace_of_an_unknown_call_exits_1_saying_where_to_look(workdir: Path, capsys) -> None:
     write_config(workdir, AMOCRM)
+    create_store(workdir / "connector.db")
     code, out, err = run(capsys, "trace", "1717171700.404")
     assert (code, out) == (EXIT_NOT_FOUND, "")
     assert err == (

@@ -68,6 +68,20 @@ token = "{TOKEN}"
     return path
 
 
+def create_store(path: Path) -> None:
+    """An empty SQLite store at ``path``, as a service's first start leaves it."""
+    import asyncio
+
+    from connector_core.store.sqlite import SQLiteStore
+
+    async def open_and_close() -> None:
+        store = SQLiteStore(path)
+        await store.open()
+        await store.close()
+
+    asyncio.run(open_and_close())
+
+
 RECORDER = """
 [accounts.012345.integrations.rec]
 plugin = "recorder"

@@ -22,6 +22,7 @@ from connector_core.hooks import PluginHost
 from connector_core.simulator import scenarios
 from connector_core.store.migrations import LATEST
 from connector_core.store.urls import masked_url
+from tests.core.test_cli import create_store
 from tests.e2e.process import free_port
 from tests.harness import TOKEN, app_for, make_config
 
@@ -111,7 +112,7 @@ def test_the_environment_variable_overrides_the_file_and_the_url_is_a_secret() -
 
 def test_check_reports_an_sqlite_store_at_this_releases_version(workdir: Path, capsys) -> None:
     config = write_config(workdir)
-    assert run(capsys, "dlq", "list", "--config", str(config))[0] == EXIT_OK  # creates it
+    create_store(config.parent / "connector.db")
     code, out, err = run(capsys, "check", "--config", str(config))
     assert code == EXIT_OK, err
     assert out == [
@@ -268,7 +269,7 @@ async def test_a_backup_taken_while_webhooks_arrive_is_whole_and_consistent(
 
 def test_a_backup_leaves_out_a_write_not_yet_committed(tmp_path: Path, capsys) -> None:
     config = write_config(tmp_path)
-    assert run(capsys, "dlq", "list", "--config", str(config))[0] == EXIT_OK  # creates it
+    create_store(config.parent / "connector.db")
     writer = sqlite3.connect(tmp_path / "connector.db", isolation_level=None)
     writer.execute("BEGIN IMMEDIATE")  # a write in flight, holding the write lock
     writer.execute("INSERT INTO rejected (received_at, reason, params) VALUES (0, 'x', '{}')")
@@ -284,7 +285,7 @@ def test_a_backup_leaves_out_a_write_not_yet_committed(tmp_path: Path, capsys) -
 
 def test_a_backup_does_not_replace_a_file_unless_forced(tmp_path: Path, capsys) -> None:
     config = write_config(tmp_path)
-    assert run(capsys, "dlq", "list", "--config", str(config))[0] == EXIT_OK
+    create_store(config.parent / "connector.db")
     (tmp_path / "copy.db").write_text("yesterday's backup", "utf-8")
     code, out, err = run(capsys, "backup", "copy.db", "--config", str(config))
     assert (code, out) == (EXIT_CHECK_FAILED, [])
