@@ -15,8 +15,10 @@ from collections.abc import Iterable
 
 from connector_core.store.base import NewDispatch
 
-# Calls whose stored rows are remembered: more than a busy line has in progress.
-MAX_CALLS = 10_000
+# Calls whose stored rows are remembered: more than a busy line has in progress at once.
+# Beyond them a call's rows are sent again and the store ignores the ones it has, as it
+# always may; a larger memory is RAM every open call costs (bench.memory).
+MAX_CALLS = 1_000
 
 CallKey = tuple[str, str]  # (account, call_id)
 

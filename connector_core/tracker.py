@@ -34,11 +34,13 @@ from connector_core.phones import extension_of, normalize, strip_line_suffix
 T = TypeVar("T")
 # Pure functions of a number, called on every event of a call each time one arrives: the
 # same few numbers come back (a call's client and line, the account's extensions), and
-# parsing them was a large share of the worker's time per event.
-_normalize = functools.lru_cache(maxsize=8192)(normalize)
+# parsing them was a large share of the worker's time per event. A few hundred calls'
+# numbers are all a cache needs: a bigger one is memory every open call seems to cost.
+CACHED = 1024
+_normalize = functools.lru_cache(maxsize=CACHED)(normalize)
 
 
-@functools.lru_cache(maxsize=8192)
+@functools.lru_cache(maxsize=CACHED)
 def _leg(extension: str, rang_at: int, transfer_from: str | None) -> Leg:
     # Legs are frozen: the one built for a ring the last time the call changed is reused.
     return Leg(extension=extension, rang_at=rang_at, transfer_from=transfer_from)
@@ -95,7 +97,7 @@ def expire(
     return _emit(derive(state.model_copy(update={"timed_out_at": now}), region))
 
 
-@functools.lru_cache(maxsize=8192)
+@functools.lru_cache(maxsize=CACHED)
 def _party_type(declared: int | None, number: str | None, account: str) -> int | None:
     """Sipuni's 1/2 party type; inferred from the number when a follow-up event omits it."""
     if declared is not None or not number:
