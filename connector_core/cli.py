@@ -593,11 +593,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _no_store_yet(config: Config) -> bool:
+    """A SQLite store whose file does not exist: opening it would create it empty."""
+    return config.storage.url is None and not Path(config.storage.path).exists()
+
+
 def _read_store(config: Config, command: str, body: Callable[[Store], Awaitable[int]]) -> int:
     """``_with_store`` for a command that only looks at what is stored: a SQLite file that
     does not exist yet is named (a wrong config path, or a service never started) rather
     than created empty by opening it."""
-    if config.storage.url is None and not Path(config.storage.path).exists():
+    if _no_store_yet(config):
         print(
             f"connector {command}: no store at {config.storage.path}: nothing is stored there"
             " (is it the config the service runs with? the service creates it when it starts)",
@@ -784,8 +789,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     """Delete what has outlived ``[retention]`` now (:mod:`connector_core.prune_cli`)."""
     config, _ = load(args.config)
-    missing = config.storage.url is None and not Path(config.storage.path).exists()
-    if missing and prune_cli.refused(config.retention) is None:
+    if _no_store_yet(config) and prune_cli.refused(config.retention) is None:
         # Opening the store would create it: a dry run, or a prune, must not leave a file.
         print(f"connector prune: no store at {config.storage.path} yet: nothing to delete")
         return EXIT_OK
