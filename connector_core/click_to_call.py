@@ -170,9 +170,8 @@ class ClickToCallService:
         reason = unavailable(self.config, account)
         if reason is not None:
             raise Refused(409, "no_api_key", reason)
-        table = self.config.accounts[account]
-        key = table.sipuni_api_key
-        assert key is not None  # unavailable() said so
+        api = SipuniApi.of_account(self.config.accounts[account], timeout=SIPUNI_TIMEOUT)
+        assert api is not None  # unavailable() said so
         if not extension.isdigit():
             raise Refused(400, "bad_request", f"extension must be digits, not {extension!r}")
         state = await self.store.load_call(account, call_id)
@@ -202,12 +201,7 @@ class ClickToCallService:
         )
         with call_context(account, call_id):
             try:
-                async with SipuniApi(
-                    account=account,
-                    key=key.get_secret_value(),
-                    base_url=table.sipuni_api_url,
-                    timeout=SIPUNI_TIMEOUT,
-                ) as api:
+                async with api:
                     started = await api.call_number(state.client_number, extension)
             except CrmError as exc:
                 error = f"{type(exc).__name__}: {exc}"

@@ -38,7 +38,7 @@ from typing import Final
 from connector_core import tracker
 from connector_core.callstate import CallState
 from connector_core.clock import Clock
-from connector_core.config import AccountConfig, Config, ReconcileConfig
+from connector_core.config import Config, ReconcileConfig
 from connector_core.errors import describe_error
 from connector_core.events import CALL_ID, EventError, EventType, SipuniEvent, parse_event
 from connector_core.phones import extension_of, last_digits
@@ -423,17 +423,6 @@ async def reconcile_account(
     return report
 
 
-def api_for(account: AccountConfig) -> SipuniApi | None:
-    """The account's Sipuni API client, or ``None`` without a key."""
-    if account.sipuni_api_key is None:
-        return None
-    return SipuniApi(
-        account=account.number,
-        key=account.sipuni_api_key.get_secret_value(),
-        base_url=account.sipuni_api_url,
-    )
-
-
 OnReconciled = Callable[[str, Verdict], None]
 
 
@@ -450,7 +439,7 @@ async def reconcile_all(
     since = datetime.fromtimestamp(now - settings.lookback_hours * 3600, UTC)
     reports = []
     for account in config.accounts.values():
-        api = api_for(account)
+        api = SipuniApi.of_account(account)
         if api is None:
             continue
         try:

@@ -12,6 +12,7 @@ from connector_core import reconcile
 from connector_core.config import Config
 from connector_core.errors import describe_error
 from connector_core.reconcile import Finding, Report, Verdict
+from connector_core.sipuni_api import SipuniApi
 from connector_core.store.base import Store
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -86,7 +87,7 @@ async def run(
         return EXIT_FAILED
     code = EXIT_OK
     for number in chosen:
-        api = reconcile.api_for(config.accounts[number])
+        api = SipuniApi.of_account(config.accounts[number])
         assert api is not None  # accounts() kept only those with a key
         try:
             async with api:

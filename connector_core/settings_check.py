@@ -110,12 +110,8 @@ async def read_sipuni_schemes(account: AccountConfig) -> SipuniSchemes:
             skipped=f"accounts.{account.number}.sipuni_api_key is not set, so the schemes"
             " were not compared with Sipuni's own list (docs/sipuni.md says where the key is)"
         )
-    api = SipuniApi(
-        account=account.number,
-        key=account.sipuni_api_key.get_secret_value(),
-        base_url=account.sipuni_api_url,
-        timeout=SCHEMES_TIMEOUT,
-    )
+    api = SipuniApi.of_account(account, timeout=SCHEMES_TIMEOUT)
+    assert api is not None  # the key is set
     try:
         async with api:
             return SipuniSchemes(schemes=await api.schemes())

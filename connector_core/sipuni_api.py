@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
 from types import TracebackType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -48,6 +48,9 @@ from yarl import URL
 
 from connector_core.errors import AuthError, InvalidRequestError, TransientError
 from connector_core.httplog import Redactor
+
+if TYPE_CHECKING:  # the config names this module's default address
+    from connector_core.config import AccountConfig
 
 __all__ = [
     "DEFAULT_API_URL",
@@ -325,6 +328,19 @@ class SipuniApi:
 
     def __repr__(self) -> str:
         return f"SipuniApi(account={self.account!r}, base_url={self.base_url!r})"
+
+    @classmethod
+    def of_account(cls, account: AccountConfig, *, timeout: float = 15.0) -> SipuniApi | None:
+        """The client of a configured account (its key and API address); ``None`` when the
+        account has no ``sipuni_api_key``."""
+        if account.sipuni_api_key is None:
+            return None
+        return cls(
+            account=account.number,
+            key=account.sipuni_api_key.get_secret_value(),
+            base_url=account.sipuni_api_url,
+            timeout=timeout,
+        )
 
     async def __aenter__(self) -> SipuniApi:
         return self
