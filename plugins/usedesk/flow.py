@@ -466,13 +466,20 @@ async def _ticket_for(
     integration: Integration, call: CallState, plan: Plan, found: dict[str, Any]
 ) -> dict[str, Any]:
     """The record of the call's ticket: ``found``'s open ticket, or a new one."""
+    if not found.get("ticket_id") and found.get("client_id") is None:
+        # Another call from this number may have made the client since this call looked
+        # (links are written under the lock this runs in), or found the one this call's
+        # unanswered create made: look again, and settle that create below if it is so.
+        if await integration.effects.get(_link_key(integration, plan)) is not None:
+            found = await _look_up(integration, plan)  # the link, and that client's tickets
     if found.get("ticket_id"):
         intent = f"intent:ticket:{call.call_id}"
         if await integration.effects.get(intent) is None:
             return {**found, "ticket_new": False}
         # An earlier attempt of this call sent a create that got no answer (the process
-        # died), and the lookup, redone since, finds an open ticket: it may be the one that
-        # create made, with the call's comment as its first message. Settle the create
+        # died), and the lookup, redone since (by this call, or by the number's next call
+        # that found and linked the client it made), finds an open ticket: it may be the one
+        # that create made, with the call's comment as its first message. Settle the create
         # first, or the comment would be written on it a second time.
         made = await _made_by_earlier_attempt(
             integration,
@@ -484,14 +491,6 @@ async def _ticket_for(
         # It landed: recorded as that create's ticket (the intent says what it carried).
         return await _create_ticket(integration, call, plan, {**found, "ticket_id": None})
     client_id = found.get("client_id")
-    if client_id is None:
-        # Another call from this number may have made the client since this call looked
-        # (links are written under the lock this runs in).
-        if await integration.effects.get(_link_key(integration, plan)) is not None:
-            found = await _look_up(integration, plan)  # the link, and that client's tickets
-            if found.get("ticket_id"):
-                return {**found, "ticket_new": False}
-            client_id = found["client_id"]
     if client_id is None and isinstance(plan, scenario.Lookup) and not plan.create_client:
         return {**found, "skipped": "unknown number, and creating clients is off (create_client)"}
     if not plan.create_ticket:

@@ -400,19 +400,8 @@ def drained(stats: dict[str, int]) -> bool:
 
 
 def test_sigkill_loop_loses_nothing_and_doubles_nothing(
-    tmp_path: Path, store_backend: StoreBackend, request: pytest.FixtureRequest
+    tmp_path: Path, store_backend: StoreBackend
 ) -> None:
-    if store_backend.name == "postgresql":
-        # A known open defect, said in docs/reliability.md ("Known open defects"): on
-        # PostgreSQL about one run in two writes one call's comment a second time, after the
-        # number's next call was commented (the restarted process waits for the dead one's
-        # leases meanwhile). Kept running, so the day it passes every time shows as XPASS.
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="PostgreSQL: a call's comment is sometimes written twice after a kill",
-                strict=False,
-            )
-        )
     rng = random.Random(SEED)
     calls = generate_calls(CALLS, REPEAT_CALLERS, rng)
     stream = interleave(calls)

@@ -1,0 +1,111 @@
+"""A ticket create whose answer was lost, settled after the number's next call used the ticket.
+
+The order a crash makes: a call's ticket create is carried out by Usedesk but its answer never
+comes back (the sandbox's ``drop`` with ``apply``), so the plugin holds only the create's
+intent. The process restarts (a fresh runtime on the same effects) and, before the
+interrupted call is retried, the same number's next call is handled: it finds the client that
+create made and its open ticket, remembers the client, and comments there. Then the first
+call's hook runs again. It must settle its intent (find its own ticket by ``additional_id``)
+and record what that create did, not take the ticket for another call's and write again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connector_core import tracker
+from connector_core.callstate import CallState, LifecycleEvent, LifecycleKind
+from connector_core.events import SipuniEvent, parse_event
+from connector_core.plugin import TransientError
+from connector_core.simulator import scenarios
+from plugins.usedesk import flow
+from tests.usedesk.missed_world import (
+    ACCOUNT,
+    CLIENT,
+    MissedWorld,
+    comments_with,
+    missed_call,
+    missed_world,
+)
+
+Step = tuple[CallState, LifecycleEvent]
+
+
+def steps(scenario: scenarios.Scenario) -> list[Step]:
+    """The call's lifecycle records as the tracker makes them, each with the call then."""
+    state: CallState | None = None
+    made: list[Step] = []
+    for params in scenario.events:
+        event = parse_event(params)
+        assert isinstance(event, SipuniEvent)
+        state, records = tracker.apply(state, event, account=ACCOUNT, region="RU", received_at=1.0)
+        made.extend((state, record) for record in records)
+    return made
+
+
+async def run(world: MissedWorld, some: list[Step]) -> None:
+    for call, record in some:
+        await world.host.call_lifecycle(world.integration, call, record)
+
+
+async def interrupted(world: MissedWorld, at: list[Step], kind: LifecycleKind) -> list[Step]:
+    """Run the call's steps until ``kind``, whose ticket create Usedesk carries out without an
+    answer; then restart the runtime as a new process would. Returns the steps left, ``kind``
+    first (the redelivery)."""
+    index = next(i for i, (_, record) in enumerate(at) if record.kind is kind)
+    await run(world, at[:index])
+    world.sandbox.faults.configure(
+        {"mode": "drop", "apply": True, "count": 1, "paths": ["/create/ticket"]}
+    )
+    with pytest.raises(TransientError):
+        await run(world, at[index : index + 1])
+    await world.integration.runtime.aclose()
+    world.integration.runtime = flow.UsedeskRuntime(world.integration)
+    return at[index:]
+
+
+async def next_call_first(
+    tmp_path: Path, first_call: scenarios.Scenario, next_call: scenarios.Scenario, at: LifecycleKind
+) -> tuple[dict[str, Any], list[str]]:
+    """The first call's create interrupted at ``at``, the next call handled, then the first
+    call's redelivery. Checks the one ticket (the first call's) holds each call's comment
+    once; returns the first call's record and the writes Usedesk got."""
+    async with missed_world(tmp_path, write_settle_seconds=0) as world:
+        left = await interrupted(world, steps(first_call), at)
+        await run(world, steps(next_call))  # handled first: it comments on that ticket
+        await run(world, left)
+        record = await world.integration.effects.get(f"call:{first_call.call_id}")
+    [ticket] = world.tickets()
+    assert ticket["additional_id"] == first_call.call_id
+    assert len(comments_with(ticket, f"ID: {first_call.call_id}<")) == 1
+    assert len(comments_with(ticket, f"ID: {next_call.call_id}<")) == 1
+    assert record is not None and record["ticket_id"] == ticket["id"]
+    return record, world.writes()
+
+
+async def test_a_missed_calls_comment_carried_by_a_lost_create_is_not_written_again(
+    tmp_path: Path,
+) -> None:
+    # The missed call's ticket is made at its end, its comment the first message.
+    record, writes = await next_call_first(
+        tmp_path, missed_call(0, 1), missed_call(5, 2), LifecycleKind.FINISHED
+    )
+    assert writes == ["/create/ticket", "/create/comment"]  # the comment is the next call's
+    assert record["ticket_new"] is True and record["comment_in_ticket"] is True
+
+
+async def test_an_answered_calls_lost_create_is_recorded_as_its_own_ticket(
+    tmp_path: Path,
+) -> None:
+    first_call = scenarios.inbound_answered(
+        ("101",), "101", client=CLIENT, start=scenarios.START, seq=1
+    )
+    next_call = scenarios.inbound_answered(
+        ("102",), "102", client=CLIENT, start=scenarios.START + 300, seq=2
+    )
+    # Made on answer, with its owner (agent 2, who answered): the comment comes at the end.
+    record, _ = await next_call_first(tmp_path, first_call, next_call, LifecycleKind.ANSWERED)
+    assert record["ticket_new"] is True and record["owner_set"] == 2
