@@ -100,3 +100,42 @@ async def test_close_waits_for_writes_in_flight(tmp_path: Path) -> None:
     other = sqlite3.connect(tmp_path / "c.db")
     assert other.execute("SELECT count(*) FROM inbox").fetchone()[0] == 50
     other.close()
+
+
+async def test_a_write_waits_for_the_lock_another_process_holds_then_lands(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    """An ingest process and a worker process share the file: a write that finds the write
+    lock taken waits for it (in short pauses) and lands once it is let go."""
+    other = sqlite3.connect(tmp_path / "c.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # the other process is inside a transaction
+    append = asyncio.create_task(store.append_event("012345", {"event": "1"}, 1.0))
+    await asyncio.sleep(0.05)
+    assert not append.done()  # waiting for the lock, not failed
+    other.execute("COMMIT")
+    item = await asyncio.wait_for(append, 5)
+    assert other.execute("SELECT count(*) FROM inbox WHERE id = ?", (item,)).fetchone() == (1,)
+    other.close()
+
+
+async def test_a_lock_held_past_the_timeout_fails_the_write_with_sqlites_message(
+    store: SQLiteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("connector_core.store.sqlite.BUSY_TIMEOUT_MS", 100)
+    other = sqlite3.connect(tmp_path / "c.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+        await store.append_event("012345", {"event": "1"}, 1.0)
+    other.execute("ROLLBACK")
+    other.close()
+    # The wait set the connection's own busy timeout back for its reads and writes.
+    assert await store.append_event("012345", {"event": "1"}, 2.0) > 0
+    assert store._db is not None
+    assert store._db.execute("PRAGMA busy_timeout").fetchone() == (100,)
+
+
+async def test_statement_journals_are_kept_in_memory(store: SQLiteStore) -> None:
+    """Each write runs under a savepoint, whose journal holds every page it changes: on disk
+    it was two thirds of the bytes written per event."""
+    assert store._db is not None
+    assert store._db.execute("PRAGMA temp_store").fetchone() == (2,)  # 2 = MEMORY
