@@ -213,7 +213,13 @@ class LifecycleEvent(BaseModel):
 
 
 class CallState(BaseModel):
-    """Everything known about one call of one account."""
+    """Everything known about one call of one account.
+
+    Read-only: the tracker makes a new state for each event (``model_copy``), and one parsed
+    state is handed to the worker, the dispatcher and every plugin's hooks alike.
+    """
+
+    model_config = ConfigDict(frozen=True)
 
     account: str
     call_id: str

@@ -60,6 +60,7 @@ from connector_core.store.base import (
     extensions_column,
     stored_event,
 )
+from connector_core.store.parsed import ParsedStates
 from connector_core.store.pg_number_calls import PostgresNumberCalls, note_number_call
 from connector_core.store.pruning import PruneRule, count_sql, delete_batch_sql
 from connector_core.store.urls import masked_url, url_password
@@ -131,6 +132,7 @@ class PostgresStore(PostgresNumberCalls):
     ) -> None:
         self.url = url
         self.clock = clock or SystemClock()
+        self.parsed = ParsedStates()
         self._min_size, self._max_size = min_size, max_size
         self._pool: asyncpg.Pool | None = None
         # The session holding this process's cluster-wide locks (see ``lock``), opened on
@@ -363,7 +365,7 @@ class PostgresStore(PostgresNumberCalls):
         text = await self._db.fetchval(
             "SELECT state FROM calls WHERE account = $1 AND call_id = $2", account, call_id
         )
-        return CallState.model_validate_json(text) if text else None
+        return self.parsed.parse(text) if text else None
 
     async def load_calls(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], CallState]:
         if not keys:
@@ -374,7 +376,7 @@ class PostgresStore(PostgresNumberCalls):
             [account for account, _ in keys],
             [call_id for _, call_id in keys],
         )
-        return {(r[0], r[1]): CallState.model_validate_json(r[2]) for r in rows}
+        return {(r[0], r[1]): self.parsed.parse(r[2]) for r in rows}
 
     async def commit_event(
         self,
@@ -399,7 +401,7 @@ class PostgresStore(PostgresNumberCalls):
                     " extensions = excluded.extensions",
                     state.account,
                     state.call_id,
-                    state.model_dump_json(),
+                    self.parsed.dumped(state),
                     state.finished,
                     state.last_received_at,
                     state.started_at if state.started_at is not None else state.last_received_at,
@@ -511,7 +513,7 @@ class PostgresStore(PostgresNumberCalls):
         state = found[0][-1] if found else None
         return GroupWork(
             [_dispatch(r) for r in found],
-            CallState.model_validate_json(state) if state else None,
+            self.parsed.parse(state) if state else None,
         )
 
     async def dispatches_for(self, account: str, call_id: str) -> list[Dispatch]:

@@ -1,0 +1,46 @@
+"""Call states parsed once per version: a state a store wrote or read is kept by its JSON.
+
+The worker commits a call's state and the dispatcher reads it back at once (``group_work``),
+once per integration; parsing the state (every event of the call) was the largest part of
+the dispatcher's read. A state is read-only (``CallState`` is frozen), so the object the
+worker wrote can be handed back for the same text.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from connector_core.callstate import CallState
+
+# States kept: the calls a line has at once, as for the tracker's caches.
+KEPT = 1024
+
+
+class ParsedStates:
+    """The last ``size`` states by their exact JSON text, most recently used last."""
+
+    def __init__(self, size: int = KEPT) -> None:
+        self.size = size
+        self._by_text: OrderedDict[str, CallState] = OrderedDict()
+
+    def dumped(self, state: CallState) -> str:
+        """``state`` as JSON, kept so that reading the same text back gives ``state``."""
+        text = state.model_dump_json()
+        self._keep(text, state)
+        return text
+
+    def parse(self, text: str) -> CallState:
+        """The state whose JSON is ``text``: the one kept for it, or parsed now and kept."""
+        state = self._by_text.get(text)
+        if state is None:
+            state = CallState.model_validate_json(text)
+            self._keep(text, state)
+        else:
+            self._by_text.move_to_end(text)
+        return state
+
+    def _keep(self, text: str, state: CallState) -> None:
+        self._by_text[text] = state
+        self._by_text.move_to_end(text)
+        while len(self._by_text) > self.size:
+            self._by_text.popitem(last=False)
