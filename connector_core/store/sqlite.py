@@ -16,7 +16,6 @@ is durable. A lone write is flushed at once: no timer, no added delay.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import functools
 import itertools
 import json
@@ -24,7 +23,6 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -65,6 +63,7 @@ from connector_core.store.migrations import LATEST, migrate, version_of
 from connector_core.store.parsed import ParsedStates
 from connector_core.store.pruning import PruneRule, count_sql, delete_batch_sql
 from connector_core.store.sqlite_number_calls import SQLiteNumberCalls, note_number_call
+from connector_core.store.thread import StoreThread
 
 T = TypeVar("T")
 
@@ -86,7 +85,7 @@ class SQLiteStore(SQLiteNumberCalls, LocalCoordination):
         # One worker process per file (`connector serve`): coordination lives in memory.
         super().__init__(clock or SystemClock())
         self.path = Path(path)
-        self._executor: ThreadPoolExecutor | None = None
+        self._thread: StoreThread | None = None
         self._db: sqlite3.Connection | None = None
         # Writes waiting for the next group commit; set while a transaction is being written.
         self._writes: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
@@ -96,13 +95,12 @@ class SQLiteStore(SQLiteNumberCalls, LocalCoordination):
     # -- plumbing ---------------------------------------------------------------------------
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._executor is None or self._db is None:
+        if self._thread is None or self._db is None:
             raise StoreUnavailable("the store is not open")
-        db = self._db
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, db)
+        return await self._thread.call(functools.partial(fn, self._db))
 
     async def open(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._thread = StoreThread("sqlite")
 
         def connect() -> sqlite3.Connection:
             if self.path.parent and not self.path.parent.exists():
@@ -119,7 +117,7 @@ class SQLiteStore(SQLiteNumberCalls, LocalCoordination):
             migrate(db)
             return db
 
-        self._db = await asyncio.get_running_loop().run_in_executor(self._executor, connect)
+        self._db = await self._thread.call(connect)
 
     async def close(self) -> None:
         while self._committing is not None:  # let the writes already handed over finish
@@ -127,9 +125,9 @@ class SQLiteStore(SQLiteNumberCalls, LocalCoordination):
         if self._db is not None:
             await self._run(lambda db: db.close())
             self._db = None
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        if self._thread is not None:
+            self._thread.shutdown()
+            self._thread = None
 
     async def writable(self) -> bool:
         """Whether a real write succeeds: the probe row is updated and committed.
@@ -156,7 +154,7 @@ class SQLiteStore(SQLiteNumberCalls, LocalCoordination):
         ``fn`` must not begin, commit or roll back: its statements run under a savepoint
         inside the batch's transaction.
         """
-        if self._executor is None or self._db is None:
+        if self._thread is None or self._db is None:
             raise StoreUnavailable("the store is not open")
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[T] = loop.create_future()
@@ -171,39 +169,27 @@ class SQLiteStore(SQLiteNumberCalls, LocalCoordination):
         """Send the waiting writes (up to a batch) to the writer thread as one transaction."""
         batch = self._writes[:MAX_WRITE_BATCH]
         del self._writes[:MAX_WRITE_BATCH]
-        assert self._executor is not None and self._db is not None
+        assert self._thread is not None and self._db is not None
         commit = functools.partial(_commit_batch, self._db, [fn for fn, _ in batch])
+        then = functools.partial(self._committed, loop, batch)
         try:
-            job = self._executor.submit(commit)
-        except RuntimeError as exc:  # the executor was shut down
-            self._committed(loop, batch, None, exc)
+            self._thread.submit(commit, then)
+        except RuntimeError as exc:  # the thread was shut down
+            then(None, exc)
             return
         self._committing = loop.create_future()
-
-        def back_to_the_loop(done: concurrent.futures.Future[list[Any]]) -> None:
-            try:
-                loop.call_soon_threadsafe(self._committed, loop, batch, done, None)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                pass
-
-        job.add_done_callback(back_to_the_loop)
 
     def _committed(
         self,
         loop: asyncio.AbstractEventLoop,
         batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]],
-        job: concurrent.futures.Future[list[Any]] | None,
+        results: list[Any] | None,
         error: BaseException | None,
     ) -> None:
         """Back on the loop: give each write its result, then send the next batch, if any."""
-        results: list[Any] = []
-        if job is not None:
-            try:
-                results = job.result()
-            except BaseException as exc:  # handed to every caller of the batch
-                error = exc
-        if error is not None:
+        if error is not None:  # handed to every caller of the batch
             results = [_Failed(error)] * len(batch)
+        assert results is not None
         for (_, waiter), result in zip(batch, results, strict=True):
             if waiter.done():  # the caller went away; the write stands all the same
                 continue

@@ -1,0 +1,71 @@
+"""The SQLite store's thread: calls run in order on one thread, results come back to the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+
+import pytest
+
+from connector_core.store.thread import StoreThread, ThreadClosed
+
+
+async def test_calls_run_one_at_a_time_in_order_on_the_thread() -> None:
+    thread = StoreThread("t")
+    ran: list[tuple[int, str]] = []
+
+    def job(n: int) -> int:
+        ran.append((n, threading.current_thread().name))
+        return n * 10
+
+    try:
+        results = await asyncio.gather(*(thread.call(functools.partial(job, n)) for n in range(50)))
+    finally:
+        thread.shutdown()
+    assert results == [n * 10 for n in range(50)]
+    assert ran == [(n, "t") for n in range(50)]
+
+
+async def test_an_exception_goes_to_its_caller_and_the_thread_goes_on() -> None:
+    thread = StoreThread("t")
+
+    def broken() -> None:
+        raise ValueError("disk full")
+
+    try:
+        with pytest.raises(ValueError, match="disk full"):
+            await thread.call(broken)
+        assert await thread.call(lambda: "still here") == "still here"
+    finally:
+        thread.shutdown()
+
+
+async def test_a_caller_that_went_away_does_not_stop_the_call_or_the_next() -> None:
+    thread = StoreThread("t")
+    started, release = threading.Event(), threading.Event()
+    done: list[str] = []
+
+    def slow() -> None:
+        started.set()
+        release.wait(5)
+        done.append("slow")
+
+    try:
+        first = thread.call(slow)
+        await asyncio.to_thread(started.wait, 5)
+        first.cancel()
+        release.set()
+        assert await thread.call(lambda: "next") == "next"
+        assert done == ["slow"]  # it ran all the same
+    finally:
+        thread.shutdown()
+
+
+async def test_after_shutdown_no_call_is_taken() -> None:
+    thread = StoreThread("t")
+    pending = thread.call(lambda: "handed over before")
+    thread.shutdown()  # runs what was handed over first
+    assert await pending == "handed over before"
+    with pytest.raises(ThreadClosed, match="shut down"):
+        thread.call(lambda: None)
