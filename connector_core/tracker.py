@@ -13,6 +13,7 @@ import bisect
 import functools
 import itertools
 import re
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import TypeVar
 
@@ -311,12 +312,31 @@ def _scheme_ids(state: CallState) -> list[str]:
     return ids
 
 
-def lifecycle(state: CallState) -> list[LifecycleEvent]:
+# The records of the states asked about last, by the state object: ``apply``, the router and
+# the dispatcher each ask for one state's records (it is frozen: they cannot have changed).
+# A few: the states in flight between the worker and the dispatcher (each holds its events).
+_RECORDS: OrderedDict[int, tuple[CallState, tuple[LifecycleEvent, ...]]] = OrderedDict()
+RECORDS_KEPT = 64
+
+
+def lifecycle(state: CallState) -> tuple[LifecycleEvent, ...]:
     """Every lifecycle record the state calls for, in the order they happened.
 
     Records already emitted keep their id (see ``_scheme_ids``); payloads are what the
     state knows now.
     """
+    known = _RECORDS.get(id(state))
+    if known is not None and known[0] is state:
+        return known[1]
+    records = tuple(_lifecycle(state))
+    # The state is kept with its records, so its id cannot be another state's meanwhile.
+    _RECORDS[id(state)] = (state, records)
+    if len(_RECORDS) > RECORDS_KEPT:
+        _RECORDS.popitem(last=False)
+    return records
+
+
+def _lifecycle(state: CallState) -> list[LifecycleEvent]:
     if not state.events:
         return []
     timed: list[tuple[int, int, LifecycleEvent]] = []

@@ -12,8 +12,9 @@ from collections import OrderedDict
 
 from connector_core.callstate import CallState
 
-# States kept: the calls a line has at once, as for the tracker's caches.
-KEPT = 1024
+# States kept: those between the worker's commit and the dispatcher's read. Few, since each
+# holds every event of its call (about 15 KB): memory per open call must stay small.
+KEPT = 64
 
 
 class ParsedStates:

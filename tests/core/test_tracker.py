@@ -757,3 +757,31 @@ def test_a_state_stored_by_an_older_release_keeps_its_scheme_ids() -> None:
     assert stored.emitted == ["started", "entered_scheme:Продажи"]
     rest = play(s, events=s.events[2:], state=stored)
     assert [e.kind for e in rest.emitted] == [LifecycleKind.ANSWERED, LifecycleKind.FINISHED]
+
+
+def test_a_states_records_are_worked_out_once_for_the_worker_router_and_dispatcher(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    worked_out: list[CallState] = []
+    real = tracker._lifecycle
+
+    def counting(state: CallState) -> list[LifecycleEvent]:
+        worked_out.append(state)
+        return real(state)
+
+    monkeypatch.setattr(tracker, "_lifecycle", counting)
+    state, _ = tracker.apply(
+        None,
+        parsed(sc.inbound_answered().events[0]),
+        account="012345",
+        region="RU",
+        received_at=1.0,
+    )
+    worked_out.clear()
+    first = tracker.lifecycle(state)
+    assert tracker.lifecycle(state) is first
+    assert [r.id for r in tracker.emitted_records(state)] == ["started"]
+    assert worked_out == [state]  # once for the three
+    copy = state.model_copy(update={"emitted": []})
+    assert [r.id for r in tracker.lifecycle(copy)] == ["started"]
+    assert len(worked_out) == 2  # a new object is a new state: worked out again
