@@ -11,11 +11,11 @@ after; 0 runs it at the same priority), and ``one``, a single ``--role all`` pro
 everything. The ceiling is ``bench.bare_server``, an aiohttp handler that only answers
 ``{"success": true}``, in the same run on the same machine. The generator is ``wrk`` (Debian
 package ``wrk``; ``--generator auto`` uses it when it is installed, ``--install-wrk``
-installs it with apt-get) or ``bench.loadgen`` (aiohttp).
+installs it with apt-get) or ``bench.loadgen`` (Python, raw HTTP on epoll).
 
 Closed loop at each concurrency: that many requests always in flight, keep-alive
 connections. Then an open loop at ``--rate`` webhooks/s (default 2000) against each layout,
-with the aiohttp generator (wrk has no fixed-rate mode); its latency counts from when each
+with ``bench.loadgen`` (wrk has no fixed-rate mode); its latency counts from when each
 request was due, so a stalled server is not hidden.
 
 The requests are whole calls (rings, answer, transfer, hang-ups) with distinct call ids, as
@@ -173,7 +173,7 @@ def pick_generator(wanted: str, install: bool) -> str:
         if wanted == "wrk":
             raise SystemExit("wrk is not installed: apt-get install wrk (or --install-wrk)")
         print(
-            "note: wrk not found (apt-get install wrk); using the aiohttp generator",
+            "note: wrk not found (apt-get install wrk); using bench.loadgen",
             file=sys.stderr,
         )
         return "python"
