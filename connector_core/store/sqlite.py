@@ -991,7 +991,10 @@ def _begin_immediate(db: sqlite3.Connection) -> None:
                 db.execute("BEGIN IMMEDIATE")
                 return
             except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                # Any kind of busy (the extended codes too: another process recovering the
+                # WAL after a crash is SQLITE_BUSY_RECOVERY), as SQLite's own wait does.
+                busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+                if not busy or time.monotonic() >= deadline:
                     raise
             time.sleep(LOCK_PAUSES[min(attempt, len(LOCK_PAUSES) - 1)])
     finally:
@@ -1007,8 +1010,8 @@ def _commit_batch(
     undone, the others stand) and for every write of a batch whose COMMIT failed.
     """
     results: list[Any] = []
-    _begin_immediate(db)
     try:
+        _begin_immediate(db)
         for fn in fns:
             # A statement that fails is undone by SQLite itself, the transaction going on: a
             # write of one statement needs no savepoint (two statements fewer per webhook).

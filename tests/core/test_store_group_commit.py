@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
+from asyncio.subprocess import PIPE
 from pathlib import Path
 
 import pytest
@@ -139,3 +141,30 @@ async def test_statement_journals_are_kept_in_memory(store: SQLiteStore) -> None
     it was two thirds of the bytes written per event."""
     assert store._db is not None
     assert store._db.execute("PRAGMA temp_store").fetchone() == (2,)  # 2 = MEMORY
+
+
+# Another process recovering the WAL after a crash: it holds the wal-index's WRITE, CKPT and
+# RECOVER locks (bytes 120 to 122 of the -shm file, SQLite's unix layout) while the index's
+# header is not valid yet, so a writer is told SQLITE_BUSY_RECOVERY rather than SQLITE_BUSY.
+_RECOVERING = r"""
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR)
+os.pwrite(fd, b"\0" * 136, 0)
+fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 3, 120)
+print("held", flush=True)
+time.sleep(0.3)
+"""
+
+
+async def test_a_write_waits_while_another_process_recovers_the_wal(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    await store.append_event("012345", {"event": "1"}, 1.0)  # the -shm file exists
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _RECOVERING, str(tmp_path / "c.db-shm"), stdout=PIPE
+    )
+    assert holder.stdout is not None
+    assert await holder.stdout.readline() == b"held\n"
+    item = await store.append_event("012345", {"event": "1"}, 2.0)  # waited, then landed
+    await holder.wait()
+    assert item > 1
