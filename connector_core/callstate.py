@@ -225,8 +225,8 @@ class CallState(BaseModel):
     call_id: str
     # What the tracker keeps: the distinct events seen, and the ids of the lifecycle records
     # emitted (in emission order).
-    events: list[SipuniEvent] = []
-    emitted: list[str] = []
+    events: tuple[SipuniEvent, ...] = ()
+    emitted: tuple[str, ...] = ()
     last_received_at: float = 0.0
     timed_out_at: float | None = None
 
@@ -236,11 +236,11 @@ class CallState(BaseModel):
     client_number_raw: str | None = None  # as Sipuni sent it
     line_number: str | None = None  # the company line called (inbound), E.164
     employee: str | None = None  # the employee who dialled (outbound / internal)
-    legs: list[Leg] = []  # employee phones rung, in ring order
-    answers: list[Answer] = []  # who picked up, in time order
-    transfers: list[Transfer] = []
-    schemes: list[SchemeVisit] = []  # scheme path, in order
-    hangups: list[Hangup] = []  # intermediate hang-ups (event 4)
+    legs: tuple[Leg, ...] = ()  # employee phones rung, in ring order
+    answers: tuple[Answer, ...] = ()  # who picked up, in time order
+    transfers: tuple[Transfer, ...] = ()
+    schemes: tuple[SchemeVisit, ...] = ()  # scheme path, in order
+    hangups: tuple[Hangup, ...] = ()  # intermediate hang-ups (event 4)
     sipuni_status: str | None = None  # ANSWER, NOANSWER, BUSY… from the final event
     last_called: str | None = None
     outcome: Outcome = Outcome.RINGING

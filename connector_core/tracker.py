@@ -14,7 +14,7 @@ import functools
 import itertools
 import re
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TypeVar
 
 from connector_core.callstate import (
@@ -82,7 +82,7 @@ def apply(
     # events rather than comparing it with all of them.
     at = bisect.bisect_left(events, _order(event), key=_order)
     if at == len(events) or events[at] != event:
-        events = [*events[:at], event, *events[at:]]
+        events = (*events[:at], event, *events[at:])
     state = state.model_copy(
         update={"events": events, "last_received_at": max(state.last_received_at, received_at)}
     )
@@ -242,11 +242,12 @@ def derive(state: CallState, region: str) -> CallState:
             "client_number": _normalize(client_raw, region),
             "line_number": _normalize(line_raw, region),
             "employee": employee,
-            "legs": sorted(legs.values(), key=lambda leg: (leg.rang_at, leg.extension)),
-            "answers": ordered_answers,
-            "transfers": transfers,
-            "schemes": _scheme_path(events),
-            "hangups": hangups,
+            # Tuples: a state is shared read-only (see CallState), its sequences too.
+            "legs": tuple(sorted(legs.values(), key=lambda leg: (leg.rang_at, leg.extension))),
+            "answers": tuple(ordered_answers),
+            "transfers": tuple(transfers),
+            "schemes": tuple(_scheme_path(events)),
+            "hangups": tuple(hangups),
             "sipuni_status": sipuni_status,
             "last_called": last_called,
             "outcome": outcome,
@@ -261,7 +262,7 @@ def derive(state: CallState, region: str) -> CallState:
     )
 
 
-def _scheme_path(events: list[SipuniEvent]) -> list[SchemeVisit]:
+def _scheme_path(events: Sequence[SipuniEvent]) -> list[SchemeVisit]:
     """The schemes the call went through, in the order it entered them.
 
     Sipuni names a scheme by its number, its name or both, and not always the same way on
@@ -397,7 +398,7 @@ def _emit(state: CallState) -> tuple[CallState, list[LifecycleEvent]]:
     new = [record for record in lifecycle(state) if record.id not in state.emitted]
     if not new:
         return state, []
-    return state.model_copy(update={"emitted": [*state.emitted, *(e.id for e in new)]}), new
+    return state.model_copy(update={"emitted": (*state.emitted, *(e.id for e in new))}), new
 
 
 def _first(values: Iterable[T | None]) -> T | None:

@@ -62,7 +62,7 @@ def test_a_call_never_received_is_made_from_its_row_as_sipuni_would_have_sent_it
     )
     assert state.sipuni_status == "ANSWER" and state.scheme and state.scheme.name == "Входящая"
     assert reconcile.reconciled_in(state) == 3
-    assert state.emitted == ["started", "answered", "finished"]
+    assert state.emitted == ("started", "answered", "finished")
 
 
 def test_a_missed_inbound_call_names_no_employee_and_an_outbound_one_its_caller() -> None:

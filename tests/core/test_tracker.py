@@ -134,7 +134,7 @@ def test_scenario_ends_as_expected(s: Scenario) -> None:
     # Each lifecycle event once, "started" first and "finished" last.
     assert len(run.keys) == len(set(run.keys))
     assert run.keys[0] == "started" and run.keys[-1] == "finished"
-    assert run.state.emitted == run.keys
+    assert list(run.state.emitted) == run.keys
 
 
 # --- sequence A: inbound, answered -----------------------------------------------------------
@@ -156,7 +156,7 @@ def test_inbound_answered_in_detail() -> None:
     assert [(a.extension, a.at) for a in state.answers] == [("101", sc.START + 9)]
     assert state.answered_by == state.first_answered_by == "101"
     assert state.owner("last") == state.owner("first") == "101"
-    assert state.transfers == [] and state.hangups == []
+    assert state.transfers == () and state.hangups == ()
     assert state.outcome is Outcome.ANSWERED and state.answered and state.finished
     assert (state.started_at, state.answered_at, state.ended_at) == (
         sc.START,
@@ -222,7 +222,7 @@ def test_missed_call_belongs_to_nobody_but_knows_its_first_extension() -> None:
     assert state.owner() is None and state.owner("first") is None  # the plugin picks on-duty
     assert state.first_extension == "102"  # the first leg of event 1 …
     assert state.last_called == "101"  # … not last_called
-    assert state.answers == [] and state.answered_at is None and state.talk_seconds == 0
+    assert state.answers == () and state.answered_at is None and state.talk_seconds == 0
     assert state.duration_seconds == 60
     assert state.sipuni_status == "NOANSWER"
     assert state.client_number == "+79161234567"
@@ -245,7 +245,7 @@ def test_final_event_alone_still_tells_a_missed_call() -> None:
     assert run.state.outcome is Outcome.MISSED
     assert run.state.client_number == "+79161234567"
     assert run.state.line_number == "+74951234567"
-    assert run.state.legs == []  # no leg is made up from last_called
+    assert run.state.legs == ()  # no leg is made up from last_called
     assert run.keys == ["started", "finished"]
 
 
@@ -335,7 +335,7 @@ def test_outbound_answered_takes_missing_fields_from_the_first_event() -> None:
     assert state.client_number == "+79161234567"
     assert state.employee == "101"
     assert state.line_number is None
-    assert state.legs == [] and state.first_extension is None  # nobody's phone was rung
+    assert state.legs == () and state.first_extension is None  # nobody's phone was rung
     assert [(a.extension, a.at) for a in state.answers] == [("101", sc.START + 10)]
     assert state.owner() == state.owner("first") == "101"
     assert state.outcome is Outcome.ANSWERED
@@ -363,7 +363,7 @@ def test_unanswered_outbound_is_not_missed(status: str) -> None:
     assert state.outcome is Outcome.NOT_ANSWERED
     assert state.outcome is not Outcome.MISSED
     assert state.owner() == "101"  # it stays with the employee who dialled
-    assert state.answers == [] and state.talk_seconds == 0
+    assert state.answers == () and state.talk_seconds == 0
     assert state.duration_seconds == 30
     assert run.keys == ["started", "finished"]
 
@@ -379,7 +379,7 @@ def test_internal_call() -> None:
     assert state.employee == "101"
     assert [leg.extension for leg in state.legs] == ["102"]
     assert state.answered_by == "102" and state.outcome is Outcome.ANSWERED
-    assert state.schemes == []
+    assert state.schemes == ()
     assert run.keys == ["started", "answered", "finished"]
 
 
@@ -754,7 +754,7 @@ def test_a_state_stored_by_an_older_release_keeps_its_scheme_ids() -> None:
     s = sc.with_scheme_named_by(sc.scheme_transfer(), "treeName", RINGS)
     first = play(s, events=s.events[:2])
     stored = CallState.model_validate_json(first.state.model_dump_json())
-    assert stored.emitted == ["started", "entered_scheme:Продажи"]
+    assert stored.emitted == ("started", "entered_scheme:Продажи")
     rest = play(s, events=s.events[2:], state=stored)
     assert [e.kind for e in rest.emitted] == [LifecycleKind.ANSWERED, LifecycleKind.FINISHED]
 
