@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from connector_core import tracker
-from connector_core.callstate import CallState, LifecycleEvent, LifecycleKind
+from connector_core.callstate import CallState, LifecycleEvent, LifecycleKind, Outcome
 from connector_core.clock import FakeClock
 from connector_core.errors import InvalidRequestError
 from connector_core.events import SipuniEvent, parse_event
@@ -335,3 +335,28 @@ async def _through_tracker(store: Store, scenario: sc.Scenario) -> CallState:
         await store.commit_event(None, state, [])
     assert state is not None
     return state
+
+
+async def test_the_dispatcher_reads_the_state_the_worker_wrote_without_parsing_it(
+    store: Store,
+) -> None:
+    state = CallState(account="012345", call_id="c1", outcome=Outcome.ANSWERED)
+    await store.commit_event(None, state, [proposed(LifecycleKind.STARTED)])
+    work = await store.group_work("012345/x", "012345", "c1")
+    assert work.call is state
+    assert (await store.load_calls([("012345", "c1")]))[("012345", "c1")] is state
+    assert await store.load_call("012345", "c1") is state
+
+
+async def test_a_state_written_by_another_process_is_parsed(
+    store: Store, store_backend: StoreBackend
+) -> None:
+    state = CallState(account="012345", call_id="c1", outcome=Outcome.ANSWERED)
+    other = store_backend.new(clock=FakeClock())  # another process on the same store
+    await other.open()
+    try:
+        await other.commit_event(None, state, [proposed(LifecycleKind.STARTED)])
+    finally:
+        await other.close()
+    work = await store.group_work("012345/x", "012345", "c1")
+    assert work.call == state and work.call is not state
