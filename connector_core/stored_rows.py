@@ -10,9 +10,9 @@ with none known (:meth:`StoredRows.forget`). Bounded: the calls seen last are ke
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterable
 
+from connector_core.recent import Recent
 from connector_core.store.base import NewDispatch
 
 # Calls whose stored rows are remembered: more than a busy line has in progress at once.
@@ -27,8 +27,7 @@ class StoredRows:
     """The (integration, record id) of each row committed per call, for the latest calls."""
 
     def __init__(self, max_calls: int = MAX_CALLS) -> None:
-        self.max_calls = max_calls
-        self._rows: OrderedDict[CallKey, set[tuple[str, str]]] = OrderedDict()
+        self._rows: Recent[CallKey, set[tuple[str, str]]] = Recent(max_calls)
 
     def new(self, call: CallKey, proposed: list[NewDispatch]) -> list[NewDispatch]:
         """The rows of ``proposed`` not known to be stored for ``call``, in order."""
@@ -41,13 +40,10 @@ class StoredRows:
         """``rows`` of ``call`` were committed (or were there already)."""
         known = self._rows.get(call)
         if known is None:
-            known = self._rows[call] = set()
-            if len(self._rows) > self.max_calls:
-                self._rows.popitem(last=False)
-        else:
-            self._rows.move_to_end(call)
+            known = set()
+            self._rows.put(call, known)
         known.update((d.integration, d.key) for d in rows)
 
     def forget(self, call: CallKey) -> None:
         """``call`` is not in the store (or is to be routed afresh): no row of it is known."""
-        self._rows.pop(call, None)
+        self._rows.pop(call)

@@ -13,7 +13,6 @@ import bisect
 import functools
 import itertools
 import re
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import TypeVar
 
@@ -31,6 +30,7 @@ from connector_core.callstate import (
 )
 from connector_core.events import EventType, SipuniEvent
 from connector_core.phones import extension_of, normalize, strip_line_suffix
+from connector_core.recent import Recent
 
 T = TypeVar("T")
 # Pure functions of a number, called on every event of a call each time one arrives: the
@@ -316,8 +316,8 @@ def _scheme_ids(state: CallState) -> list[str]:
 # The records of the states asked about last, by the state object: ``apply``, the router and
 # the dispatcher each ask for one state's records (it is frozen: they cannot have changed).
 # A few: the states in flight between the worker and the dispatcher (each holds its events).
-_RECORDS: OrderedDict[int, tuple[CallState, tuple[LifecycleEvent, ...]]] = OrderedDict()
 RECORDS_KEPT = 64
+_RECORDS: Recent[int, tuple[CallState, tuple[LifecycleEvent, ...]]] = Recent(RECORDS_KEPT)
 
 
 def lifecycle(state: CallState) -> tuple[LifecycleEvent, ...]:
@@ -331,9 +331,7 @@ def lifecycle(state: CallState) -> tuple[LifecycleEvent, ...]:
         return known[1]
     records = tuple(_lifecycle(state))
     # The state is kept with its records, so its id cannot be another state's meanwhile.
-    _RECORDS[id(state)] = (state, records)
-    if len(_RECORDS) > RECORDS_KEPT:
-        _RECORDS.popitem(last=False)
+    _RECORDS.put(id(state), (state, records))
     return records
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from connector_core.clock import Clock
+from connector_core.recent import Recent
 
 COOKIE = "connector_console"
 LOGIN_COOKIE = "connector_console_login"  # the login form's CSRF token, before a session
@@ -47,7 +47,7 @@ class Sessions:
     def __init__(self, clock: Clock, lifetime_seconds: float) -> None:
         self.clock = clock
         self.lifetime = lifetime_seconds
-        self._by_digest: OrderedDict[str, Session] = OrderedDict()
+        self._by_digest: Recent[str, Session] = Recent(MAX_SESSIONS)
 
     def __len__(self) -> int:
         return len(self._by_digest)
@@ -57,9 +57,7 @@ class Sessions:
         cookie = secrets.token_urlsafe(32)
         now = self.clock.now()
         session = Session(csrf=secrets.token_urlsafe(32), created_at=now, last_seen=now)
-        self._by_digest[_digest(cookie)] = session
-        while len(self._by_digest) > MAX_SESSIONS:
-            self._by_digest.popitem(last=False)
+        self._by_digest.put(_digest(cookie), session)
         return cookie, session
 
     def get(self, cookie: str | None) -> Session | None:
@@ -72,15 +70,14 @@ class Sessions:
             return None
         now = self.clock.now()
         if now - session.last_seen > self.lifetime:
-            del self._by_digest[key]
+            self._by_digest.pop(key)
             return None
         session.last_seen = now
-        self._by_digest.move_to_end(key)
         return session
 
     def end(self, cookie: str | None) -> None:
         if cookie:
-            self._by_digest.pop(_digest(cookie), None)
+            self._by_digest.pop(_digest(cookie))
 
 
 class LoginThrottle:

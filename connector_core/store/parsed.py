@@ -8,9 +8,8 @@ worker wrote can be handed back for the same text.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 from connector_core.callstate import CallState
+from connector_core.recent import Recent
 
 # States kept: those between the worker's commit and the dispatcher's read. Few, since each
 # holds every event of its call (about 15 KB): memory per open call must stay small.
@@ -21,13 +20,12 @@ class ParsedStates:
     """The last ``size`` states by their exact JSON text, most recently used last."""
 
     def __init__(self, size: int = KEPT) -> None:
-        self.size = size
-        self._by_text: OrderedDict[str, CallState] = OrderedDict()
+        self._by_text: Recent[str, CallState] = Recent(size)
 
     def dumped(self, state: CallState) -> str:
         """``state`` as JSON, kept so that reading the same text back gives ``state``."""
         text = state.model_dump_json()
-        self._keep(text, state)
+        self._by_text.put(text, state)
         return text
 
     def parse(self, text: str) -> CallState:
@@ -35,13 +33,5 @@ class ParsedStates:
         state = self._by_text.get(text)
         if state is None:
             state = CallState.model_validate_json(text)
-            self._keep(text, state)
-        else:
-            self._by_text.move_to_end(text)
+            self._by_text.put(text, state)
         return state
-
-    def _keep(self, text: str, state: CallState) -> None:
-        self._by_text[text] = state
-        self._by_text.move_to_end(text)
-        while len(self._by_text) > self.size:
-            self._by_text.popitem(last=False)
