@@ -7,10 +7,16 @@ Writes are group-committed: each write method queues its statements and waits; t
 written by one transaction at a time, with everything that queued up while the previous one
 was being written, so one fsync serves every write of a batch (webhooks, worker commits,
 effect keys, dispatch results). Each write runs under a savepoint of its own, so one that
-fails is undone alone and raises for its caller only (a write of a single statement, the
-inbox append, needs none: SQLite undoes a failed statement alone). No write method returns
-before the COMMIT that holds its statements has returned: with synchronous=FULL, before it
-is durable. A lone write is flushed at once: no timer, no added delay.
+fails is undone alone and raises for its caller only (a write of a single statement needs
+none: SQLite undoes a failed statement alone). No write method returns before the COMMIT
+that holds its statements has returned: with synchronous=FULL, before it is durable. A lone
+write is flushed at once: no timer, no added delay.
+
+The webhooks of a batch are inserted by one statement (``_insert_inbox_rows``), not one
+each: every SQLite call from the store's thread gives up the GIL and must get it back from
+the event loop, which under load holds it up to the switch interval (``serve`` sets it
+short). A batch of 30 webhooks inserted one by one waited for the GIL 30 times while
+holding the file's write lock.
 """
 
 from __future__ import annotations
@@ -224,17 +230,7 @@ class SQLiteStore(SQLiteNumberCalls, LocalCoordination):
             json.dumps(params, ensure_ascii=False),
             event.model_dump_json() if event is not None else None,
         )
-
-        @_one_statement
-        def insert(db: sqlite3.Connection) -> int:
-            cur = db.execute(
-                "INSERT INTO inbox (account, call_id, received_at, params, event)"
-                " VALUES (?, ?, ?, ?, ?)",
-                row,
-            )
-            return int(cur.lastrowid or 0)
-
-        item_id = await self._write(insert)
+        item_id: int = await self._write(InboxAppend(row))
         await self.publish(INBOX_CHANNEL, "")
         return item_id
 
@@ -969,15 +965,64 @@ class _Failed:
         self.error = error
 
 
-_ONE_STATEMENT = "_one_statement"
-F = TypeVar("F", bound=Callable[..., Any])
+_INBOX_COLUMNS = ("account", "call_id", "received_at", "params", "event")
+# Rows per INSERT statement: 5 parameters each, under the 999 of SQLite builds before 3.32.
+ROWS_PER_INSERT = 100
 
 
-def _one_statement(fn: F) -> F:
-    """Mark a write that runs exactly one statement: ``_commit_batch`` runs it without a
-    savepoint of its own."""
-    setattr(fn, _ONE_STATEMENT, True)
-    return fn
+class InboxAppend:
+    """The write of one webhook: a row of ``inbox``. ``_commit_batch`` inserts the rows of
+    every append in its batch together; called alone, it inserts its own."""
+
+    __slots__ = ("row",)
+
+    def __init__(self, row: tuple[Any, ...]) -> None:
+        self.row = row
+
+    def __call__(self, db: sqlite3.Connection) -> int:
+        (result,) = _insert_inbox_rows(db, [self.row])
+        if isinstance(result, _Failed):
+            raise result.error
+        return result
+
+
+@functools.cache
+def _inbox_insert_sql(rows: int) -> str:
+    values = ", ".join(["(?, ?, ?, ?, ?)"] * rows)
+    return f"INSERT INTO inbox ({', '.join(_INBOX_COLUMNS)}) VALUES {values}"
+
+
+def _insert_inbox_rows(
+    db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]
+) -> list[int | _Failed]:
+    """Insert ``rows`` into ``inbox``, one statement per ``ROWS_PER_INSERT``; each one's id,
+    or ``_Failed`` for a row that could not be stored.
+
+    Within the write transaction nobody else inserts, and a new row's id is one more than
+    the largest (``id`` is the rowid, without AUTOINCREMENT): the rows of one statement get
+    consecutive ids, the last of them ``lastrowid``. A statement that fails is undone by
+    SQLite alone, the transaction going on; its rows are then inserted one by one, so the
+    row at fault fails alone. Raises when SQLite gave up the whole transaction.
+    """
+    results: list[int | _Failed] = []
+    for start in range(0, len(rows), ROWS_PER_INSERT):
+        chunk = rows[start : start + ROWS_PER_INSERT]
+        try:
+            cur = db.execute(_inbox_insert_sql(len(chunk)), [v for row in chunk for v in row])
+        except Exception:
+            if not db.in_transaction or len(chunk) == 1:
+                raise
+            for row in chunk:
+                try:
+                    results.append(int(db.execute(_inbox_insert_sql(1), row).lastrowid or 0))
+                except Exception as exc:
+                    if not db.in_transaction:
+                        raise
+                    results.append(_Failed(exc))
+            continue
+        last = int(cur.lastrowid or 0)
+        results.extend(range(last - len(chunk) + 1, last + 1))
+    return results
 
 
 def _begin_immediate(db: sqlite3.Connection) -> None:
@@ -1004,35 +1049,36 @@ def _begin_immediate(db: sqlite3.Connection) -> None:
 def _commit_batch(
     db: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]]
 ) -> list[Any]:
-    """Run the writes ``fns`` in one transaction, each under its own savepoint; one COMMIT.
+    """Run the writes ``fns`` in one transaction: the webhooks among them by one statement
+    (``_insert_inbox_rows``), every other write under a savepoint of its own; one COMMIT.
 
     Returns each write's result, or ``_Failed`` for a write that raised (its statements are
     undone, the others stand) and for every write of a batch whose COMMIT failed.
     """
-    results: list[Any] = []
+    results: list[Any] = [None] * len(fns)
     try:
         _begin_immediate(db)
-        for fn in fns:
-            # A statement that fails is undone by SQLite itself, the transaction going on: a
-            # write of one statement needs no savepoint (two statements fewer per webhook).
-            savepoint = not getattr(fn, _ONE_STATEMENT, False)
-            if savepoint:
-                db.execute("SAVEPOINT write")
+        appends = [i for i, fn in enumerate(fns) if isinstance(fn, InboxAppend)]
+        if appends:
+            rows = [fn.row for fn in fns if isinstance(fn, InboxAppend)]
+            for i, item_id in zip(appends, _insert_inbox_rows(db, rows), strict=True):
+                results[i] = item_id
+        for i, fn in enumerate(fns):
+            if isinstance(fn, InboxAppend):
+                continue
+            db.execute("SAVEPOINT write")
             try:
-                result = fn(db)
+                results[i] = fn(db)
             except Exception as exc:
                 if not db.in_transaction:
                     # SQLite gave up the whole transaction (an I/O error, a full disk):
                     # nothing of this batch is stored.
                     raise
-                if savepoint:
-                    db.execute("ROLLBACK TO write")
-                    db.execute("RELEASE write")
-                results.append(_Failed(exc))
+                db.execute("ROLLBACK TO write")
+                db.execute("RELEASE write")
+                results[i] = _Failed(exc)
             else:
-                if savepoint:
-                    db.execute("RELEASE write")
-                results.append(result)
+                db.execute("RELEASE write")
         db.execute("COMMIT")
     except BaseException as exc:
         if db.in_transaction:

@@ -27,7 +27,7 @@ from typing import TypeVar
 
 from connector_core.clock import Clock
 from connector_core.config import StorageConfig
-from connector_core.store.sqlite import SQLiteStore
+from connector_core.store.sqlite import InboxAppend, SQLiteStore
 
 T = TypeVar("T")
 DISK_FULL = "database or disk is full"
@@ -76,8 +76,12 @@ class FaultyStore(SQLiteStore):
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         self.writes += 1
-        # A write function is defined in the store method it belongs to.
-        method = fn.__qualname__.split(".<locals>")[0].rpartition(".")[2]
+        # A write function is defined in the store method it belongs to; a webhook's row is
+        # append_event's.
+        if isinstance(fn, InboxAppend):
+            method = "append_event"
+        else:
+            method = fn.__qualname__.split(".<locals>")[0].rpartition(".")[2]
         chosen = not self.only or method in self.only
         fail = chosen and self.fail_rate > 0.0 and self.rng.random() < self.fail_rate
         if fail and not self.after_commit:

@@ -12,7 +12,7 @@ import pytest
 
 from connector_core.callstate import CallState, LifecycleKind
 from connector_core.clock import FakeClock
-from connector_core.store.sqlite import SQLiteStore
+from connector_core.store.sqlite import ROWS_PER_INSERT, SQLiteStore
 from tests.core.test_store import proposed, without_key
 
 
@@ -47,6 +47,28 @@ async def test_concurrent_appends_share_commits_and_each_gets_its_own_id(
     other.close()
     assert len(rows) == 200
     assert [rows[i] for i in ids] == [str(i) for i in range(200)]
+
+
+async def test_the_webhooks_of_a_batch_are_inserted_by_one_statement(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    """Each SQLite call gives up the GIL and waits to get it back from a busy event loop while
+    the transaction holds the write lock: a batch's webhooks go in together, not one by one."""
+    inserts: list[str] = []
+    assert store._db is not None
+    store._db.set_trace_callback(
+        lambda sql: inserts.append(sql) if sql.startswith("INSERT INTO inbox") else None
+    )
+    count = 2 * ROWS_PER_INSERT + 5  # more than one statement holds
+    ids = await asyncio.gather(
+        *(store.append_event("012345", {"n": str(i)}, float(i)) for i in range(count))
+    )
+    # The first append goes alone (nothing to wait for); the rest queued behind it.
+    assert len(inserts) <= 1 + -(-(count - 1) // ROWS_PER_INSERT)
+    other = sqlite3.connect(tmp_path / "c.db")
+    rows = dict(other.execute("SELECT id, json_extract(params, '$.n') FROM inbox").fetchall())
+    other.close()
+    assert [rows[i] for i in ids] == [str(i) for i in range(count)]
 
 
 async def test_a_failing_write_fails_alone_within_its_batch(store: SQLiteStore) -> None:
