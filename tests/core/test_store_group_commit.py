@@ -89,6 +89,36 @@ async def test_a_failing_write_fails_alone_within_its_batch(store: SQLiteStore) 
     assert [p.id for p in await store.pending_events(10)] == [item]
 
 
+async def test_a_batch_without_failures_runs_no_savepoint_and_one_that_fails_runs_again(
+    store: SQLiteStore,
+) -> None:
+    """A savepoint per write is two statements more, each a wait for the GIL while the batch
+    holds the write lock: the writes run without one, and only a batch where one fails is
+    rolled back and run again, a savepoint around each, so the one at fault fails alone."""
+    statements: list[str] = []
+    assert store._db is not None
+    store._db.set_trace_callback(statements.append)
+    states = [CallState(account="012345", call_id=f"c{i}") for i in range(5)]
+    await asyncio.gather(*(store.commit_event(None, s, []) for s in states))
+    assert statements.count("COMMIT") < 5  # they shared commits
+    assert not any(sql.startswith("SAVEPOINT") for sql in statements)
+
+    statements.clear()
+    results = await asyncio.gather(
+        store.effects("012345/x").put("first", {"v": 1}),
+        store.commit_event(None, CallState(account="012345", call_id="bad"), without_key()),
+        store.effects("012345/x").put("second", {"v": 2}),
+        return_exceptions=True,
+    )
+    assert results[0] is True and results[2] is True
+    assert isinstance(results[1], sqlite3.IntegrityError)
+    assert "ROLLBACK" in statements and "SAVEPOINT write" in statements
+    # Each write that stood is stored once, though its batch ran twice.
+    effects = store.effects("012345/x")
+    assert await effects.get("first") == {"v": 1} and await effects.get("second") == {"v": 2}
+    assert await store.load_call("012345", "bad") is None
+
+
 async def test_an_append_that_fails_fails_alone_without_a_savepoint(
     store: SQLiteStore,
 ) -> None:
