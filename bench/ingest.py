@@ -2,6 +2,7 @@
 
     python -m bench.ingest [--quick] [--levels 1,8,32,128] [--duration 4] [--rate 2000]
                            [--worker-nice 10] [--generator auto] [--install-wrk]
+                           [--store-trace]
 
 The server under test is the real service with the durable SQLite store and logging at
 WARNING, in two layouts: ``split``, a ``connector serve --role ingest`` process with a
@@ -23,6 +24,11 @@ GET query strings the way Sipuni sends them; the worker processes them as they c
 CPU use is reported). After each run the bench waits for the inbox and the dispatch outbox
 to be empty and reports how long that took (``drain_s``): every webhook acknowledged is
 processed.
+
+``--store-trace`` runs the open loop's processes under ``bench.store_trace``: how long each
+SQLite write transaction of the ingest process and of the worker process took (from ``BEGIN
+IMMEDIATE``, the wait for the write lock included, to the end of ``COMMIT``): while one
+process's transaction runs, the other's waits.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import calls
+from . import calls, store_trace
 from .common import ROOT, Service, cpu_seconds, free_port, machine, report, table, wait_http
 
 WRK_SCRIPT = r"""
@@ -211,11 +217,13 @@ def estimate(concurrency: int, duration: float) -> int:
 LAYOUTS = ("split", "one")
 
 
-def service_for(layout: str, worker_nice: int) -> Service:
-    """The service of ``layout``: an ingest process and a worker process, or one process."""
+def service_for(layout: str, worker_nice: int, trace: Path | None = None) -> Service:
+    """The service of ``layout``: an ingest process and a worker process, or one process;
+    with ``trace``, each under ``bench.store_trace`` writing into that folder."""
+    python_args = ["-m", "bench.store_trace", "--out", str(trace)] if trace else []
     if layout == "split":
-        return Service(role="ingest", worker_nice=worker_nice)
-    return Service()
+        return Service(role="ingest", worker_nice=worker_nice, python_args=python_args)
+    return Service(python_args=python_args)
 
 
 def drained(service: Service) -> float:
@@ -241,6 +249,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--install-wrk", action="store_true", help="apt-get install wrk")
+    parser.add_argument(
+        "--store-trace", action="store_true", help="time the open loop's write transactions"
+    )
     args = parser.parse_args(argv)
     warmup = 1.0
     if args.quick:
@@ -276,6 +287,7 @@ def main(argv: list[str] | None = None) -> None:
 
     runs: dict[str, dict[int, dict]] = {layout: {} for layout in LAYOUTS}
     open_loops: dict[str, dict] = {}
+    traces: dict[str, dict[str, dict]] = {}
     for layout in LAYOUTS:
         for c in levels:
             # A fresh service per level, so no level pays for the backlog of the one before.
@@ -293,7 +305,10 @@ def main(argv: list[str] | None = None) -> None:
                 result["front_cpu_us_per_request"] = round(front / max(1, result["count"]) * 1e6)
                 result["service_cpu_s"] = round(service.cpu_seconds() - all0, 2)
                 runs[layout][c] = result
-        with service_for(layout, args.worker_nice) as service:
+        trace = workdir / f"trace-{layout}" if args.store_trace else None
+        if trace is not None:
+            trace.mkdir()
+        with service_for(layout, args.worker_nice, trace) as service:
             warmed(service)
             open_loop = gen.open(
                 service.url,
@@ -305,6 +320,8 @@ def main(argv: list[str] | None = None) -> None:
             open_loop["drain_s"] = drained(service)
             open_loop["rss_mib"] = round(service.rss_kib() / 1024, 1)
             open_loops[layout] = open_loop
+        if trace is not None:  # written by each process as it stopped
+            traces[layout] = store_trace.read(trace)
 
     best_bare = max(bare[c]["rps"] for c in levels)
     ratio_best = {
@@ -375,6 +392,14 @@ def main(argv: list[str] | None = None) -> None:
             f" {o['drain_s']} s (goal p99 < 10 ms)"
             for layout, o in open_loops.items()
         ),
+        *(
+            f"write transactions, {layout}, {role}: {t['transactions']}"
+            f" ({t['writes_per_transaction']} writes each), p50 {t['p50_ms']} ms,"
+            f" p90 {t['p90_ms']} ms, p99 {t['p99_ms']} ms, max {t['max_ms']} ms,"
+            f" {t['held_s']} s in all"
+            for layout, by_role in traces.items()
+            for role, t in by_role.items()
+        ),
     ]
     split_open = open_loops["split"]
     report(
@@ -398,6 +423,7 @@ def main(argv: list[str] | None = None) -> None:
             "ratio_best_one_process": round(ratio_best["one"], 3),
             "open_loop": split_open,
             "open_loop_one_process": open_loops["one"],
+            "store_trace": traces,
             "goals": {
                 "ingest_half_of_bare": ratio_best["split"] >= 0.5,
                 "p99_under_10ms_at_rate": split_open["p99_ms"] < 10 and split_open["failures"] == 0,

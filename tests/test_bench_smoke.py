@@ -36,7 +36,7 @@ def run_bench(name: str, *args: str) -> dict:
 
 
 def test_ingest_reports_service_and_bare_rates_and_the_open_loop() -> None:
-    r = run_bench("ingest", "--generator", "python")
+    r = run_bench("ingest", "--generator", "python", "--store-trace")
     assert r["generator"] == "python"
     for level in map(str, r["levels"]):
         for side in ("bare", "service"):
@@ -50,6 +50,12 @@ def test_ingest_reports_service_and_bare_rates_and_the_open_loop() -> None:
     assert {"ratio_best", "ratio_best_one_process"} <= set(r)
     for run in [*r["service"].values(), r["open_loop"], r["open_loop_one_process"]]:
         assert run["drain_s"] >= 0 and run["failures"] == 0
+    # Each process's write transactions, timed where it ran: both roles of the split layout.
+    assert set(r["store_trace"]["split"]) == {"ingest", "worker"}
+    assert set(r["store_trace"]["one"]) == {"all"}
+    for trace in [*r["store_trace"]["split"].values(), *r["store_trace"]["one"].values()]:
+        assert trace["transactions"] > 0 and trace["writes"] >= trace["transactions"]
+        assert {"p50_ms", "p99_ms", "max_ms", "held_s"} <= set(trace)
 
 
 def test_cpu_reports_cpu_per_event_for_short_and_long_calls() -> None:

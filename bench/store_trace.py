@@ -1,0 +1,87 @@
+"""Run the service with its SQLite write transactions timed: how long each batch held the
+file's write lock, for the benches that put an ingest process and a worker process on one file.
+
+    python -m bench.store_trace --out DIR -m connector_core serve --config FILE --role ROLE
+
+(``bench.common.Service(python_args=["-m", "bench.store_trace", "--out", DIR])`` puts it in
+front of ``-m connector_core``.) Each process writes ``DIR/store-<pid>.json`` as it exits
+(SIGTERM is a graceful stop): its role, how many transactions and writes, and the time from
+``BEGIN IMMEDIATE`` (waiting for the lock included) to the end of ``COMMIT`` of each, as
+percentiles. The service's code is not changed; only the store module's batch function is
+wrapped, in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import os
+import runpy
+import sqlite3
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .common import latency_summary
+
+Batch = Callable[[sqlite3.Connection, list[Callable[[sqlite3.Connection], Any]]], list[Any]]
+
+
+def timed(batch: Batch, held: list[float], writes: list[int]) -> Batch:
+    def run(db: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
+        started = time.perf_counter()
+        try:
+            return batch(db, fns)
+        finally:
+            held.append(time.perf_counter() - started)
+            writes.append(len(fns))
+
+    return run
+
+
+def summary(role: str, held: list[float], writes: list[int]) -> dict[str, Any]:
+    return {
+        "role": role,
+        "transactions": len(held),
+        "writes": sum(writes),
+        "writes_per_transaction": round(sum(writes) / len(held), 1) if held else 0.0,
+        "held_s": round(sum(held), 2),
+        **latency_summary(held),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.store_trace")
+    parser.add_argument("--out", type=Path, required=True, help="folder for store-<pid>.json")
+    parser.add_argument("-m", dest="module", required=True, help="connector_core")
+    args, rest = parser.parse_known_args()
+    from connector_core.store import sqlite as store_module
+
+    held: list[float] = []
+    writes: list[int] = []
+    store_module._commit_batch = timed(store_module._commit_batch, held, writes)
+    role = rest[rest.index("--role") + 1] if "--role" in rest else "all"
+
+    def write() -> None:
+        out = args.out / f"store-{os.getpid()}.json"
+        out.write_text(json.dumps(summary(role, held, writes)), encoding="utf-8")
+
+    atexit.register(write)
+    sys.argv = [args.module, *rest]
+    runpy.run_module(args.module, run_name="__main__", alter_sys=True)
+
+
+def read(folder: Path) -> dict[str, dict[str, Any]]:
+    """The summaries written into ``folder``, by role."""
+    found = {}
+    for path in sorted(folder.glob("store-*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        found[data["role"]] = data
+    return found
+
+
+if __name__ == "__main__":
+    main()
