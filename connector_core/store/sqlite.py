@@ -6,17 +6,16 @@ blocking I/O never stalls the event loop and no two writes interleave.
 Writes are group-committed: each write method queues its statements and waits; the queue is
 written by one transaction at a time, with everything that queued up while the previous one
 was being written, so one fsync serves every write of a batch (webhooks, worker commits,
-effect keys, dispatch results). Each write runs under a savepoint of its own, so one that
-fails is undone alone and raises for its caller only (a write of a single statement needs
-none: SQLite undoes a failed statement alone). No write method returns before the COMMIT
-that holds its statements has returned: with synchronous=FULL, before it is durable. A lone
-write is flushed at once: no timer, no added delay.
+effect keys, dispatch results). A write that fails is undone alone and raises for its
+caller only; the others of its batch are committed (``_commit_batch``). No write method
+returns before the COMMIT that holds its statements has returned: with synchronous=FULL,
+before it is durable. A lone write is flushed at once: no timer, no added delay.
 
-The webhooks of a batch are inserted by one statement (``_insert_inbox_rows``), not one
-each: every SQLite call from the store's thread gives up the GIL and must get it back from
-the event loop, which under load holds it up to the switch interval (``serve`` sets it
-short). A batch of 30 webhooks inserted one by one waited for the GIL 30 times while
-holding the file's write lock.
+A batch runs as few statements as it can, since each SQLite call from the store's thread
+gives up the GIL and must get it back from the event loop, which under load keeps it up to
+the interpreter's switch interval (5 ms), all the while holding the file's write lock: the
+webhooks of a batch are inserted by one statement (``_insert_inbox_rows``), not one each, and
+the writes run without a savepoint each unless one of them fails.
 """
 
 from __future__ import annotations
@@ -161,8 +160,9 @@ class SQLiteStore(SQLiteNumberCalls, LocalCoordination):
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in the next group-committed transaction; return once that is durable.
 
-        ``fn`` must not begin, commit or roll back: its statements run under a savepoint
-        inside the batch's transaction.
+        ``fn`` must not begin, commit or roll back: its statements run inside the batch's
+        transaction. It may run twice (see ``_commit_batch``), so it must depend on the
+        database only: serialise before, not inside it.
         """
         if self._thread is None or self._db is None:
             raise StoreUnavailable("the store is not open")
@@ -436,7 +436,7 @@ class SQLiteStore(SQLiteNumberCalls, LocalCoordination):
         )
 
         def write(db: sqlite3.Connection) -> None:
-            # All or nothing: a write runs under a savepoint of its own (see _commit_batch).
+            # All or nothing: a write that fails is undone alone (see _commit_batch).
             if state_row is not None:
                 db.execute(
                     "INSERT INTO calls (account, call_id, state, finished, last_received_at,"
@@ -1028,9 +1028,12 @@ def _insert_inbox_rows(
         chunk = rows[start : start + ROWS_PER_INSERT]
         try:
             cur = db.execute(_inbox_insert_sql(len(chunk)), [v for row in chunk for v in row])
-        except Exception:
-            if not db.in_transaction or len(chunk) == 1:
+        except Exception as exc:
+            if not db.in_transaction:
                 raise
+            if len(chunk) == 1:
+                results.append(_Failed(exc))
+                continue
             for row in chunk:
                 try:
                     results.append(int(db.execute(_inbox_insert_sql(1), row).lastrowid or 0))
@@ -1075,34 +1078,40 @@ def _commit_batch(
     undone, the others stand) and for every write of a batch whose COMMIT failed.
 
     The writes run first without a savepoint each (two statements fewer per write, each a
-    wait for the GIL while the batch holds the write lock). When one raises, the transaction
-    is rolled back and the batch runs again with a savepoint around every write, so the one
-    at fault fails alone. A write is a function of the database only, so running it again
-    after a rollback is running it once.
+    wait for the GIL while the batch holds the write lock), under one savepoint for them
+    all. When one raises, they are rolled back to it and run again, in the same transaction
+    (the lock is not let go), with a savepoint around each, so the one at fault fails alone.
+    A write depends on the database only, so running it again after the rollback is running
+    it once.
     """
     try:
+        _begin_immediate(db)
+        db.execute("SAVEPOINT batch")
         try:
-            return _run_batch(db, fns, savepoints=False)
+            results = _run_writes(db, fns, savepoints=False)
         except _WriteFailed:
-            db.execute("ROLLBACK")
-            return _run_batch(db, fns, savepoints=True)
+            db.execute("ROLLBACK TO batch")
+            results = _run_writes(db, fns, savepoints=True)
+        db.execute("COMMIT")
     except BaseException as exc:
         if db.in_transaction:
             db.execute("ROLLBACK")
         if not isinstance(exc, Exception):
             raise
         return [_Failed(exc)] * len(fns)
+    return results
 
 
 class _WriteFailed(Exception):
     """A write raised in a batch run without savepoints; the transaction is still open."""
 
 
-def _run_batch(
+def _run_writes(
     db: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]], *, savepoints: bool
 ) -> list[Any]:
+    """Run ``fns`` inside the open transaction; without ``savepoints``, raise ``_WriteFailed``
+    at the first that fails."""
     results: list[Any] = [None] * len(fns)
-    _begin_immediate(db)
     appends = [i for i, fn in enumerate(fns) if isinstance(fn, InboxAppend)]
     if appends:
         rows = [fn.row for fn in fns if isinstance(fn, InboxAppend)]
@@ -1128,7 +1137,6 @@ def _run_batch(
         else:
             if savepoints:
                 db.execute("RELEASE write")
-    db.execute("COMMIT")
     return results
 
 

@@ -71,6 +71,7 @@ class SQLiteNumberCalls:
 
     async def settle_number(self, settlement: NumberSettlement) -> None:
         s = settlement
+        dispatches = sql.dispatch_rows(s.account, s.dispatches, self.clock.now())
 
         def write(db: sqlite3.Connection) -> None:
             for call_id, link in s.links.items():
@@ -82,8 +83,7 @@ class SQLiteNumberCalls:
                 db.execute(_q(sql.DECIDED), (True, s.account, call_id))
             for call_id in s.overdue_sent:
                 db.execute(_q(sql.OVERDUE_SENT), (True, s.account, call_id))
-            now = self.clock.now()
-            db.executemany(_q(sql.INSERT_DISPATCH), sql.dispatch_rows(s.account, s.dispatches, now))
+            db.executemany(_q(sql.INSERT_DISPATCH), dispatches)
 
         await self._write(write)
         if s.dispatches:

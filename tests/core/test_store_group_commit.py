@@ -101,8 +101,10 @@ async def test_a_batch_without_failures_runs_no_savepoint_and_one_that_fails_run
     states = [CallState(account="012345", call_id=f"c{i}") for i in range(5)]
     await asyncio.gather(*(store.commit_event(None, s, []) for s in states))
     assert statements.count("COMMIT") < 5  # they shared commits
-    assert not any(sql.startswith("SAVEPOINT") for sql in statements)
+    assert "SAVEPOINT write" not in statements
 
+    lead = asyncio.ensure_future(store.effects("012345/x").put("lead", {"v": 0}))
+    await asyncio.sleep(0)  # the lead write is in flight: the next three share a batch
     statements.clear()
     results = await asyncio.gather(
         store.effects("012345/x").put("first", {"v": 1}),
@@ -110,9 +112,15 @@ async def test_a_batch_without_failures_runs_no_savepoint_and_one_that_fails_run
         store.effects("012345/x").put("second", {"v": 2}),
         return_exceptions=True,
     )
+    assert await lead is True
+    # put() answers False for a key already there: "first" ran twice, but was stored once.
     assert results[0] is True and results[2] is True
     assert isinstance(results[1], sqlite3.IntegrityError)
-    assert "ROLLBACK" in statements and "SAVEPOINT write" in statements
+    assert "ROLLBACK TO batch" in statements and "SAVEPOINT write" in statements
+    # Run again inside the same transaction: the write lock was never let go.
+    since_first = statements[next(i for i, sql in enumerate(statements) if "'first'" in sql) :]
+    assert sum("'first'" in sql for sql in since_first) == 2
+    assert "BEGIN IMMEDIATE" not in since_first and "ROLLBACK" not in since_first
     # Each write that stood is stored once, though its batch ran twice.
     effects = store.effects("012345/x")
     assert await effects.get("first") == {"v": 1} and await effects.get("second") == {"v": 2}
@@ -135,7 +143,23 @@ async def test_an_append_that_fails_fails_alone_without_a_savepoint(
     )
     assert isinstance(results[1], sqlite3.IntegrityError)
     assert [p.params["n"] for p in await store.pending_events(10)] == ["0", "2"]
-    assert not any(sql.startswith("SAVEPOINT") for sql in statements)
+    assert "SAVEPOINT write" not in statements
+
+
+async def test_a_lone_failing_append_fails_alone_beside_other_writes(store: SQLiteStore) -> None:
+    """One webhook in its statement (a batch's only one, or the 101st) fails alone too."""
+    lead = asyncio.ensure_future(store.effects("012345/x").put("lead", {"v": 0}))
+    await asyncio.sleep(0)  # the lead write is in flight: the next three share a batch
+    results = await asyncio.gather(
+        store.append_event(None, {"event": "1"}, 1.0),  # type: ignore[arg-type]
+        store.commit_event(None, CallState(account="012345", call_id="good"), []),
+        store.effects("012345/x").put("k", {"v": 1}),
+        return_exceptions=True,
+    )
+    assert await lead is True
+    assert isinstance(results[0], sqlite3.IntegrityError)
+    assert results[1] is None and results[2] is True
+    assert await store.load_call("012345", "good") is not None
 
 
 async def test_close_waits_for_writes_in_flight(tmp_path: Path) -> None:
