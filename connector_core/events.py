@@ -146,11 +146,13 @@ def _text(name: str, value: Any) -> str | None:
     return text or None
 
 
+def _plain_digits(value: Any) -> bool:
+    """A str of plain ASCII digits, as every number Sipuni sends: nothing to strip, nothing
+    the number pattern would refuse (``isascii``: ``isdigit`` takes other scripts' digits)."""
+    return type(value) is str and len(value) <= 18 and value.isdigit() and value.isascii()
+
+
 def _int(name: str, value: Any) -> int | None:
-    # Plain ASCII digits in a str, as every number Sipuni sends: nothing to strip, nothing the
-    # pattern would refuse. ``isascii`` because ``isdigit`` also takes other scripts' digits.
-    if type(value) is str and len(value) <= 18 and value.isdigit() and value.isascii():
-        return int(value)
     text = _text(name, value)
     if text is None:
         return None
@@ -160,7 +162,7 @@ def _int(name: str, value: Any) -> int | None:
 
 
 def _timestamp(name: str, value: Any, *, zero_is_none: bool = False) -> int | None:
-    number = _int(name, value)
+    number = int(value) if _plain_digits(value) else _int(name, value)
     if number is None or (zero_is_none and number <= 0):
         return None
     if not _MIN_TS <= number <= _MAX_TS:
@@ -169,6 +171,8 @@ def _timestamp(name: str, value: Any, *, zero_is_none: bool = False) -> int | No
 
 
 def _party_type(name: str, value: Any) -> int | None:
+    if value == "1" or value == "2":  # as Sipuni sends it (a str: 1 == "1" is False)
+        return int(value)
     number = _int(name, value)
     if number not in (None, 1, 2):
         raise EventError(f"field '{name}' must be 1 (external) or 2 (internal), got {number}")
@@ -180,6 +184,7 @@ _FIELD_NAMES = set(SipuniEvent.model_fields)  # copied for each event: it is mut
 _UNSET: dict[str, Any] = {name: None for name in SipuniEvent.model_fields}
 _STRING_FIELD_SET = frozenset(_STRING_FIELDS)
 _STRING_ORDER = {name: i for i, name in enumerate(_STRING_FIELDS)}
+_TRUE = ("1", "true", "True")
 _EVENT_TEXTS = {str(t.value): t.value for t in EventType}
 _set_slot = object.__setattr__
 
@@ -232,11 +237,14 @@ def parse_event(params: Mapping[str, Any]) -> ParsedRequest:
     if timestamp is None:
         raise EventError("field 'timestamp' is missing")
 
-    status = _text("status", get("status"))
-    if status is not None:
-        status = status.upper()
-        if status not in KNOWN_STATUSES and not _STATUS.match(status):
-            raise EventError(f"field 'status' is not a call status: {status[:40]!r}")
+    status = get("status")
+    # A known status as Sipuni sends it needs no cleaning; anything else is checked in full.
+    if not (type(status) is str and status in KNOWN_STATUSES):
+        status = _text("status", status)
+        if status is not None:
+            status = status.upper()
+            if not _STATUS.match(status):
+                raise EventError(f"field 'status' is not a call status: {status[:40]!r}")
     link = _text("call_record_link", get("call_record_link"))
     if link is not None and not link.startswith(("http://", "https://")):
         raise EventError("field 'call_record_link' must be an http(s) URL")
@@ -279,7 +287,8 @@ def parse_event(params: Mapping[str, Any]) -> ParsedRequest:
     fields["call_answer_timestamp"] = _timestamp(
         "call_answer_timestamp", get("call_answer_timestamp"), zero_is_none=True
     )
-    fields["is_inner_call"] = _text("is_inner_call", get("is_inner_call")) in ("1", "true", "True")
+    inner = get("is_inner_call")  # mostly absent: no call then
+    fields["is_inner_call"] = inner is not None and _text("is_inner_call", inner) in _TRUE
     if to_check:
         for name, value in sorted(to_check, key=lambda pair: _STRING_ORDER[pair[0]]):
             fields[name] = _text(name, value)
