@@ -129,8 +129,8 @@ class UnknownEvent:
 ParsedRequest = SipuniEvent | Probe | UnknownEvent
 
 
-def _text(params: Mapping[str, Any], name: str) -> str | None:
-    value = params.get(name)
+def _text(name: str, value: Any) -> str | None:
+    """A field's value as stripped text; None when absent or blank. EventError if unusable."""
     if value is None:
         return None
     if type(value) is not str:  # a query string or a form gives text: the checks are for JSON
@@ -146,8 +146,14 @@ def _text(params: Mapping[str, Any], name: str) -> str | None:
     return text or None
 
 
-def _int(params: Mapping[str, Any], name: str) -> int | None:
-    text = _text(params, name)
+def _plain_digits(value: Any) -> bool:
+    """A str of plain ASCII digits, as every number Sipuni sends: nothing to strip, nothing
+    the number pattern would refuse (``isascii``: ``isdigit`` takes other scripts' digits)."""
+    return type(value) is str and len(value) <= 18 and value.isdigit() and value.isascii()
+
+
+def _int(name: str, value: Any) -> int | None:
+    text = _text(name, value)
     if text is None:
         return None
     if not _NUMBER.fullmatch(text):
@@ -155,33 +161,70 @@ def _int(params: Mapping[str, Any], name: str) -> int | None:
     return int(text.partition(".")[0])  # exact for any length, unlike float
 
 
-def _timestamp(params: Mapping[str, Any], name: str, *, zero_is_none: bool = False) -> int | None:
-    value = _int(params, name)
-    if value is None or (zero_is_none and value <= 0):
+def _timestamp(name: str, value: Any, *, zero_is_none: bool = False) -> int | None:
+    number = int(value) if _plain_digits(value) else _int(name, value)
+    if number is None or (zero_is_none and number <= 0):
         return None
-    if not _MIN_TS <= value <= _MAX_TS:
-        raise EventError(f"field '{name}' is not a plausible unix time in seconds: {value}")
-    return value
+    if not _MIN_TS <= number <= _MAX_TS:
+        raise EventError(f"field '{name}' is not a plausible unix time in seconds: {number}")
+    return number
 
 
-def _party_type(params: Mapping[str, Any], name: str) -> int | None:
-    value = _int(params, name)
-    if value not in (None, 1, 2):
-        raise EventError(f"field '{name}' must be 1 (external) or 2 (internal), got {value}")
-    return value
+def _party_type(name: str, value: Any) -> int | None:
+    if value == "1" or value == "2":  # as Sipuni sends it (a str: 1 == "1" is False)
+        return int(value)
+    number = _int(name, value)
+    if number not in (None, 1, 2):
+        raise EventError(f"field '{name}' must be 1 (external) or 2 (internal), got {number}")
+    return number
+
+
+# Every field as set by ``SipuniEvent(**kwargs)`` with all of them given, in the model's order.
+_FIELD_NAMES = set(SipuniEvent.model_fields)  # copied for each event: it is mutable
+_UNSET: dict[str, Any] = {name: None for name in SipuniEvent.model_fields}
+_STRING_FIELD_SET = frozenset(_STRING_FIELDS)
+_STRING_ORDER = {name: i for i, name in enumerate(_STRING_FIELDS)}
+_TRUE = ("1", "true", "True")
+_EVENT_TEXTS = {str(t.value): t.value for t in EventType}
+_set_slot = object.__setattr__
+
+
+def _checked_event(fields: dict[str, Any]) -> SipuniEvent:
+    """``SipuniEvent(**fields)`` without pydantic checking again what ``parse_event`` checked.
+
+    Sets what ``model_construct`` sets (the fields, all of them as given, no extra or private
+    attributes) without its per-field alias and default look-ups, which cost more than
+    validating. Only for ``fields`` holding every field, each of exactly the type validation
+    would give (``int``, ``str``, ``bool``, ``None``, a ``dict`` of ``str`` to ``str``):
+    then the event is the one validation builds (tests/core/test_events_equivalence.py).
+    """
+    event = object.__new__(SipuniEvent)
+    _set_slot(event, "__dict__", fields)
+    _set_slot(event, "__pydantic_fields_set__", _FIELD_NAMES.copy())
+    _set_slot(event, "__pydantic_extra__", None)
+    _set_slot(event, "__pydantic_private__", None)
+    return event
 
 
 def parse_event(params: Mapping[str, Any]) -> ParsedRequest:
-    """Parse one request's parameters (query, form or JSON object, already merged)."""
-    event_text = _text(params, "event")
-    call_id = _text(params, "call_id")
+    """Parse one request's parameters (query, form or JSON object, already merged).
+
+    For a request with several problems the first one in this order is reported: the event
+    and call id, the timestamp, the status, the record link, the unknown fields, then the
+    other known fields in the model's order.
+    """
+    get = params.get
+    event_text = _text("event", get("event"))
+    call_id = _text("call_id", get("call_id"))
     if event_text is None and call_id is None:
         return Probe()
     if event_text is None:
         raise EventError("field 'event' is missing")
-    if not _EVENT_NUMBER.fullmatch(event_text):
-        raise EventError(f"field 'event' must be a number, got {event_text[:40]!r}")
-    event = int(event_text)
+    event = _EVENT_TEXTS.get(event_text)
+    if event is None:  # not "1"…"4" as sent: "01", "99", "x"…
+        if not _EVENT_NUMBER.fullmatch(event_text):
+            raise EventError(f"field 'event' must be a number, got {event_text[:40]!r}")
+        event = int(event_text)
     if event not in EventType._value2member_map_:
         if call_id is not None and not CALL_ID.fullmatch(call_id):
             raise EventError("field 'call_id' must be 1-128 characters of [0-9A-Za-z._:-]")
@@ -190,39 +233,69 @@ def parse_event(params: Mapping[str, Any]) -> ParsedRequest:
         raise EventError("field 'call_id' is missing")
     if not CALL_ID.fullmatch(call_id):
         raise EventError("field 'call_id' must be 1-128 characters of [0-9A-Za-z._:-]")
-    timestamp = _timestamp(params, "timestamp")
+    timestamp = _timestamp("timestamp", get("timestamp"))
     if timestamp is None:
         raise EventError("field 'timestamp' is missing")
 
-    status = _text(params, "status")
-    if status is not None:
-        status = status.upper()
-        if not _STATUS.match(status):
-            raise EventError(f"field 'status' is not a call status: {status[:40]!r}")
-    link = _text(params, "call_record_link") if "call_record_link" in params else None
-    if link is not None and not re.match(r"^https?://", link):
+    status = get("status")
+    # A known status as Sipuni sends it needs no cleaning; anything else is checked in full.
+    if not (type(status) is str and status in KNOWN_STATUSES):
+        status = _text("status", status)
+        if status is not None:
+            status = status.upper()
+            if not _STATUS.match(status):
+                raise EventError(f"field 'status' is not a call status: {status[:40]!r}")
+    link = _text("call_record_link", get("call_record_link"))
+    if link is not None and not link.startswith(("http://", "https://")):
         raise EventError("field 'call_record_link' must be an http(s) URL")
 
-    extra_names = [name for name in params if name not in _KNOWN_FIELDS]
-    if len(extra_names) > MAX_EXTRA_FIELDS:
-        raise EventError(f"too many unknown fields ({len(extra_names)} > {MAX_EXTRA_FIELDS})")
-    for name in extra_names:
-        if _CONTROL.search(name) or "\x7f" in name:
-            raise EventError(f"field name {name[:40]!r} contains control characters")
-    # Kept for inspection (roistat… and fields Sipuni may add); overlong names are cut.
-    extra = {name[:64]: _text(params, name) or "" for name in extra_names}
+    fields = _UNSET.copy()
+    # One pass over the request: the optional text fields and the unknown names. A plain
+    # printable string of a known field is taken here; any other value (JSON types, too long,
+    # control characters) is checked by ``_text`` below, after the unknown fields, so the
+    # error reported is the one of the first problem in the documented order.
+    to_check: list[tuple[str, Any]] = []
+    extras: list[tuple[str, Any]] = []
+    # ``params[name]`` for any other mapping: what ``get`` gives, once per name it iterates.
+    items = params.items() if type(params) is dict else [(n, params[n]) for n in params]
+    for name, value in items:
+        if name in _STRING_FIELD_SET:
+            if type(value) is str:
+                text = value.strip()
+                if len(text) <= MAX_FIELD_LENGTH and text.isprintable():
+                    fields[name] = text or None
+                    continue
+            to_check.append((name, value))
+        elif name not in _KNOWN_FIELDS:
+            extras.append((name, value))
 
-    return SipuniEvent(
-        event=event,
-        call_id=call_id,
-        timestamp=timestamp,
-        status=status,
-        call_record_link=link,
-        src_type=_party_type(params, "src_type"),
-        dst_type=_party_type(params, "dst_type"),
-        call_start_timestamp=_timestamp(params, "call_start_timestamp", zero_is_none=True),
-        call_answer_timestamp=_timestamp(params, "call_answer_timestamp", zero_is_none=True),
-        is_inner_call=_text(params, "is_inner_call") in ("1", "true", "True"),
-        extra=extra,
-        **{name: _text(params, name) for name in _STRING_FIELDS},
+    if len(extras) > MAX_EXTRA_FIELDS:
+        raise EventError(f"too many unknown fields ({len(extras)} > {MAX_EXTRA_FIELDS})")
+    for name, _ in extras:
+        # A printable str has neither control characters nor DEL: only others need the search.
+        if type(name) is not str or not name.isprintable():
+            if _CONTROL.search(name) or "\x7f" in name:
+                raise EventError(f"field name {name[:40]!r} contains control characters")
+    # Kept for inspection (roistat… and fields Sipuni may add); overlong names are cut.
+    extra = {name[:64]: _text(name, value) or "" for name, value in extras} if extras else {}
+
+    fields["src_type"] = _party_type("src_type", get("src_type"))
+    fields["dst_type"] = _party_type("dst_type", get("dst_type"))
+    fields["call_start_timestamp"] = _timestamp(
+        "call_start_timestamp", get("call_start_timestamp"), zero_is_none=True
     )
+    fields["call_answer_timestamp"] = _timestamp(
+        "call_answer_timestamp", get("call_answer_timestamp"), zero_is_none=True
+    )
+    inner = get("is_inner_call")  # mostly absent: no call then
+    fields["is_inner_call"] = inner is not None and _text("is_inner_call", inner) in _TRUE
+    if to_check:
+        for name, value in sorted(to_check, key=lambda pair: _STRING_ORDER[pair[0]]):
+            fields[name] = _text(name, value)
+    fields["event"] = event
+    fields["call_id"] = call_id
+    fields["timestamp"] = timestamp
+    fields["status"] = status
+    fields["call_record_link"] = link
+    fields["extra"] = extra
+    return _checked_event(fields)

@@ -144,3 +144,8 @@ def test_scale_reports_drain_by_worker_count_and_ingest_against_bare() -> None:
         assert r["ingest"][side]["count"] > 0 and r["ingest"][side]["failures"] == 0
     assert set(r["ingest"]["ratio"]) == {"postgresql", "sqlite"}
     assert set(r["limits"]) == {"drain_postgres", "drain_sqlite", "ingest"}
+
+
+def test_parse_reports_us_per_call() -> None:
+    r = run_bench("parse")
+    assert r["webhooks"] > 0 and r["runs"] == len(r["us_per_call_runs"]) and r["us_per_call"] > 0
