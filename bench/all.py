@@ -20,6 +20,7 @@ from .common import ROOT
 RUNS: list[list[str]] = [
     ["ingest"],
     ["cpu"],
+    ["parse"],
     ["hangup", "--mode", "realistic"],
     ["hangup", "--mode", "limit"],
     ["requests_per_call"],
