@@ -60,6 +60,7 @@ from connector_core.store.base import (
     extensions_column,
     stored_event,
 )
+from connector_core.store.number_calls_sql import dispatch_rows
 from connector_core.store.parsed import ParsedStates
 from connector_core.store.pg_number_calls import PostgresNumberCalls, note_number_call
 from connector_core.store.pruning import PruneRule, count_sql, delete_batch_sql
@@ -423,18 +424,7 @@ class PostgresStore(PostgresNumberCalls):
                         " (account, call_id, integration, key, record, not_before, created_at)"
                         " VALUES ($1, $2, $3, $4, $5, $6, $7)"
                         " ON CONFLICT (integration, account, call_id, key) DO NOTHING",
-                        [
-                            (
-                                state.account,
-                                state.call_id,
-                                d.integration,
-                                d.key,
-                                d.record.model_dump_json(),
-                                d.not_before,
-                                now,
-                            )
-                            for d in dispatches
-                        ],
+                        dispatch_rows(state.account, [(state.call_id, d) for d in dispatches], now),
                     )
                     # Delivered at COMMIT: the dispatchers wake for rows they can see.
                     await conn.execute(

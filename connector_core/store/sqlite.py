@@ -65,6 +65,7 @@ from connector_core.store.base import (
 )
 from connector_core.store.local import LocalCoordination
 from connector_core.store.migrations import LATEST, migrate, version_of
+from connector_core.store.number_calls_sql import dispatch_rows
 from connector_core.store.parsed import ParsedStates
 from connector_core.store.pruning import PruneRule, count_sql, delete_batch_sql
 from connector_core.store.sqlite_number_calls import (
@@ -412,19 +413,8 @@ class SQLiteStore(SQLiteNumberCalls, LocalCoordination):
         )
         # Serialised before the transaction, not inside it: the batch holds the file's write
         # lock, which an ingest process beside this one waits for.
-        dispatch_rows = (
-            [
-                (
-                    state.account,
-                    state.call_id,
-                    d.integration,
-                    d.key,
-                    d.record.model_dump_json(),
-                    d.not_before,
-                    now,
-                )
-                for d in dispatches
-            ]
+        new_dispatches = (
+            dispatch_rows(state.account, [(state.call_id, d) for d in dispatches], now)
             if state is not None
             else []
         )
@@ -460,7 +450,7 @@ class SQLiteStore(SQLiteNumberCalls, LocalCoordination):
                     "INSERT INTO dispatches"
                     " (account, call_id, integration, key, record, not_before, created_at)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    dispatch_rows,
+                    new_dispatches,
                 )
                 _insert_records(db, state.account, state.call_id, record_rows)
                 if number_row is not None:
