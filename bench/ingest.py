@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None) -> None:
             f"write transactions, {layout}, {role}: {t['transactions']}"
             f" ({t['writes_per_transaction']} writes each), p50 {t['p50_ms']} ms,"
             f" p90 {t['p90_ms']} ms, p99 {t['p99_ms']} ms, max {t['max_ms']} ms,"
-            f" {t['held_s']} s in all"
+            f" {t['total_s']} s in all"
             for layout, by_role in traces.items()
             for role, t in by_role.items()
         ),

@@ -1,5 +1,6 @@
-"""Run the service with its SQLite write transactions timed: how long each batch held the
-file's write lock, for the benches that put an ingest process and a worker process on one file.
+"""Run the service with its SQLite write transactions timed, from ``BEGIN IMMEDIATE`` (the
+wait for the file's write lock included) to the end of ``COMMIT``: for the benches that put an
+ingest process and a worker process on one file, where one's transaction is the other's wait.
 
     python -m bench.store_trace --out DIR -m connector_core serve --config FILE --role ROLE
 
@@ -30,26 +31,26 @@ from .common import latency_summary
 Batch = Callable[[sqlite3.Connection, list[Callable[[sqlite3.Connection], Any]]], list[Any]]
 
 
-def timed(batch: Batch, held: list[float], writes: list[int]) -> Batch:
+def timed(batch: Batch, took: list[float], writes: list[int]) -> Batch:
     def run(db: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
         started = time.perf_counter()
         try:
             return batch(db, fns)
         finally:
-            held.append(time.perf_counter() - started)
+            took.append(time.perf_counter() - started)
             writes.append(len(fns))
 
     return run
 
 
-def summary(role: str, held: list[float], writes: list[int]) -> dict[str, Any]:
+def summary(role: str, took: list[float], writes: list[int]) -> dict[str, Any]:
     return {
         "role": role,
-        "transactions": len(held),
+        "transactions": len(took),
         "writes": sum(writes),
-        "writes_per_transaction": round(sum(writes) / len(held), 1) if held else 0.0,
-        "held_s": round(sum(held), 2),
-        **latency_summary(held),
+        "writes_per_transaction": round(sum(writes) / len(took), 1) if took else 0.0,
+        "total_s": round(sum(took), 2),
+        **latency_summary(took),
     }
 
 
@@ -60,14 +61,14 @@ def main() -> None:
     args, rest = parser.parse_known_args()
     from connector_core.store import sqlite as store_module
 
-    held: list[float] = []
+    took: list[float] = []
     writes: list[int] = []
-    store_module._commit_batch = timed(store_module._commit_batch, held, writes)
+    store_module._commit_batch = timed(store_module._commit_batch, took, writes)
     role = rest[rest.index("--role") + 1] if "--role" in rest else "all"
 
     def write() -> None:
         out = args.out / f"store-{os.getpid()}.json"
-        out.write_text(json.dumps(summary(role, held, writes)), encoding="utf-8")
+        out.write_text(json.dumps(summary(role, took, writes)), encoding="utf-8")
 
     atexit.register(write)
     sys.argv = [args.module, *rest]

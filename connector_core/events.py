@@ -179,14 +179,33 @@ def _party_type(name: str, value: Any) -> int | None:
     return number
 
 
-# Every field as set by ``SipuniEvent(**kwargs)`` with all of them given, in the model's order.
-_FIELD_NAMES = set(SipuniEvent.model_fields)  # copied for each event: it is mutable
+# ``__pydantic_fields_set__`` of ``SipuniEvent(**kwargs)`` given every field; copied for each
+# event, since it is mutable.
+_FIELD_NAMES = set(SipuniEvent.model_fields)
+# Every field, in the model's order: each event's ``__dict__`` starts as a copy.
 _UNSET: dict[str, Any] = {name: None for name in SipuniEvent.model_fields}
 _STRING_FIELD_SET = frozenset(_STRING_FIELDS)
 _STRING_ORDER = {name: i for i, name in enumerate(_STRING_FIELDS)}
 _TRUE = ("1", "true", "True")
 _EVENT_TEXTS = {str(t.value): t.value for t in EventType}
 _set_slot = object.__setattr__
+
+
+def plain_model_only(model: type[BaseModel]) -> None:
+    """``_checked_event`` skips validation: refuse ``model`` (``SipuniEvent``, at import) if it
+    has anything validation would run or set (validators, private attributes, extras)."""
+    decorators = model.__pydantic_decorators__
+    if (
+        decorators.field_validators
+        or decorators.model_validators
+        or model.__private_attributes__
+        or model.model_config.get("extra") not in (None, "ignore")
+        or model.model_post_init is not BaseModel.model_post_init
+    ):
+        raise RuntimeError(f"{model.__name__} is no longer a plain model: review _checked_event")
+
+
+plain_model_only(SipuniEvent)
 
 
 def _checked_event(fields: dict[str, Any]) -> SipuniEvent:
@@ -210,8 +229,9 @@ def parse_event(params: Mapping[str, Any]) -> ParsedRequest:
     """Parse one request's parameters (query, form or JSON object, already merged).
 
     For a request with several problems the first one in this order is reported: the event
-    and call id, the timestamp, the status, the record link, the unknown fields, then the
-    other known fields in the model's order.
+    and call id, the timestamp, the status, the record link, the unknown fields, ``src_type``,
+    ``dst_type``, the two other timestamps, ``is_inner_call``, then the text fields in
+    ``_STRING_FIELDS`` order.
     """
     get = params.get
     event_text = _text("event", get("event"))
@@ -250,13 +270,15 @@ def parse_event(params: Mapping[str, Any]) -> ParsedRequest:
         raise EventError("field 'call_record_link' must be an http(s) URL")
 
     fields = _UNSET.copy()
-    # One pass over the request: the optional text fields and the unknown names. A plain
-    # printable string of a known field is taken here; any other value (JSON types, too long,
-    # control characters) is checked by ``_text`` below, after the unknown fields, so the
-    # error reported is the one of the first problem in the documented order.
+    # One pass over the request: the optional text fields and the unknown names. A text
+    # field's str value that is printable and not too long once stripped is taken here; any
+    # other value (not a str, over MAX_FIELD_LENGTH, anything ``isprintable()`` refuses) is
+    # checked by ``_text`` below, after the unknown fields, so the error reported is the one
+    # of the first problem in the documented order.
     to_check: list[tuple[str, Any]] = []
     extras: list[tuple[str, Any]] = []
-    # ``params[name]`` for any other mapping: what ``get`` gives, once per name it iterates.
+    # A mapping other than a dict (a MultiDict) is read by its keys and ``[]``, as ``get`` read
+    # it before: the first value of a repeated name, each repeat counted as a name.
     items = params.items() if type(params) is dict else [(n, params[n]) for n in params]
     for name, value in items:
         if name in _STRING_FIELD_SET:

@@ -55,7 +55,7 @@ def test_ingest_reports_service_and_bare_rates_and_the_open_loop() -> None:
     assert set(r["store_trace"]["one"]) == {"all"}
     for trace in [*r["store_trace"]["split"].values(), *r["store_trace"]["one"].values()]:
         assert trace["transactions"] > 0 and trace["writes"] >= trace["transactions"]
-        assert {"p50_ms", "p99_ms", "max_ms", "held_s"} <= set(trace)
+        assert {"p50_ms", "p99_ms", "max_ms", "total_s"} <= set(trace)
 
 
 def test_cpu_reports_cpu_per_event_for_short_and_long_calls() -> None:

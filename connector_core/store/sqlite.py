@@ -119,7 +119,7 @@ class SQLiteStore(SQLiteNumberCalls, LocalCoordination):
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            # Statement journals (every page a write changes under its savepoint) and sort
+            # Statement journals (every page a batch changes under its savepoint) and sort
             # files in memory: on disk they were two thirds of the bytes written per event.
             db.execute("PRAGMA temp_store=MEMORY")
             # Deleted rows (pruned numbers) are overwritten, not left readable in free pages.
