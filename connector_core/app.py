@@ -65,6 +65,7 @@ from connector_core.store.base import (
     StoredAuth,
 )
 from connector_core.store.choose import make_store
+from connector_core.store.sqlite import SQLiteStore
 from connector_core.store.urls import masked_url
 from connector_core.supervisor import Supervisor
 from connector_core.worker import Worker
@@ -143,6 +144,10 @@ def create_app(
 
 async def _store_ctx(app: web.Application, factory: StoreFactory) -> AsyncIterator[None]:
     store = factory(app[CONFIG].storage, app[CLOCK])
+    if isinstance(store, SQLiteStore):
+        # One write lock for the whole file, shared by every process on it: how long each
+        # transaction takes (waiting for it included) shows a slow disk or a busy neighbour.
+        store.on_commit = app[METRICS].store_writes.observe
     _subscribe(app, store)
     await store.open()
     app[STORE] = store

@@ -101,6 +101,8 @@ class SQLiteStore(SQLiteNumberCalls, LocalCoordination):
         self._writes: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
         self._committing: asyncio.Future[None] | None = None
         self.parsed = ParsedStates()
+        # Told each write transaction's seconds, on the store's thread (the app: a metric).
+        self.on_commit: Callable[[float], None] | None = None
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -181,7 +183,7 @@ class SQLiteStore(SQLiteNumberCalls, LocalCoordination):
         batch = self._writes[:MAX_WRITE_BATCH]
         del self._writes[:MAX_WRITE_BATCH]
         assert self._thread is not None and self._db is not None
-        commit = functools.partial(_commit_batch, self._db, [fn for fn, _ in batch])
+        commit = functools.partial(self._timed_commit, self._db, [fn for fn, _ in batch])
         then = functools.partial(self._committed, loop, batch)
         try:
             self._thread.submit(commit, then)
@@ -189,6 +191,17 @@ class SQLiteStore(SQLiteNumberCalls, LocalCoordination):
             then(None, exc)
             return
         self._committing = loop.create_future()
+
+    def _timed_commit(
+        self, db: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]]
+    ) -> list[Any]:
+        """``_commit_batch``, on the store's thread, its time told to ``on_commit``."""
+        started = time.perf_counter()
+        try:
+            return _commit_batch(db, fns)
+        finally:
+            if self.on_commit is not None:
+                self.on_commit(time.perf_counter() - started)
 
     def _committed(
         self,

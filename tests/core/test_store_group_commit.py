@@ -12,8 +12,10 @@ import pytest
 
 from connector_core.callstate import CallState, LifecycleKind
 from connector_core.clock import FakeClock
+from connector_core.simulator import scenarios
 from connector_core.store.sqlite import ROWS_PER_INSERT, SQLiteStore
 from tests.core.test_store import proposed, without_key
+from tests.harness import TOKEN, app_for, make_config
 
 
 @pytest.fixture
@@ -244,3 +246,30 @@ async def test_a_write_waits_while_another_process_recovers_the_wal(
     item = await store.append_event("012345", {"event": "1"}, 2.0)  # waited, then landed
     await holder.wait()
     assert item > 1
+
+
+async def test_each_write_transaction_is_timed_for_the_operator(store: SQLiteStore) -> None:
+    seen: list[float] = []
+    store.on_commit = seen.append
+    await asyncio.gather(*(store.append_event("012345", {"n": str(i)}, 1.0) for i in range(5)))
+    await store.effects("012345/x").put("k", {"v": 1})
+    # One figure per transaction (the five webhooks shared at most two), none for reads.
+    assert 2 <= len(seen) <= 3 and all(s >= 0 for s in seen)
+    await store.pending_events(10)
+    assert len(seen) <= 3
+
+
+async def test_the_write_transactions_show_in_metrics(
+    tmp_path: Path, test_plugins_dir: Path, aiohttp_client
+) -> None:
+    config, host = make_config(tmp_path, "")
+    client = await aiohttp_client(app_for(config, host))
+    params = scenarios.inbound_missed().events[0]
+    assert (await (await client.get(f"/sipuni/{TOKEN}", params=params)).json())["success"]
+    metrics = await (await client.get("/metrics")).text()
+    (count,) = [
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("connector_store_write_seconds_count")
+    ]
+    assert count >= 1  # the webhook's transaction at least
