@@ -1052,7 +1052,14 @@ def _insert_inbox_rows(
 
 def _begin_immediate(db: sqlite3.Connection) -> None:
     """Begin a write transaction, waiting up to ``BUSY_TIMEOUT_MS`` for the write lock in short
-    pauses (``LOCK_PAUSES``); a lock held longer fails as SQLite's own wait does."""
+    pauses (``LOCK_PAUSES``); a lock held longer fails as SQLite's own wait does.
+
+    A transaction still open here is one whose ROLLBACK failed (an I/O error at the time): it
+    is rolled back now, or every write after it would fail with "cannot start a transaction
+    within a transaction" until a restart.
+    """
+    if db.in_transaction:
+        db.execute("ROLLBACK")
     db.execute("PRAGMA busy_timeout=0")
     try:
         deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000

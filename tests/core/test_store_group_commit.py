@@ -273,3 +273,19 @@ async def test_the_write_transactions_show_in_metrics(
         if line.startswith("connector_store_write_seconds_count")
     ]
     assert count >= 1  # the webhook's transaction at least
+
+
+async def test_a_transaction_left_open_by_a_failed_rollback_does_not_block_later_writes(
+    store: SQLiteStore,
+) -> None:
+    # What a ROLLBACK that failed (an I/O error at the time) leaves behind: a transaction
+    # still open on the store's connection, with a statement of the failed batch in it.
+    assert store._db is not None
+    store._db.execute("BEGIN IMMEDIATE")
+    store._db.execute(
+        "INSERT INTO effects (integration, key, value, created_at)"
+        " VALUES ('012345/x', 'lost', '{}', 0)"
+    )
+    assert await store.effects("012345/x").put("k", {"v": 1}) is True
+    assert await store.effects("012345/x").get("k") == {"v": 1}
+    assert await store.effects("012345/x").get("lost") is None  # the failed batch's: undone
