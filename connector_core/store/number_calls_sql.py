@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # base.py imports nothing from here; only the type is needed
+    from connector_core.missed import NumberCall
     from connector_core.store.base import NewDispatch
 
 # A finished call of a number: a change (a late event after the hang-up) makes it decided
@@ -53,6 +54,13 @@ INSERT_DISPATCH = (
     " (account, call_id, integration, key, record, not_before, created_at)"
     " VALUES ({}, {}, {}, {}, {}, {}, {}) ON CONFLICT DO NOTHING"
 )
+
+
+def number_call_row(
+    account: str, number: str, call: NumberCall, now: float
+) -> tuple[str, str, str, float, str, float, bool]:
+    """``NOTE``'s parameters for ``call`` (serialised here, before any transaction)."""
+    return (account, call.call_id, number, float(call.at), call.model_dump_json(), now, False)
 
 
 def dispatch_rows(

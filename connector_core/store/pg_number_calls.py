@@ -31,16 +31,7 @@ async def note_number_call(
     conn: _Conn, account: str, number: str, call: NumberCall, now: float
 ) -> None:
     """Keep ``call`` for the lifecycle, inside the caller's transaction."""
-    await conn.execute(
-        _q(sql.NOTE),
-        account,
-        call.call_id,
-        number,
-        float(call.at),
-        call.model_dump_json(),
-        now,
-        False,
-    )
+    await conn.execute(_q(sql.NOTE), *sql.number_call_row(account, number, call, now))
 
 
 class PostgresNumberCalls:

@@ -65,14 +65,10 @@ from connector_core.store.base import (
 )
 from connector_core.store.local import LocalCoordination
 from connector_core.store.migrations import LATEST, migrate, version_of
-from connector_core.store.number_calls_sql import dispatch_rows
+from connector_core.store.number_calls_sql import dispatch_rows, number_call_row
 from connector_core.store.parsed import ParsedStates
 from connector_core.store.pruning import PruneRule, count_sql, delete_batch_sql
-from connector_core.store.sqlite_number_calls import (
-    SQLiteNumberCalls,
-    note_number_call,
-    number_call_row,
-)
+from connector_core.store.sqlite_number_calls import SQLiteNumberCalls, note_number_call
 from connector_core.store.thread import StoreThread
 
 T = TypeVar("T")
@@ -1036,14 +1032,9 @@ def _insert_inbox_rows(
                 raise
             if len(chunk) == 1:
                 results.append(_Failed(exc))
-                continue
-            for row in chunk:
-                try:
-                    results.append(int(db.execute(_inbox_insert_sql(1), row).lastrowid or 0))
-                except Exception as exc:
-                    if not db.in_transaction:
-                        raise
-                    results.append(_Failed(exc))
+            else:  # each row again in a statement of its own: the one at fault fails alone
+                for row in chunk:
+                    results.extend(_insert_inbox_rows(db, [row]))
             continue
         last = int(cur.lastrowid or 0)
         results.extend(range(last - len(chunk) + 1, last + 1))
@@ -1122,11 +1113,10 @@ def _run_writes(
     """Run ``fns`` inside the open transaction; without ``savepoints``, raise ``_WriteFailed``
     at the first that fails."""
     results: list[Any] = [None] * len(fns)
-    appends = [i for i, fn in enumerate(fns) if isinstance(fn, InboxAppend)]
-    if appends:
-        rows = [fn.row for fn in fns if isinstance(fn, InboxAppend)]
-        for i, item_id in zip(appends, _insert_inbox_rows(db, rows), strict=True):
-            results[i] = item_id
+    appends = [(i, fn.row) for i, fn in enumerate(fns) if isinstance(fn, InboxAppend)]
+    ids = _insert_inbox_rows(db, [row for _, row in appends])
+    for (i, _), item_id in zip(appends, ids, strict=True):
+        results[i] = item_id
     for i, fn in enumerate(fns):
         if isinstance(fn, InboxAppend):
             continue

@@ -24,14 +24,9 @@ def _q(statement: str) -> str:
     return sql.bind(statement, lambda n: "?")
 
 
-def number_call_row(account: str, number: str, call: NumberCall, now: float) -> tuple[Any, ...]:
-    """``note_number_call``'s row, made before the transaction (the call serialised)."""
-    return (account, call.call_id, number, call.at, call.model_dump_json(), now, False)
-
-
 def note_number_call(db: sqlite3.Connection, row: tuple[Any, ...]) -> None:
-    """Keep a number's call (``number_call_row``) for the lifecycle, inside the caller's
-    transaction."""
+    """Keep a number's call (``number_calls_sql.number_call_row``) for the lifecycle, inside
+    the caller's transaction."""
     db.execute(_q(sql.NOTE), row)
 
 
