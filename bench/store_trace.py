@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for store-<pid>.json")
     parser.add_argument("-m", dest="module", required=True, help="connector_core")
     args, rest = parser.parse_known_args()
-    from connector_core.store import sqlite as store_module
+    from connector_core.store import sqlite_commit as store_module
 
     took: list[float] = []
     writes: list[int] = []

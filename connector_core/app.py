@@ -148,6 +148,9 @@ async def _store_ctx(app: web.Application, factory: StoreFactory) -> AsyncIterat
         # One write lock for the whole file, shared by every process on it: how long each
         # transaction takes (waiting for it included) shows a slow disk or a busy neighbour.
         store.on_commit = app[METRICS].store_writes.observe
+        # An ingest process beside a worker process: its webhooks go to a file of their own,
+        # so they never wait for the worker's write transactions (store/spool.py).
+        store.spools = not app[ROLE].works
     _subscribe(app, store)
     await store.open()
     app[STORE] = store

@@ -207,6 +207,17 @@ CREATE INDEX IF NOT EXISTS number_calls_overdue
 ALTER TABLE inbox ADD COLUMN event TEXT
 """,
     ),
+    Step(
+        9,
+        "an ingest process beside a worker process keeps its webhooks in a spool file of its"
+        " own; the store keeps, per spool, the last spooled row moved into the inbox",
+        """
+CREATE TABLE IF NOT EXISTS spool_moved (
+    identity TEXT PRIMARY KEY,
+    through INTEGER NOT NULL
+)
+""",
+    ),
 )
 LATEST = STEPS[-1].version
 

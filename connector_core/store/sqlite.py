@@ -1,35 +1,26 @@
 """The embedded store: one SQLite file in WAL mode with synchronous=FULL.
 
-Every method runs on one dedicated thread that owns the only connection, so SQLite's
-blocking I/O never stalls the event loop and no two writes interleave.
+Every method runs on one dedicated thread that owns the store's connection, so SQLite's
+blocking I/O never stalls the event loop and no two writes interleave. Writes are
+group-committed (``sqlite_commit``): one transaction, and one fsync, serves every write that
+queued up while the one before was being written (webhooks, worker commits, effect keys,
+dispatch results); a write that fails is undone alone.
 
-Writes are group-committed: each write method queues its statements and waits; the queue is
-written by one transaction at a time, with everything that queued up while the previous one
-was being written, so one fsync serves every write of a batch (webhooks, worker commits,
-effect keys, dispatch results). A write that fails is undone alone and raises for its
-caller only; the others of its batch are committed (``_commit_batch``). No write method
-returns before the COMMIT that holds its statements has returned: with synchronous=FULL,
-before it is durable. A lone write is flushed at once: no timer, no added delay.
-
-A batch runs as few statements as it can, since each SQLite call from the store's thread
-gives up the GIL and must get it back from the event loop, which under load keeps it up to
-the interpreter's switch interval (5 ms), all the while holding the file's write lock: the
-webhooks of a batch are inserted by one statement (``_insert_inbox_rows``), not one each, and
-the writes run without a savepoint each unless one of them fails.
+An ingest process beside a worker process appends its webhooks to the spool, a file of its
+own, which the worker moves into the inbox at each drain (``spool``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
 import json
+import logging
 import os
 import sqlite3
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from connector_core import callrecords
 from connector_core.callrecords import CallRecord, NewCallRecord
@@ -38,6 +29,7 @@ from connector_core.clock import Clock, SystemClock
 from connector_core.events import SipuniEvent
 from connector_core.missed import NumberCall
 from connector_core.pacing import COMPLETING_KEY
+from connector_core.store import spool
 from connector_core.store.base import (
     DISPATCH_CHANNEL,
     INBOX_CHANNEL,
@@ -61,6 +53,7 @@ from connector_core.store.base import (
     StoreUnavailable,
     call_id_of,
     extensions_column,
+    is_store_failure,
     stored_event,
 )
 from connector_core.store.local import LocalCoordination
@@ -68,77 +61,55 @@ from connector_core.store.migrations import LATEST, migrate, version_of
 from connector_core.store.number_calls_sql import dispatch_rows, number_call_row
 from connector_core.store.parsed import ParsedStates
 from connector_core.store.pruning import PruneRule, count_sql, delete_batch_sql
+from connector_core.store.spool import Spool
+from connector_core.store.sqlite_commit import GroupCommit, InboxAppend, connect
 from connector_core.store.sqlite_number_calls import SQLiteNumberCalls, note_number_call
-from connector_core.store.thread import StoreThread
 
-T = TypeVar("T")
-
-# Writes in one group commit at most: bounds how long one transaction holds the writer
-# thread (and so the reads queued behind it) under a flood of webhooks.
-MAX_WRITE_BATCH = 512
-
-# How long a statement waits for a lock another process holds (an ingest process and a worker
-# process share the file) before it fails.
-BUSY_TIMEOUT_MS = 5000
-# Waiting for the write lock, the pauses between tries: short ones first, since a transaction
-# holds the lock for about a millisecond (SQLite's own wait sleeps 1, 2, 5, 10 ms… in turn,
-# which made a webhook wait several milliseconds for a lock let go long before).
-LOCK_PAUSES = (0.0001, 0.0002, 0.0005, 0.001)
+log = logging.getLogger(__name__)
 
 
-class SQLiteStore(SQLiteNumberCalls, LocalCoordination):
+class SQLiteStore(GroupCommit, SQLiteNumberCalls, LocalCoordination):
     def __init__(self, path: str | Path, *, clock: Clock | None = None) -> None:
+        GroupCommit.__init__(self)
         # One worker process per file (`connector serve`): coordination lives in memory.
-        super().__init__(clock or SystemClock())
+        LocalCoordination.__init__(self, clock or SystemClock())
         self.path = Path(path)
-        self._thread: StoreThread | None = None
-        self._db: sqlite3.Connection | None = None
-        # Writes waiting for the next group commit; set while a transaction is being written.
-        self._writes: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
-        self._committing: asyncio.Future[None] | None = None
         self.parsed = ParsedStates()
-        # Told each write transaction's seconds, on the store's thread (the app: a metric).
-        self.on_commit: Callable[[float], None] | None = None
+        # Set before ``open`` in an ingest process beside a worker process: its webhooks go
+        # to the spool, a file of their own (store/spool.py), never waiting for the worker's
+        # write transactions on this one.
+        self.spools = False
+        self._spool: Spool | None = None
+        # This process's reader of the spool, once the file is there (on the store's thread).
+        self._spool_reader: sqlite3.Connection | None = None
+        self._move_errors = spool.ErrorLog(log)
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._thread is None or self._db is None:
-            raise StoreUnavailable("the store is not open")
-        return await self._thread.call(functools.partial(fn, self._db))
-
     async def open(self) -> None:
-        self._thread = StoreThread("sqlite")
-
-        def connect() -> sqlite3.Connection:
-            if self.path.parent and not self.path.parent.exists():
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            # Statement journals (every page a batch changes under its savepoint) and sort
-            # files in memory: on disk they were two thirds of the bytes written per event.
-            db.execute("PRAGMA temp_store=MEMORY")
-            # Deleted rows (pruned numbers) are overwritten, not left readable in free pages.
-            db.execute("PRAGMA secure_delete=ON")
+        def make() -> sqlite3.Connection:
+            db = connect(self.path)
             migrate(db)
             return db
 
-        self._db = await self._thread.call(connect)
+        await self._open("sqlite", make)
+        if self.spools:
+            self._spool = Spool(spool.path_beside(self.path))
+            self._spool.on_commit = self.on_commit
+            await self._spool.open()
 
     async def close(self) -> None:
-        while self._committing is not None:  # let the writes already handed over finish
-            await asyncio.shield(self._committing)
-        if self._db is not None:
-            await self._run(lambda db: db.close())
-            self._db = None
-        if self._thread is not None:
-            self._thread.shutdown()
-            self._thread = None
+        if self._spool is not None:
+            await self._spool.close()
+            self._spool = None
+        if self._spool_reader is not None and self._db is not None:
+            reader, self._spool_reader = self._spool_reader, None
+            await self._run(lambda db: reader.close())
+        await self._close()
 
     async def writable(self) -> bool:
-        """Whether a real write succeeds: the probe row is updated and committed.
+        """Whether a real write succeeds: the probe row is updated and committed (in a
+        process that ``spools``, a row of the spool, where its webhooks go).
 
         It goes through the same group commit as every other write, so it fails when they
         do (a full disk, an I/O error), and it is as durable as they are. A write that does
@@ -152,76 +123,38 @@ class SQLiteStore(SQLiteNumberCalls, LocalCoordination):
 
         try:
             async with asyncio.timeout(PROBE_TIMEOUT):
+                if self._spool is not None:
+                    return await self._spool.writable()
                 return await self._write(probe)
         except (sqlite3.Error, StoreUnavailable, TimeoutError):
             return False
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` in the next group-committed transaction; return once that is durable.
+    def _spool_db(self) -> sqlite3.Connection | None:
+        """On the store's thread: this process's reader of the spool, or None while no
+        ingest process has made one."""
+        if self._spool_reader is None and spool.path_beside(self.path).exists():
+            self._spool_reader = connect(spool.path_beside(self.path))
+        return self._spool_reader
 
-        ``fn`` must not begin, commit or roll back: its statements run inside the batch's
-        transaction. It may run twice (see ``_commit_batch``), so it must depend on the
-        database only: serialise before, not inside it.
+    async def _move_spooled(self) -> None:
+        """Move what ingest processes spooled into the inbox (see store/spool.py).
+
+        A failure is logged, not raised: the inbox's own items are processed all the same,
+        and the spooled ones stay where they are until a later move succeeds.
         """
-        if self._thread is None or self._db is None:
-            raise StoreUnavailable("the store is not open")
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[T] = loop.create_future()
-        self._writes.append((fn, waiter))
-        if self._committing is None:
-            # Straight to the writer thread: no task to schedule first, so a lone write
-            # waits for nothing but its own transaction.
-            self._commit_next(loop)
-        return await waiter
-
-    def _commit_next(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Send the waiting writes (up to a batch) to the writer thread as one transaction."""
-        batch = self._writes[:MAX_WRITE_BATCH]
-        del self._writes[:MAX_WRITE_BATCH]
-        assert self._thread is not None and self._db is not None
-        commit = functools.partial(self._timed_commit, self._db, [fn for fn, _ in batch])
-        then = functools.partial(self._committed, loop, batch)
         try:
-            self._thread.submit(commit, then)
-        except RuntimeError as exc:  # the thread was shut down
-            then(None, exc)
+            found = await self._run(lambda db: spool.read(self._spool_db(), db))
+            if found is None:
+                return
+            if found.rows:
+                await self._write(functools.partial(spool.move, found=found))
+            await self._run(lambda db: spool.delete_moved(self._spool_db(), found))
+        except Exception as exc:
+            if not is_store_failure(exc) and not isinstance(exc, spool.SpoolError):
+                raise
+            self._move_errors.error(exc)
             return
-        self._committing = loop.create_future()
-
-    def _timed_commit(
-        self, db: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]]
-    ) -> list[Any]:
-        """``_commit_batch``, on the store's thread, its time told to ``on_commit``."""
-        started = time.perf_counter()
-        try:
-            return _commit_batch(db, fns)
-        finally:
-            if self.on_commit is not None:
-                self.on_commit(time.perf_counter() - started)
-
-    def _committed(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]],
-        results: list[Any] | None,
-        error: BaseException | None,
-    ) -> None:
-        """Back on the loop: give each write its result, then send the next batch, if any."""
-        if error is not None:  # handed to every caller of the batch
-            results = [_Failed(error)] * len(batch)
-        assert results is not None
-        for (_, waiter), result in zip(batch, results, strict=True):
-            if waiter.done():  # the caller went away; the write stands all the same
-                continue
-            if isinstance(result, _Failed):
-                waiter.set_exception(result.error)
-            else:
-                waiter.set_result(result)
-        committing, self._committing = self._committing, None
-        if committing is not None and not committing.done():
-            committing.set_result(None)
-        if self._writes:
-            self._commit_next(loop)
+        self._move_errors.ok()
 
     # -- inbox ------------------------------------------------------------------------------
 
@@ -232,7 +165,8 @@ class SQLiteStore(SQLiteNumberCalls, LocalCoordination):
         received_at: float,
         event: SipuniEvent | None = None,
     ) -> int:
-        """Store one webhook; returns its inbox id once the transaction holding it is durable.
+        """Store one webhook; returns its inbox id (its spool id in a process that ``spools``)
+        once the transaction holding it is durable.
 
         Group commit (see the module doc): appends that arrive while a transaction is being
         written go together into the next one, so one fsync serves many webhooks.
@@ -244,7 +178,10 @@ class SQLiteStore(SQLiteNumberCalls, LocalCoordination):
             json.dumps(params, ensure_ascii=False),
             event.model_dump_json() if event is not None else None,
         )
-        item_id: int = await self._write(InboxAppend(row))
+        if self._spool is not None:
+            item_id: int = await self._spool.append(row)
+        else:
+            item_id = await self._write(InboxAppend(row))
         await self.publish(INBOX_CHANNEL, "")
         return item_id
 
@@ -285,6 +222,9 @@ class SQLiteStore(SQLiteNumberCalls, LocalCoordination):
         )
 
     async def pending_events(self, limit: int, after_id: int = 0) -> list[InboxItem]:
+        if after_id == 0:  # a drain's first page: what ingest processes spooled comes first
+            await self._move_spooled()
+
         def select(db: sqlite3.Connection) -> list[InboxItem]:
             rows = db.execute(
                 f"SELECT {self._INBOX_COLUMNS} FROM inbox"
@@ -435,7 +375,7 @@ class SQLiteStore(SQLiteNumberCalls, LocalCoordination):
         )
 
         def write(db: sqlite3.Connection) -> None:
-            # All or nothing: a write that fails is undone alone (see _commit_batch).
+            # All or nothing: a write that fails is undone alone (see sqlite_commit).
             if state_row is not None:
                 db.execute(
                     "INSERT INTO calls (account, call_id, state, finished, last_received_at,"
@@ -798,7 +738,9 @@ class SQLiteStore(SQLiteNumberCalls, LocalCoordination):
                 return int(db.execute(sql).fetchone()[0])
 
             return {
-                "inbox_pending": one("SELECT count(*) FROM inbox WHERE status = 'pending'"),
+                # Spooled webhooks are pending too: the worker has yet to process them.
+                "inbox_pending": one("SELECT count(*) FROM inbox WHERE status = 'pending'")
+                + spool.pending(self._spool_db(), db),
                 "inbox_quarantined": one("SELECT count(*) FROM inbox WHERE status = 'quarantined'"),
                 "inbox_total": one("SELECT count(*) FROM inbox"),
                 "calls_open": one("SELECT count(*) FROM calls WHERE finished = 0"),
@@ -972,172 +914,6 @@ def backup(source: Path, dest: Path) -> None:
     except (sqlite3.Error, OSError) as exc:
         partial.unlink(missing_ok=True)
         raise StoreUnavailable(f"cannot back up {source} to {dest}: {exc}") from None
-
-
-class _Failed:
-    """A write's exception, carried back from the writer thread as its result."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-_INBOX_COLUMNS = ("account", "call_id", "received_at", "params", "event")
-# Rows per INSERT statement: 5 parameters each, under the 999 of SQLite builds before 3.32.
-ROWS_PER_INSERT = 100
-
-
-class InboxAppend:
-    """The write of one webhook: a row of ``inbox``. ``_commit_batch`` inserts the rows of
-    every append in its batch together; called alone, it inserts its own."""
-
-    __slots__ = ("row",)
-
-    def __init__(self, row: tuple[Any, ...]) -> None:
-        self.row = row
-
-    def __call__(self, db: sqlite3.Connection) -> int:
-        (result,) = _insert_inbox_rows(db, [self.row])
-        if isinstance(result, _Failed):
-            raise result.error
-        return result
-
-
-@functools.cache
-def _inbox_insert_sql(rows: int) -> str:
-    values = ", ".join(["(?, ?, ?, ?, ?)"] * rows)
-    return f"INSERT INTO inbox ({', '.join(_INBOX_COLUMNS)}) VALUES {values}"
-
-
-def _insert_inbox_rows(
-    db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]
-) -> list[int | _Failed]:
-    """Insert ``rows`` into ``inbox``, one statement per ``ROWS_PER_INSERT``; each one's id,
-    or ``_Failed`` for a row that could not be stored.
-
-    Within the write transaction nobody else inserts, and a new row's id is one more than
-    the largest (``id`` is the rowid, without AUTOINCREMENT): the rows of one statement get
-    consecutive ids, the last of them ``lastrowid``. A statement that fails is undone by
-    SQLite alone, the transaction going on; its rows are then inserted one by one, so the
-    row at fault fails alone. Raises when SQLite gave up the whole transaction.
-    """
-    results: list[int | _Failed] = []
-    for start in range(0, len(rows), ROWS_PER_INSERT):
-        chunk = rows[start : start + ROWS_PER_INSERT]
-        try:
-            cur = db.execute(_inbox_insert_sql(len(chunk)), [v for row in chunk for v in row])
-        except Exception as exc:
-            if not db.in_transaction:
-                raise
-            if len(chunk) == 1:
-                results.append(_Failed(exc))
-            else:  # each row again in a statement of its own: the one at fault fails alone
-                for row in chunk:
-                    results.extend(_insert_inbox_rows(db, [row]))
-            continue
-        last = int(cur.lastrowid or 0)
-        results.extend(range(last - len(chunk) + 1, last + 1))
-    return results
-
-
-def _begin_immediate(db: sqlite3.Connection) -> None:
-    """Begin a write transaction, waiting up to ``BUSY_TIMEOUT_MS`` for the write lock in short
-    pauses (``LOCK_PAUSES``); a lock held longer fails as SQLite's own wait does.
-
-    A transaction still open here is one whose ROLLBACK failed (an I/O error at the time): it
-    is rolled back now, or every write after it would fail with "cannot start a transaction
-    within a transaction" until a restart.
-    """
-    if db.in_transaction:
-        db.execute("ROLLBACK")
-    db.execute("PRAGMA busy_timeout=0")
-    try:
-        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-        for attempt in itertools.count():
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                # Any kind of busy (the extended codes too: another process recovering the
-                # WAL after a crash is SQLITE_BUSY_RECOVERY), as SQLite's own wait does.
-                busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
-                if not busy or time.monotonic() >= deadline:
-                    raise
-            time.sleep(LOCK_PAUSES[min(attempt, len(LOCK_PAUSES) - 1)])
-    finally:
-        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-
-
-def _commit_batch(
-    db: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]]
-) -> list[Any]:
-    """Run the writes ``fns`` in one transaction, the webhooks among them by one statement
-    (``_insert_inbox_rows``); one COMMIT.
-
-    Returns each write's result, or ``_Failed`` for a write that raised (its statements are
-    undone, the others stand) and for every write of a batch whose COMMIT failed.
-
-    The writes run first without a savepoint each (two statements fewer per write, each a
-    wait for the GIL while the batch holds the write lock), under one savepoint for them
-    all. When one raises, they are rolled back to it and run again, in the same transaction
-    (the lock is not let go), with a savepoint around each, so the one at fault fails alone.
-    A write depends on the database only, so running it again after the rollback is running
-    it once.
-    """
-    try:
-        _begin_immediate(db)
-        db.execute("SAVEPOINT batch")
-        try:
-            results = _run_writes(db, fns, savepoints=False)
-        except _WriteFailed:
-            db.execute("ROLLBACK TO batch")
-            results = _run_writes(db, fns, savepoints=True)
-        db.execute("COMMIT")
-    except BaseException as exc:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        if not isinstance(exc, Exception):
-            raise
-        return [_Failed(exc)] * len(fns)
-    return results
-
-
-class _WriteFailed(Exception):
-    """A write raised in a batch run without savepoints; the transaction is still open."""
-
-
-def _run_writes(
-    db: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]], *, savepoints: bool
-) -> list[Any]:
-    """Run ``fns`` inside the open transaction; without ``savepoints``, raise ``_WriteFailed``
-    at the first that fails."""
-    results: list[Any] = [None] * len(fns)
-    appends = [(i, fn.row) for i, fn in enumerate(fns) if isinstance(fn, InboxAppend)]
-    ids = _insert_inbox_rows(db, [row for _, row in appends])
-    for (i, _), item_id in zip(appends, ids, strict=True):
-        results[i] = item_id
-    for i, fn in enumerate(fns):
-        if isinstance(fn, InboxAppend):
-            continue
-        if savepoints:
-            db.execute("SAVEPOINT write")
-        try:
-            results[i] = fn(db)
-        except Exception as exc:
-            if not db.in_transaction:
-                # SQLite gave up the whole transaction (an I/O error, a full disk):
-                # nothing of this batch is stored.
-                raise
-            if not savepoints:
-                raise _WriteFailed from exc
-            db.execute("ROLLBACK TO write")
-            db.execute("RELEASE write")
-            results[i] = _Failed(exc)
-        else:
-            if savepoints:
-                db.execute("RELEASE write")
-    return results
 
 
 # Where one integration's rows for one call stand (DeliveryStatus), from their aggregates.

@@ -27,7 +27,8 @@ from typing import TypeVar
 
 from connector_core.clock import Clock
 from connector_core.config import StorageConfig
-from connector_core.store.sqlite import InboxAppend, SQLiteStore
+from connector_core.store.sqlite import SQLiteStore
+from connector_core.store.sqlite_commit import InboxAppend
 
 T = TypeVar("T")
 DISK_FULL = "database or disk is full"

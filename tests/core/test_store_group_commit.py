@@ -13,7 +13,8 @@ import pytest
 from connector_core.callstate import CallState, LifecycleKind
 from connector_core.clock import FakeClock
 from connector_core.simulator import scenarios
-from connector_core.store.sqlite import ROWS_PER_INSERT, SQLiteStore
+from connector_core.store.sqlite import SQLiteStore
+from connector_core.store.sqlite_commit import ROWS_PER_INSERT
 from tests.core.test_store import proposed, without_key
 from tests.harness import TOKEN, app_for, make_config
 
@@ -201,7 +202,7 @@ async def test_a_write_waits_for_the_lock_another_process_holds_then_lands(
 async def test_a_lock_held_past_the_timeout_fails_the_write_with_sqlites_message(
     store: SQLiteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("connector_core.store.sqlite.BUSY_TIMEOUT_MS", 100)
+    monkeypatch.setattr("connector_core.store.sqlite_commit.BUSY_TIMEOUT_MS", 100)
     other = sqlite3.connect(tmp_path / "c.db", isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
     with pytest.raises(sqlite3.OperationalError, match="database is locked"):

@@ -1,0 +1,205 @@
+"""The spool: webhooks an ingest process took, in a SQLite file of their own until a worker
+moves them into the store's inbox.
+
+An ingest process beside a worker process (``connector serve --role ingest`` and ``--role
+worker``) would otherwise share the store file's one write lock with the worker, whose
+transactions (a call's new state, its hook calls, their results) are long and many; each
+webhook's ``{"success": true}`` waited for them, longest when the worker was slowed by its own
+load. With the spool, an ingest process's transactions wait only for each other and for the
+mover's short delete. One process (``--role all``) appends to the inbox directly: its webhooks
+and its worker's writes share one group commit, and nothing waits for another process.
+
+The spool file sits beside the store (``connector.db`` → ``connector.spool.db``) and holds one
+table, ``inbox``, with the columns ingest writes, and the spool's random identity. The worker
+moves what it finds (``read``, ``move``, ``delete_moved``) at the start of each drain:
+
+1. the rows past the watermark kept in the store's ``spool_moved`` table for this spool's
+   identity are read (readers wait for no writer in WAL mode);
+2. one transaction of the store inserts them into the inbox and advances the watermark, on
+   the condition that it still stands where it was read: a row is moved once, whatever
+   stops when, and two processes moving at once cannot both succeed;
+3. the moved rows are deleted from the spool.
+
+A spool file deleted and made again has a new identity, so its ids (which ``AUTOINCREMENT``
+never reuses within one file) start from a watermark of 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from connector_core.store.sqlite_commit import (
+    Failed,
+    GroupCommit,
+    InboxAppend,
+    connect,
+    insert_inbox_rows,
+)
+
+# Rows moved by one transaction at most: the worker's drain takes 200 items a page.
+MOVE_BATCH = 1000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS inbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    account TEXT NOT NULL,
+    call_id TEXT,
+    received_at REAL NOT NULL,
+    params TEXT NOT NULL,
+    event TEXT
+);
+CREATE TABLE IF NOT EXISTS identity (id INTEGER PRIMARY KEY CHECK (id = 1), value TEXT NOT NULL)
+"""
+
+
+class SpoolError(Exception):
+    """Spooled webhooks could not be moved this time; they stay in the spool."""
+
+
+def path_beside(store: Path) -> Path:
+    """The spool file of the store file ``store``: ``connector.db`` → ``connector.spool.db``."""
+    return store.with_name(f"{store.stem}.spool{store.suffix}")
+
+
+class Spool(GroupCommit):
+    """The spool file as an ingest process writes it: appends, group-committed."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
+    async def open(self) -> None:
+        def make() -> sqlite3.Connection:
+            db = connect(self.path)
+            db.executescript(_SCHEMA)
+            db.execute(
+                "INSERT OR IGNORE INTO identity (id, value) VALUES (1, ?)", (uuid.uuid4().hex,)
+            )
+            return db
+
+        await self._open("spool", make)
+
+    async def close(self) -> None:
+        await self._close()
+
+    async def writable(self) -> bool:
+        """Whether a real write to the spool succeeds (``SQLiteStore.writable``)."""
+
+        def probe(db: sqlite3.Connection) -> bool:
+            return db.execute("UPDATE identity SET value = value WHERE id = 1").rowcount == 1
+
+        return await self._write(probe)
+
+    async def append(self, row: tuple[Any, ...]) -> int:
+        """Store one webhook's inbox row; its spool id once it is durable."""
+        result: int = await self._write(InboxAppend(row))
+        return result
+
+
+@dataclass(frozen=True)
+class Found:
+    """What ``read`` found in a spool: the rows past the watermark, oldest first."""
+
+    identity: str
+    after: int  # the watermark the rows were read past
+    rows: list[tuple[Any, ...]]  # (id, account, call_id, received_at, params, event)
+
+    @property
+    def through(self) -> int:
+        """The watermark once these rows are moved."""
+        return int(self.rows[-1][0]) if self.rows else self.after
+
+
+def read(spool: sqlite3.Connection | None, db: sqlite3.Connection) -> Found | None:
+    """The spooled rows not moved yet (``spool``: a reader of the spool file, None when there
+    is none); ``db`` is the store's connection. None when there is nothing to do."""
+    if spool is None:
+        return None
+    row = spool.execute("SELECT value FROM identity WHERE id = 1").fetchone()
+    if row is None:  # the ingest process is making the file this very moment
+        return None
+    identity = str(row[0])
+    mark = db.execute("SELECT through FROM spool_moved WHERE identity = ?", (identity,)).fetchone()
+    after = int(mark[0]) if mark else 0
+    rows = spool.execute(
+        "SELECT id, account, call_id, received_at, params, event FROM inbox"
+        " WHERE id > ? ORDER BY id LIMIT ?",
+        (after, MOVE_BATCH),
+    ).fetchall()
+    (oldest,) = spool.execute("SELECT min(id) FROM inbox").fetchone()
+    if not rows and (oldest is None or oldest > after):
+        return None
+    return Found(identity, after, rows)
+
+
+def move(db: sqlite3.Connection, found: Found) -> int:
+    """Inside the store's write transaction: ``found``'s rows into the inbox, and the
+    watermark past them; returns how many were moved.
+
+    :raises SpoolError: the watermark moved since ``found`` was read (another process moved
+        these rows), or a row could not be inserted; the transaction's other writes stand.
+    """
+    cur = db.execute(
+        "INSERT INTO spool_moved (identity, through) VALUES (?, ?)"
+        " ON CONFLICT (identity) DO UPDATE SET through = excluded.through"
+        " WHERE spool_moved.through = ?",
+        (found.identity, found.through, found.after),
+    )
+    if cur.rowcount != 1:
+        raise SpoolError("another process moved these webhooks meanwhile")
+    for result in insert_inbox_rows(db, [row[1:] for row in found.rows]):
+        if isinstance(result, Failed):
+            raise SpoolError(f"a spooled webhook cannot be put in the inbox: {result.error}")
+    return len(found.rows)
+
+
+def delete_moved(spool: sqlite3.Connection | None, found: Found) -> None:
+    """Delete the rows moved into the inbox (up to the watermark) from the spool."""
+    if spool is not None:
+        spool.execute("DELETE FROM inbox WHERE id <= ?", (found.through,))
+
+
+def pending(spool: sqlite3.Connection | None, db: sqlite3.Connection) -> int:
+    """How many spooled webhooks wait to be moved into the inbox."""
+    if spool is None:
+        return 0
+    row = spool.execute("SELECT value FROM identity WHERE id = 1").fetchone()
+    if row is None:
+        return 0
+    mark = db.execute("SELECT through FROM spool_moved WHERE identity = ?", (row[0],)).fetchone()
+    (count,) = spool.execute(
+        "SELECT count(*) FROM inbox WHERE id > ?", (int(mark[0]) if mark else 0,)
+    ).fetchone()
+    return int(count)
+
+
+class ErrorLog:
+    """The spool's move failures in the log: each new one at once, the same one again at most
+    once a minute (the worker tries again at every drain)."""
+
+    EVERY_SECONDS = 60.0
+
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
+        self._last: tuple[str, float] | None = None
+
+    def error(self, exc: Exception) -> None:
+        text, now = f"{type(exc).__name__}: {exc}", time.monotonic()
+        if self._last is None or self._last[0] != text or now - self._last[1] >= self.EVERY_SECONDS:
+            self.log.error(
+                "webhooks in the spool could not be moved into the inbox (%s); they stay"
+                " there and the worker tries again at its next drain",
+                text,
+            )
+            self._last = (text, now)
+
+    def ok(self) -> None:
+        if self._last is not None:
+            self.log.info("the spool's webhooks are moved into the inbox again")
+            self._last = None

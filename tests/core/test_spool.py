@@ -1,0 +1,192 @@
+"""The spool: an ingest process's webhooks in a file of their own, moved into the inbox by the
+worker once each, whatever stops when (store/spool.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from connector_core.clock import FakeClock
+from connector_core.simulator import scenarios
+from connector_core.store import spool
+from connector_core.store.sqlite import SQLiteStore
+
+
+async def opened(path: Path, *, spools: bool) -> SQLiteStore:
+    store = SQLiteStore(path, clock=FakeClock())
+    store.spools = spools
+    await store.open()
+    return store
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[tuple[SQLiteStore, SQLiteStore]]:
+    """An ingest process's store and a worker process's, on one file."""
+    worker = await opened(tmp_path / "c.db", spools=False)
+    ingest = await opened(tmp_path / "c.db", spools=True)
+    yield ingest, worker
+    await ingest.close()
+    await worker.close()
+
+
+def inbox_rows(path: Path) -> list[tuple[str, str]]:
+    db = sqlite3.connect(path)
+    try:
+        return db.execute(
+            "SELECT call_id, json_extract(params, '$.n') FROM inbox ORDER BY id"
+        ).fetchall()
+    finally:
+        db.close()
+
+
+async def append(store: SQLiteStore, n: int) -> int:
+    return await store.append_event("012345", {"call_id": f"c{n}", "n": str(n)}, float(n))
+
+
+async def test_an_ingest_process_appends_while_the_worker_holds_the_store_write_lock(
+    pair: tuple[SQLiteStore, SQLiteStore], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reason for the spool: a webhook does not wait for the worker's transactions."""
+    ingest, worker = pair
+    monkeypatch.setattr("connector_core.store.sqlite_commit.BUSY_TIMEOUT_MS", 200)
+    holder = sqlite3.connect(tmp_path / "c.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # a worker's long transaction on the store file
+    try:
+        ids = await asyncio.gather(*(append(ingest, n) for n in range(5)))
+        assert await ingest.writable()  # /readyz proves the writes webhooks need
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert sorted(ids) == ids and len(set(ids)) == 5
+    assert spool.path_beside(tmp_path / "c.db") == tmp_path / "c.spool.db"
+    assert inbox_rows(tmp_path / "c.db") == []  # in the spool, not yet in the inbox
+    assert (await ingest.stats())["inbox_pending"] == 5  # pending all the same
+    assert (await worker.stats())["inbox_pending"] == 5
+
+
+async def test_the_worker_moves_spooled_webhooks_into_the_inbox_in_order(
+    pair: tuple[SQLiteStore, SQLiteStore], tmp_path: Path
+) -> None:
+    ingest, worker = pair
+    event = scenarios.inbound_missed(call_id="1717171700.9").events[0]
+    from connector_core.events import parse_event
+
+    parsed = parse_event(event)
+    await ingest.append_event("012345", event, 1.0, parsed)  # type: ignore[arg-type]
+    for n in range(3):
+        await append(ingest, n)
+
+    items = await worker.pending_events(100)
+    assert [item.params.get("n") for item in items] == [None, "0", "1", "2"]
+    assert items[0].event == parsed  # what ingest parsed travels with the row
+    assert items[0].params == event
+    # Moved once: the spool is empty, and the next drain finds only what came since.
+    assert (
+        spool.pending(sqlite3.connect(tmp_path / "c.spool.db"), sqlite3.connect(tmp_path / "c.db"))
+        == 0
+    )
+    await append(ingest, 3)
+    items = await worker.pending_events(100)
+    assert [item.params.get("n") for item in items] == [None, "0", "1", "2", "3"]
+    assert len(inbox_rows(tmp_path / "c.db")) == 5
+    spooled = sqlite3.connect(tmp_path / "c.spool.db")
+    assert spooled.execute("SELECT count(*) FROM inbox").fetchone() == (0,)
+    spooled.close()
+
+
+async def test_a_move_interrupted_before_its_delete_moves_nothing_twice(
+    pair: tuple[SQLiteStore, SQLiteStore], tmp_path: Path
+) -> None:
+    ingest, worker = pair
+    for n in range(4):
+        await append(ingest, n)
+    # The worker stopped between the move's commit and the delete from the spool.
+    assert worker._db is not None
+    reader = sqlite3.connect(tmp_path / "c.spool.db")
+    found = spool.read(reader, worker._db)
+    assert found is not None and len(found.rows) == 4
+    await worker._write(lambda db: spool.move(db, found))
+    assert len(inbox_rows(tmp_path / "c.db")) == 4
+    assert reader.execute("SELECT count(*) FROM inbox").fetchone() == (4,)
+
+    await append(ingest, 4)
+    items = await worker.pending_events(100)
+    assert [item.params["n"] for item in items] == ["0", "1", "2", "3", "4"]
+    assert reader.execute("SELECT count(*) FROM inbox").fetchone() == (0,)
+    reader.close()
+
+
+async def test_two_processes_moving_at_once_move_each_webhook_once(tmp_path: Path) -> None:
+    ingest = await opened(tmp_path / "c.db", spools=True)
+    movers = [await opened(tmp_path / "c.db", spools=False) for _ in range(2)]
+    try:
+        for round_ in range(5):
+            await asyncio.gather(*(append(ingest, round_ * 20 + n) for n in range(20)))
+            await asyncio.gather(*(m._move_spooled() for m in movers))
+        await movers[0]._move_spooled()
+        moved = [n for _, n in inbox_rows(tmp_path / "c.db")]
+        assert sorted(moved, key=int) == [str(n) for n in range(100)]
+    finally:
+        for store in (ingest, *movers):
+            await store.close()
+
+
+async def test_a_spool_made_again_is_moved_from_its_own_start(tmp_path: Path) -> None:
+    """A deleted spool's successor numbers its rows from 1 again: an older watermark must not
+    hide them."""
+    worker = await opened(tmp_path / "c.db", spools=False)
+    try:
+        ingest = await opened(tmp_path / "c.db", spools=True)
+        for n in range(3):
+            await append(ingest, n)
+        await worker.pending_events(100)
+        await ingest.close()
+        await worker.close()
+        for name in ("c.spool.db", "c.spool.db-wal", "c.spool.db-shm"):
+            (tmp_path / name).unlink(missing_ok=True)
+
+        worker = await opened(tmp_path / "c.db", spools=False)
+        ingest = await opened(tmp_path / "c.db", spools=True)
+        await append(ingest, 3)
+        await ingest.close()
+        assert [n for _, n in inbox_rows(tmp_path / "c.db")] == ["0", "1", "2"]
+        items = await worker.pending_events(100)  # the first three are pending still
+        assert [item.params["n"] for item in items] == ["0", "1", "2", "3"]
+    finally:
+        await worker.close()
+
+
+async def test_a_failed_move_is_logged_and_the_inbox_is_still_processed(
+    pair: tuple[SQLiteStore, SQLiteStore], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ingest, worker = pair
+    await worker.append_event("012345", {"call_id": "direct", "n": "d"}, 0.0)
+    await append(ingest, 1)
+    db = sqlite3.connect(tmp_path / "c.db")
+    db.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON inbox WHEN NEW.call_id = 'c1'"
+        " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+    )
+    db.commit()
+    with caplog.at_level(logging.ERROR, logger="connector_core.store.sqlite"):
+        items = await worker.pending_events(100)
+        await worker.pending_events(100)  # the same failure again: not logged again at once
+    assert [item.params["n"] for item in items] == ["d"]
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [
+        "webhooks in the spool could not be moved into the inbox (SpoolError: a spooled"
+        " webhook cannot be put in the inbox: refused by the test); they stay there and the"
+        " worker tries again at its next drain"
+    ]
+    assert (await worker.stats())["inbox_pending"] == 2  # the spooled one still counts
+
+    db.execute("DROP TRIGGER refuse")
+    db.commit()
+    db.close()
+    items = await worker.pending_events(100)
+    assert [item.params["n"] for item in items] == ["d", "1"]
