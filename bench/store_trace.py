@@ -28,14 +28,16 @@ from typing import Any
 
 from .common import latency_summary
 
-Batch = Callable[[sqlite3.Connection, list[Callable[[sqlite3.Connection], Any]]], list[Any]]
+Batch = Callable[..., list[Any]]
 
 
 def timed(batch: Batch, took: list[float], writes: list[int]) -> Batch:
-    def run(db: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
+    def run(
+        db: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]], **kwargs: Any
+    ) -> list[Any]:
         started = time.perf_counter()
         try:
-            return batch(db, fns)
+            return batch(db, fns, **kwargs)
         finally:
             took.append(time.perf_counter() - started)
             writes.append(len(fns))

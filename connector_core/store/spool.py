@@ -73,6 +73,7 @@ class Spool(GroupCommit):
     def __init__(self, path: Path) -> None:
         super().__init__()
         self.path = path
+        self.writes_only = True
 
     async def open(self) -> None:
         def make() -> sqlite3.Connection:
@@ -81,6 +82,7 @@ class Spool(GroupCommit):
             db.execute(
                 "INSERT OR IGNORE INTO identity (id, value) VALUES (1, ?)", (uuid.uuid4().hex,)
             )
+            db.execute("PRAGMA busy_timeout=0")  # writes_only: the lock is waited for in BEGIN
             return db
 
         await self._open("spool", make)

@@ -79,6 +79,8 @@ class GroupCommit:
         self._committing: asyncio.Future[None] | None = None
         # Told each write transaction's seconds, on the store's thread (the app: a metric).
         self.on_commit: Callable[[float], None] | None = None
+        # The connection is only written through ``_write`` (see ``_begin_immediate``).
+        self.writes_only = False
 
     async def _open(self, name: str, make: Callable[[], sqlite3.Connection]) -> None:
         self._thread = StoreThread(name)
@@ -137,7 +139,7 @@ class GroupCommit:
         """``_commit_batch``, on the store's thread, its time told to ``on_commit``."""
         started = time.perf_counter()
         try:
-            return _commit_batch(db, fns)
+            return _commit_batch(db, fns, writes_only=self.writes_only)
         finally:
             if self.on_commit is not None:
                 self.on_commit(time.perf_counter() - started)
@@ -234,9 +236,13 @@ def insert_inbox_rows(
     return results
 
 
-def _begin_immediate(db: sqlite3.Connection) -> None:
+def _begin_immediate(db: sqlite3.Connection, *, writes_only: bool = False) -> None:
     """Begin a write transaction, waiting up to ``BUSY_TIMEOUT_MS`` for the write lock in short
     pauses (``LOCK_PAUSES``); a lock held longer fails as SQLite's own wait does.
+
+    SQLite's own wait is switched off meanwhile, and on again after, for the reads of the
+    connection; a connection that only writes (``writes_only``: the spool's) has it off for
+    good, two statements fewer per transaction.
 
     A transaction still open here is one whose ROLLBACK failed (an I/O error at the time): it
     is rolled back now, or every write after it would fail with "cannot start a transaction
@@ -244,7 +250,8 @@ def _begin_immediate(db: sqlite3.Connection) -> None:
     """
     if db.in_transaction:
         db.execute("ROLLBACK")
-    db.execute("PRAGMA busy_timeout=0")
+    if not writes_only:
+        db.execute("PRAGMA busy_timeout=0")
     try:
         deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
         for attempt in itertools.count():
@@ -259,11 +266,15 @@ def _begin_immediate(db: sqlite3.Connection) -> None:
                     raise
             time.sleep(LOCK_PAUSES[min(attempt, len(LOCK_PAUSES) - 1)])
     finally:
-        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        if not writes_only:
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
 def _commit_batch(
-    db: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]]
+    db: sqlite3.Connection,
+    fns: list[Callable[[sqlite3.Connection], Any]],
+    *,
+    writes_only: bool = False,
 ) -> list[Any]:
     """Run the writes ``fns`` in one transaction, the webhooks among them by one statement
     (``insert_inbox_rows``); one COMMIT.
@@ -276,10 +287,17 @@ def _commit_batch(
     all. When one raises, they are rolled back to it and run again, in the same transaction
     (the lock is not let go), with a savepoint around each, so the one at fault fails alone.
     A write depends on the database only, so running it again after the rollback is running
-    it once.
+    it once. A batch of webhooks alone needs no savepoint: a row that fails is undone by its
+    statement alone (``insert_inbox_rows``).
+
+    ``writes_only``: see ``_begin_immediate``.
     """
     try:
-        _begin_immediate(db)
+        _begin_immediate(db, writes_only=writes_only)
+        if all(isinstance(fn, InboxAppend) for fn in fns):
+            results = _run_writes(db, fns, savepoints=False)
+            db.execute("COMMIT")
+            return results
         db.execute("SAVEPOINT batch")
         try:
             results = _run_writes(db, fns, savepoints=False)

@@ -190,3 +190,20 @@ async def test_a_failed_move_is_logged_and_the_inbox_is_still_processed(
     db.close()
     items = await worker.pending_events(100)
     assert [item.params["n"] for item in items] == ["d", "1"]
+
+
+async def test_a_batch_of_spooled_webhooks_is_three_statements(
+    pair: tuple[SQLiteStore, SQLiteStore],
+) -> None:
+    """Each statement is a wait for the GIL while the batch holds the spool's lock: no
+    savepoint (a failing row is undone by its statement alone), and no switching of SQLite's
+    lock wait on and off (nothing reads through the spool's connection)."""
+    ingest, _ = pair
+    assert ingest._spool is not None and ingest._spool._db is not None
+    statements: list[str] = []
+    ingest._spool._db.set_trace_callback(statements.append)
+    await asyncio.gather(*(append(ingest, n) for n in range(10)))
+    assert statements[:3] == ["BEGIN IMMEDIATE", statements[1], "COMMIT"]
+    assert statements[1].startswith("INSERT INTO inbox")
+    assert not [s for s in statements if s.startswith(("SAVEPOINT", "PRAGMA", "RELEASE"))]
+    assert statements.count("COMMIT") == statements.count("BEGIN IMMEDIATE") < 10
