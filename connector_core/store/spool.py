@@ -104,6 +104,16 @@ class Spool(GroupCommit):
         return result
 
 
+def reader(path: Path) -> sqlite3.Connection | None:
+    """A connection to the spool file at ``path`` for a worker to read and delete moved rows
+    through; None while the file has no tables yet (an ingest process is making it)."""
+    db = connect(path)
+    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'identity'").fetchone() is None:
+        db.close()
+        return None
+    return db
+
+
 @dataclass(frozen=True)
 class Found:
     """What ``read`` found in a spool: the rows past the watermark, oldest first."""

@@ -131,9 +131,9 @@ class SQLiteStore(GroupCommit, SQLiteNumberCalls, LocalCoordination):
 
     def _spool_db(self) -> sqlite3.Connection | None:
         """On the store's thread: this process's reader of the spool, or None while no
-        ingest process has made one."""
+        ingest process has made one (or is making it this very moment)."""
         if self._spool_reader is None and spool.path_beside(self.path).exists():
-            self._spool_reader = connect(spool.path_beside(self.path))
+            self._spool_reader = spool.reader(spool.path_beside(self.path))
         return self._spool_reader
 
     async def _move_spooled(self) -> None:

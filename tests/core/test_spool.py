@@ -207,3 +207,19 @@ async def test_a_batch_of_spooled_webhooks_is_three_statements(
     assert statements[1].startswith("INSERT INTO inbox")
     assert not [s for s in statements if s.startswith(("SAVEPOINT", "PRAGMA", "RELEASE"))]
     assert statements.count("COMMIT") == statements.count("BEGIN IMMEDIATE") < 10
+
+
+async def test_a_spool_file_without_its_tables_yet_is_left_alone(tmp_path: Path) -> None:
+    """An ingest process makes the file, then its tables: a worker looking in between sees
+    nothing to move, and /readyz's counts work."""
+    worker = await opened(tmp_path / "c.db", spools=False)
+    try:
+        sqlite3.connect(tmp_path / "c.spool.db").close()  # made, no tables yet
+        assert await worker.pending_events(100) == []
+        assert (await worker.stats())["inbox_pending"] == 0
+        ingest = await opened(tmp_path / "c.db", spools=True)
+        await append(ingest, 1)
+        await ingest.close()
+        assert [item.params["n"] for item in await worker.pending_events(100)] == ["1"]
+    finally:
+        await worker.close()
