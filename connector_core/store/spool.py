@@ -21,7 +21,11 @@ moves what it finds (``read``, ``move``, ``delete_moved``) at the start of each 
 3. the moved rows are deleted from the spool.
 
 A spool file deleted and made again has a new identity, so its ids (which ``AUTOINCREMENT``
-never reuses within one file) start from a watermark of 0.
+never reuses within one file) start from a watermark of 0; the worker reads the new file once
+the one it had open has nothing left to move (``Mover``). A spool whose ids fell behind its
+watermark (an older copy put back, its ``-wal`` lost) would have its new rows taken for moved
+ones: it gets a new identity and is moved again whole (``SpoolReset``), a row perhaps twice,
+none lost.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from connector_core.store.sqlite_commit import (
     Failed,
     GroupCommit,
     InboxAppend,
+    begin_immediate,
     connect,
     insert_inbox_rows,
 )
@@ -62,6 +67,14 @@ class SpoolError(Exception):
     """Spooled webhooks could not be moved this time; they stay in the spool."""
 
 
+class MovedElsewhere(SpoolError):
+    """Another process moved the rows read meanwhile: nothing is wrong."""
+
+
+class SpoolReset(SpoolError):
+    """The spool's ids fell behind its watermark; it was given a new identity."""
+
+
 def path_beside(store: Path) -> Path:
     """The spool file of the store file ``store``: ``connector.db`` → ``connector.spool.db``."""
     return store.with_name(f"{store.stem}.spool{store.suffix}")
@@ -74,6 +87,7 @@ class Spool(GroupCommit):
         super().__init__()
         self.path = path
         self.writes_only = True
+        self._file: tuple[int, int] | None = None  # (device, inode) of the file written
 
     async def open(self) -> None:
         def make() -> sqlite3.Connection:
@@ -86,12 +100,16 @@ class Spool(GroupCommit):
             return db
 
         await self._open("spool", make)
+        self._file = file_of(self.path)
 
     async def close(self) -> None:
         await self._close()
 
     async def writable(self) -> bool:
-        """Whether a real write to the spool succeeds (``SQLiteStore.writable``)."""
+        """Whether a real write to the spool succeeds (``SQLiteStore.writable``), to the file
+        the worker reads: one deleted or replaced meanwhile is not."""
+        if file_of(self.path) != self._file:
+            return False
 
         def probe(db: sqlite3.Connection) -> bool:
             return db.execute("UPDATE identity SET value = value WHERE id = 1").rowcount == 1
@@ -102,16 +120,6 @@ class Spool(GroupCommit):
         """Store one webhook's inbox row; its spool id once it is durable."""
         result: int = await self._write(InboxAppend(row))
         return result
-
-
-def reader(path: Path) -> sqlite3.Connection | None:
-    """A connection to the spool file at ``path`` for a worker to read and delete moved rows
-    through; None while the file has no tables yet (an ingest process is making it)."""
-    db = connect(path)
-    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'identity'").fetchone() is None:
-        db.close()
-        return None
-    return db
 
 
 @dataclass(frozen=True)
@@ -128,17 +136,32 @@ class Found:
         return int(self.rows[-1][0]) if self.rows else self.after
 
 
-def read(spool: sqlite3.Connection | None, db: sqlite3.Connection) -> Found | None:
-    """The spooled rows not moved yet (``spool``: a reader of the spool file, None when there
-    is none); ``db`` is the store's connection. None when there is nothing to do."""
-    if spool is None:
-        return None
+def read(spool: sqlite3.Connection, db: sqlite3.Connection) -> Found | None:
+    """The spooled rows not moved yet (``spool``: a reader of the spool file); ``db`` is the
+    store's connection. None when there is nothing to move or delete.
+
+    :raises SpoolReset: the spool's ids fell behind its watermark; it has a new identity now.
+    """
     row = spool.execute("SELECT value FROM identity WHERE id = 1").fetchone()
     if row is None:  # the ingest process is making the file this very moment
         return None
     identity = str(row[0])
     mark = db.execute("SELECT through FROM spool_moved WHERE identity = ?", (identity,)).fetchone()
     after = int(mark[0]) if mark else 0
+    (made,) = spool.execute(
+        "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'inbox'"
+    ).fetchone()
+    if made < after:
+        # Ids this file has given out end below what was moved from it (an older copy put
+        # back, its WAL lost): its new rows would pass for moved ones. Moved again from 0 under
+        # a new identity, a row moved before comes twice, as a webhook Sipuni repeats does;
+        # none is lost.
+        spool.execute("UPDATE identity SET value = ? WHERE id = 1", (uuid.uuid4().hex,))
+        raise SpoolReset(
+            f"the spool's ids end at {made}, below the {after} already moved from it (a copy"
+            " put back, or its -wal file lost): all its rows are moved again, once more for"
+            " those moved before"
+        )
     rows = spool.execute(
         "SELECT id, account, call_id, received_at, params, event FROM inbox"
         " WHERE id > ? ORDER BY id LIMIT ?",
@@ -154,8 +177,8 @@ def move(db: sqlite3.Connection, found: Found) -> int:
     """Inside the store's write transaction: ``found``'s rows into the inbox, and the
     watermark past them; returns how many were moved.
 
-    :raises SpoolError: the watermark moved since ``found`` was read (another process moved
-        these rows), or a row could not be inserted; the transaction's other writes stand.
+    :raises MovedElsewhere: the watermark moved since ``found`` was read.
+    :raises SpoolError: a row could not be inserted; the transaction's other writes stand.
     """
     cur = db.execute(
         "INSERT INTO spool_moved (identity, through) VALUES (?, ?)"
@@ -164,23 +187,15 @@ def move(db: sqlite3.Connection, found: Found) -> int:
         (found.identity, found.through, found.after),
     )
     if cur.rowcount != 1:
-        raise SpoolError("another process moved these webhooks meanwhile")
+        raise MovedElsewhere("another process moved these webhooks meanwhile")
     for result in insert_inbox_rows(db, [row[1:] for row in found.rows]):
         if isinstance(result, Failed):
             raise SpoolError(f"a spooled webhook cannot be put in the inbox: {result.error}")
     return len(found.rows)
 
 
-def delete_moved(spool: sqlite3.Connection | None, found: Found) -> None:
-    """Delete the rows moved into the inbox (up to the watermark) from the spool."""
-    if spool is not None:
-        spool.execute("DELETE FROM inbox WHERE id <= ?", (found.through,))
-
-
-def pending(spool: sqlite3.Connection | None, db: sqlite3.Connection) -> int:
+def pending(spool: sqlite3.Connection, db: sqlite3.Connection) -> int:
     """How many spooled webhooks wait to be moved into the inbox."""
-    if spool is None:
-        return 0
     row = spool.execute("SELECT value FROM identity WHERE id = 1").fetchone()
     if row is None:
         return 0
@@ -191,27 +206,112 @@ def pending(spool: sqlite3.Connection | None, db: sqlite3.Connection) -> int:
     return int(count)
 
 
+class Mover:
+    """A worker's side of the spool, used on the store's thread: its reader of the file, which
+    follows the file when it is replaced, and the delete of what was moved.
+
+    Nothing here raises on a broken spool file (not a database, damaged, unreadable): the
+    caller logs it, and the store's own inbox is processed all the same.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+        self._file: tuple[int, int] | None = None  # (device, inode) of the file read
+        self._closed = False
+
+    def connection(self) -> sqlite3.Connection | None:
+        """The reader of the spool, or None while there is no spool (or none ready yet)."""
+        if self._db is None and not self._closed:
+            self._open()
+        return self._db
+
+    def read(self, db: sqlite3.Connection) -> Found | None:
+        """``read`` from the spool; once a file that was replaced (deleted, made again by an
+        ingest process) has nothing more to move, from the file now at the path."""
+        spool = self.connection()
+        found = read(spool, db) if spool is not None else None
+        if found is None and spool is not None and self._replaced():
+            self.close()
+            self._closed = False
+            spool = self.connection()
+            found = read(spool, db) if spool is not None else None
+        return found
+
+    def delete(self, found: Found) -> None:
+        """Delete the rows up to ``found``'s watermark: waiting for the spool's lock in short
+        pauses, as a writer does, since the ingest processes take it often."""
+        spool = self.connection()
+        if spool is None:
+            return
+        begin_immediate(spool)
+        try:
+            spool.execute("DELETE FROM inbox WHERE id <= ?", (found.through,))
+            spool.execute("COMMIT")
+        finally:
+            if spool.in_transaction:
+                spool.execute("ROLLBACK")
+
+    def pending(self, db: sqlite3.Connection) -> int:
+        spool = self.connection()
+        return pending(spool, db) if spool is not None else 0
+
+    def close(self) -> None:
+        """Close the reader; ``connection`` returns None from now on."""
+        self._closed = True
+        if self._db is not None:
+            self._db.close()
+            self._db, self._file = None, None
+
+    def broken(self) -> None:
+        """The file could not be read: read it afresh next time."""
+        self.close()
+        self._closed = False
+
+    def _open(self) -> None:
+        found = file_of(self.path)
+        if found is None:
+            return
+        db = connect(self.path)
+        try:
+            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'identity'").fetchone():
+                self._db, self._file = db, found
+                return
+        except BaseException:
+            db.close()
+            raise
+        db.close()  # made, its tables not yet: an ingest process is making it
+
+    def _replaced(self) -> bool:
+        return file_of(self.path) != self._file
+
+
+def file_of(path: Path) -> tuple[int, int] | None:
+    """Which file is at ``path`` (device, inode), or None when none is."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
 class ErrorLog:
-    """The spool's move failures in the log: each new one at once, the same one again at most
-    once a minute (the worker tries again at every drain)."""
+    """One kind of failure in the log: each new one at once, the same one again at most once
+    a minute (the worker tries again at every drain), and when it stops."""
 
     EVERY_SECONDS = 60.0
 
-    def __init__(self, log: logging.Logger) -> None:
-        self.log = log
+    def __init__(self, log: logging.Logger, level: int, message: str, recovered: str) -> None:
+        self.log, self.level, self.message, self.recovered = log, level, message, recovered
         self._last: tuple[str, float] | None = None
 
-    def error(self, exc: Exception) -> None:
+    def error(self, exc: BaseException) -> None:
         text, now = f"{type(exc).__name__}: {exc}", time.monotonic()
         if self._last is None or self._last[0] != text or now - self._last[1] >= self.EVERY_SECONDS:
-            self.log.error(
-                "webhooks in the spool could not be moved into the inbox (%s); they stay"
-                " there and the worker tries again at its next drain",
-                text,
-            )
+            self.log.log(self.level, self.message, text)
             self._last = (text, now)
 
     def ok(self) -> None:
         if self._last is not None:
-            self.log.info("the spool's webhooks are moved into the inbox again")
+            self.log.info(self.recovered)
             self._last = None

@@ -13,7 +13,6 @@ own, which the worker moves into the inbox at each drain (``spool``).
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import os
@@ -53,7 +52,6 @@ from connector_core.store.base import (
     StoreUnavailable,
     call_id_of,
     extensions_column,
-    is_store_failure,
     stored_event,
 )
 from connector_core.store.local import LocalCoordination
@@ -80,9 +78,22 @@ class SQLiteStore(GroupCommit, SQLiteNumberCalls, LocalCoordination):
         # write transactions on this one.
         self.spools = False
         self._spool: Spool | None = None
-        # This process's reader of the spool, once the file is there (on the store's thread).
-        self._spool_reader: sqlite3.Connection | None = None
-        self._move_errors = spool.ErrorLog(log)
+        # This process's reading of the spool, to move its rows into the inbox.
+        self._mover = spool.Mover(spool.path_beside(self.path))
+        self._move_errors = spool.ErrorLog(
+            log,
+            logging.ERROR,
+            "webhooks in the spool could not be moved into the inbox (%s); they stay there"
+            " and the worker tries again at its next drain",
+            "the spool's webhooks are moved into the inbox again",
+        )
+        self._delete_errors = spool.ErrorLog(
+            log,
+            logging.WARNING,
+            "webhooks moved into the inbox could not be deleted from the spool (%s); the"
+            " next drain deletes them",
+            "moved webhooks are deleted from the spool again",
+        )
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -96,15 +107,18 @@ class SQLiteStore(GroupCommit, SQLiteNumberCalls, LocalCoordination):
         if self.spools:
             self._spool = Spool(spool.path_beside(self.path))
             self._spool.on_commit = self.on_commit
-            await self._spool.open()
+            try:
+                await self._spool.open()
+            except BaseException:
+                await self._close()
+                raise
 
     async def close(self) -> None:
         if self._spool is not None:
             await self._spool.close()
             self._spool = None
-        if self._spool_reader is not None and self._db is not None:
-            reader, self._spool_reader = self._spool_reader, None
-            await self._run(lambda db: reader.close())
+        if self._db is not None:
+            await self._run(lambda db: self._mover.close())
         await self._close()
 
     async def writable(self) -> bool:
@@ -129,12 +143,13 @@ class SQLiteStore(GroupCommit, SQLiteNumberCalls, LocalCoordination):
         except (sqlite3.Error, StoreUnavailable, TimeoutError):
             return False
 
-    def _spool_db(self) -> sqlite3.Connection | None:
-        """On the store's thread: this process's reader of the spool, or None while no
-        ingest process has made one (or is making it this very moment)."""
-        if self._spool_reader is None and spool.path_beside(self.path).exists():
-            self._spool_reader = spool.reader(spool.path_beside(self.path))
-        return self._spool_reader
+    def _spooled(self, db: sqlite3.Connection) -> int:
+        """On the store's thread: the webhooks waiting in the spool (0 when it cannot be read:
+        the move's log says why)."""
+        try:
+            return self._mover.pending(db)
+        except sqlite3.Error:
+            return 0
 
     async def _move_spooled(self) -> None:
         """Move what ingest processes spooled into the inbox (see store/spool.py).
@@ -143,18 +158,29 @@ class SQLiteStore(GroupCommit, SQLiteNumberCalls, LocalCoordination):
         and the spooled ones stay where they are until a later move succeeds.
         """
         try:
-            found = await self._run(lambda db: spool.read(self._spool_db(), db))
-            if found is None:
-                return
-            if found.rows:
-                await self._write(functools.partial(spool.move, found=found))
-            await self._run(lambda db: spool.delete_moved(self._spool_db(), found))
-        except Exception as exc:
-            if not is_store_failure(exc) and not isinstance(exc, spool.SpoolError):
-                raise
+            found = await self._run(self._mover.read)
+            if found is not None and found.rows:
+
+                def move(db: sqlite3.Connection) -> int:
+                    return spool.move(db, found)
+
+                await self._write(move)
+        except spool.MovedElsewhere:
+            return  # by another process: nothing is wrong
+        except (spool.SpoolError, sqlite3.Error, StoreUnavailable) as exc:
+            if isinstance(exc, sqlite3.DatabaseError):
+                await self._run(lambda db: self._mover.broken())
             self._move_errors.error(exc)
             return
         self._move_errors.ok()
+        if found is None:
+            return
+        try:
+            await self._run(lambda db: self._mover.delete(found))
+        except (sqlite3.Error, StoreUnavailable) as exc:
+            self._delete_errors.error(exc)
+        else:
+            self._delete_errors.ok()
 
     # -- inbox ------------------------------------------------------------------------------
 
@@ -180,6 +206,8 @@ class SQLiteStore(GroupCommit, SQLiteNumberCalls, LocalCoordination):
         )
         if self._spool is not None:
             item_id: int = await self._spool.append(row)
+        elif self.spools:  # closed: not to the inbox, which would put it before older ones
+            raise StoreUnavailable("the store is not open")
         else:
             item_id = await self._write(InboxAppend(row))
         await self.publish(INBOX_CHANNEL, "")
@@ -740,7 +768,7 @@ class SQLiteStore(GroupCommit, SQLiteNumberCalls, LocalCoordination):
             return {
                 # Spooled webhooks are pending too: the worker has yet to process them.
                 "inbox_pending": one("SELECT count(*) FROM inbox WHERE status = 'pending'")
-                + spool.pending(self._spool_db(), db),
+                + self._spooled(db),
                 "inbox_quarantined": one("SELECT count(*) FROM inbox WHERE status = 'quarantined'"),
                 "inbox_total": one("SELECT count(*) FROM inbox"),
                 "calls_open": one("SELECT count(*) FROM calls WHERE finished = 0"),

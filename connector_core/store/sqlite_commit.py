@@ -79,7 +79,7 @@ class GroupCommit:
         self._committing: asyncio.Future[None] | None = None
         # Told each write transaction's seconds, on the store's thread (the app: a metric).
         self.on_commit: Callable[[float], None] | None = None
-        # The connection is only written through ``_write`` (see ``_begin_immediate``).
+        # The connection is only written through ``_write`` (see ``begin_immediate``).
         self.writes_only = False
 
     async def _open(self, name: str, make: Callable[[], sqlite3.Connection]) -> None:
@@ -212,7 +212,8 @@ def insert_inbox_rows(
     or ``Failed`` for a row that could not be stored.
 
     Within the write transaction nobody else inserts, and a new row's id is one more than
-    the largest (``id`` is the rowid, without AUTOINCREMENT): the rows of one statement get
+    the largest (``id`` is the rowid; with AUTOINCREMENT, the spool's, one more than the
+    largest ever given, which within the transaction is the same): the rows of one statement get
     consecutive ids, the last of them ``lastrowid``. A statement that fails is undone by
     SQLite alone, the transaction going on; its rows are then inserted one by one, so the
     row at fault fails alone. Raises when SQLite gave up the whole transaction.
@@ -236,7 +237,7 @@ def insert_inbox_rows(
     return results
 
 
-def _begin_immediate(db: sqlite3.Connection, *, writes_only: bool = False) -> None:
+def begin_immediate(db: sqlite3.Connection, *, writes_only: bool = False) -> None:
     """Begin a write transaction, waiting up to ``BUSY_TIMEOUT_MS`` for the write lock in short
     pauses (``LOCK_PAUSES``); a lock held longer fails as SQLite's own wait does.
 
@@ -290,10 +291,10 @@ def _commit_batch(
     it once. A batch of webhooks alone needs no savepoint: a row that fails is undone by its
     statement alone (``insert_inbox_rows``).
 
-    ``writes_only``: see ``_begin_immediate``.
+    ``writes_only``: see ``begin_immediate``.
     """
     try:
-        _begin_immediate(db, writes_only=writes_only)
+        begin_immediate(db, writes_only=writes_only)
         if all(isinstance(fn, InboxAppend) for fn in fns):
             results = _run_writes(db, fns, savepoints=False)
             db.execute("COMMIT")

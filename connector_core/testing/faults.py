@@ -9,8 +9,10 @@ For tests of what the service does while its store cannot write::
     made[0].fail_at_random(0.3)  # three writes in ten fail, the others succeed
     made[0].heal()               # space again
 
-Every write goes through the store's one writer (``SQLiteStore._write``): webhooks, the
-worker's commits, dispatch results, plugins' effect keys and the ``/readyz`` probe. A
+Every write to the store file goes through the store's one writer (``SQLiteStore._write``):
+webhooks, the worker's commits, dispatch results, plugins' effect keys, moves of spooled
+webhooks into the inbox (``_move_spooled``) and the ``/readyz`` probe. An ingest process's
+webhooks and probe go to its spool file (``store/spool.py``), which this does not fail. A
 failed write raises ``sqlite3.OperationalError("database or disk is full")``, as SQLite
 does on a full disk, and stores nothing; with ``after_commit`` a failure comes after the
 write was committed instead (an fsync error reported late), so the caller sees an error for

@@ -223,3 +223,103 @@ async def test_a_spool_file_without_its_tables_yet_is_left_alone(tmp_path: Path)
         assert [item.params["n"] for item in await worker.pending_events(100)] == ["1"]
     finally:
         await worker.close()
+
+
+async def test_a_spool_whose_ids_went_back_is_moved_again_and_loses_nothing(
+    pair: tuple[SQLiteStore, SQLiteStore], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An older copy of the spool put back, or its -wal file lost: new rows get ids the
+    watermark already passed. They must not be taken for moved ones (and deleted)."""
+    ingest, worker = pair
+    for n in range(3):
+        await append(ingest, n)
+    await worker.pending_events(100)
+    back = sqlite3.connect(tmp_path / "c.spool.db", isolation_level=None)
+    back.execute("UPDATE sqlite_sequence SET seq = 0 WHERE name = 'inbox'")  # as if put back
+    back.close()
+    for n in (3, 4):
+        await append(ingest, n)  # spool ids 1 and 2 again
+
+    with caplog.at_level(logging.ERROR, logger="connector_core.store.sqlite"):
+        await worker.pending_events(100)
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [
+        "webhooks in the spool could not be moved into the inbox (SpoolReset: the spool's ids"
+        " end at 2, below the 3 already moved from it (a copy put back, or its -wal file"
+        " lost): all its rows are moved again, once more for those moved before); they stay"
+        " there and the worker tries again at its next drain"
+    ]
+    items = await worker.pending_events(100)
+    assert [item.params["n"] for item in items] == ["0", "1", "2", "3", "4"]
+
+
+async def test_a_spool_replaced_while_the_worker_runs_is_read_from_the_new_file(
+    tmp_path: Path,
+) -> None:
+    worker = await opened(tmp_path / "c.db", spools=False)
+    first = await opened(tmp_path / "c.db", spools=True)
+    try:
+        await append(first, 0)
+        await worker.pending_events(100)  # the worker reads the first file
+        for name in ("c.spool.db", "c.spool.db-wal", "c.spool.db-shm"):
+            (tmp_path / name).unlink(missing_ok=True)
+        # The ingest process still writing to the deleted file says so on /readyz.
+        assert await first.writable() is False
+        second = await opened(tmp_path / "c.db", spools=True)
+        await append(second, 1)
+        await second.close()
+        items = await worker.pending_events(100)
+        assert [item.params["n"] for item in items] == ["0", "1"]
+    finally:
+        await first.close()
+        await worker.close()
+
+
+async def test_a_spool_that_is_not_a_database_does_not_stop_the_inbox(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    worker = await opened(tmp_path / "c.db", spools=False)
+    try:
+        await worker.append_event("012345", {"call_id": "direct", "n": "d"}, 0.0)
+        (tmp_path / "c.spool.db").write_bytes(b"not a database, " * 512)
+        with caplog.at_level(logging.ERROR, logger="connector_core.store.sqlite"):
+            items = await worker.pending_events(100)
+        assert [item.params["n"] for item in items] == ["d"]
+        assert (await worker.stats())["inbox_pending"] == 1
+        assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [
+            "webhooks in the spool could not be moved into the inbox (DatabaseError: file is"
+            " not a database); they stay there and the worker tries again at its next drain"
+        ]
+    finally:
+        await worker.close()
+
+
+async def test_more_than_one_move_of_webhooks_keeps_their_order(
+    pair: tuple[SQLiteStore, SQLiteStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ingest, worker = pair
+    monkeypatch.setattr(spool, "MOVE_BATCH", 3)
+    for n in range(8):
+        await append(ingest, n)
+    for moved in (3, 6, 8):
+        items = await worker.pending_events(100)
+        assert [item.params["n"] for item in items] == [str(n) for n in range(moved)]
+
+
+async def test_a_faulty_store_fails_moves_like_other_writes(tmp_path: Path) -> None:
+    """The test tool that injects store faults (testing/faults.py) sees a move as a write of
+    ``_move_spooled``: a move that fails leaves the webhooks in the spool, for the next one."""
+    from connector_core.testing.faults import FaultyStore
+
+    ingest = await opened(tmp_path / "c.db", spools=True)
+    worker = FaultyStore(tmp_path / "c.db", clock=FakeClock())
+    await worker.open()
+    try:
+        await append(ingest, 0)
+        worker.fail_writes(only={"_move_spooled"})
+        assert await worker.pending_events(100) == []
+        assert (await worker.stats())["inbox_pending"] == 1
+        worker.heal()
+        assert [item.params["n"] for item in await worker.pending_events(100)] == ["0"]
+    finally:
+        await ingest.close()
+        await worker.close()
