@@ -3,6 +3,10 @@
 A ``ThreadPoolExecutor`` of one worker did the same, but each call paid for its locks, its
 semaphore, a ``concurrent.futures.Future`` and a second future chained to it on the loop: a
 few percent of all the CPU an event costs, with several store calls per event.
+
+Results go back in one wake-up of the loop for all those done since the last one: each
+wake-up is a write to the loop's self-pipe and a read from it, and under load several calls
+finish while the loop is busy with something else.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
+from collections import deque
 from collections.abc import Callable
 from queue import SimpleQueue
 from typing import Any, TypeVar
@@ -31,6 +36,10 @@ class StoreThread:
     def __init__(self, name: str) -> None:
         self._jobs: SimpleQueue[_Job | None] = SimpleQueue()
         self._closed = False
+        # Results not yet handed to their loop, and whether a wake-up for them is on its way.
+        self._done: deque[tuple[asyncio.AbstractEventLoop, Then, Any, BaseException | None]]
+        self._done = deque()
+        self._waking = False
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
@@ -63,10 +72,28 @@ class StoreThread:
                 result, error = fn(), None
             except BaseException as exc:  # handed to the caller, whatever it is
                 result, error = None, exc
-            try:
-                loop.call_soon_threadsafe(then, result, error)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                pass
+            self._done.append((loop, then, result, error))
+            if not self._waking:  # else the wake-up on its way takes this one too
+                self._waking = True
+                try:
+                    loop.call_soon_threadsafe(self._deliver)
+                except RuntimeError:  # the loop is closed: nobody is waiting any more
+                    self._done.clear()
+                    self._waking = False
+
+    def _deliver(self) -> None:
+        """On the loop: hand over every result done so far."""
+        # Cleared first: a result the thread adds from now on schedules a wake-up of its own.
+        self._waking = False
+        while self._done:
+            loop, then, result, error = self._done.popleft()
+            if loop is asyncio.get_running_loop():
+                then(result, error)
+            else:  # a call from another loop (not how the store is used): to that loop
+                try:
+                    loop.call_soon_threadsafe(then, result, error)
+                except RuntimeError:
+                    pass
 
 
 def _settle(done: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

@@ -69,3 +69,31 @@ async def test_after_shutdown_no_call_is_taken() -> None:
     assert await pending == "handed over before"
     with pytest.raises(ThreadClosed, match="shut down"):
         thread.call(lambda: None)
+
+
+async def test_results_done_while_the_loop_is_busy_come_back_in_one_wake_up() -> None:
+    loop = asyncio.get_running_loop()
+    wake_ups = 0
+    real = loop.call_soon_threadsafe
+
+    def counted(*args: object, **kwargs: object) -> asyncio.Handle:
+        nonlocal wake_ups
+        wake_ups += 1
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    thread = StoreThread("t")
+    loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+    try:
+        release = threading.Event()
+        calls = [thread.call(functools.partial(release.wait, 5))]
+        calls += [thread.call(functools.partial(int, n)) for n in range(20)]
+        release.set()
+        thread.call(lambda: None)  # the last one queued
+        while thread._jobs.qsize():  # the loop busy meanwhile: nothing handed back yet
+            threading.Event().wait(0.001)
+        results = await asyncio.gather(*calls)
+    finally:
+        del loop.call_soon_threadsafe
+        thread.shutdown()
+    assert results == [True, *range(20)]
+    assert wake_ups < 5  # one, unless the loop ran between two of them
