@@ -410,10 +410,17 @@ def refreshed(record: LifecycleEvent, state: CallState) -> LifecycleEvent:
 
 
 def _emit(state: CallState) -> tuple[CallState, list[LifecycleEvent]]:
-    new = [record for record in lifecycle(state) if record.id not in state.emitted]
+    records = lifecycle(state)
+    new = [record for record in records if record.id not in state.emitted]
     if not new:
         return state, []
-    return state.model_copy(update={"emitted": (*state.emitted, *(e.id for e in new))}), new
+    emitted = state.model_copy(update={"emitted": (*state.emitted, *(e.id for e in new))})
+    # The records depend on what was emitted only through the scheme visits' ids: when those
+    # stay the same, the router and the dispatcher (who ask for the emitted state's records)
+    # get the ones just made rather than a second derivation.
+    if _scheme_ids(emitted) == _scheme_ids(state):
+        _RECORDS.put(id(emitted), (emitted, records))
+    return emitted, new
 
 
 def _first(values: Iterable[T | None]) -> T | None:
