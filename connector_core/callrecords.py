@@ -251,15 +251,6 @@ class Recording:
     decisions: list[Decision] = field(default_factory=list)
     dropped: int = 0
 
-    def filled(self, call: HookCall) -> HookCall:
-        """``call`` with everything its plugin reported during it."""
-        return replace(
-            call,
-            requests=tuple(self.requests),
-            decisions=tuple(self.decisions),
-            dropped=self.dropped,
-        )
-
     def _keep(self, entries: list[Any], entry: Any) -> None:
         if len(entries) < MAX_ENTRIES_PER_HOOK_CALL:
             entries.append(entry)
