@@ -25,6 +25,7 @@ left to the retention settings.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -161,7 +162,18 @@ class CallRecord:
 
 def encode(entry: Entry) -> str:
     """The JSON a record is stored as (its ``kind`` says which type it is)."""
+    if isinstance(entry, Routing):
+        return _encode_routing(entry)
+    return _encode(entry)
+
+
+def _encode(entry: Entry) -> str:
     return _ENTRY.dump_json(entry).decode()
+
+
+# The worker encodes each integration's routing decision on every event of every call (the
+# store keeps it only when it changed), and the decisions are a few texts over and over.
+_encode_routing = functools.lru_cache(maxsize=256)(_encode)
 
 
 def decode(text: str) -> Entry:
@@ -238,15 +250,6 @@ class Recording:
     requests: list[CrmRequest] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
     dropped: int = 0
-
-    def filled(self, call: HookCall) -> HookCall:
-        """``call`` with everything its plugin reported during it."""
-        return replace(
-            call,
-            requests=tuple(self.requests),
-            decisions=tuple(self.decisions),
-            dropped=self.dropped,
-        )
 
     def _keep(self, entries: list[Any], entry: Any) -> None:
         if len(entries) < MAX_ENTRIES_PER_HOOK_CALL:

@@ -408,18 +408,21 @@ class Dispatcher:
         retry_at: float | None = None,
     ) -> list[NewCallRecord]:
         """The attempt's record, with every text in it masked (a CRM may echo a secret)."""
-        row = attempt.row
-        record = attempt.recording.filled(
-            HookCall(
-                hook=row.kind.hook if row.kind else "unknown",
-                record=row.key,
-                attempt=row.attempts + 1,
-                started_at=attempt.started_at,
-                seconds=attempt.seconds,
-                outcome=outcome,
-                error=error,
-                retry_at=retry_at,
-            )
+        row, reported = attempt.row, attempt.recording
+        # Built in one go with what the plugin reported (a frozen dataclass copied with
+        # ``replace`` is built twice).
+        record = HookCall(
+            hook=row.kind.hook if row.kind else "unknown",
+            record=row.key,
+            attempt=row.attempts + 1,
+            started_at=attempt.started_at,
+            seconds=attempt.seconds,
+            outcome=outcome,
+            error=error,
+            retry_at=retry_at,
+            requests=tuple(reported.requests),
+            decisions=tuple(reported.decisions),
+            dropped=reported.dropped,
         )
         masked = callrecords.redacted(record, self.redact)
         return [NewCallRecord(row.integration, masked, attempt.started_at)]

@@ -289,3 +289,23 @@ async def test_calls_are_found_by_a_few_digits_of_the_number(store: Store) -> No
     assert await ids("0355") == {"m"}
     assert await ids("79") == {"a", "m"}
     assert await ids("000") == set()
+
+
+def test_a_routing_decisions_json_is_made_once_however_often_it_is_proposed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made: list[object] = []
+    real = callrecords._ENTRY
+
+    class Counting:
+        def dump_json(self, entry: object) -> bytes:
+            made.append(entry)
+            return real.dump_json(entry)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(callrecords, "_ENTRY", Counting())
+    decision = Routing(sees=True, scheme_filter="an unusual reason, seen only in this test")
+    texts = {callrecords.encode(decision) for _ in range(3)}
+    again = Routing(sees=True, scheme_filter="an unusual reason, seen only in this test")
+    texts.add(callrecords.encode(again))
+    assert texts == {real.dump_json(decision).decode()}
+    assert made == [decision]

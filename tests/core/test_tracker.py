@@ -777,11 +777,44 @@ def test_a_states_records_are_worked_out_once_for_the_worker_router_and_dispatch
         region="RU",
         received_at=1.0,
     )
-    worked_out.clear()
     first = tracker.lifecycle(state)
     assert tracker.lifecycle(state) is first
     assert [r.id for r in tracker.emitted_records(state)] == ["started"]
-    assert worked_out == [state]  # once for the three
+    # Once for the worker's apply (before "started" was marked emitted) and the three
+    # lookups of the emitted state: marking a record emitted changed none of the records.
+    assert len(worked_out) == 1
     copy = state.model_copy(update={"emitted": []})
     assert [r.id for r in tracker.lifecycle(copy)] == ["started"]
     assert len(worked_out) == 2  # a new object is a new state: worked out again
+
+
+def test_an_events_json_is_made_only_to_order_it_among_events_of_its_second_and_type(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events = [parsed(raw) for raw in sc.inbound_answered(ring=["101", "102"], ring_gap=1).events]
+    assert len({(e.timestamp, e.type) for e in events}) == len(events)
+    made: list[SipuniEvent] = []
+    real = SipuniEvent.model_dump_json
+
+    def counting(self: SipuniEvent, **kwargs: Any) -> str:
+        made.append(self)
+        return real(self, **kwargs)
+
+    monkeypatch.setattr(SipuniEvent, "model_dump_json", counting)
+    state = None
+    for event in reversed(events):
+        state, _ = tracker.apply(state, event, account="012345", region="RU", received_at=1.0)
+    assert state is not None and list(state.events) == events
+    assert made == []
+    # A repeat has its twin's second and type: the JSON tells the same event from another.
+    state, _ = tracker.apply(state, events[1], account="012345", region="RU", received_at=1.0)
+    assert list(state.events) == events and made
+    # Two rings in the same second: their JSON orders them.
+    same_second = [
+        parsed(raw) for raw in sc.inbound_answered(ring=["101", "102"], ring_gap=0).events[:2]
+    ]
+    assert same_second[0].timestamp == same_second[1].timestamp
+    state = None
+    for event in same_second:
+        state, _ = tracker.apply(state, event, account="012345", region="RU", received_at=1.0)
+    assert state is not None and len(state.events) == 2 and made
