@@ -58,6 +58,7 @@ from connector_core.store.base import (
     StoreUnavailable,
     call_id_of,
     extensions_column,
+    params_json,
     stored_event,
 )
 from connector_core.store.number_calls_sql import dispatch_rows
@@ -266,7 +267,7 @@ class PostgresStore(PostgresNumberCalls):
                 account,
                 call_id_of(params),
                 received_at,
-                json.dumps(params, ensure_ascii=False),
+                params_json(params),
                 event.model_dump_json() if event is not None else None,
             )
         )

@@ -52,6 +52,7 @@ from connector_core.store.base import (
     StoreUnavailable,
     call_id_of,
     extensions_column,
+    params_json,
     stored_event,
 )
 from connector_core.store.local import LocalCoordination
@@ -201,7 +202,7 @@ class SQLiteStore(GroupCommit, SQLiteNumberCalls, LocalCoordination):
             account,
             call_id_of(params),
             received_at,
-            json.dumps(params, ensure_ascii=False),
+            params_json(params),
             event.model_dump_json() if event is not None else None,
         )
         if self._spool is not None:
