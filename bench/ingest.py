@@ -15,9 +15,10 @@ package ``wrk``; ``--generator auto`` uses it when it is installed, ``--install-
 installs it with apt-get) or ``bench.loadgen`` (Python, raw HTTP on epoll).
 
 Closed loop at each concurrency: that many requests always in flight, keep-alive
-connections. Then an open loop at ``--rate`` webhooks/s (default 2000) against each layout,
-with ``bench.loadgen`` (wrk has no fixed-rate mode); its latency counts from when each
-request was due, so a stalled server is not hidden.
+connections. Then an open loop at ``--rate`` webhooks/s (default 2000) against the bare
+handler and each layout, with ``bench.loadgen`` (wrk has no fixed-rate mode); its latency
+counts from when each request was due, so a stalled server is not hidden. The bare handler's
+tail is the machine's own at that rate, in that run.
 
 The requests are whole calls (rings, answer, transfer, hang-ups) with distinct call ids, as
 GET query strings the way Sipuni sends them; the worker processes them as they come (its
@@ -279,6 +280,9 @@ def main(argv: list[str] | None = None) -> None:
             bare[c] = gen.closed(server.url, bare_paths, c, args.duration)
             used = cpu_seconds(server.proc.pid) - cpu0
             bare[c]["front_cpu_us_per_request"] = round(used / max(1, bare[c]["count"]) * 1e6)
+        # The machine's own tail at the open loop's rate, in this run: what a noisy
+        # neighbour (or the generator sharing the cores) adds before the service adds anything.
+        bare_open = gen.open(server.url, bare_paths, args.rate, args.rate_duration)
 
     def warmed(service: Service) -> None:
         if warmup:
@@ -385,6 +389,9 @@ def main(argv: list[str] | None = None) -> None:
         f" one process {ratio_best['one']:.2f}",
         "CPU per request, bare ÷ ingest process (split): "
         + ", ".join(f"{cpu_ratio[c]:.2f} at {c}" for c in levels),
+        f"open loop {args.rate:g}/s for {args.rate_duration:g} s, bare: p50"
+        f" {bare_open['p50_ms']} ms, p99 {bare_open['p99_ms']} ms, max {bare_open['max_ms']} ms,"
+        f" sent late {bare_open.get('sent_late')}",
         *(
             f"open loop {args.rate:g}/s for {args.rate_duration:g} s, {layout}:"
             f" p50 {o['p50_ms']} ms, p99 {o['p99_ms']} ms, max {o['max_ms']} ms,"
@@ -422,6 +429,7 @@ def main(argv: list[str] | None = None) -> None:
             "cpu_ratio": {str(c): cpu_ratio[c] for c in levels},
             "ratio_best_one_process": round(ratio_best["one"], 3),
             "open_loop": split_open,
+            "open_loop_bare": bare_open,
             "open_loop_one_process": open_loops["one"],
             "store_trace": traces,
             "goals": {
