@@ -47,6 +47,15 @@ BUSY_TIMEOUT_MS = 5000
 LOCK_PAUSES = (0.0001, 0.0002, 0.0005, 0.001)
 
 
+def _outside_transaction(fn: Callable[[sqlite3.Connection], T], db: sqlite3.Connection) -> T:
+    """``fn(db)`` on the store's thread, where no write transaction is open between calls:
+    one still open was left by a ROLLBACK that failed (an I/O error at the time), and a read
+    in it would see the failed batch's rows. It is rolled back first."""
+    if db.in_transaction:
+        db.execute("ROLLBACK")
+    return fn(db)
+
+
 def connect(path: Path) -> sqlite3.Connection:
     """A connection to the database file at ``path`` (made, with its folder, if missing) in
     WAL mode with synchronous=FULL, as every connection of the service's writers is."""
@@ -99,7 +108,7 @@ class GroupCommit:
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._thread is None or self._db is None:
             raise StoreUnavailable("the store is not open")
-        return await self._thread.call(functools.partial(fn, self._db))
+        return await self._thread.call(functools.partial(_outside_transaction, fn, self._db))
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in the next group-committed transaction; return once that is durable.

@@ -290,3 +290,16 @@ async def test_a_transaction_left_open_by_a_failed_rollback_does_not_block_later
     assert await store.effects("012345/x").put("k", {"v": 1}) is True
     assert await store.effects("012345/x").get("k") == {"v": 1}
     assert await store.effects("012345/x").get("lost") is None  # the failed batch's: undone
+
+
+async def test_a_read_after_a_failed_rollback_does_not_see_the_failed_batch(
+    store: SQLiteStore,
+) -> None:
+    assert store._db is not None
+    store._db.execute("BEGIN IMMEDIATE")  # what a ROLLBACK that failed leaves open
+    store._db.execute(
+        "INSERT INTO effects (integration, key, value, created_at)"
+        " VALUES ('012345/x', 'lost', '{}', 0)"
+    )
+    assert await store.effects("012345/x").get("lost") is None
+    assert not store._db.in_transaction
