@@ -98,9 +98,11 @@ class GroupCommit:
     async def _close(self) -> None:
         while self._committing is not None:  # let the writes already handed over finish
             await asyncio.shield(self._committing)
-        if self._db is not None:
-            await self._run(lambda db: db.close())
-            self._db = None
+        if self._db is not None and self._thread is not None:
+            # Gone before it is closed: a call made from now on is refused as the store being
+            # unavailable, not run on a closed connection (sqlite's "closed database").
+            db, self._db = self._db, None
+            await self._thread.call(db.close)
         if self._thread is not None:
             self._thread.shutdown()
             self._thread = None

@@ -303,3 +303,24 @@ async def test_a_read_after_a_failed_rollback_does_not_see_the_failed_batch(
     )
     assert await store.effects("012345/x").get("lost") is None
     assert not store._db.in_transaction
+
+
+async def test_a_call_made_while_the_store_closes_is_refused_as_unavailable(
+    store: SQLiteStore,
+) -> None:
+    """Not sqlite's "closed database" (a programming error to the worker, which could count
+    it against the webhook being processed): the store is unavailable, as when it is down."""
+    from connector_core.store.base import StoreUnavailable
+
+    closing = asyncio.ensure_future(store.close())
+    outcomes: list[str] = []
+    while not closing.done():
+        try:
+            await store.effects("012345/x").get("k")
+            outcomes.append("read")
+        except StoreUnavailable:
+            outcomes.append("unavailable")
+            await asyncio.sleep(0)  # refused at once: let the close go on
+    await closing
+    assert set(outcomes) <= {"read", "unavailable"}, outcomes
+    assert "unavailable" in outcomes
