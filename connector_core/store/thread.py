@@ -31,14 +31,15 @@ class ThreadClosed(RuntimeError):
 
 
 class StoreThread:
-    """A thread of its own that runs each call handed to it, one at a time, in order."""
+    """A thread of its own that runs each call handed to it, one at a time, in order, for one
+    event loop (the first that hands it a call: a store is opened and used on one loop)."""
 
     def __init__(self, name: str) -> None:
         self._jobs: SimpleQueue[_Job | None] = SimpleQueue()
         self._closed = False
-        # Results not yet handed to their loop, and whether a wake-up for them is on its way.
-        self._done: deque[tuple[asyncio.AbstractEventLoop, Then, Any, BaseException | None]]
-        self._done = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Results not yet handed to the loop, and whether a wake-up for them is on its way.
+        self._done: deque[tuple[Then, Any, BaseException | None]] = deque()
         self._waking = False
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
@@ -47,7 +48,12 @@ class StoreThread:
         """Run ``fn`` on the thread, then ``then(result, error)`` on the running loop."""
         if self._closed:
             raise ThreadClosed("the store's thread is shut down")
-        self._jobs.put((fn, asyncio.get_running_loop(), then))
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise RuntimeError("a store's thread serves the event loop the store was opened on")
+        self._jobs.put((fn, loop, then))
 
     def call(self, fn: Callable[[], T]) -> asyncio.Future[T]:
         """Run ``fn`` on the thread; its result (or exception) on a future of the running loop.
@@ -72,28 +78,29 @@ class StoreThread:
                 result, error = fn(), None
             except BaseException as exc:  # handed to the caller, whatever it is
                 result, error = None, exc
-            self._done.append((loop, then, result, error))
-            if not self._waking:  # else the wake-up on its way takes this one too
+            # Appended before the flag is read, and the loop clears the flag before it takes
+            # what is there: either this wake-up or the one on its way hands this result over.
+            self._done.append((then, result, error))
+            if not self._waking:
                 self._waking = True
                 try:
-                    loop.call_soon_threadsafe(self._deliver)
+                    loop.call_soon_threadsafe(self._deliver, loop)
                 except RuntimeError:  # the loop is closed: nobody is waiting any more
                     self._done.clear()
                     self._waking = False
 
-    def _deliver(self) -> None:
-        """On the loop: hand over every result done so far."""
-        # Cleared first: a result the thread adds from now on schedules a wake-up of its own.
+    def _deliver(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the loop: hand over every result done so far, each alone (one caller's failing
+        callback does not keep the others' results from them)."""
         self._waking = False
         while self._done:
-            loop, then, result, error = self._done.popleft()
-            if loop is asyncio.get_running_loop():
+            then, result, error = self._done.popleft()
+            try:
                 then(result, error)
-            else:  # a call from another loop (not how the store is used): to that loop
-                try:
-                    loop.call_soon_threadsafe(then, result, error)
-                except RuntimeError:
-                    pass
+            except BaseException as exc:  # as asyncio reports a failing callback of its own
+                loop.call_exception_handler(
+                    {"message": "a store result could not be handed over", "exception": exc}
+                )
 
 
 def _settle(done: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

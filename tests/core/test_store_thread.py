@@ -97,3 +97,42 @@ async def test_results_done_while_the_loop_is_busy_come_back_in_one_wake_up() ->
         thread.shutdown()
     assert results == [True, *range(20)]
     assert wake_ups < 5  # one, unless the loop ran between two of them
+
+
+async def test_a_failing_result_callback_does_not_keep_the_others_from_their_callers() -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context["message"]))
+    thread = StoreThread("t")
+    release = threading.Event()
+    got: list[int] = []
+
+    def broken(result: object, error: BaseException | None) -> None:
+        raise TypeError("a caller's bug")
+
+    try:
+        first = thread.call(functools.partial(release.wait, 5))
+        thread.submit(lambda: None, broken)  # done in the same wake-up as the ones around it
+        rest = [thread.call(functools.partial(int, n)) for n in range(3)]
+        release.set()
+        got = await asyncio.gather(*rest)
+        assert await first is True
+    finally:
+        loop.set_exception_handler(None)
+        thread.shutdown()
+    assert got == [0, 1, 2]
+    assert reported == ["a store result could not be handed over"]
+
+
+async def test_a_store_thread_serves_one_event_loop() -> None:
+    thread = StoreThread("t")
+    try:
+        assert await thread.call(lambda: 1) == 1
+
+        async def elsewhere() -> None:
+            thread.call(lambda: 2)
+
+        with pytest.raises(RuntimeError, match="the event loop the store was opened on"):
+            await asyncio.to_thread(asyncio.run, elsewhere())
+    finally:
+        thread.shutdown()
