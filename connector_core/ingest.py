@@ -91,7 +91,11 @@ async def read_params(request: web.Request) -> dict[str, Any]:
                 # Stored as Sipuni sends it everywhere else: text ("1" for true).
                 params[name] = str(int(value)) if isinstance(value, bool) else value
         elif content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-            params.update((k, v) for k, v in (await request.post()).items() if isinstance(v, str))
+            form = [(k, v) for k, v in (await request.post()).items() if isinstance(v, str)]
+            # A form decoded with the sender's charset (unicode_escape, say) may carry them too.
+            if any(_surrogates(k) or _surrogates(v) for k, v in form):
+                raise BadRequest(400, "the body has text that is not valid Unicode")
+            params.update(form)
         else:
             raise BadRequest(
                 415,

@@ -424,6 +424,10 @@ REPRODUCTIONS = {
         body=b'{"event": "1", "call_id": "1.2", "timestamp": "1717171700", "roistat": "\\ud800"}',
         content_type="application/json",
     ),
+    "a lone surrogate in a form its charset decodes (a serialisation error in the store)": Fuzzed(
+        "POST", f"/sipuni/{TOKEN}", body=b"event=1&call_id=1.2&timestamp=1717171700&x=\\ud800",
+        content_type="application/x-www-form-urlencoded; charset=unicode_escape",
+    ),
     "a token with { or } misses the route: aiohttp's text/plain 404, not JSON": Fuzzed(
         "GET", "/sipuni/%7Btoken%7D", query="event=1"
     ),
