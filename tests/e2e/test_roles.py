@@ -36,22 +36,29 @@ def post(url: str, params: dict[str, str]) -> tuple[int, dict]:
         return error.code, json.loads(error.read())
 
 
-def test_an_ingest_and_a_worker_process_share_one_store(
-    tmp_path: Path, test_plugins_dir: Path, store_backend: StoreBackend
-) -> None:
+def ingest_and_worker(tmp_path: Path, plugins: Path) -> tuple[ServiceProcess, ServiceProcess]:
+    """A ``--role ingest`` and a ``--role worker`` process on the store in ``tmp_path``, the
+    recorder integration on (not started)."""
     ingest_port, worker_port = free_port(), free_port()
     ingest = ServiceProcess(
         write_config(tmp_path, ingest_port, "ingest"),
-        pythonpath=[test_plugins_dir],
+        pythonpath=[plugins],
         port=ingest_port,
         args=("--role", "ingest"),
     )
     worker = ServiceProcess(
         write_config(tmp_path, worker_port, "worker"),
-        pythonpath=[test_plugins_dir],
+        pythonpath=[plugins],
         port=worker_port,
         args=("--role", "worker"),
     )
+    return ingest, worker
+
+
+def test_an_ingest_and_a_worker_process_share_one_store(
+    tmp_path: Path, test_plugins_dir: Path, store_backend: StoreBackend
+) -> None:
+    ingest, worker = ingest_and_worker(tmp_path, test_plugins_dir)
     calls = [
         scenarios.inbound_answered(call_id="1717171700.1"),
         scenarios.inbound_missed(call_id="1717171700.2", start=scenarios.START + 10),

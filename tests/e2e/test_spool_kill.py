@@ -14,15 +14,14 @@ from pathlib import Path
 import pytest
 
 from connector_core.store.base import Store
-from tests.e2e.process import ServiceProcess, free_port
 from tests.e2e.test_crash_recovery import (
     ACCOUNT,
     HOOK_SECONDS,
     expected_hooks,
     many_calls,
     send,
-    write_config,
 )
+from tests.e2e.test_roles import ingest_and_worker
 from tests.store_backends import StoreBackend
 
 pytestmark = [
@@ -39,19 +38,7 @@ def test_sigkills_of_ingest_and_worker_lose_and_double_no_spooled_webhook(
 ) -> None:
     monkeypatch.setenv("RECORDER_HOOK_SECONDS", HOOK_SECONDS)
     rng = random.Random(15)
-    ingest_port, worker_port = free_port(), free_port()
-    ingest = ServiceProcess(
-        write_config(tmp_path, ingest_port, "ingest"),
-        pythonpath=[test_plugins_dir],
-        port=ingest_port,
-        args=("--role", "ingest"),
-    )
-    worker = ServiceProcess(
-        write_config(tmp_path, worker_port, "worker"),
-        pythonpath=[test_plugins_dir],
-        port=worker_port,
-        args=("--role", "worker"),
-    )
+    ingest, worker = ingest_and_worker(tmp_path, test_plugins_dir)
     calls = many_calls(24)
     acknowledged = 0
     kills = {"ingest": 0, "worker": 0}
