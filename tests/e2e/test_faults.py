@@ -116,6 +116,7 @@ on_duty_user = 4
 
             watcher = asyncio.create_task(watch_breaker())
             pending = list(calls)
+            known: set[str | None] = set()  # client numbers sent so far
             for phase in PHASES:
                 # Arm a phase only when it cannot open the circuit (it would hold every call
                 # back for its 30 s cooldown): a success since the last failures resets it.
@@ -124,7 +125,21 @@ on_duty_user = 4
 
                 assert await wait_for(safe, 15), f"the breaker stayed near open before {phase}"
                 sandbox.set_faults(**phase)
-                await send_call(client, pending.pop(0))
+                # A fault on the client search needs a call that searches: a number not seen
+                # yet (a known one is found in the plugin's cache). Otherwise only a retry of
+                # an earlier call could meet it, and whether one comes after the fault is armed
+                # is a matter of timing.
+                searches = phase.get("paths") == ["/clients"]
+                call = (
+                    next(
+                        (c for c in pending if c.expected["client_number"] not in known), pending[0]
+                    )
+                    if searches
+                    else pending[0]
+                )
+                pending.remove(call)
+                known.add(call.expected["client_number"])
+                await send_call(client, call)
 
                 async def taken() -> bool:
                     return sandbox.faults.plan.mode == "none"
