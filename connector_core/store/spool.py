@@ -142,12 +142,10 @@ def read(spool: sqlite3.Connection, db: sqlite3.Connection) -> Found | None:
 
     :raises SpoolReset: the spool's ids fell behind its watermark; it has a new identity now.
     """
-    row = spool.execute("SELECT value FROM identity WHERE id = 1").fetchone()
-    if row is None:  # the ingest process is making the file this very moment
+    mark = _watermark(spool, db)
+    if mark is None:
         return None
-    identity = str(row[0])
-    mark = db.execute("SELECT through FROM spool_moved WHERE identity = ?", (identity,)).fetchone()
-    after = int(mark[0]) if mark else 0
+    identity, after = mark
     (made,) = spool.execute(
         "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'inbox'"
     ).fetchone()
@@ -196,22 +194,30 @@ def move(db: sqlite3.Connection, found: Found) -> int:
 
 def pending(spool: sqlite3.Connection, db: sqlite3.Connection) -> int:
     """How many spooled webhooks wait to be moved into the inbox."""
+    mark = _watermark(spool, db)
+    if mark is None:
+        return 0
+    (count,) = spool.execute("SELECT count(*) FROM inbox WHERE id > ?", (mark[1],)).fetchone()
+    return int(count)
+
+
+def _watermark(spool: sqlite3.Connection, db: sqlite3.Connection) -> tuple[str, int] | None:
+    """The spool's identity and the last of its ids moved into the inbox (0: none yet); None
+    while the ingest process is making the file this very moment."""
     row = spool.execute("SELECT value FROM identity WHERE id = 1").fetchone()
     if row is None:
-        return 0
-    mark = db.execute("SELECT through FROM spool_moved WHERE identity = ?", (row[0],)).fetchone()
-    (count,) = spool.execute(
-        "SELECT count(*) FROM inbox WHERE id > ?", (int(mark[0]) if mark else 0,)
-    ).fetchone()
-    return int(count)
+        return None
+    identity = str(row[0])
+    mark = db.execute("SELECT through FROM spool_moved WHERE identity = ?", (identity,)).fetchone()
+    return identity, int(mark[0]) if mark else 0
 
 
 class Mover:
     """A worker's side of the spool, used on the store's thread: its reader of the file, which
     follows the file when it is replaced, and the delete of what was moved.
 
-    Nothing here raises on a broken spool file (not a database, damaged, unreadable): the
-    caller logs it, and the store's own inbox is processed all the same.
+    A broken spool file (not a database, damaged, unreadable) raises sqlite's errors to the
+    caller, which logs them, calls ``reopen``, and processes the store's own inbox all the same.
     """
 
     def __init__(self, path: Path) -> None:
@@ -232,8 +238,7 @@ class Mover:
         spool = self.connection()
         found = read(spool, db) if spool is not None else None
         if found is None and spool is not None and self._replaced():
-            self.close()
-            self._closed = False
+            self.reopen()
             spool = self.connection()
             found = read(spool, db) if spool is not None else None
         return found
@@ -263,8 +268,9 @@ class Mover:
             self._db.close()
             self._db, self._file = None, None
 
-    def broken(self) -> None:
-        """The file could not be read: read it afresh next time."""
+    def reopen(self) -> None:
+        """Let go of the file read (it could not be read, or another took its place): the path
+        is opened afresh next time."""
         self.close()
         self._closed = False
 

@@ -170,7 +170,7 @@ class SQLiteStore(GroupCommit, SQLiteNumberCalls, LocalCoordination):
             return  # by another process: nothing is wrong
         except (spool.SpoolError, sqlite3.Error, StoreUnavailable) as exc:
             if isinstance(exc, sqlite3.DatabaseError):
-                await self._run(lambda db: self._mover.broken())
+                await self._run(lambda db: self._mover.reopen())
             self._move_errors.error(exc)
             return
         self._move_errors.ok()
