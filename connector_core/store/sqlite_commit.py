@@ -265,21 +265,51 @@ def begin_immediate(db: sqlite3.Connection, *, writes_only: bool = False) -> Non
     if not writes_only:
         db.execute("PRAGMA busy_timeout=0")
     try:
-        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-        for attempt in itertools.count():
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                # Any kind of busy (the extended codes too: another process recovering the
-                # WAL after a crash is SQLITE_BUSY_RECOVERY), as SQLite's own wait does.
-                busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
-                if not busy or time.monotonic() >= deadline:
-                    raise
-            time.sleep(LOCK_PAUSES[min(attempt, len(LOCK_PAUSES) - 1)])
+        _waiting_for_lock(lambda: db.execute("BEGIN IMMEDIATE"))
     finally:
         if not writes_only:
             db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+
+
+def _waiting_for_lock(statement: Callable[[], T]) -> T:
+    """``statement()``, tried again in short pauses (``LOCK_PAUSES``) while another connection
+    holds the write lock, up to ``BUSY_TIMEOUT_MS``; SQLite's own wait must be off."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    for attempt in itertools.count():
+        try:
+            return statement()
+        except sqlite3.OperationalError as exc:
+            # Any kind of busy (the extended codes too: another process recovering the
+            # WAL after a crash is SQLITE_BUSY_RECOVERY), as SQLite's own wait does.
+            busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() >= deadline:
+                raise
+        time.sleep(LOCK_PAUSES[min(attempt, len(LOCK_PAUSES) - 1)])
+    raise AssertionError("unreachable")  # itertools.count() never ends
+
+
+def _append_alone(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[int | Failed]:
+    """Insert ``rows`` into ``inbox`` by one statement outside any transaction: SQLite makes
+    it a transaction of its own, begun, written and committed (synced) inside that one call.
+
+    For a connection that only appends (the spool's): one statement is one wait for the GIL
+    after SQLite gives it up, where ``BEGIN``, ``INSERT``, ``COMMIT`` were three, each up to the
+    interpreter's switch interval while the event loop runs. A statement that fails is undone
+    whole by SQLite; its rows are then inserted one by one, so the row at fault fails alone.
+    """
+    if db.in_transaction:  # left by a ROLLBACK that failed (see ``begin_immediate``)
+        db.execute("ROLLBACK")
+    values = [v for row in rows for v in row]
+    try:
+        cur = _waiting_for_lock(lambda: db.execute(_inbox_insert_sql(len(rows)), values))
+    except Exception as exc:
+        # The file's fault (locked too long, full, an I/O error) is every row's: not tried
+        # again row by row, each waiting as long.
+        if len(rows) == 1 or isinstance(exc, sqlite3.OperationalError):
+            return [Failed(exc)] * len(rows)
+        return [result for row in rows for result in _append_alone(db, [row])]
+    last = int(cur.lastrowid or 0)
+    return list(range(last - len(rows) + 1, last + 1))
 
 
 def _commit_batch(
@@ -304,10 +334,13 @@ def _commit_batch(
 
     ``writes_only``: see ``begin_immediate``.
     """
+    appends = [fn.row for fn in fns if isinstance(fn, InboxAppend)]
+    if writes_only and len(appends) == len(fns) <= ROWS_PER_INSERT:
+        return list(_append_alone(db, appends))
     try:
         begin_immediate(db, writes_only=writes_only)
         # Webhooks alone never raise _WriteFailed (a failing row is undone by its statement).
-        if not all(isinstance(fn, InboxAppend) for fn in fns):
+        if len(appends) < len(fns):
             db.execute("SAVEPOINT batch")
         try:
             results = _run_writes(db, fns, savepoints=False)
