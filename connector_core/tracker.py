@@ -47,6 +47,14 @@ def _leg(extension: str, rang_at: int, transfer_from: str | None) -> Leg:
     return Leg(extension=extension, rang_at=rang_at, transfer_from=transfer_from)
 
 
+# The parts of a state, and its records, are frozen and rebuilt from the events on each
+# event: the one built for the same values the last time the call changed is reused, as
+# building (validating) one costs more than finding it.
+_answer = functools.lru_cache(maxsize=CACHED)(Answer)
+_transfer = functools.lru_cache(maxsize=CACHED)(Transfer)
+_visit = functools.lru_cache(maxsize=CACHED)(SchemeVisit)
+_record = functools.lru_cache(maxsize=CACHED)(LifecycleEvent)
+
 EXTERNAL, INTERNAL = 1, 2
 # Within one second, a ring precedes its answer, and hang-ups come last.
 _TYPE_RANK = {
@@ -100,10 +108,16 @@ def apply(
     # A binary search finds a repeat, or where a new event goes, looking at a few events
     # rather than comparing it with all of them.
     events = _insert(state.events, event)
+    # One copy with the events and what they say (a copy of a state costs as much as
+    # deriving it).
     state = state.model_copy(
-        update={"events": events, "last_received_at": max(state.last_received_at, received_at)}
+        update={
+            "events": events,
+            "last_received_at": max(state.last_received_at, received_at),
+            **_derived(account, events, state.timed_out_at, region),
+        }
     )
-    return _emit(derive(state, region))
+    return _emit(state)
 
 
 def expire(
@@ -138,8 +152,15 @@ def _last_extension(last_called: str | None, account: str) -> str | None:
 
 def derive(state: CallState, region: str) -> CallState:
     """Recompute every derived field of ``state`` from its events."""
-    account = state.account
-    events = state.events
+    return state.model_copy(
+        update=_derived(state.account, state.events, state.timed_out_at, region)
+    )
+
+
+def _derived(
+    account: str, events: tuple[SipuniEvent, ...], timed_out_at: float | None, region: str
+) -> dict[str, object]:
+    """The derived fields of a call of ``account`` with ``events``, by name."""
     typed = [
         (
             e,
@@ -197,7 +218,7 @@ def derive(state: CallState, region: str) -> CallState:
             answer_times.append(e.timestamp)
             who = employee if direction is Direction.OUTBOUND else dst_ext
             if who and (not answers or answers[-1].extension != who):
-                answers.append(Answer(extension=who, at=e.timestamp))
+                answers.append(_answer(extension=who, at=e.timestamp))
         elif e.type is EventType.TRANSFER_HANGUP:
             hangups.append(Hangup(at=e.timestamp, status=e.status, extension=e.transfer_from))
         elif e.type is EventType.HANGUP:
@@ -227,11 +248,11 @@ def derive(state: CallState, region: str) -> CallState:
                 at = max(answers[-1].at, leg.rang_at if leg else 0)
             else:
                 at = answer_stamp or (min(answer_times) if answer_times else final.timestamp)
-            answers.append(Answer(extension=who, at=at))
+            answers.append(_answer(extension=who, at=at))
 
     ordered_answers = answers
     transfers = [
-        Transfer(
+        _transfer(
             from_extension=legs[a.extension].transfer_from
             if a.extension in legs and legs[a.extension].transfer_from
             else previous.extension,
@@ -241,7 +262,7 @@ def derive(state: CallState, region: str) -> CallState:
         for previous, a in itertools.pairwise(ordered_answers)
     ]
 
-    finished_by = "hangup" if final else ("timeout" if state.timed_out_at is not None else None)
+    finished_by = "hangup" if final else ("timeout" if timed_out_at is not None else None)
     if answered:
         outcome = Outcome.ANSWERED if finished_by else Outcome.TALKING
     elif not finished_by:
@@ -252,31 +273,29 @@ def derive(state: CallState, region: str) -> CallState:
     record_url = (final.call_record_link if final else None) or _first(
         e.call_record_link for e in events
     )
-    return state.model_copy(
-        update={
-            "direction": direction,
-            "client_number_raw": client_raw and strip_line_suffix(client_raw),
-            "client_number": _normalize(client_raw, region),
-            "line_number": _normalize(line_raw, region),
-            "employee": employee,
-            # Tuples: a state is shared read-only (see CallState), its sequences too.
-            "legs": tuple(sorted(legs.values(), key=lambda leg: (leg.rang_at, leg.extension))),
-            "answers": tuple(ordered_answers),
-            "transfers": tuple(transfers),
-            "schemes": tuple(_scheme_path(events)),
-            "hangups": tuple(hangups),
-            "sipuni_status": sipuni_status,
-            "last_called": last_called,
-            "outcome": outcome,
-            "started_at": min(starts) if starts else None,
-            "answered_at": min(answer_times)
-            if answered and answer_times
-            else (ordered_answers[0].at if ordered_answers else None),
-            "ended_at": final.timestamp if final else None,
-            "record_url": record_url,
-            "finished_by": finished_by,
-        }
-    )
+    return {
+        "direction": direction,
+        "client_number_raw": client_raw and strip_line_suffix(client_raw),
+        "client_number": _normalize(client_raw, region),
+        "line_number": _normalize(line_raw, region),
+        "employee": employee,
+        # Tuples: a state is shared read-only (see CallState), its sequences too.
+        "legs": tuple(sorted(legs.values(), key=lambda leg: (leg.rang_at, leg.extension))),
+        "answers": tuple(ordered_answers),
+        "transfers": tuple(transfers),
+        "schemes": tuple(_scheme_path(events)),
+        "hangups": tuple(hangups),
+        "sipuni_status": sipuni_status,
+        "last_called": last_called,
+        "outcome": outcome,
+        "started_at": min(starts) if starts else None,
+        "answered_at": min(answer_times)
+        if answered and answer_times
+        else (ordered_answers[0].at if ordered_answers else None),
+        "ended_at": final.timestamp if final else None,
+        "record_url": record_url,
+        "finished_by": finished_by,
+    }
 
 
 def _scheme_path(events: Sequence[SipuniEvent]) -> list[SchemeVisit]:
@@ -301,9 +320,9 @@ def _scheme_path(events: Sequence[SipuniEvent]) -> list[SchemeVisit]:
         identity = (True, number) if number else (False, name or "")
         visit = visits.get(identity)
         if visit is None:
-            visits[identity] = SchemeVisit(id=number, name=name, entered_at=at)
+            visits[identity] = _visit(id=number, name=name, entered_at=at)
         elif visit.name is None and name:
-            visits[identity] = visit.model_copy(update={"name": name})
+            visits[identity] = _visit(id=visit.id, name=name, entered_at=visit.entered_at)
     return list(visits.values())
 
 
@@ -357,7 +376,7 @@ def _lifecycle(state: CallState) -> list[LifecycleEvent]:
         return []
     timed: list[tuple[int, int, LifecycleEvent]] = []
     if state.answered:
-        answered = LifecycleEvent(
+        answered = _record(
             kind=LifecycleKind.ANSWERED, id="answered", extension=state.first_answered_by
         )
         timed.append((state.answered_at or 0, 0, answered))
@@ -366,18 +385,18 @@ def _lifecycle(state: CallState) -> list[LifecycleEvent]:
         # A call can come back to an employee: the n-th transfer to one is its own record.
         n = transfers_to[t.to_extension] = transfers_to.get(t.to_extension, 0) + 1
         record_id = f"transferred:{t.to_extension}" + (f"#{n}" if n > 1 else "")
-        transferred = LifecycleEvent(
+        transferred = _record(
             kind=LifecycleKind.TRANSFERRED, id=record_id, extension=t.to_extension, transfer=t
         )
         timed.append((t.at, 1, transferred))
     for visit, record_id in zip(state.schemes[1:], _scheme_ids(state), strict=True):
-        entered = LifecycleEvent(kind=LifecycleKind.ENTERED_SCHEME, id=record_id, scheme=visit)
+        entered = _record(kind=LifecycleKind.ENTERED_SCHEME, id=record_id, scheme=visit)
         timed.append((visit.entered_at, 2, entered))
     timed.sort(key=lambda item: (item[0], item[1], item[2].id))
-    result = [LifecycleEvent(kind=LifecycleKind.STARTED, id="started")]
+    result = [_record(kind=LifecycleKind.STARTED, id="started")]
     result += [item[2] for item in timed]
     if state.finished:
-        result.append(LifecycleEvent(kind=LifecycleKind.FINISHED, id="finished"))
+        result.append(_record(kind=LifecycleKind.FINISHED, id="finished"))
     return result
 
 
