@@ -24,8 +24,11 @@ KEPT = 64
 # busy line. Each entry is the JSON of the call's events (a few KB).
 EVENTS_KEPT = 256
 
-_HEAD = {"account", "call_id"}  # the fields before ``events``, in the model's order
-_TAIL = {"account", "call_id", "events"}  # what follows ``events`` is the rest
+_EVENTS = {"events"}
+# What follows the events in a state's JSON. Not to be found inside a text before it: a quote
+# in a JSON string is escaped, so there it follows a backslash, never a comma.
+_AFTER_EVENTS = ',"emitted":'
+_serializer = CallState.__pydantic_serializer__
 
 
 class ParsedStates:
@@ -46,11 +49,10 @@ class ParsedStates:
 
     def _json(self, state: CallState) -> str:
         """``state.model_dump_json()``, with the texts of events written before reused."""
-        events = state.events
-        texts = self._event_texts((state.account, state.call_id), events)
-        head = state.model_dump_json(include=_HEAD)
-        tail = state.model_dump_json(exclude=_TAIL)
-        return f'{head[:-1]},"events":[{",".join(texts)}],{tail[1:]}'
+        texts = self._event_texts((state.account, state.call_id), state.events)
+        rest = _serializer.to_json(state, exclude=_EVENTS).decode()
+        at = rest.index(_AFTER_EVENTS)
+        return f'{rest[:at]},"events":[{",".join(texts)}]{rest[at:]}'
 
     def _event_texts(self, call: tuple[str, str], events: tuple[SipuniEvent, ...]) -> list[str]:
         known = self._events.get(call)
