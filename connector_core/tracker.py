@@ -14,7 +14,7 @@ import functools
 import itertools
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from connector_core.callstate import (
     Answer,
@@ -286,13 +286,14 @@ class _Gathered:
 
     def copy(self) -> _Gathered:
         """A copy to extend, leaving this one as it is."""
-        return replace(
-            self,
-            legs=dict(self.legs),
-            answers=list(self.answers),
-            hangups=list(self.hangups),
-            sightings=dict(self.sightings),
-        )
+        # Not dataclasses.replace: that runs __init__ again, for a third of an event's walk.
+        result = object.__new__(_Gathered)
+        result.__dict__.update(self.__dict__)
+        result.legs = dict(self.legs)
+        result.answers = list(self.answers)
+        result.hangups = list(self.hangups)
+        result.sightings = dict(self.sightings)
+        return result
 
 
 def _gather(account: str, events: Sequence[SipuniEvent]) -> _Gathered:
