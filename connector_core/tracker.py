@@ -131,8 +131,10 @@ def apply(
 
 # What the events of the states made last say, by the state object: the next event of the
 # call extends it (the worker holds a call's latest state, and the store hands back the object
-# it wrote for the same text). One per call in progress, each a few small lists.
-GATHERED_KEPT = 256
+# it wrote for the same text). As many as the store keeps states (``store.parsed.KEPT``), which
+# are mostly these very objects: memory per open call must stay small. A call beyond them
+# has its events walked again, as before.
+GATHERED_KEPT = 64
 _GATHERED: Recent[int, tuple[CallState, _Gathered]] = Recent(GATHERED_KEPT)
 
 

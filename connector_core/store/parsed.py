@@ -20,9 +20,9 @@ from connector_core.recent import Recent
 # States kept: those between the worker's commit and the dispatcher's read. Few, since each
 # holds every event of its call (about 15 KB): memory per open call must stay small.
 KEPT = 64
-# Calls whose events' texts are kept for their next write: the calls in progress at once on a
-# busy line. Each entry is the JSON of the call's events (a few KB).
-EVENTS_KEPT = 256
+# Calls whose events' texts are kept for their next write, as many as states: each is the JSON
+# of the call's events (a few KB). A call beyond them has its events serialised again.
+EVENTS_KEPT = KEPT
 
 _EVENTS = {"events"}
 # What follows the events in a state's JSON. Not to be found inside a text before it: a quote
