@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -13,6 +12,7 @@ from connector_core.callstate import CallState, Outcome
 from connector_core.events import SipuniEvent, parse_event
 from connector_core.simulator import scenarios as sc
 from connector_core.store.parsed import ParsedStates
+from tests.core.test_tracker import serialised_events
 
 
 def _state(call_id: str, outcome: Outcome = Outcome.RINGING) -> CallState:
@@ -71,14 +71,7 @@ def test_a_states_text_is_its_json_whatever_order_its_events_were_written_in(
     elif order == "shuffled":
         random.Random(7).shuffle(indexes)
     states = _states_of(indexes)
-    made: list[SipuniEvent] = []
-    real = SipuniEvent.model_dump_json
-
-    def counting(self: SipuniEvent, **kwargs: Any) -> str:
-        made.append(self)
-        return real(self, **kwargs)
-
-    monkeypatch.setattr(SipuniEvent, "model_dump_json", counting)
+    made = serialised_events(monkeypatch)
     parsed = ParsedStates()
     for state in states:
         assert parsed.dumped(state) == CallState.model_dump_json(state)
