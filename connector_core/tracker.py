@@ -527,9 +527,12 @@ def refreshed(record: LifecycleEvent, state: CallState) -> LifecycleEvent:
 
 
 def _emit(state: CallState) -> tuple[CallState, list[LifecycleEvent]]:
-    records = lifecycle(state)
+    # ``state`` was just made: its records are worked out here, and kept only when it is the
+    # state returned (a state that emits something is replaced by its copy below).
+    records = tuple(_lifecycle(state))
     new = [record for record in records if record.id not in state.emitted]
     if not new:
+        _RECORDS.put(id(state), (state, records))
         return state, []
     emitted = state.model_copy(update={"emitted": (*state.emitted, *(e.id for e in new))})
     # The records depend on what was emitted only through the scheme visits' ids: when those
