@@ -206,7 +206,13 @@ def _texts(value: Any, into: list[str]) -> None:
             _texts(item, into)
     elif (names := _field_names(type(value))) is not None:
         for name in names:
-            _texts(getattr(value, name), into)
+            part = getattr(value, name)
+            # Most fields are texts or plain values: taken here rather than by a call each
+            # (a hook call's record has a few dozen, and this runs once per hook call).
+            if isinstance(part, str):
+                into.append(part)
+            elif part is not None and not isinstance(part, (int, float)):
+                _texts(part, into)
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...] | None] = {}

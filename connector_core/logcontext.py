@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 
 from connector_core.httplog import RedactingFormatter, Redactor
@@ -22,16 +22,29 @@ _integration: contextvars.ContextVar[str] = contextvars.ContextVar("integration"
 FORMAT = "%(asctime)s %(levelname)s %(name)s account=%(account)s call_id=%(call_id)s %(message)s"
 
 
-@contextmanager
 def call_context(
     account: str, call_id: str | None, integration: str | None = None
-) -> Iterator[None]:
+) -> AbstractContextManager[None]:
     """Lines logged inside name this call (and the integration whose hook runs, if any)."""
-    a, c = _account.set(account), _call_id.set(call_id or "-")
-    i = _integration.set(integration or "-")
-    try:
-        yield
-    finally:
+    return _CallContext(account, call_id or "-", integration or "-")
+
+
+class _CallContext:
+    # A class, not a @contextmanager generator: entered for every event and every hook call,
+    # where the generator's machinery cost several times the three variables' setting.
+    __slots__ = ("_tokens", "_values")
+    _values: tuple[str, str, str]
+    _tokens: tuple[contextvars.Token[str], contextvars.Token[str], contextvars.Token[str]]
+
+    def __init__(self, account: str, call_id: str, integration: str) -> None:
+        self._values = (account, call_id, integration)
+
+    def __enter__(self) -> None:
+        account, call_id, integration = self._values
+        self._tokens = (_account.set(account), _call_id.set(call_id), _integration.set(integration))
+
+    def __exit__(self, *exc: object) -> None:
+        a, c, i = self._tokens
         _integration.reset(i)
         _call_id.reset(c)
         _account.reset(a)

@@ -32,10 +32,11 @@ class Recent(Generic[K, V]):
         return value
 
     def put(self, key: K, value: V) -> None:
-        self._entries[key] = value
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+        entries = self._entries
+        entries[key] = value
+        entries.move_to_end(key)
+        if len(entries) > self.size:  # one entry was added at most
+            entries.popitem(last=False)
 
     def pop(self, key: K) -> None:
         self._entries.pop(key, None)

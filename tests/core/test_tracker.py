@@ -788,11 +788,8 @@ def test_a_states_records_are_worked_out_once_for_the_worker_router_and_dispatch
     assert len(worked_out) == 2  # a new object is a new state: worked out again
 
 
-def test_an_events_json_is_made_only_to_order_it_among_events_of_its_second_and_type(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    events = [parsed(raw) for raw in sc.inbound_answered(ring=["101", "102"], ring_gap=1).events]
-    assert len({(e.timestamp, e.type) for e in events}) == len(events)
+def serialised_events(monkeypatch: pytest.MonkeyPatch) -> list[SipuniEvent]:
+    """The events serialised on their own (``model_dump_json``) from now on, in order."""
     made: list[SipuniEvent] = []
     real = SipuniEvent.model_dump_json
 
@@ -801,6 +798,15 @@ def test_an_events_json_is_made_only_to_order_it_among_events_of_its_second_and_
         return real(self, **kwargs)
 
     monkeypatch.setattr(SipuniEvent, "model_dump_json", counting)
+    return made
+
+
+def test_an_events_json_is_made_only_to_order_it_among_events_of_its_second_and_type(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events = [parsed(raw) for raw in sc.inbound_answered(ring=["101", "102"], ring_gap=1).events]
+    assert len({(e.timestamp, e.type) for e in events}) == len(events)
+    made = serialised_events(monkeypatch)
     state = None
     for event in reversed(events):
         state, _ = tracker.apply(state, event, account="012345", region="RU", received_at=1.0)

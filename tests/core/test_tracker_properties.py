@@ -277,3 +277,25 @@ def test_a_scheme_named_by_halves_in_any_order_is_announced_once(
     for record in records:
         if record.scheme is not None:
             assert tracker.refreshed(record, state).scheme in state.schemes[1:]
+
+
+@pytest.mark.parametrize("kind", sorted(CALLS))
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_each_state_is_what_its_events_say_when_derived_from_all_of_them(
+    kind: str, data: st.DataObject
+) -> None:
+    """A call's next event extends what its earlier events said (when it comes after them)
+    rather than walking them all again: after every event, in any order with any repeats,
+    the state is the one derived from all its events at once."""
+    s = data.draw(CALLS[kind](), label="scenario")
+    s = data.draw(scheme_named_by_halves(s), label="scheme spelling")
+    order = data.draw(deliveries(len(s.events)), label="delivery order")
+    state: CallState | None = None
+    for tick, index in enumerate(order):
+        event = parse_event(s.events[index])
+        assert isinstance(event, SipuniEvent)
+        state, _ = tracker.apply(
+            state, event, account=s.account, region=REGION, received_at=1_000.0 + tick
+        )
+        assert tracker.derive(state, REGION) == state
