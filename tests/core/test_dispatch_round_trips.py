@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
 from connector_core.appkeys import DISPATCHER, STORE, WORKER
 from connector_core.simulator import scenarios
 from tests.harness import ACCOUNT, TOKEN, app_for, make_config, seen
@@ -41,15 +43,28 @@ class CountingStore:
         return after_meanwhile
 
 
-async def test_a_group_is_read_once_and_each_result_written_once(
-    tmp_path: Path, test_plugins_dir: Path, aiohttp_client
-) -> None:
+Receive = Callable[[dict[str, str]], Awaitable[None]]
+
+
+async def started(tmp_path: Path, aiohttp_client: Any) -> tuple[web.Application, Receive]:
+    """A service with the recorder, and how to send it a webhook."""
     config, host = make_config(tmp_path, RECORDER)
     app = app_for(config, host)
     client = await aiohttp_client(app)
+
+    async def receive(params: dict[str, str]) -> None:
+        assert (await (await client.get(f"/sipuni/{TOKEN}", params=params)).json())["success"]
+
+    return app, receive
+
+
+async def test_a_group_is_read_once_and_each_result_written_once(
+    tmp_path: Path, test_plugins_dir: Path, aiohttp_client
+) -> None:
+    app, receive = await started(tmp_path, aiohttp_client)
     call = scenarios.inbound_answered(call_id="1717171700.1")
     for params in call.events:
-        assert (await (await client.get(f"/sipuni/{TOKEN}", params=params)).json())["success"]
+        await receive(params)
     await app[WORKER].drain()
     rows = await app[STORE].pending_dispatches(100)
     assert len(rows) >= 3  # started, answered, finished: one group of several rows
@@ -74,15 +89,9 @@ async def test_a_group_is_read_once_and_each_result_written_once(
 async def test_rows_added_while_a_group_runs_run_in_the_same_turn(
     tmp_path: Path, test_plugins_dir: Path, aiohttp_client
 ) -> None:
-    config, host = make_config(tmp_path, RECORDER)
-    app = app_for(config, host)
-    client = await aiohttp_client(app)
+    app, receive = await started(tmp_path, aiohttp_client)
     call = scenarios.inbound_answered(call_id="1717171700.2")
     first, rest = call.events[0], call.events[1:]
-
-    async def receive(params: dict[str, str]) -> None:
-        assert (await (await client.get(f"/sipuni/{TOKEN}", params=params)).json())["success"]
-
     await receive(first)
     await app[WORKER].drain()
     assert len(await app[STORE].pending_dispatches(100)) == 1  # started
