@@ -33,6 +33,7 @@ from connector_core.hooktime import waiting_for_turn
 from connector_core.integrations import AuthResult, AuthStatus, Integration
 from connector_core.logcontext import call_context
 from connector_core.pacing import (
+    COMPLETING_KEY,
     Priority,
     Urgency,
     budget_of,
@@ -40,7 +41,7 @@ from connector_core.pacing import (
     room_to_complete,
     room_to_start,
 )
-from connector_core.store.base import Dispatch, Store, is_store_failure
+from connector_core.store.base import Dispatch, GroupWork, Store, is_store_failure
 
 log = logging.getLogger(__name__)
 BUSY_SCAN_ROWS = 200  # pending rows a scan found above which notifications are coalesced
@@ -164,6 +165,7 @@ class Dispatcher:
         self.breakers: dict[str, Breaker] = {}
         self._group_errors: list[BaseException] = []
         self._groups_failing = False
+        self._stopping = False  # groups end after their rows, for stop() to wait for
 
     def breaker(self, integration: str) -> Breaker:
         if integration not in self.breakers:
@@ -214,12 +216,16 @@ class Dispatcher:
         request in flight and is not bounded by its timeout: it is cancelled, and its row stays
         pending for the next start.
         """
-        while self._running:
-            tasks = list(self._running.values())
-            for task in tasks:
-                if waiting_for_turn(task):
-                    task.cancel()
-            await asyncio.wait(tasks, timeout=0.1)
+        self._stopping = True
+        try:
+            while self._running:
+                tasks = list(self._running.values())
+                for task in tasks:
+                    if waiting_for_turn(task):
+                        task.cancel()
+                await asyncio.wait(tasks, timeout=0.1)
+        finally:
+            self._stopping = False
 
     async def dispatch_due(self, limit: int = 1000) -> int:
         """Start a task per (integration, call) whose next row is due; returns how many.
@@ -356,24 +362,54 @@ class Dispatcher:
         try:
             # The CRM client's limiter serves the hooks' requests by it (pacing).
             with prioritised(urgency):
-                await self._run_group(group)
+                await self._run_group(group, urgency)
         finally:
             await self.leases.release([dispatch_lease(*group)])
 
-    async def _run_group(self, group: tuple[str, str, str]) -> None:
+    async def _run_group(self, group: tuple[str, str, str], urgency: Urgency) -> None:
         # The rows and the call's state in one read: the state holds every event that made
-        # these rows, and the dispatcher never changes it, so each row runs with it (rows
-        # added meanwhile run in the group's next turn, with the state read then).
-        work = await self.store.group_work(*group)
+        # these rows, and the dispatcher never changes it, so each row runs with it. The rows
+        # added meanwhile are read, with the state then, in the write of the last row's
+        # result (Store.complete_and_read_group), and run in the same turn when it may go on.
+        work: GroupWork | None = await self.store.group_work(*group)
         with call_context(group[1], group[2], group[0]):
-            for row in work.rows:
-                if row.not_before > self.clock.now():
-                    return
-                if not await self._run_one(row, work.call):
-                    return
+            while work is not None and work.rows:
+                if any(row.key == COMPLETING_KEY for row in work.rows):
+                    urgency.raise_to(Priority.COMPLETING)  # the call hung up meanwhile
+                work = await self._run_rows(work)
 
-    async def _run_one(self, row: Dispatch, call: CallState | None) -> bool:
-        """Run one row with its call's state; ``True`` if the rows behind it may run now.
+    async def _run_rows(self, work: GroupWork) -> GroupWork | None:
+        """Run ``work``'s rows in order; the group's rows added meanwhile, when they may run
+        in this turn (``None``: the group's turn is over)."""
+        last, more = work.rows[-1], None
+        for row in work.rows:
+            if row.not_before > self.clock.now():
+                return None
+            read_group = row is last and self._may_go_on(row.integration)
+            may_go_on, more = await self._run_one(row, work.call, read_group)
+            if not may_go_on:
+                return None
+        return more
+
+    def _may_go_on(self, key: str) -> bool:
+        """Whether a group whose rows ran may run the rows added meanwhile in the same turn.
+
+        Not when the scan should choose what runs next: a paced integration's budget goes to
+        the calls that hung up first, and one at its cap of running calls has others waiting;
+        an open circuit lets only its probe run; stop() waits for the groups to end."""
+        integration = self.integrations[key]
+        return (
+            not self._stopping
+            and not self.breaker(key).is_open
+            and budget_of(integration.runtime, PACING_HORIZON_SECONDS) is None
+            and self.running(key) < MAX_GROUPS_PER_INTEGRATION
+        )
+
+    async def _run_one(
+        self, row: Dispatch, call: CallState | None, read_group: bool = False
+    ) -> tuple[bool, GroupWork | None]:
+        """Run one row with its call's state; ``True`` if the rows behind it may run now,
+        and, with ``read_group``, the group's pending rows read in the write of its result.
 
         The attempt is kept with the call (``callrecords.HookCall``: start, duration,
         outcome, and the CRM requests and decisions the plugin reported meanwhile), in the
@@ -384,7 +420,7 @@ class Dispatcher:
         integration = self.integrations[row.integration]
         if call is None:
             await self.store.fail_dispatch(row.id, "call state missing", None)
-            return True
+            return True, None
         started_at, monotonic_start = self.clock.now(), time.monotonic()
         failure: Exception | None = None
         with callrecords.recording(integration.key, self.clock.now) as recording:
@@ -394,11 +430,16 @@ class Dispatcher:
                 failure = exc
         attempt = _Attempt(row, started_at, time.monotonic() - monotonic_start, recording)
         if failure is not None:
-            return await self._failed(integration, row, failure, attempt)
+            return await self._failed(integration, row, failure, attempt), None
         self.breaker(integration.key).success()
-        await self.store.complete_dispatch(row.id, self._records(attempt, HookOutcome.DONE))
+        records = self._records(attempt, HookOutcome.DONE)
+        more = None
+        if read_group:
+            more = await self.store.complete_and_read_group(row, records)
+        else:
+            await self.store.complete_dispatch(row.id, records)
         self.on_result(row, "done")
-        return True
+        return True, more
 
     def _records(
         self,

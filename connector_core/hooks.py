@@ -98,6 +98,8 @@ class PluginHost:
         self._entry_points: dict[str, EntryPoint] = {}
         self._errors: dict[str, str] = {}
         self._callers: dict[tuple[str, int], Any] = {}
+        # (hook, integration type) -> the owning plugin's implementations, in call order.
+        self._impls: dict[tuple[str, str], tuple[pluggy.HookImpl, ...]] = {}
         # (plugin, hook) -> how many times a routing implementation raised and was skipped.
         self.routing_errors: Counter[tuple[str, str]] = Counter()
         # on_routing_error(plugin, hook): each skip, for /metrics (the app wires it).
@@ -162,6 +164,7 @@ class PluginHost:
         self.types.update(types)
         self._owner.update(dict.fromkeys(types, plugin))
         self._callers.clear()
+        self._impls.clear()
 
     def _integration_types(self, plugin: object) -> dict[str, IntegrationType[Any, Any]]:
         found: dict[str, IntegrationType[Any, Any]] = {}
@@ -397,14 +400,28 @@ class PluginHost:
         the time it spent in ``hooktime.queue_wait`` (a rate limiter, another call's lock).
         The typed methods above are built on it; new code calls those.
         """
-        caller = self._owner_caller(hook_name, integration)
+        kwargs["integration"] = integration
+        # The owner's implementations called here as pluggy would (last registered first,
+        # the first answer wins), without its generic call path on every hook call; each
+        # is called only when the ones before it answered nothing.
+        impls = self._owner_impls(hook_name, integration.type.name)
         async with hook_deadline(integration.routing.hook_timeout_seconds):
-            for result in caller(integration=integration, **kwargs):
+            for impl in impls:
+                result = impl.function(*_arguments(hook_name, impl, kwargs))
                 if inspect.isawaitable(result):
                     result = await result
                 if result is not None:
                     return result
             return None
+
+    def _owner_impls(self, hook_name: str, type_name: str) -> tuple[pluggy.HookImpl, ...]:
+        """The implementations of ``hook_name`` by the plugin owning ``type_name``, in the
+        order pluggy calls them."""
+        impls = self._impls.get((hook_name, type_name))
+        if impls is None:
+            caller = self._type_caller(hook_name, type_name)
+            impls = self._impls[hook_name, type_name] = tuple(reversed(caller.get_hookimpls()))
+        return impls
 
     def has_impl(self, hook_name: str, integration: Integration) -> bool:
         return bool(self._owner_caller(hook_name, integration).get_hookimpls())
@@ -477,6 +494,17 @@ def _expect(
             f"not {wanted.__name__} or None"
         )
     return result
+
+
+def _arguments(hook_name: str, impl: pluggy.HookImpl, kwargs: dict[str, Any]) -> list[Any]:
+    """The arguments ``impl`` takes, from the hook call's ``kwargs``."""
+    try:
+        return [kwargs[name] for name in impl.argnames]
+    except KeyError as exc:
+        raise TypeError(
+            f"{hook_name} was called without its argument {exc.args[0]!r}, which "
+            f"{_where(impl.function)} of plugin '{impl.plugin_name}' takes"
+        ) from None
 
 
 def _where(function: Any) -> str:

@@ -139,9 +139,12 @@ class Paced(Protocol):
 
 def budget_of(runtime: object, within: float) -> Budget | None:
     """The runtime's budget, or ``None`` when it does not report one."""
-    if isinstance(runtime, Paced):
-        return runtime.crm_budget(within)
-    return None
+    # What ``isinstance(runtime, Paced)`` decides, without its protocol walk on every scan.
+    crm_budget = getattr(runtime, "crm_budget", None)
+    if crm_budget is None or not callable(crm_budget):
+        return None
+    budget: Budget = crm_budget(within)
+    return budget
 
 
 def room_to_start(budget: Budget | None, running: int, cap: int) -> int:

@@ -570,6 +570,14 @@ class Store(Protocol):
         """Mark a row done and keep ``records`` with its call."""
         ...
 
+    async def complete_and_read_group(
+        self, row: Dispatch, records: Sequence[NewCallRecord] = ()
+    ) -> GroupWork:
+        """``complete_dispatch`` of ``row``, then its group's pending rows and its call's state
+        as ``group_work`` reads them, in the same round trip: the rows added while the group
+        ran run without a read of their own."""
+        ...
+
     async def fail_dispatch(
         self,
         dispatch_id: int,

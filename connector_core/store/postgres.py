@@ -490,17 +490,10 @@ class PostgresStore(PostgresNumberCalls):
         )
 
     async def group_work(self, integration: str, account: str, call_id: str) -> GroupWork:
-        # One statement, one snapshot: the state holds every event that made the rows. The
-        # state's subquery does not depend on the row: PostgreSQL reads it once.
-        found = await self._db.fetch(
-            f"SELECT {_DISPATCH_COLUMNS}, (SELECT state FROM calls"
-            " WHERE account = $2 AND call_id = $3) FROM dispatches"
-            " WHERE status = 'pending' AND integration = $1 AND account = $2"
-            " AND call_id = $3 ORDER BY id",
-            integration,
-            account,
-            call_id,
-        )
+        return self._group_work(await _group_rows(self._db, integration, account, call_id))
+
+    def _group_work(self, found: Sequence[asyncpg.Record]) -> GroupWork:
+        """A group's rows as ``_group_rows`` read them, each ending with the call's state."""
         state = found[0][-1] if found else None
         return GroupWork(
             [_dispatch(r) for r in found],
@@ -543,6 +536,20 @@ class PostgresStore(PostgresNumberCalls):
             [dispatch_id, self.clock.now()],
             records,
         )
+
+    async def complete_and_read_group(
+        self, row: Dispatch, records: Sequence[NewCallRecord] = ()
+    ) -> GroupWork:
+        async with self._db.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE dispatches SET status = 'done', done_at = $2, attempts = attempts + 1"
+                " WHERE id = $1",
+                row.id,
+                self.clock.now(),
+            )
+            await _insert_records(conn, row.account, row.call_id, records)
+            found = await _group_rows(conn, row.integration, row.account, row.call_id)
+        return self._group_work(found)
 
     async def fail_dispatch(
         self,
@@ -1093,6 +1100,24 @@ def _status_filter(status: DeliveryStatus | None, integration: str | None, arg: 
         "EXISTS (SELECT 1 FROM dispatches WHERE dispatches.account = calls.account"
         f" AND dispatches.call_id = calls.call_id{only}{having})"
     )
+
+
+async def _group_rows(
+    conn: _Conn | asyncpg.Pool, integration: str, account: str, call_id: str
+) -> list[asyncpg.Record]:
+    """A group's pending rows in order, each with its call's state as a last column."""
+    # One statement, one snapshot: the state holds every event that made the rows. The
+    # state's subquery does not depend on the row: PostgreSQL reads it once.
+    found: list[asyncpg.Record] = await conn.fetch(
+        f"SELECT {_DISPATCH_COLUMNS}, (SELECT state FROM calls"
+        " WHERE account = $2 AND call_id = $3) FROM dispatches"
+        " WHERE status = 'pending' AND integration = $1 AND account = $2"
+        " AND call_id = $3 ORDER BY id",
+        integration,
+        account,
+        call_id,
+    )
+    return found
 
 
 async def _insert_records(

@@ -503,18 +503,11 @@ class SQLiteStore(GroupCommit, SQLiteNumberCalls, LocalCoordination):
         return await self._run(select)
 
     async def group_work(self, integration: str, account: str, call_id: str) -> GroupWork:
-        def select(db: sqlite3.Connection) -> list[tuple[Any, ...]]:
-            # One statement, one snapshot: the state holds every event that made the rows.
-            # The state's subquery does not depend on the row: SQLite reads it once.
-            return db.execute(
-                f"SELECT {self._DISPATCH_COLUMNS}, (SELECT state FROM calls"
-                " WHERE account = ?1 AND call_id = ?2) FROM dispatches"
-                " WHERE status = 'pending' AND integration = ?3 AND account = ?1"
-                " AND call_id = ?2 ORDER BY id",
-                (account, call_id, integration),
-            ).fetchall()
+        found = await self._run(lambda db: _group_rows(db, integration, account, call_id))
+        return self._group_work(found)
 
-        found = await self._run(select)
+    def _group_work(self, found: list[tuple[Any, ...]]) -> GroupWork:
+        """A group's rows as ``_group_rows`` read them, each ending with the call's state."""
         state = found[0][-1] if found else None
         return GroupWork(
             [_dispatch(r[:-1]) for r in found],
@@ -582,16 +575,19 @@ class SQLiteStore(GroupCommit, SQLiteNumberCalls, LocalCoordination):
         self, dispatch_id: int, records: Sequence[NewCallRecord] = ()
     ) -> None:
         now, rows = self.clock.now(), _record_rows(records)
+        await self._write(lambda db: _update_dispatch(db, _COMPLETE_SQL, (now, dispatch_id), rows))
 
-        def update(db: sqlite3.Connection) -> None:
-            db.execute(
-                "UPDATE dispatches SET status = 'done', done_at = ?, attempts = attempts + 1"
-                " WHERE id = ?",
-                (now, dispatch_id),
-            )
-            _insert_records_of_row(db, dispatch_id, rows)
+    async def complete_and_read_group(
+        self, row: Dispatch, records: Sequence[NewCallRecord] = ()
+    ) -> GroupWork:
+        now, rows = self.clock.now(), _record_rows(records)
 
-        await self._write(update)
+        def update(db: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            db.execute(_COMPLETE_SQL, (now, row.id))
+            _insert_records(db, row.account, row.call_id, rows)
+            return _group_rows(db, row.integration, row.account, row.call_id)
+
+        return self._group_work(await self._write(update))
 
     async def fail_dispatch(
         self,
@@ -614,12 +610,7 @@ class SQLiteStore(GroupCommit, SQLiteNumberCalls, LocalCoordination):
                 (error, retry_at, dispatch_id),
             )
         rows = _record_rows(records)
-
-        def update(db: sqlite3.Connection) -> None:
-            db.execute(sql, args)
-            _insert_records_of_row(db, dispatch_id, rows)
-
-        await self._write(update)
+        await self._write(lambda db: _update_dispatch(db, sql, args, rows))
 
     # -- effects ----------------------------------------------------------------------------
 
@@ -1093,16 +1084,37 @@ def _insert_records(
         )
 
 
-def _insert_records_of_row(
-    db: sqlite3.Connection, dispatch_id: int, records: Sequence[_RecordRow]
+def _update_dispatch(
+    db: sqlite3.Connection, sql: str, args: tuple[object, ...], records: Sequence[_RecordRow]
 ) -> None:
+    """Run ``sql`` on one row and keep ``records`` with its call, which the same statement
+    returns (no read of its own)."""
     if not records:
+        db.execute(sql, args)
         return
-    row = db.execute(
-        "SELECT account, call_id FROM dispatches WHERE id = ?", (dispatch_id,)
-    ).fetchone()
-    if row is not None:
-        _insert_records(db, row[0], row[1], records)
+    found = db.execute(f"{sql} RETURNING account, call_id", args).fetchall()
+    if found:
+        _insert_records(db, found[0][0], found[0][1], records)
+
+
+_COMPLETE_SQL = (
+    "UPDATE dispatches SET status = 'done', done_at = ?, attempts = attempts + 1 WHERE id = ?"
+)
+
+
+def _group_rows(
+    db: sqlite3.Connection, integration: str, account: str, call_id: str
+) -> list[tuple[Any, ...]]:
+    """A group's pending rows in order, each with its call's state as a last column."""
+    # One statement, one snapshot: the state holds every event that made the rows.
+    # The state's subquery does not depend on the row: SQLite reads it once.
+    return db.execute(
+        f"SELECT {SQLiteStore._DISPATCH_COLUMNS}, (SELECT state FROM calls"
+        " WHERE account = ?1 AND call_id = ?2) FROM dispatches"
+        " WHERE status = 'pending' AND integration = ?3 AND account = ?1"
+        " AND call_id = ?2 ORDER BY id",
+        (account, call_id, integration),
+    ).fetchall()
 
 
 def _dispatch(row: tuple[Any, ...]) -> Dispatch:

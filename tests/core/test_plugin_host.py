@@ -366,6 +366,17 @@ async def test_a_hook_answering_the_wrong_type_is_an_error_naming_the_hook() -> 
     )
 
 
+async def test_a_hook_called_without_an_argument_its_plugin_takes_says_which() -> None:
+    host = PluginHost()
+    host.register(Typed("typed"), "typed")
+    with pytest.raises(TypeError) as caught:
+        await host.call("connector_call_transferred", instance(host, "typed"), call=CALL)
+    assert str(caught.value) == (
+        "connector_call_transferred was called without its argument 'transfer', which "
+        "tests.core.test_plugin_host.Typed.connector_call_transferred of plugin 'typed' takes"
+    )
+
+
 def test_notification_sinks_come_from_every_plugin() -> None:
     host = PluginHost()
     sink = Collector()

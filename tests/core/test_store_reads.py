@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from connector_core import tracker
+from connector_core.callrecords import HookCall, HookOutcome, NewCallRecord
 from connector_core.callstate import CallState, LifecycleEvent, LifecycleKind
 from connector_core.clock import FakeClock
 from connector_core.events import SipuniEvent, parse_event
@@ -109,3 +110,44 @@ async def test_group_work_is_a_groups_pending_rows_and_its_calls_state(store: St
     assert work.call == state
     nothing = await store.group_work("012345/usedesk", "012345", "c2")
     assert nothing.rows == [] and nothing.call is None
+
+
+async def test_a_rows_completion_reads_its_groups_rows_added_meanwhile(store: Store) -> None:
+    """The last row's result written with the read of what the group got meanwhile: the rows
+    behind it (its call's only, in order) and the call's state that made them."""
+    kinds = (LifecycleKind.STARTED, LifecycleKind.ANSWERED, LifecycleKind.FINISHED)
+    state = CallState(account="012345", call_id="c1", client_number="+74950000000")
+    await store.commit_event(None, state, [_row("usedesk", kinds[0]), _row("amo", kinds[0])])
+    (started,) = (await store.group_work("012345/usedesk", "012345", "c1")).rows
+    later = state.model_copy(update={"last_received_at": 9.0})
+    await store.commit_event(
+        None, later, [_row(name, k) for name in ("usedesk", "amo") for k in kinds[1:]]
+    )
+    done = HookCall(
+        hook="connector_call_started",
+        record="started",
+        attempt=1,
+        started_at=5.0,
+        seconds=0.1,
+        outcome=HookOutcome.DONE,
+    )
+
+    more = await store.complete_and_read_group(
+        started, [NewCallRecord(started.integration, done, 5.0)]
+    )
+
+    assert [(r.integration, r.key) for r in more.rows] == [
+        ("012345/usedesk", "answered"),
+        ("012345/usedesk", "finished"),
+    ]
+    assert more.call == later
+    assert (await store.get_dispatch(started.id)).status == "done"  # type: ignore[union-attr]
+    (record,) = await store.call_records("012345", "c1")
+    assert record.entry == done
+    await store.complete_dispatch(more.rows[0].id)
+    last = await store.complete_and_read_group(more.rows[1])
+    assert last.rows == [] and last.call is None  # nothing left: no state to run with
+
+
+def _row(integration: str, kind: LifecycleKind) -> NewDispatch:
+    return NewDispatch(f"012345/{integration}", LifecycleEvent(kind=kind, id=kind.value))
