@@ -200,6 +200,7 @@ class Service:
         role: str = "all",
         python_args: Sequence[str] = (),
         worker_nice: int | None = None,
+        worker_idle: bool = False,
     ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="connector-bench-"))
         self.port = free_port()
@@ -211,6 +212,9 @@ class Service:
         # role "ingest": a ``--role worker`` process on the same SQLite file drains the inbox,
         # at this niceness (None: the same priority as the ingest process).
         self.worker_nice = worker_nice
+        # role "ingest": the worker under SCHED_IDLE (Linux), as `CPUSchedulingPolicy=idle` in
+        # its systemd unit: it runs only on a core nothing else wants (docs/deployment.md).
+        self.worker_idle = worker_idle
         self.worker_port = free_port()
         self.worker_proc: subprocess.Popen[bytes] | None = None
         self.config = self.dir / "connector.toml"
@@ -281,7 +285,14 @@ token = "{TOKEN}"
             )
         wait_http(self.url + "/healthz", timeout, self.proc, self.log_path)
         if self.role == "ingest":
-            nice = self.worker_nice
+            nice, idle = self.worker_nice, self.worker_idle
+
+            def lowered() -> None:  # in the worker's process, before it starts: all its threads
+                if nice:
+                    os.nice(nice)
+                if idle:
+                    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
             with (self.dir / "worker.log").open("ab") as log:
                 self.worker_proc = subprocess.Popen(
                     [*serve, "--config", str(self.worker_config), "--role", "worker"],
@@ -289,7 +300,7 @@ token = "{TOKEN}"
                     stderr=subprocess.STDOUT,
                     env=env,
                     cwd=self.dir,
-                    preexec_fn=(lambda: os.nice(nice)) if nice else None,
+                    preexec_fn=lowered if nice or idle else None,
                 )
             wait_http(
                 f"http://127.0.0.1:{self.worker_port}/healthz",

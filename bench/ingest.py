@@ -1,14 +1,17 @@
 """Ingest: webhooks per second and time to ``{"success": true}``, service vs bare aiohttp.
 
     python -m bench.ingest [--quick] [--levels 1,8,32,128] [--duration 4] [--rate 2000]
-                           [--worker-nice 10] [--generator auto] [--install-wrk]
+                           [--worker-priority idle] [--worker-nice 10] [--generator auto]
+                           [--install-wrk]
                            [--store-trace]
 
 The server under test is the real service with the durable SQLite store and logging at
 WARNING, in two layouts: ``split``, a ``connector serve --role ingest`` process with a
-``--role worker`` process beside it on the same SQLite file (the worker at ``--worker-nice``,
-default 10: it yields the cores to the ingest process while webhooks come in and catches up
-after; 0 runs it at the same priority), and ``one``, a single ``--role all`` process doing
+``--role worker`` process beside it on the same SQLite file (the worker yields the cores to
+the ingest process while webhooks come in and catches up after: ``--worker-priority idle``,
+the default, runs it under ``SCHED_IDLE`` as docs/deployment.md advises for one host;
+``nice`` at ``--worker-nice``, default 10; ``nice`` with ``--worker-nice 0`` at the same
+priority), and ``one``, a single ``--role all`` process doing
 everything. The ceiling is ``bench.bare_server``, an aiohttp handler that only answers
 ``{"success": true}``, in the same run on the same machine. The generator is ``wrk`` (Debian
 package ``wrk``; ``--generator auto`` uses it when it is installed, ``--install-wrk``
@@ -218,12 +221,16 @@ def estimate(concurrency: int, duration: float) -> int:
 LAYOUTS = ("split", "one")
 
 
-def service_for(layout: str, worker_nice: int, trace: Path | None = None) -> Service:
+def service_for(
+    layout: str, worker_nice: int, worker_idle: bool, trace: Path | None = None
+) -> Service:
     """The service of ``layout``: an ingest process and a worker process, or one process;
     with ``trace``, each under ``bench.store_trace`` writing into that folder."""
     python_args = ["-m", "bench.store_trace", "--out", str(trace)] if trace else []
     if layout == "split":
-        return Service(role="ingest", worker_nice=worker_nice, python_args=python_args)
+        return Service(
+            role="ingest", worker_nice=worker_nice, worker_idle=worker_idle, python_args=python_args
+        )
     return Service(python_args=python_args)
 
 
@@ -246,7 +253,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=float, default=2000.0, help="open-loop webhooks/s")
     parser.add_argument("--rate-duration", type=float, default=10.0)
     parser.add_argument(
-        "--worker-nice", type=int, default=10, help="niceness of the split layout's worker"
+        "--worker-priority",
+        choices=("idle", "nice"),
+        default="idle",
+        help="the split layout's worker: SCHED_IDLE, or at --worker-nice",
+    )
+    parser.add_argument(
+        "--worker-nice",
+        type=int,
+        default=10,
+        help="niceness of the worker with --worker-priority nice",
     )
     parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--install-wrk", action="store_true", help="apt-get install wrk")
@@ -254,6 +270,8 @@ def main(argv: list[str] | None = None) -> None:
         "--store-trace", action="store_true", help="time the open loop's write transactions"
     )
     args = parser.parse_args(argv)
+    idle = args.worker_priority == "idle"
+    nice = 0 if idle else args.worker_nice
     warmup = 1.0
     if args.quick:
         args.levels, args.duration, args.rate_duration = "1,32", 1.0, 2.0
@@ -295,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     for layout in LAYOUTS:
         for c in levels:
             # A fresh service per level, so no level pays for the backlog of the one before.
-            with service_for(layout, args.worker_nice) as service:
+            with service_for(layout, nice, idle) as service:
                 warmed(service)
                 front0, all0 = cpu_seconds(service.pid), service.cpu_seconds()
                 result = gen.closed(
@@ -312,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         trace = workdir / f"trace-{layout}" if args.store_trace else None
         if trace is not None:
             trace.mkdir()
-        with service_for(layout, args.worker_nice, trace) as service:
+        with service_for(layout, nice, idle, trace) as service:
             warmed(service)
             open_loop = gen.open(
                 service.url,
@@ -365,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         f"machine: {json.dumps(machine_info := machine())}",
         f"generator: {kind} (one process); split: --role ingest + --role worker"
-        f" (nice {args.worker_nice}) on one SQLite file; one: --role all",
+        f" ({'SCHED_IDLE' if idle else f'nice {nice}'}) on one SQLite file; one: --role all",
         *table(
             rows,
             [
@@ -416,7 +434,7 @@ def main(argv: list[str] | None = None) -> None:
             "machine": machine_info,
             "generator": kind,
             "levels": levels,
-            "worker_nice": args.worker_nice,
+            "worker_priority": "idle" if idle else f"nice {nice}",
             "bare": {str(c): bare[c] for c in levels},
             # The layout the goal is about: the worker in another process.
             "service": {str(c): runs["split"][c] for c in levels},
