@@ -389,7 +389,9 @@ class Dispatcher:
             may_go_on, more = await self._run_one(row, work.call, read_group)
             if not may_go_on:
                 return None
-        return more
+        # Asked again after the hook: the service may have begun to stop, or the circuit
+        # opened, while it ran; the rows read stay stored for the next scan.
+        return more if more is not None and self._may_go_on(last.integration) else None
 
     def _may_go_on(self, key: str) -> bool:
         """Whether a group whose rows ran may run the rows added meanwhile in the same turn.

@@ -1087,14 +1087,17 @@ def _insert_records(
 def _update_dispatch(
     db: sqlite3.Connection, sql: str, args: tuple[object, ...], records: Sequence[_RecordRow]
 ) -> None:
-    """Run ``sql`` on one row and keep ``records`` with its call, which the same statement
-    returns (no read of its own)."""
+    """Run ``sql`` on the row whose id is its last argument, and keep ``records`` with its
+    call. (Not ``UPDATE … RETURNING``: that needs SQLite 3.35, newer than Debian 11's or
+    Ubuntu 20.04's, where every hook result would fail to be written and its hook run again.)"""
+    db.execute(sql, args)
     if not records:
-        db.execute(sql, args)
         return
-    found = db.execute(f"{sql} RETURNING account, call_id", args).fetchall()
-    if found:
-        _insert_records(db, found[0][0], found[0][1], records)
+    found = db.execute(
+        "SELECT account, call_id FROM dispatches WHERE id = ?", (args[-1],)
+    ).fetchone()
+    if found is not None:
+        _insert_records(db, found[0], found[1], records)
 
 
 _COMPLETE_SQL = (

@@ -5,6 +5,7 @@ result, not by a read of their own."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -116,3 +117,36 @@ async def test_rows_added_while_a_group_runs_run_in_the_same_turn(
     assert counting.calls["group_work"] == 1
     records = await app[STORE].call_records(ACCOUNT, call.call_id)
     assert len([r for r in records if r.entry.kind == "hook"]) == len(ran)
+
+
+async def test_a_group_whose_hook_ran_while_the_service_began_to_stop_ends_its_turn(
+    tmp_path: Path, test_plugins_dir: Path, aiohttp_client
+) -> None:
+    """Whether a group goes on is asked again once its hook is done: rows added while it ran
+    wait for the next start when the service began to stop meanwhile (stop() waits for the
+    groups, and a shutdown has its limit)."""
+    app, receive = await started(tmp_path, aiohttp_client)
+    call = scenarios.inbound_answered(call_id="1717171700.3")
+    first, rest = call.events[0], call.events[1:]
+    await receive(first)
+    await app[WORKER].drain()
+    dispatcher = app[DISPATCHER]
+    counting = dispatcher.store = CountingStore(app[STORE])
+    stopping: list[asyncio.Future[None]] = []
+
+    async def the_call_goes_on_and_the_service_stops() -> None:
+        for params in rest:
+            await receive(params)
+        await app[WORKER].drain()
+        stopping.append(asyncio.ensure_future(dispatcher.stop()))
+        await asyncio.sleep(0)  # stop() has begun: it waits for this group
+
+    counting.meanwhile = the_call_goes_on_and_the_service_stops
+    assert await dispatcher.dispatch_due() == 1
+    await stopping[0] if stopping else await dispatcher.wait_idle()
+
+    assert stopping, "the hook's result was never written"
+    ran = await seen(app, "rec")
+    assert [key.split(":")[2] for key in ran] == ["started"]
+    pending = await app[STORE].pending_dispatches(100)
+    assert [d.key for d in pending] == ["answered", "finished"]  # for the next start
