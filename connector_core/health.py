@@ -53,7 +53,10 @@ async def readyz(request: web.Request) -> web.Response:
         log.warning("/readyz: the store's counts could not be read", exc_info=True)
         stats = {}
     stalled = app[SUPERVISOR].stalled(server.loop_stall_seconds, stats)
-    ready = writable and not stalled
+    # The worker's rounds go on while the spool's webhooks cannot be moved: no loop stalls.
+    unmoved = stats.get("spool_failing_seconds", 0)
+    spool_stuck = unmoved > server.loop_stall_seconds
+    ready = writable and not stalled and not spool_stuck
     status = 200 if ready else 503
     if not may_see_details(request, server.readyz_token):
         return web.json_response({"ready": ready}, status=status)
@@ -63,6 +66,11 @@ async def readyz(request: web.Request) -> web.Response:
         " while it has work waiting"
         for name in stalled
     ]
+    if spool_stuck:
+        problems.append(
+            f"webhooks in the spool could not be moved into the inbox for {unmoved} s: they"
+            " are kept there, not processed; the worker's log says why"
+        )
     if app[ROLE] is Role.INGEST:
         # An ingest process runs no loops: it shows the cluster's checks as stored.
         with contextlib.suppress(Exception):

@@ -59,6 +59,8 @@ class Metrics:
                 "dispatches_dead": "Hook calls in the dead-letter queue",
                 "inbox_quarantined": "Stored webhooks set aside after failing repeatedly",
                 "calls_open": "Calls not finished yet",
+                "spool_failing_seconds": "Seconds every move of spooled webhooks into the inbox"
+                " has failed (0: they move)",
             }.items()
         }
         self.http_errors = Counter(

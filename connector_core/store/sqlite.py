@@ -88,6 +88,9 @@ class SQLiteStore(GroupCommit, SQLiteNumberCalls, LocalCoordination):
             " and the worker tries again at its next drain",
             "the spool's webhooks are moved into the inbox again",
         )
+        # Since when (this store's clock) every move has failed: /readyz and /metrics show it
+        # (``stats``), as the worker's rounds go on all the same and so never look stalled.
+        self._move_failing_since: float | None = None
         self._delete_errors = spool.ErrorLog(
             log,
             logging.WARNING,
@@ -167,13 +170,17 @@ class SQLiteStore(GroupCommit, SQLiteNumberCalls, LocalCoordination):
 
                 await self._write(move)
         except spool.MovedElsewhere:
+            self._move_failing_since = None
             return  # by another process: nothing is wrong
         except (spool.SpoolError, sqlite3.Error, StoreUnavailable) as exc:
             if isinstance(exc, sqlite3.DatabaseError):
                 await self._run(lambda db: self._mover.reopen())
             self._move_errors.error(exc)
+            if self._move_failing_since is None:
+                self._move_failing_since = self.clock.now()
             return
         self._move_errors.ok()
+        self._move_failing_since = None
         if found is None:
             return
         try:
@@ -772,7 +779,13 @@ class SQLiteStore(GroupCommit, SQLiteNumberCalls, LocalCoordination):
                 "rejected": one("SELECT count(*) FROM rejected"),
             }
 
-        return await self._run(count)
+        counts = await self._run(count)
+        since = self._move_failing_since
+        # Whole seconds, at least 1 while failing: 0 says the moves succeed.
+        counts["spool_failing_seconds"] = (
+            0 if since is None else max(1, int(self.clock.now() - since))
+        )
+        return counts
 
     async def info(self) -> StoreInfo:
         return _info(self.path, await self._run(version_of))

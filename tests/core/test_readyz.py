@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from pathlib import Path
 from unittest import mock
@@ -11,10 +12,12 @@ from aiohttp.test_utils import make_mocked_request
 from pydantic import SecretStr
 
 from connector_core.app import create_app
-from connector_core.appkeys import STORE, SUPERVISOR
+from connector_core.appkeys import STORE, SUPERVISOR, WORKER
 from connector_core.clock import FakeClock
+from connector_core.cluster import Role
 from connector_core.health import may_see_details
 from connector_core.simulator import scenarios
+from connector_core.store.sqlite import SQLiteStore
 from connector_core.testing.faults import faulty_store_factory
 from tests.harness import ACCOUNT, TOKEN, app_for, make_config
 
@@ -99,6 +102,69 @@ async def test_readyz_names_a_loop_with_work_that_completed_no_round_and_it_reco
     assert stats["inbox_pending"] == 0 and stats["inbox_quarantined"] == 0
     response = await client.get("/readyz")
     assert response.status == 200 and (await response.json())["problems"] == []
+
+
+async def test_readyz_is_503_while_the_spools_webhooks_cannot_be_moved_and_200_after(
+    tmp_path: Path, test_plugins_dir: Path, aiohttp_client
+) -> None:
+    """A worker beside an ingest process (SQLite): its rounds go on when the spooled webhooks
+    cannot be moved into the inbox, so no loop looks stalled; /readyz says so itself."""
+    clock = FakeClock()
+    config, host = make_config(tmp_path, RECORDER)
+    app = create_app(config, host=host, clock=clock, role=Role.WORKER)  # real loops
+    client = await aiohttp_client(app)
+    ingest = SQLiteStore(config.storage.path, clock=clock)
+    ingest.spools = True
+    await ingest.open()
+    db = sqlite3.connect(config.storage.path)
+    try:
+        db.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON inbox"
+            " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+        )
+        db.commit()
+        for params in scenarios.inbound_missed().events:
+            await ingest.append_event(ACCOUNT, params, clock.now())
+        app[WORKER].notify()
+
+        async def failing() -> int:
+            return (await app[STORE].stats())["spool_failing_seconds"]
+
+        deadline = time.monotonic() + 20
+        while await failing() == 0:
+            assert time.monotonic() < deadline, "the worker never tried to move them"
+            await asyncio.sleep(0.05)
+        assert (await client.get("/readyz")).status == 200  # not for long enough yet
+        clock.advance(config.server.loop_stall_seconds + 60)
+        worker = app[SUPERVISOR].loops["worker"]
+        rounds = worker.rounds
+        app[WORKER].notify()
+        await eventually(lambda: worker.rounds > rounds)  # its rounds go on, failing to move
+        response = await client.get("/readyz")
+        assert response.status == 503
+        body = await response.json()
+        assert body["problems"] == [
+            "webhooks in the spool could not be moved into the inbox for 180 s: they are kept"
+            " there, not processed; the worker's log says why"
+        ]
+        assert body["stats"]["spool_failing_seconds"] == 180
+        assert body["stats"]["inbox_pending"] == len(scenarios.inbound_missed().events)
+        assert body["loops"]["worker"]["failing"] is False
+        metrics = await (await client.get("/metrics")).text()
+        assert "connector_spool_failing_seconds 180.0" in metrics.splitlines()
+
+        db.execute("DROP TRIGGER refuse")
+        db.commit()
+        app[WORKER].notify()
+        deadline = time.monotonic() + 20
+        while await failing() != 0:
+            assert time.monotonic() < deadline, "the moves never succeeded again"
+            await asyncio.sleep(0.05)
+        response = await client.get("/readyz")
+        assert response.status == 200 and (await response.json())["problems"] == []
+    finally:
+        db.close()
+        await ingest.close()
 
 
 async def test_readyz_details_need_loopback_or_the_token(

@@ -184,12 +184,19 @@ async def test_a_failed_move_is_logged_and_the_inbox_is_still_processed(
         " worker tries again at its next drain"
     ]
     assert (await worker.stats())["inbox_pending"] == 2  # the spooled one still counts
+    # How long the moves have failed, for /readyz and /metrics: from the first failure.
+    assert (await worker.stats())["spool_failing_seconds"] == 1
+    assert isinstance(worker.clock, FakeClock)
+    worker.clock.advance(300)
+    await worker.pending_events(100)
+    assert (await worker.stats())["spool_failing_seconds"] == 300
 
     db.execute("DROP TRIGGER refuse")
     db.commit()
     db.close()
     items = await worker.pending_events(100)
     assert [item.params["n"] for item in items] == ["d", "1"]
+    assert (await worker.stats())["spool_failing_seconds"] == 0
 
 
 async def test_a_batch_of_spooled_webhooks_is_one_statement(
