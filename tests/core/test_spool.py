@@ -11,10 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from connector_core.app import create_app
 from connector_core.clock import FakeClock
+from connector_core.cluster import Role
 from connector_core.simulator import scenarios
 from connector_core.store import spool
 from connector_core.store.sqlite import SQLiteStore
+from tests.harness import TOKEN, make_config
 
 
 async def opened(path: Path, *, spools: bool) -> SQLiteStore:
@@ -390,3 +393,40 @@ async def test_a_faulty_store_fails_moves_like_other_writes(tmp_path: Path) -> N
     finally:
         await ingest.close()
         await worker.close()
+
+
+async def test_an_ingest_process_whose_spool_stays_locked_answers_503_and_keeps_nothing(
+    tmp_path: Path, test_plugins_dir: Path, aiohttp_client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A webhook the spool cannot take is refused in words Sipuni's log shows, so Sipuni sends
+    it again; once the spool takes writes again, the webhook sent again is kept once."""
+    monkeypatch.setattr("connector_core.store.sqlite_commit.BUSY_TIMEOUT_MS", 200)
+    config, host = make_config(tmp_path, "")
+    client = await aiohttp_client(create_app(config, host=host, role=Role.INGEST))
+    params = scenarios.inbound_missed(call_id="1717171700.7").events[0]
+    holder = sqlite3.connect(spool.path_beside(config.storage.path), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # a process stuck with the spool's write lock
+    try:
+        response = await client.get(f"/sipuni/{TOKEN}", params=params)
+        assert response.status == 503
+        assert await response.json() == {
+            "success": False,
+            "error": "the event could not be stored; send it again later",
+        }
+        readyz = await client.get("/readyz")
+        assert readyz.status == 503
+        assert (await readyz.json())["problems"] == [
+            "the store cannot write: a real write to it failed"
+        ]
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    response = await client.get(f"/sipuni/{TOKEN}", params=params)  # Sipuni sends it again
+    assert response.status == 200 and await response.json() == {"success": True}
+    assert (await client.get("/readyz")).status == 200
+    db = sqlite3.connect(spool.path_beside(config.storage.path))
+    try:
+        kept = db.execute("SELECT call_id FROM inbox").fetchall()
+    finally:
+        db.close()
+    assert kept == [("1717171700.7",)]
