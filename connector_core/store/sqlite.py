@@ -173,11 +173,11 @@ class SQLiteStore(GroupCommit, SQLiteNumberCalls, LocalCoordination):
             self._move_failing_since = None
             return  # by another process: nothing is wrong
         except (spool.SpoolError, sqlite3.Error, StoreUnavailable) as exc:
+            if self._move_failing_since is None:
+                self._move_failing_since = self.clock.now()
             if isinstance(exc, sqlite3.DatabaseError):
                 await self._run(lambda db: self._mover.reopen())
             self._move_errors.error(exc)
-            if self._move_failing_since is None:
-                self._move_failing_since = self.clock.now()
             return
         self._move_errors.ok()
         self._move_failing_since = None
