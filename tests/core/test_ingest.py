@@ -463,6 +463,7 @@ STATS = {
     "dispatches_pending",
     "dispatches_dead",
     "rejected",
+    "spool_failing_seconds",  # SQLite: how long the spool's webhooks have failed to move
 }
 
 
