@@ -36,8 +36,9 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """Ready means webhooks are safe to send and will be processed.
 
-    503 when a real write to the store fails, or when a background loop with work waiting
-    has completed no round for ``[server] loop_stall_seconds``. A CRM that refuses its
+    503 when a real write to the store fails, when a background loop with work waiting
+    has completed no round for ``[server] loop_stall_seconds``, or when this worker has failed
+    to move an ingest process's spooled webhooks for that long (SQLite). A CRM that refuses its
     credentials does not make the service unready (its work waits in the store), but it
     is reported in the details so monitoring can alert on it. The details are shown to
     loopback requests and to requests with the ``[server] readyz_token``; anyone else

@@ -88,8 +88,8 @@ class SQLiteStore(GroupCommit, SQLiteNumberCalls, LocalCoordination):
             " and the worker tries again at its next drain",
             "the spool's webhooks are moved into the inbox again",
         )
-        # Since when (this store's clock) every move has failed: /readyz and /metrics show it
-        # (``stats``), as the worker's rounds go on all the same and so never look stalled.
+        # Since when (this store's clock) every move has failed, in this process: /readyz and
+        # /metrics show it (``stats``), as the worker's rounds go on and so never look stalled.
         self._move_failing_since: float | None = None
         self._delete_errors = spool.ErrorLog(
             log,
@@ -175,9 +175,9 @@ class SQLiteStore(GroupCommit, SQLiteNumberCalls, LocalCoordination):
         except (spool.SpoolError, sqlite3.Error, StoreUnavailable) as exc:
             if self._move_failing_since is None:
                 self._move_failing_since = self.clock.now()
-            if isinstance(exc, sqlite3.DatabaseError):
-                await self._run(lambda db: self._mover.reopen())
             self._move_errors.error(exc)
+            if isinstance(exc, sqlite3.DatabaseError):  # the next read opens the file afresh
+                await self._run(lambda db: self._mover.reopen())
             return
         self._move_errors.ok()
         self._move_failing_since = None

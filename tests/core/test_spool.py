@@ -395,7 +395,7 @@ async def test_a_faulty_store_fails_moves_like_other_writes(tmp_path: Path) -> N
         await worker.close()
 
 
-async def test_an_ingest_process_whose_spool_stays_locked_answers_503_and_keeps_nothing(
+async def test_an_ingest_process_whose_spool_stays_locked_answers_503_then_keeps_the_resent_one(
     tmp_path: Path, test_plugins_dir: Path, aiohttp_client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A webhook the spool cannot take is refused in words Sipuni's log shows, so Sipuni sends
