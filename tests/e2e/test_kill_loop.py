@@ -60,6 +60,9 @@ SEED = 20240601
 LATENCY_MS = 150  # before every sandbox request: kills can land while a request is in flight
 # A new client is made with its ticket (client_id=new_client), so these are the creates.
 CREATES = ("/create/ticket", "/create/comment")
+# The Usedesk plugin's intents written before a /create/comment: a call's comment, a repeated
+# miss's note, a callback's note (``callback:<call>:comment``).
+COMMENT_INTENTS = {"comment", "missed_again", "callback"}
 USERS = (
     '[{extension = "101", agent = 2}, {extension = "102", agent = 3},'
     ' {extension = "103", agent = "anna@example.com"}]'
@@ -452,7 +455,9 @@ def test_sigkill_loop_loses_nothing_and_doubles_nothing(
     # saw; the restarted service found what Usedesk had made instead of making it again, and
     # every create a kill interrupted has its result recorded now.
     assert sum("carried out" in landed for _, _, landed in kills) >= 2, kills
-    assert {i.split(":")[1] for i in interrupted} == {"ticket", "comment"}, interrupted
+    # Both creates were hit; a kill aimed at /create/comment may land on a missed call's note.
+    kinds = {i.split(":")[1] for i in interrupted}
+    assert "ticket" in kinds and kinds & COMMENT_INTENTS, interrupted
     assert dangling_intents(store_backend) == set()
     elapsed = time.monotonic() - started
     print(
