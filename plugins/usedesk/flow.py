@@ -7,7 +7,8 @@ without a usable number go to), ``call:<call_id>``, ``assigned:<call_id>``,
 the number's open missed-call ticket (``missed.py``); a hook
 that runs again (a retry, a redelivery, a restart) finds the step done and goes on from
 there. Find-or-create for one phone number holds that number's lock, so two calls from one
-new number make one client.
+new number make one client; and while a create that makes the client may still land
+(``phone:<E.164>:creating@<account>``), the number's other calls wait for it.
 
 The number's client link is keyed by the Usedesk account it came from (``UsedeskClient.account``,
 a hash of base_url and token), so an integration pointed at another account never sends the old
@@ -298,6 +299,9 @@ async def _record_steps_done(
     effects, ticket_id = integration.effects, record.get("ticket_id")
     if record.get("link"):
         await effects.put(_link_key(integration, plan), record["link"])
+        creating = _creating_key(integration, plan)
+        if ((await effects.get(creating)) or {}).get("call_id") == call.call_id:
+            await effects.drop(creating)  # the link says where the client is now
     if record.get("owner_set") is not None:
         owner = {"agent": record["owner_set"], "call": call.call_id}
         await effects.put(f"ticket_owner:{ticket_id}", owner)
@@ -392,6 +396,14 @@ def _link_key(integration: Integration, plan: Plan) -> str:
     return client_key(integration, plan.phone)
 
 
+def _creating_key(integration: Integration, plan: Plan) -> str:
+    """The effect key naming the call whose ticket create is making the plan's client: while
+    that create may still land, no other call of the number makes one (a second client)."""
+    if isinstance(plan, scenario.HiddenLookup):
+        return f"hidden_client:{plan.client_name}:creating@{runtime(integration).client.account}"
+    return f"phone:{plan.phone}:creating@{runtime(integration).client.account}"
+
+
 async def _healing(
     integration: Integration,
     call: CallState,
@@ -467,24 +479,22 @@ async def _ticket_for(
 ) -> dict[str, Any]:
     """The record of the call's ticket: ``found``'s open ticket, or a new one."""
     if not found.get("ticket_id") and found.get("client_id") is None:
-        # Another call from this number may have made the client since this call looked
-        # (links are written under the lock this runs in), or found the one this call's
-        # unanswered create made: look again, and settle that create below if it is so.
-        if await integration.effects.get(_link_key(integration, plan)) is not None:
-            found = await _look_up(integration, plan)  # the link, and that client's tickets
+        found = await _looked_up_again(integration, call, plan, found)
     if found.get("ticket_id"):
         intent = f"intent:ticket:{call.call_id}"
-        if await integration.effects.get(intent) is None:
+        earlier = await integration.effects.get(intent)
+        if earlier is None:
             return {**found, "ticket_new": False}
         # An earlier attempt of this call sent a create that got no answer (the process
         # died), and the lookup, redone since (by this call, or by the number's next call
         # that found and linked the client it made), finds an open ticket: it may be the one
         # that create made, with the call's comment as its first message. Settle the create
         # first, or the comment would be written on it a second time.
+        # Looked for where it was sent: among the number's clients when it made one.
         made = await _made_by_earlier_attempt(
             integration,
             intent,
-            lambda: _ticket_made_for(integration, plan, found.get("client_id"), call.call_id),
+            lambda: _ticket_made_for(integration, plan, earlier.get("client_id"), call.call_id),
         )
         if made is None:  # it never landed: the open ticket is another call's
             return {**found, "ticket_new": False}
@@ -505,6 +515,37 @@ async def _ticket_for(
     return await _create_ticket(integration, call, plan, found)
 
 
+async def _looked_up_again(
+    integration: Integration, call: CallState, plan: Plan, found: dict[str, Any]
+) -> dict[str, Any]:
+    """``found`` (no client), or the number looked up again when it may have one by now.
+
+    Another call from the number may have made the client since this call looked (links are
+    written under the lock this runs in), or found the one this call's unanswered create
+    made. Or another call's create of the client got no answer (its process died, Usedesk
+    answered too late): it may still land until ``write_settle_seconds`` after it was sent,
+    so this call waits (:class:`RetryLater`) rather than make a second client, then looks."""
+    effects, rt = integration.effects, runtime(integration)
+    key = _creating_key(integration, plan)
+    creating = await effects.get(key)
+    if creating is not None and creating.get("call_id") != call.call_id:
+        other, intent = creating.get("call_id"), str(creating.get("intent"))
+        if await effects.get(f"call:{other}") is None and await effects.get(intent) is not None:
+            wait = _may_land_for(rt, intent, creating)
+            if wait > 0:
+                raise RetryLater(
+                    f"call {other} sent a create of this number's client that got no answer"
+                    f" and may still land in Usedesk; looking for it in {wait:.0f} s"
+                    " (write_settle_seconds)",
+                    seconds=wait,
+                )
+        await effects.drop(key)  # settled, answered, or never sent: the search says what is
+        return await _look_up(integration, plan)
+    if await effects.get(_link_key(integration, plan)) is not None:
+        return await _look_up(integration, plan)  # the link, and that client's tickets
+    return found
+
+
 async def _create_ticket(
     integration: Integration, call: CallState, plan: Plan, found: dict[str, Any]
 ) -> dict[str, Any]:
@@ -517,7 +558,9 @@ async def _create_ticket(
     intent = f"intent:ticket:{call.call_id}"
     earlier = await effects.get(intent) or {}  # what an earlier attempt sent, if it did
     made = await _made_by_earlier_attempt(
-        integration, intent, lambda: _ticket_made_for(integration, plan, client_id, call.call_id)
+        integration,
+        intent,
+        lambda: _ticket_made_for(integration, plan, earlier.get("client_id"), call.call_id),
     )
     owner: Any = None
     assigned: dict[str, Any] | None = None
@@ -548,14 +591,9 @@ async def _create_ticket(
             else rt.render("ticket_message", call)
         )
         with_comment = call.finished and agents is not None
+        sent = {"sent_at": time.time()}
         await effects.put(
-            intent,
-            {
-                "client_id": client_id,
-                "sent_at": time.time(),
-                "owner": owner,
-                "with_comment": with_comment,
-            },
+            intent, {"client_id": client_id, **sent, "owner": owner, "with_comment": with_comment}
         )
         new_client = None
         if client_id is None:
@@ -565,6 +603,10 @@ async def _create_ticket(
                 else None
             )
             new_client = NewClient(name, digits)
+            # Other calls of the number wait for this create rather than make a second client.
+            creating = _creating_key(integration, plan)
+            await effects.drop(creating)
+            await effects.put(creating, {"call_id": call.call_id, "intent": intent, **sent})
         ticket_id = await _answered_or_pending(
             integration,
             intent,
@@ -645,8 +687,7 @@ async def _made_by_earlier_attempt(
     if pending is None:
         return None
     rt = runtime(integration)
-    settle = 0.0 if intent in rt.answered_creates else rt.settings.write_settle_seconds
-    wait = float(pending.get("sent_at", 0.0)) + settle - time.time()
+    wait = _may_land_for(rt, intent, pending)
     if wait > 0:
         raise RetryLater(
             f"a create sent earlier got no answer and may still land in Usedesk;"
@@ -660,6 +701,13 @@ async def _made_by_earlier_attempt(
     else:
         log.info("%s: a create Usedesk did not answer had landed: %s", integration.key, made)
     return made
+
+
+def _may_land_for(rt: UsedeskRuntime, intent: str, sent: Mapping[str, Any]) -> float:
+    """Seconds until the create of ``intent``, sent at ``sent["sent_at"]``, can no longer
+    land: none once this process saw its answer, else ``write_settle_seconds`` after."""
+    settle = 0.0 if intent in rt.answered_creates else rt.settings.write_settle_seconds
+    return float(sent.get("sent_at", 0.0)) + settle - time.time()
 
 
 async def _ticket_made_for(

@@ -23,6 +23,7 @@ Rerun: ``.venv/bin/pytest tests/e2e/test_cluster_kill.py -s`` (``-s`` prints the
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import re
 import time
@@ -153,6 +154,9 @@ def test_postgresql_cluster_of_three_killed_at_random_loses_and_doubles_nothing(
             pbx.go_on(position)
         for process in processes.values():
             shut_down(process)
+        # What Usedesk was sent, and when each kill landed: what a doubled client is read from.
+        record = {"kills": kills, "requests": sandbox.requests(), "state": sandbox.state()}
+        (tmp_path / "sandbox-record.json").write_text(json.dumps(record, ensure_ascii=False))
         sandbox.stop()
 
     per_number = Counter(digits(c) for c in calls)

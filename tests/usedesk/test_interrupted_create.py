@@ -11,6 +11,7 @@ and record what that create did, not take the ticket for another call's and writ
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import pytest
 from connector_core import tracker
 from connector_core.callstate import CallState, LifecycleEvent, LifecycleKind
 from connector_core.events import SipuniEvent, parse_event
-from connector_core.plugin import TransientError
+from connector_core.plugin import RetryLater, TransientError
 from connector_core.simulator import scenarios
 from plugins.usedesk import flow
 from tests.usedesk.missed_world import (
@@ -109,3 +110,48 @@ async def test_an_answered_calls_lost_create_is_recorded_as_its_own_ticket(
     # Made on answer, with its owner (agent 2, who answered): the comment comes at the end.
     record, _ = await next_call_first(tmp_path, first_call, next_call, LifecycleKind.ANSWERED)
     assert record["ticket_new"] is True and record["owner_set"] == 2
+
+
+async def run_waiting(world: MissedWorld, some: list[Step]) -> list[str]:
+    """``run``, each step asked again when it must wait (as the dispatcher does after a
+    ``RetryLater``). Returns why each wait was asked for."""
+    waits: list[str] = []
+    for call, record in some:
+        while True:
+            try:
+                await world.host.call_lifecycle(world.integration, call, record)
+                break
+            except RetryLater as wait:
+                waits.append(str(wait))
+                await asyncio.sleep(wait.seconds)
+    return waits
+
+
+async def test_the_numbers_next_call_waits_for_a_create_that_may_still_land(
+    tmp_path: Path,
+) -> None:
+    """The first call's create (its client made with the ticket) is carried out late, after
+    the connector stopped waiting, and the process restarts. The number's next call, handled
+    before the create has landed, must not make a second client: it waits until the create
+    could have landed (``write_settle_seconds``), then finds that client and its ticket."""
+    first_call, next_call = missed_call(0, 1), missed_call(5, 2)
+    async with missed_world(tmp_path, write_settle_seconds=1.0, request_timeout_seconds=0.3) as w:
+        seeded = {c["id"] for c in w.sandbox.snapshot()["clients"]}
+        w.sandbox.faults.configure(
+            {"mode": "late", "late_s": 0.6, "count": 1, "paths": ["/create/ticket"]}
+        )
+        first = steps(first_call)
+        with pytest.raises(TransientError):
+            await run(w, first)  # its end: the create times out; Usedesk carries it out later
+        await w.integration.runtime.aclose()
+        w.integration.runtime = flow.UsedeskRuntime(w.integration)
+        waits = await run_waiting(w, steps(next_call))
+        await run_waiting(w, first[-1:])  # the first call's end, redelivered
+        clients = [c for c in w.sandbox.snapshot()["clients"] if c["id"] not in seeded]
+        [ticket] = w.tickets()
+    assert waits and "may still land" in waits[0], waits
+    [client] = clients
+    assert ticket["client_id"] == client["id"]
+    assert ticket["additional_id"] == first_call.call_id
+    for call in (first_call, next_call):
+        assert len(comments_with(ticket, f"ID: {call.call_id}<")) == 1, call.call_id
