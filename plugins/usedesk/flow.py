@@ -7,7 +7,7 @@ without a usable number go to), ``call:<call_id>``, ``assigned:<call_id>``,
 the number's open missed-call ticket (``missed.py``); a hook
 that runs again (a retry, a redelivery, a restart) finds the step done and goes on from
 there. Find-or-create for one phone number holds that number's lock, so two calls from one
-new number make one client; and while a create that makes the client may still land
+new number make one client; and while a call's create of the number's ticket may still land
 (``phone:<E.164>:creating@<account>``), the number's other calls wait for it.
 
 The number's client link is keyed by the Usedesk account it came from (``UsedeskClient.account``,
@@ -299,9 +299,10 @@ async def _record_steps_done(
     effects, ticket_id = integration.effects, record.get("ticket_id")
     if record.get("link"):
         await effects.put(_link_key(integration, plan), record["link"])
+    if record.get("ticket_new"):
         creating = _creating_key(integration, plan)
         if ((await effects.get(creating)) or {}).get("call_id") == call.call_id:
-            await effects.drop(creating)  # the link says where the client is now
+            await effects.drop(creating)  # the number's next call finds the ticket now
     if record.get("owner_set") is not None:
         owner = {"agent": record["owner_set"], "call": call.call_id}
         await effects.put(f"ticket_owner:{ticket_id}", owner)
@@ -397,8 +398,8 @@ def _link_key(integration: Integration, plan: Plan) -> str:
 
 
 def _creating_key(integration: Integration, plan: Plan) -> str:
-    """The effect key naming the call whose ticket create is making the plan's client: while
-    that create may still land, no other call of the number makes one (a second client)."""
+    """The effect key naming the call whose create of the number's ticket (and client) may
+    still land: meanwhile the number's other calls make neither (a second one)."""
     if isinstance(plan, scenario.HiddenLookup):
         return f"hidden_client:{plan.client_name}:creating@{runtime(integration).client.account}"
     return f"phone:{plan.phone}:creating@{runtime(integration).client.account}"
@@ -478,7 +479,7 @@ async def _ticket_for(
     integration: Integration, call: CallState, plan: Plan, found: dict[str, Any]
 ) -> dict[str, Any]:
     """The record of the call's ticket: ``found``'s open ticket, or a new one."""
-    if not found.get("ticket_id") and found.get("client_id") is None:
+    if not found.get("ticket_id") and (found.get("client_id") is None or plan.search_tickets):
         found = await _looked_up_again(integration, call, plan, found)
     if found.get("ticket_id"):
         intent = f"intent:ticket:{call.call_id}"
@@ -518,13 +519,14 @@ async def _ticket_for(
 async def _looked_up_again(
     integration: Integration, call: CallState, plan: Plan, found: dict[str, Any]
 ) -> dict[str, Any]:
-    """``found`` (no client), or the number looked up again when it may have one by now.
+    """``found`` (no open ticket), or the number looked up again when it may have one by now.
 
     Another call from the number may have made the client since this call looked (links are
     written under the lock this runs in), or found the one this call's unanswered create
-    made. Or another call's create of the client got no answer (its process died, Usedesk
-    answered too late): it may still land until ``write_settle_seconds`` after it was sent,
-    so this call waits (:class:`RetryLater`) rather than make a second client, then looks."""
+    made. Or another call's create of the number's ticket (and client) got no answer (its
+    process died, Usedesk answered too late): it may still land until
+    ``write_settle_seconds`` after it was sent, so this call waits (:class:`RetryLater`)
+    rather than make a second one, then looks."""
     effects, rt = integration.effects, runtime(integration)
     key = _creating_key(integration, plan)
     creating = await effects.get(key)
@@ -534,14 +536,14 @@ async def _looked_up_again(
             wait = _may_land_for(rt, intent, creating)
             if wait > 0:
                 raise RetryLater(
-                    f"call {other} sent a create of this number's client that got no answer"
+                    f"call {other} sent a create of this number's ticket that got no answer"
                     f" and may still land in Usedesk; looking for it in {wait:.0f} s"
                     " (write_settle_seconds)",
                     seconds=wait,
                 )
         await effects.drop(key)  # settled, answered, or never sent: the search says what is
         return await _look_up(integration, plan)
-    if await effects.get(_link_key(integration, plan)) is not None:
+    if found.get("client_id") is None and await effects.get(_link_key(integration, plan)):
         return await _look_up(integration, plan)  # the link, and that client's tickets
     return found
 
@@ -603,7 +605,8 @@ async def _create_ticket(
                 else None
             )
             new_client = NewClient(name, digits)
-            # Other calls of the number wait for this create rather than make a second client.
+        if new_client is not None or plan.search_tickets:
+            # The number's other calls wait for this create rather than make a second one.
             creating = _creating_key(integration, plan)
             await effects.drop(creating)
             await effects.put(creating, {"call_id": call.call_id, "intent": intent, **sent})

@@ -127,16 +127,20 @@ async def run_waiting(world: MissedWorld, some: list[Step]) -> list[str]:
     return waits
 
 
+@pytest.mark.parametrize("known", [False, True], ids=["new number", "client without ticket"])
 async def test_the_numbers_next_call_waits_for_a_create_that_may_still_land(
-    tmp_path: Path,
+    tmp_path: Path, known: bool
 ) -> None:
-    """The first call's create (its client made with the ticket) is carried out late, after
-    the connector stopped waiting, and the process restarts. The number's next call, handled
-    before the create has landed, must not make a second client: it waits until the create
-    could have landed (``write_settle_seconds``), then finds that client and its ticket."""
+    """The first call's ticket create (making the client too, for a new number) is carried
+    out late, after the connector stopped waiting, and the process restarts. The number's
+    next call, handled before the create has landed, must not make a second client or
+    ticket: it waits until the create could have landed (``write_settle_seconds``), then
+    finds that client and its ticket."""
     first_call, next_call = missed_call(0, 1), missed_call(5, 2)
     async with missed_world(tmp_path, write_settle_seconds=1.0, request_timeout_seconds=0.3) as w:
         seeded = {c["id"] for c in w.sandbox.snapshot()["clients"]}
+        if known:  # Usedesk has the number's client, with no open ticket
+            await w.integration.runtime.client.create_client(name="Клиент", phone_digits=CLIENT)
         w.sandbox.faults.configure(
             {"mode": "late", "late_s": 0.6, "count": 1, "paths": ["/create/ticket"]}
         )
