@@ -608,8 +608,10 @@ async def _create_ticket(
         if new_client is not None or plan.search_tickets:
             # The number's other calls wait for this create rather than make a second one.
             creating = _creating_key(integration, plan)
-            await effects.drop(creating)
-            await effects.put(creating, {"call_id": call.call_id, "intent": intent, **sent})
+            mark = {"call_id": call.call_id, "intent": intent, **sent}
+            if not await effects.put(creating, mark):  # this call's earlier mark, or a settled one
+                await effects.drop(creating)
+                await effects.put(creating, mark)
         ticket_id = await _answered_or_pending(
             integration,
             intent,
