@@ -58,10 +58,17 @@ from connector_core.store import sqlite
 from connector_core.store.base import Dispatch, InboxItem, Store, StoreInfo, StoreUnavailable
 from connector_core.store.choose import NoPostgres, inspect_store, make_store
 from connector_core.store.migrations import SchemaError, too_new
+from connector_core.store.sqlite_commit import cannot_create
 from connector_core.store.urls import masked_url, url_password
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
 DEFAULTS = Path(__file__).with_name("defaults.toml")
+
+
+NO_CONFIG_FILE = (
+    "no config file (no --config, no $CONNECTOR_CONFIG, no connector.toml in {cwd}):"
+    " the embedded demo defaults, for trying only"
+)
 
 
 def _config_path(given: str | None) -> Path | None:
@@ -105,7 +112,11 @@ def load(given: str | None) -> tuple[Config, PluginHost]:
     if path is None:
         host.load(_named_plugins(DEFAULTS.read_text(encoding="utf-8")))
         _refuse_broken_plugins(host)
-        return default_config(host.types), host
+        config = default_config(host.types)
+        # Said first: started from the wrong folder, a service would otherwise run on the
+        # public demo account with nothing but the token's warning to show for it.
+        config.warnings.insert(0, NO_CONFIG_FILE.format(cwd=Path.cwd()))
+        return config, host
     try:
         text = path.read_text(encoding="utf-8")
     except OSError:
@@ -248,7 +259,12 @@ async def _check_store(config: Config, stand_in: Path) -> tuple[bool, bool]:
             )
         print(f"error: {setting}: {problem}")
         return False, True
-    line = _store_line(info, exists=url is not None or storage.path.exists())
+    exists = url is not None or storage.path.exists()
+    unwritable = None if exists else cannot_create(storage.path)
+    if unwritable is not None:
+        print(f"error: {setting}: {unwritable}")
+        return False, True
+    line = _store_line(info, exists=exists)
     if info.version > info.latest:
         print(f"error: {setting}: {info.where}: {too_new(info.version, info.latest)}")
         return False, True
@@ -590,6 +606,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
     except KeyboardInterrupt:
         pass
+    except OSError as exc:
+        if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+            raise
+        # aiohttp's message names the address: the service's or the sandbox's.
+        print(
+            f"cannot start the demo: {exc.strerror or exc};"
+            f" the service listens on {args.port}, the Usedesk sandbox on {args.sandbox_port}:"
+            " choose free ports with --port and --sandbox-port",
+            file=sys.stderr,
+        )
+        return EXIT_CHECK_FAILED
     return EXIT_OK
 
 

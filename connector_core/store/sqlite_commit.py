@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -47,6 +48,27 @@ BUSY_TIMEOUT_MS = 5000
 LOCK_PAUSES = (0.0001, 0.0002, 0.0005, 0.001)
 
 
+# What a SQLite store needs of its folder: SQLite writes the -wal and -shm files beside the file.
+WRITABLE_FOLDER = (
+    "the folder must exist (or be creatable) and be writable by the user the service runs as,"
+    " for the database and the -wal and -shm files SQLite keeps beside it"
+)
+_CANNOT_OPEN = (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM)
+
+
+def cannot_create(path: Path) -> str | None:
+    """Why the service could not create a SQLite store at ``path`` (which does not exist), or
+    ``None``: the nearest folder that exists must let this user create what is missing."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{path}: {folder} is not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"{path}: {folder} is not writable by this user; {WRITABLE_FOLDER}"
+    return None
+
+
 def _outside_transaction(fn: Callable[[sqlite3.Connection], T], db: sqlite3.Connection) -> T:
     """``fn(db)`` on the store's thread, where no write transaction is open between calls:
     one still open was left by a ROLLBACK that failed (an I/O error at the time), and a read
@@ -58,11 +80,19 @@ def _outside_transaction(fn: Callable[[sqlite3.Connection], T], db: sqlite3.Conn
 
 def connect(path: Path) -> sqlite3.Connection:
     """A connection to the database file at ``path`` (made, with its folder, if missing) in
-    WAL mode with synchronous=FULL, as every connection of the service's writers is."""
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
+    WAL mode with synchronous=FULL, as every connection of the service's writers is.
+
+    A file or folder this user cannot create or write is ``StoreUnavailable`` naming them."""
+    try:
+        if path.parent and not path.parent.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+    except (OSError, sqlite3.OperationalError) as exc:
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if isinstance(exc, sqlite3.OperationalError) and code not in _CANNOT_OPEN:
+            raise  # busy, say: not about the file's place
+        raise StoreUnavailable(f"{path}: {exc}; {WRITABLE_FOLDER}") from exc
     db.execute("PRAGMA synchronous=FULL")
     db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     # Statement journals (every page a batch changes under its savepoint) and sort files in

@@ -661,6 +661,20 @@ def test_serve_answers_and_exits_0_on_sigterm(workdir: Path, test_plugins_dir: P
     ]
 
 
+def test_demo_on_a_port_in_use_says_so_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = run(capsys, "demo", "--once", "--sandbox-port", str(port))
+    assert code == 1
+    assert err.splitlines() == [
+        f"cannot start the demo: error while attempting to bind on address ('127.0.0.1', {port}):"
+        f" address already in use; the service listens on 8080, the Usedesk sandbox on {port}:"
+        " choose free ports with --port and --sandbox-port"
+    ]
+
+
 @pytest.mark.e2e
 def test_serve_on_a_port_in_use_says_so_in_one_line(workdir: Path, test_plugins_dir: Path) -> None:
     with socket.socket() as taken:
@@ -696,7 +710,10 @@ def test_load_without_a_config_uses_the_embedded_defaults(workdir: Path) -> None
     assert account.integrations["amocrm_stub"].enabled is True
     assert (config.server.host, config.server.port) == ("127.0.0.1", 8080)
     assert config.storage.path == workdir / "connector.db"
-    assert config.warnings == ["accounts.012345.token: the demo token is public; set your own"]
+    assert config.warnings == [
+        cli.NO_CONFIG_FILE.format(cwd=workdir),
+        "accounts.012345.token: the demo token is public; set your own",
+    ]
     # Only the plugins the config names are imported.
     assert set(host.types) == {"amocrm_stub"}
 
@@ -710,8 +727,33 @@ def test_check_without_a_config_checks_the_defaults_and_warns(workdir: Path, cap
         f"store: sqlite {workdir / 'connector.db'}: {WILL_BE_CREATED}",
         "012345/amocrm_stub [amocrm_stub]: ok (stub: nothing to authorise)",
     ]
-    assert err == "warning: accounts.012345.token: the demo token is public; set your own\n"
+    # Which file was read, first: a service started from the wrong folder runs on the demo.
+    assert err.splitlines() == [
+        f"warning: no config file (no --config, no $CONNECTOR_CONFIG, no connector.toml in"
+        f" {workdir}): the embedded demo defaults, for trying only",
+        "warning: accounts.012345.token: the demo token is public; set your own",
+    ]
     assert not (workdir / "connector.db").exists()
+
+
+def test_check_and_serve_name_a_store_folder_that_cannot_be_made(
+    workdir: Path, test_plugins_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (workdir / "data").write_text("a file where the store's folder should be")
+    path = workdir / "data" / "connector.db"
+    config = write_config(workdir, RECORDER)
+    config.write_text(config.read_text().replace('"connector.db"', f'"{path}"'))
+    code, out, _ = run(capsys, "check", "--config", str(config))
+    assert code == 1
+    assert f"error: storage.path: {path}: {workdir / 'data'} is not a folder" in out.splitlines()
+    # The service says the same in one line, not a traceback.
+    done = run_process(workdir, test_plugins_dir, "serve", "--config", str(config))
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == (
+        f"the store cannot be used: {path}: unable to open database file;"
+        " the folder must exist (or be creatable) and be writable by the user the service"
+        " runs as, for the database and the -wal and -shm files SQLite keeps beside it"
+    )
 
 
 def test_config_is_found_in_env_then_current_directory(
