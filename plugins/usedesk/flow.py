@@ -8,7 +8,8 @@ the number's open missed-call ticket (``missed.py``); a hook
 that runs again (a retry, a redelivery, a restart) finds the step done and goes on from
 there. Find-or-create for one phone number holds that number's lock, so two calls from one
 new number make one client; and while a call's create of the number's ticket may still land
-(``phone:<E.164>:creating@<account>``), the number's other calls wait for it.
+(``phone:<E.164>:creating@<account>``; ``hidden_client:<name>:creating@<account>``), the
+number's other calls wait for it, and look again if they looked before it.
 
 The number's client link is keyed by the Usedesk account it came from (``UsedeskClient.account``,
 a hash of base_url and token), so an integration pointed at another account never sends the old
@@ -244,6 +245,8 @@ async def lookup(integration: Integration, call: CallState) -> dict[str, Any]:
             record = await _open_missed_ticket(integration, call, plan) or await _healing(
                 integration, call, plan, lambda: _look_up(integration, plan)
             )
+            # When: a create of the number's ticket sent after it may have made what it lacks.
+            record = {**record, "looked_at": time.time()}
             await effects.put(key, record)
             _report_lookup(integration, record)
     return record
@@ -271,7 +274,7 @@ async def ensure_ticket(integration: Integration, call: CallState) -> dict[str, 
 
             async def again() -> dict[str, Any]:
                 # After a stale link was dropped: the lookup is redone, then the ticket.
-                fresh = await _look_up(integration, plan)
+                fresh = {**await _look_up(integration, plan), "looked_at": time.time()}
                 await effects.drop(f"lookup:{call.call_id}")
                 await effects.put(f"lookup:{call.call_id}", fresh)
                 return await _ticket_for(integration, call, plan, fresh)
@@ -299,10 +302,6 @@ async def _record_steps_done(
     effects, ticket_id = integration.effects, record.get("ticket_id")
     if record.get("link"):
         await effects.put(_link_key(integration, plan), record["link"])
-    if record.get("ticket_new"):
-        creating = _creating_key(integration, plan)
-        if ((await effects.get(creating)) or {}).get("call_id") == call.call_id:
-            await effects.drop(creating)  # the number's next call finds the ticket now
     if record.get("owner_set") is not None:
         owner = {"agent": record["owner_set"], "call": call.call_id}
         await effects.put(f"ticket_owner:{ticket_id}", owner)
@@ -398,8 +397,9 @@ def _link_key(integration: Integration, plan: Plan) -> str:
 
 
 def _creating_key(integration: Integration, plan: Plan) -> str:
-    """The effect key naming the call whose create of the number's ticket (and client) may
-    still land: meanwhile the number's other calls make neither (a second one)."""
+    """The effect key of the number's newest ticket create (its call, when it was sent): the
+    number's other calls wait while it may still land, and look again if they looked before
+    it could have (:func:`_looked_up_again`)."""
     if isinstance(plan, scenario.HiddenLookup):
         return f"hidden_client:{plan.client_name}:creating@{runtime(integration).client.account}"
     return f"phone:{plan.phone}:creating@{runtime(integration).client.account}"
@@ -480,6 +480,8 @@ async def _ticket_for(
 ) -> dict[str, Any]:
     """The record of the call's ticket: ``found``'s open ticket, or a new one."""
     if not found.get("ticket_id") and (found.get("client_id") is None or plan.search_tickets):
+        # No open ticket when this call looked: another call's create since may have made
+        # one it should use (or the client it lacks).
         found = await _looked_up_again(integration, call, plan, found)
     if found.get("ticket_id"):
         intent = f"intent:ticket:{call.call_id}"
@@ -521,17 +523,20 @@ async def _looked_up_again(
 ) -> dict[str, Any]:
     """``found`` (no open ticket), or the number looked up again when it may have one by now.
 
-    Another call from the number may have made the client since this call looked (links are
-    written under the lock this runs in), or found the one this call's unanswered create
-    made. Or another call's create of the number's ticket (and client) got no answer (its
-    process died, Usedesk answered too late): it may still land until
-    ``write_settle_seconds`` after it was sent, so this call waits (:class:`RetryLater`)
-    rather than make a second one, then looks."""
+    Two ways the number may have got a ticket or client since this call looked:
+
+    * Another call of the number sent a create of its ticket (and client) since, or shortly
+      before, so it may have landed after the look (the number's last create is named under
+      ``_creating_key``). If that create got no answer (its process died, Usedesk answered
+      too late), it may still land until ``write_settle_seconds`` after it was sent: this call
+      waits (:class:`RetryLater`) rather than make a second one, then looks.
+    * For a number without a client: another call made and linked it (links are written
+      under the lock this runs in), or found the one this call's unanswered create made."""
     effects, rt = integration.effects, runtime(integration)
-    key = _creating_key(integration, plan)
-    creating = await effects.get(key)
+    creating = await effects.get(_creating_key(integration, plan))
     if creating is not None and creating.get("call_id") != call.call_id:
-        other, intent = creating.get("call_id"), str(creating.get("intent"))
+        other = creating.get("call_id")
+        intent = f"intent:ticket:{other}"  # the create the mark names
         if await effects.get(f"call:{other}") is None and await effects.get(intent) is not None:
             wait = _may_land_for(rt, intent, creating)
             if wait > 0:
@@ -541,8 +546,9 @@ async def _looked_up_again(
                     " (write_settle_seconds)",
                     seconds=wait,
                 )
-        await effects.drop(key)  # settled, answered, or never sent: the search says what is
-        return await _look_up(integration, plan)
+        landed_by = float(creating.get("sent_at", 0.0)) + rt.settings.write_settle_seconds
+        if landed_by > float(found.get("looked_at", 0.0)):  # it may have landed after the look
+            return await _look_up(integration, plan)
     if found.get("client_id") is None and await effects.get(_link_key(integration, plan)):
         return await _look_up(integration, plan)  # the link, and that client's tickets
     return found
@@ -593,9 +599,15 @@ async def _create_ticket(
             else rt.render("ticket_message", call)
         )
         with_comment = call.finished and agents is not None
-        sent = {"sent_at": time.time()}
+        sent_at = time.time()  # the intent's and the number's mark's: one moment
         await effects.put(
-            intent, {"client_id": client_id, **sent, "owner": owner, "with_comment": with_comment}
+            intent,
+            {
+                "client_id": client_id,
+                "sent_at": sent_at,
+                "owner": owner,
+                "with_comment": with_comment,
+            },
         )
         new_client = None
         if client_id is None:
@@ -606,10 +618,11 @@ async def _create_ticket(
             )
             new_client = NewClient(name, digits)
         if new_client is not None or plan.search_tickets:
-            # The number's other calls wait for this create rather than make a second one.
+            # The number's other calls wait for this create rather than make a second one,
+            # and look again if they looked before it (the mark stays: the newest create's).
             creating = _creating_key(integration, plan)
-            mark = {"call_id": call.call_id, "intent": intent, **sent}
-            if not await effects.put(creating, mark):  # this call's earlier mark, or a settled one
+            mark = {"call_id": call.call_id, "sent_at": sent_at}
+            if not await effects.put(creating, mark):  # an earlier create's mark
                 await effects.drop(creating)
                 await effects.put(creating, mark)
         ticket_id = await _answered_or_pending(

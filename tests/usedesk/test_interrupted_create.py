@@ -7,6 +7,11 @@ interrupted call is retried, the same number's next call is handled: it finds th
 create made and its open ticket, remembers the client, and comments there. Then the first
 call's hook runs again. It must settle its intent (find its own ticket by ``additional_id``)
 and record what that create did, not take the ticket for another call's and write again.
+
+The other orders of one number's two calls around a create that may still land follow: the
+next call before the create has landed (it must wait, then use what it made), ringing
+before it and ending after it (it must look again), and a create landing after
+``write_settle_seconds``.
 """
 
 from __future__ import annotations
@@ -127,6 +132,27 @@ async def run_waiting(world: MissedWorld, some: list[Step]) -> list[str]:
     return waits
 
 
+async def seeded_clients(world: MissedWorld, known: bool) -> set[Any]:
+    """The sandbox's clients before the calls; with ``known``, Usedesk also gets the
+    number's client (with no open ticket)."""
+    seeded = {c["id"] for c in world.sandbox.snapshot()["clients"]}
+    if known:
+        await world.integration.runtime.client.create_client(name="Клиент", phone_digits=CLIENT)
+    return seeded
+
+
+def assert_one_client_one_ticket(
+    world: MissedWorld, seeded: set[Any], *calls: scenarios.Scenario
+) -> dict[str, Any]:
+    """One client (made or known) owns the one ticket, and each call is commented on it once."""
+    [client] = [c for c in world.sandbox.snapshot()["clients"] if c["id"] not in seeded]
+    [ticket] = world.tickets()
+    assert ticket["client_id"] == client["id"]
+    for call in calls:
+        assert len(comments_with(ticket, f"ID: {call.call_id}<")) == 1, call.call_id
+    return ticket
+
+
 @pytest.mark.parametrize("known", [False, True], ids=["new number", "client without ticket"])
 async def test_the_numbers_next_call_waits_for_a_create_that_may_still_land(
     tmp_path: Path, known: bool
@@ -138,9 +164,7 @@ async def test_the_numbers_next_call_waits_for_a_create_that_may_still_land(
     finds that client and its ticket."""
     first_call, next_call = missed_call(0, 1), missed_call(5, 2)
     async with missed_world(tmp_path, write_settle_seconds=1.0, request_timeout_seconds=0.3) as w:
-        seeded = {c["id"] for c in w.sandbox.snapshot()["clients"]}
-        if known:  # Usedesk has the number's client, with no open ticket
-            await w.integration.runtime.client.create_client(name="Клиент", phone_digits=CLIENT)
+        seeded = await seeded_clients(w, known)
         w.sandbox.faults.configure(
             {"mode": "late", "late_s": 0.6, "count": 1, "paths": ["/create/ticket"]}
         )
@@ -151,11 +175,76 @@ async def test_the_numbers_next_call_waits_for_a_create_that_may_still_land(
         w.integration.runtime = flow.UsedeskRuntime(w.integration)
         waits = await run_waiting(w, steps(next_call))
         await run_waiting(w, first[-1:])  # the first call's end, redelivered
-        clients = [c for c in w.sandbox.snapshot()["clients"] if c["id"] not in seeded]
-        [ticket] = w.tickets()
+        ticket = assert_one_client_one_ticket(w, seeded, first_call, next_call)
     assert waits and "may still land" in waits[0], waits
-    [client] = clients
-    assert ticket["client_id"] == client["id"]
     assert ticket["additional_id"] == first_call.call_id
+
+
+@pytest.mark.parametrize("known", [False, True], ids=["new number", "client without ticket"])
+async def test_the_next_call_that_looked_before_a_create_looks_again(
+    tmp_path: Path, known: bool
+) -> None:
+    """The number's next call rings (and looks the number up) before the first call's end
+    makes the ticket; at its own end it must use that ticket, not its stale look-up's "no
+    open ticket". Nothing fails here: two overlapping calls of one person."""
+    first_call, next_call = missed_call(0, 1), missed_call(1, 2)
+    async with missed_world(tmp_path, write_settle_seconds=1.0) as w:
+        seeded = await seeded_clients(w, known)
+        later = steps(next_call)
+        await run(w, later[:1])  # the next call rings: looked up, nothing open
+        await run(w, steps(first_call))  # the first call ends: its ticket is made
+        await run(w, later[1:])
+        assert_one_client_one_ticket(w, seeded, first_call, next_call)
+
+
+@pytest.mark.parametrize("known", [False, True], ids=["new number", "client without ticket"])
+async def test_a_create_settled_first_still_makes_the_next_call_look_again(
+    tmp_path: Path, known: bool
+) -> None:
+    """The first call's create is carried out late; the number's next call rings meanwhile
+    (nothing found yet); the first call's retry settles its create before the next call
+    ends. The next call must still look again and use that ticket."""
+    first_call, next_call = missed_call(0, 1), missed_call(5, 2)
+    async with missed_world(tmp_path, write_settle_seconds=1.0, request_timeout_seconds=0.3) as w:
+        seeded = await seeded_clients(w, known)
+        w.sandbox.faults.configure(
+            {"mode": "late", "late_s": 0.6, "count": 1, "paths": ["/create/ticket"]}
+        )
+        first, later = steps(first_call), steps(next_call)
+        with pytest.raises(TransientError):
+            await run(w, first)
+        await w.integration.runtime.aclose()
+        w.integration.runtime = flow.UsedeskRuntime(w.integration)
+        await run(w, later[:1])  # rings before the create has landed
+        await run_waiting(w, first[-1:])  # the first call's retry settles it
+        await run_waiting(w, later[1:])
+        assert_one_client_one_ticket(w, seeded, first_call, next_call)
+
+
+async def test_a_create_landing_after_the_settle_time_is_still_found_by_its_retry(
+    tmp_path: Path,
+) -> None:
+    """A create lands later than ``write_settle_seconds`` (set too short for this Usedesk):
+    the number's next call has made its own ticket and client by then. The first call's
+    retry must look for its ticket where its create was sent (among the number's clients),
+    find it and record it, not write its comment a second time."""
+    first_call, next_call = missed_call(0, 1), missed_call(5, 2)
+    async with missed_world(tmp_path, write_settle_seconds=0.5, request_timeout_seconds=0.3) as w:
+        w.sandbox.faults.configure(
+            {"mode": "late", "late_s": 1.5, "count": 1, "paths": ["/create/ticket"]}
+        )
+        first = steps(first_call)
+        with pytest.raises(TransientError):
+            await run(w, first)
+        await w.integration.runtime.aclose()
+        w.integration.runtime = flow.UsedeskRuntime(w.integration)
+        await asyncio.sleep(0.3)  # past the settle time: the next call does not wait
+        await run_waiting(w, steps(next_call))
+        await asyncio.sleep(1.5)  # the first create lands
+        await run_waiting(w, first[-1:])
+        tickets = w.tickets()
+        record = await w.integration.effects.get(f"call:{first_call.call_id}")
+    [made] = [t for t in tickets if t["additional_id"] == first_call.call_id]
+    assert record is not None and record["ticket_id"] == made["id"]
     for call in (first_call, next_call):
-        assert len(comments_with(ticket, f"ID: {call.call_id}<")) == 1, call.call_id
+        assert sum(len(comments_with(t, f"ID: {call.call_id}<")) for t in tickets) == 1
