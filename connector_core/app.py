@@ -39,6 +39,7 @@ from connector_core.appkeys import (
     METRICS,
     MISSED_CALLS,
     NOTIFIER,
+    REFUSALS,
     ROLE,
     STORE,
     SUPERVISOR,
@@ -56,6 +57,7 @@ from connector_core.integrations import AuthResult, AuthStatus, Integration, Key
 from connector_core.metrics import Metrics
 from connector_core.missed_calls import MissedCalls
 from connector_core.notifications import CardBoard, ChannelSink, Notifier, Sink
+from connector_core.refusals import Refusals
 from connector_core.store.base import (
     CARD_CHANNEL,
     DISPATCH_CHANNEL,
@@ -118,6 +120,7 @@ def create_app(
     app[CLOCK] = clock or SystemClock()
     app[HOST] = host or plugin_host_for(config)
     app[METRICS] = Metrics()
+    app[REFUSALS] = Refusals()
     for account in reconcile.accounts_with_key(config):
         for missing in _MISSING.values():  # at 0 from the start, for an alert on its increase
             app[METRICS].reconciled_calls.labels(account, missing)

@@ -11,6 +11,7 @@ from aiohttp import web
 from connector_core.clock import Clock
 from connector_core.hooks import PluginHost
 from connector_core.integrations import Integration
+from connector_core.refusals import Refusals
 from connector_core.supervisor import Supervisor
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
 BOARD: web.AppKey[CardBoard] = web.AppKey("board")
 NOTIFIER: web.AppKey[Notifier] = web.AppKey("notifier")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+REFUSALS: web.AppKey[Refusals] = web.AppKey("refusals")
 SUPERVISOR: web.AppKey[Supervisor] = web.AppKey("supervisor")
 ROLE: web.AppKey[Role] = web.AppKey("role")
 LEASES: web.AppKey[Leases] = web.AppKey("leases")

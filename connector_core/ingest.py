@@ -20,7 +20,16 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import Counter
 
-from connector_core.appkeys import ACCOUNTS, CLOCK, CONFIG, METRICS, STORE, AccountRuntime
+from connector_core import refusals
+from connector_core.appkeys import (
+    ACCOUNTS,
+    CLOCK,
+    CONFIG,
+    METRICS,
+    REFUSALS,
+    STORE,
+    AccountRuntime,
+)
 from connector_core.events import CALL_ID, EventError, Probe, UnknownEvent, parse_event
 from connector_core.logcontext import call_context
 from connector_core.store.base import is_store_failure
@@ -144,13 +153,20 @@ def _allowed(account: AccountRuntime, remote: str | None) -> bool:
 
 async def sipuni_webhook(request: web.Request) -> web.Response:
     app = request.app
-    account = find_account(app[ACCOUNTS], request.match_info["token"])
+    token = request.match_info["token"]
+    account = find_account(app[ACCOUNTS], token)
     if account is None:
+        app[METRICS].webhooks_refused.labels(refusals.UNKNOWN_TOKEN).inc()
+        address = request.remote or "-"
+        refusals.log_unknown_token(app[REFUSALS], address, token, app[CLOCK].now())
         # The same answer for every wrong token: nothing to learn from probing.
         return _reply(404, "not found")
     if not _allowed(account, request.remote):
+        app[METRICS].webhooks_refused.labels(refusals.ADDRESS_NOT_ALLOWED).inc()
         with call_context(account.number, None):
-            log.warning("webhook refused from %s: not in allowed_ips", request.remote)
+            refusals.log_address_not_allowed(
+                app[REFUSALS], account.number, request.remote or "-", app[CLOCK].now()
+            )
         # The same answer as a wrong token: an outsider cannot tell a right token from one.
         return _reply(404, "not found")
     store, now = app[STORE], app[CLOCK].now()

@@ -27,6 +27,13 @@ class Metrics:
         self.events_rejected = Counter(
             "connector_events_rejected", "Webhooks refused as malformed", ["account"], registry=r
         )
+        self.webhooks_refused = Counter(
+            "connector_webhooks_refused",
+            "Webhooks refused before reaching an account: unknown_token (no account has the"
+            " token in the URL) or address_not_allowed (outside the account's allowed_ips)",
+            ["reason"],
+            registry=r,
+        )
         self.events_processed = Counter(
             "connector_events_processed", "Stored events merged into call states", registry=r
         )

@@ -23,9 +23,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from connector_core import ingest
+from connector_core import ingest, refusals
 from connector_core.app import RedactingAccessLogger, check_authorization
 from connector_core.appkeys import HOST, INTEGRATIONS, STORE, AccountRuntime
+from connector_core.clock import FakeClock
 from connector_core.events import parse_event
 from connector_core.logcontext import FORMAT, ContextFilter
 from connector_core.simulator import scenarios
@@ -200,6 +201,41 @@ async def test_a_token_one_character_off_gets_the_same_answer(service, position:
     assert await inbox(app) == []
 
 
+async def test_a_wrong_token_is_logged_without_it_and_counted(
+    tmp_path: Path, test_plugins_dir: Path, aiohttp_client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Sipuni URL typed with a wrong token leaves a trace for the operator (the log and
+    /metrics), never the token itself, and a scanner's many tries cost one line a minute."""
+    clock = FakeClock()
+    config, host = make_config(tmp_path, RECORDER)
+    client = await aiohttp_client(app_for(config, host, clock=clock))
+    typo = TOKEN[:-1] + ("x" if TOKEN[-1] != "x" else "y")
+    with caplog.at_level(logging.WARNING, logger="connector_core.ingest"):
+        for _ in range(3):
+            assert (await client.get(f"/sipuni/{typo}", params=RING)).status == 404
+        clock.advance(61)
+        assert (await client.get(f"/sipuni/{typo}", params=RING)).status == 404
+    lines = [r.getMessage() for r in caplog.records if r.name == "connector_core.ingest"]
+    assert lines == [
+        "webhook refused from 127.0.0.1: no account has the token in its URL"
+        f" (/sipuni/<{len(typo)} characters>), so it got 404; if Sipuni sends it, the URL in"
+        " Sipuni's settings must end with the account's token (accounts.<number>.token in"
+        " the config)",
+        lines[0] + " (2 more like it in the last minute not logged)",
+    ]
+    assert not any(TOKEN[:8] in line for line in lines)
+    metrics = await (await client.get("/metrics")).text()
+    assert 'connector_webhooks_refused_total{reason="unknown_token"} 4.0' in metrics
+
+
+def test_refusals_forget_addresses_past_their_bound() -> None:
+    """Many addresses (a scanner) cannot grow the log's memory past its bound."""
+    kept = refusals.Refusals(max_addresses=3)
+    assert [kept.held_back("unknown_token", f"10.0.0.{i}", 0.0) for i in range(5)] == [0] * 5
+    assert len(kept._last) <= 3
+    assert kept.held_back("unknown_token", "10.0.0.4", 1.0) is None  # still remembered
+
+
 async def test_allowed_ips_lets_a_listed_network_in(start_service) -> None:
     app, client = await start_service('allowed_ips = ["127.0.0.0/8"]\n' + RECORDER)
     response = await client.get(URL, params=RING)  # the test client comes from 127.0.0.1
@@ -215,6 +251,8 @@ async def test_allowed_ips_refuses_other_addresses(start_service) -> None:
     # The same answer as a wrong token: nothing tells an outsider the token was right.
     assert await response.json() == {"success": False, "error": "not found"}
     assert await inbox(app) == []
+    metrics = await (await client.get("/metrics")).text()
+    assert 'connector_webhooks_refused_total{reason="address_not_allowed"} 1.0' in metrics
 
 
 def test_allow_list_fails_closed_when_the_address_is_unknown() -> None:
