@@ -89,6 +89,17 @@ _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _ENV_REF = re.compile(r"\$(\$)?\{([^}]*)(\}?)")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ACTUAL_LENGTH = re.compile(r", not \d+$")
+# What a value of each pattern the settings use looks like, in words: pydantic's message names
+# the regular expression, which an operator should not have to read.
+_MEANT = re.compile(r"'([^']+)'")
+_PATTERN_WORDS = {
+    r"^\d{1,8}$": 'an extension: 1 to 8 digits, e.g. "101"',
+    r"^[^@\s]+@[^@\s]+\.[^@\s]+$": 'an e-mail address, e.g. "agent@example.ru"',
+    r"^https?://[^\s/]+(/[^\s]*)?$": 'an http(s) URL, e.g. "https://api.usedesk.ru"',
+    r"\S": "text that is not blank",
+    r"^[^,]*$": "text without commas",
+    r"^[a-z0-9-]{1,63}$": 'a subdomain: lowercase letters, digits and "-", e.g. "example"',
+}
 _TOML_POSITION = re.compile(r"^(.*) \(at line (\d+), column (\d+)\)$", re.DOTALL)
 
 Loc = tuple[str | int, ...]
@@ -953,9 +964,27 @@ def _located(
         elif error["type"] in ("too_short", "too_long"):
             # "…at least 20 items after validation, not 11": the length of a secret is a hint.
             message = _ACTUAL_LENGTH.sub("", message)
+        elif error["type"] == "string_pattern_mismatch":
+            words = _PATTERN_WORDS.get(str((error.get("ctx") or {}).get("pattern")))
+            message = f"expected {words}" if words else message
         loc = _real_loc(error["loc"], data, missing=error["type"] == "missing")
+        if error["type"] == "string_type" and _is_number(_value_at(loc, data)):
+            message += " (a number here: write it in quotes)"
         found.append(((*prefix, *loc), message))
     return found
+
+
+def _value_at(loc: Loc, data: Any) -> Any:
+    for part in loc:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _unknown_key(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> str:
@@ -1052,7 +1081,16 @@ def _toml_path(loc: Loc) -> str:
 
 
 def _format(problems: list[tuple[Loc, str]], raw: dict[str, Any], origin: str) -> list[str]:
-    """One line per TOML path, in the order the keys appear in the file."""
+    """One line per TOML path, in the order the keys appear in the file. A required key
+    reported missing is left out when a misspelt key beside it was taken for it ("did you
+    mean 'accounts'?"): that line already says what to do."""
+    meant = {
+        (*loc[:-1], name)
+        for loc, message in problems
+        if message.startswith("unknown key")
+        for name in _MEANT.findall(message)
+    }
+    problems = [(loc, m) for loc, m in problems if not (m == "Field required" and loc in meant)]
     by_path: dict[Loc, list[str]] = {}
     for loc, message in sorted(problems, key=lambda p: _document_order(p[0], raw)):
         messages = by_path.setdefault(loc, [])

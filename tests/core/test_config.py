@@ -359,8 +359,8 @@ def test_the_members_of_a_union_are_one_line_at_one_path() -> None:
     errors = errors_of(ACCOUNT + DESK + "channel = 5\n")
 
     assert errors == [
-        "accounts.012345.integrations.usedesk.channel: "
-        "Input should be a valid string; or Input should be a valid list"
+        "accounts.012345.integrations.usedesk.channel: Input should be a valid string"
+        " (a number here: write it in quotes); or Input should be a valid list"
     ]
 
 
@@ -371,6 +371,7 @@ def test_a_disabled_integration_is_still_validated() -> None:
 
     assert errors == [
         "accounts.012345.integrations.usedesk.api_token: Input should be a valid string"
+        " (a number here: write it in quotes)"
     ]
 
 
@@ -442,6 +443,28 @@ def test_the_agent_pages_phone_format_is_one_of_its_names() -> None:
     ]
 
 
+def test_a_misspelt_required_table_is_one_error_not_two() -> None:
+    """``[acounts.012345]``: the did-you-mean line says it all; "accounts: Field required"
+    beside it would send the operator looking for a second mistake."""
+    assert errors_of('[acounts.012345]\ntoken = "abcdefghijklmnop-1"\n') == [
+        "acounts: unknown key (no such setting here); did you mean 'accounts'?"
+    ]
+
+
+def test_a_number_where_text_goes_says_to_quote_it_and_an_extension_is_in_words() -> None:
+    text = (
+        ACCOUNT
+        + '[accounts.012345.agents]\n"1x" = "agent-token-0123456789"\n'
+        + DESK
+        + "users = [{ extension = 101, agent = 1 }]\n"
+    )
+    assert errors_of(text) == [
+        'accounts.012345.agents.1x: expected an extension: 1 to 8 digits, e.g. "101"',
+        "accounts.012345.integrations.usedesk.users[0].extension: Input should be a valid"
+        " string (a number here: write it in quotes)",
+    ]
+
+
 def test_a_file_without_accounts_is_an_error() -> None:
     assert errors_of("[server]\nport = 8080\n") == ["accounts: Field required"]
     assert errors_of("[accounts]\n") == [
@@ -493,6 +516,7 @@ def test_schemes_must_be_all_or_a_list(value: str, message: str) -> None:
 def test_a_bad_scheme_in_the_list_is_reported_at_its_index() -> None:
     assert errors_of(ACCOUNT + DESK + 'schemes = ["000-913898", 5]\n') == [
         "accounts.012345.integrations.usedesk.schemes[1]: Input should be a valid string"
+        " (a number here: write it in quotes)"
     ]
 
 
@@ -588,7 +612,8 @@ def test_secrets_never_appear_in_errors() -> None:
         "accounts.012345.token: the token must be at least 16 characters of A-Z a-z 0-9 _ -",
         "accounts.012345.integrations.usedesk.api_token: "
         "Value should have at least 20 items after validation",
-        "accounts.012345.integrations.amocrm_stub.webhook_secret: Input should be a valid string",
+        "accounts.012345.integrations.amocrm_stub.webhook_secret: Input should be a valid string"
+        " (a number here: write it in quotes)",
     ]
     for shown in (str(caught.value), repr(caught.value)):
         assert short_secret not in shown and "12345678987654321" not in shown

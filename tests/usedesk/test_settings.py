@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import json
 import re
+import typing
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
+from connector_core import config
 from connector_core.config import Config, parse_config_text
 from connector_core.errors import ConfigError
 from connector_core.hooks import PluginHost
 from connector_core.phones import PhoneFormat
 from connector_core.templates import VARIABLES
+from plugins.amocrm_stub import AmoCrmStubSettings
 from plugins.usedesk.settings import DEFAULT_TEMPLATES, Templates, UsedeskSettings, UserMapping
 
 SECRET = "ud-secret-0123456789abcdef"
@@ -266,6 +272,57 @@ def test_agents_by_id_or_email_are_accepted(types: dict) -> None:
 def test_missing_api_token_is_reported(types: dict) -> None:
     [line] = errors(types, "create_client = false", token=False)
     assert line == f"{TABLE}.api_token: Field required"
+
+
+def test_a_value_of_the_wrong_form_is_described_in_words_not_by_its_pattern(types: dict) -> None:
+    lines = errors(
+        types,
+        'users = [{ extension = "10x", agent = 1 }, { extension = "102", agent = "anna@" }]\n'
+        'base_url = "api.usedesk.ru"',
+    )
+    assert lines == [
+        f'{TABLE}.users[0].extension: expected an extension: 1 to 8 digits, e.g. "101"',
+        f"{TABLE}.users[1].agent: Input should be a valid integer, unable to parse string as an"
+        ' integer; or expected an e-mail address, e.g. "agent@example.ru"',
+        f'{TABLE}.base_url: expected an http(s) URL, e.g. "https://api.usedesk.ru"',
+    ]
+
+
+def _models(model: type[BaseModel]) -> Iterator[type[BaseModel]]:
+    yield model
+    for field in model.model_fields.values():
+        for inner in _annotated_models(field.annotation):
+            yield from _models(inner)
+
+
+def _annotated_models(annotation: object) -> Iterator[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+    for arg in typing.get_args(annotation):
+        yield from _annotated_models(arg)
+
+
+def _patterns(annotation: object, metadata: Iterable[object]) -> Iterator[str]:
+    """The regular expressions of a field: its own, and those of the types it is made of."""
+    for meta in metadata:
+        if isinstance(meta, FieldInfo):
+            yield from _patterns(None, meta.metadata)
+        elif isinstance(pattern := getattr(meta, "pattern", None), str):
+            yield pattern
+    for arg in typing.get_args(annotation):
+        yield from _patterns(arg, getattr(arg, "__metadata__", ()))
+
+
+def test_every_pattern_of_the_settings_is_described_in_words() -> None:
+    """A new ``Field(pattern=…)`` in the core or a bundled plugin needs its words in
+    ``config._PATTERN_WORDS``, or its error would show the regular expression."""
+    found: set[str] = set()
+    for root in (Config, UsedeskSettings, AmoCrmStubSettings):
+        for model in _models(root):
+            for field in model.model_fields.values():
+                found.update(_patterns(field.annotation, field.metadata))
+    assert len(found) >= 6, found  # the walk finds the six there are today
+    assert found <= set(config._PATTERN_WORDS), found - set(config._PATTERN_WORDS)
 
 
 def test_an_unknown_key_is_refused(types: dict) -> None:
