@@ -30,6 +30,7 @@ from connector_core import (
     forget,
     init_config,
     prune_cli,
+    public_url,
     reconcile_cli,
     settings_check,
 )
@@ -561,6 +562,26 @@ def simulated_calls(kinds: list[str], count: int, seed: int) -> list[scenarios.S
     return calls
 
 
+def simulate_target(args: argparse.Namespace) -> tuple[str, str]:
+    """Where ``simulate`` sends, and with which account's token: ``--url`` and ``--token``
+    when given, else the config's (the address it listens on, from this machine; the token
+    of ``--account``, or of its first account). With no config file: the demo's."""
+    url, token = args.url, args.token
+    if url is None or token is None:
+        config, _ = load(args.config)
+        if url is None:
+            host = config.server.host
+            host = "127.0.0.1" if host in public_url.WILDCARD_HOSTS else host
+            url = f"http://{f'[{host}]' if ':' in host else host}:{config.server.port}"
+        if token is None:
+            number = args.account or next(iter(config.accounts))
+            if number not in config.accounts:
+                known = ", ".join(config.accounts)
+                raise ConfigError([f"--account {number}: no such account; the config has {known}"])
+            token = config.accounts[number].token.get_secret_value()
+    return str(url).rstrip("/"), str(token)
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     kinds = list(KINDS) if args.kinds == "all" else args.kinds.split(",")
     unknown = [k for k in kinds if k not in KINDS]
@@ -571,14 +592,19 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         )
         return EXIT_BAD_CONFIG
     calls = simulated_calls(kinds, args.count, args.seed)
-    url = f"{args.url.rstrip('/')}/sipuni/{args.token}"
+    try:
+        base, token = simulate_target(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    url = f"{base}/sipuni/{token}"
     try:
         sent = asyncio.run(
             send_calls(url, calls, method=args.method, speed=args.speed, stagger=args.stagger)
         )
     except aiohttp.ClientConnectionError as exc:
         print(
-            f"cannot reach the service at {args.url}: {exc}; start it with `connector serve`"
+            f"cannot reach the service at {base}: {exc}; start it with `connector serve`"
             " (or `connector demo`), or give its address with --url",
             file=sys.stderr,
         )
@@ -913,8 +939,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--account", help="account number for lines that do not name one")
     p.add_argument("--config", help=config_help)
     p = command("simulate", cmd_simulate, "send simulated Sipuni calls to a running service")
-    p.add_argument("--url", default="http://127.0.0.1:8080", help="the service's address")
-    p.add_argument("--token", default=demo.TOKEN, help="the account's webhook token")
+    p.add_argument(
+        "--url", help="the service's address (default: where the config says it listens)"
+    )
+    p.add_argument(
+        "--token", help="the account's webhook token (default: the config account's token)"
+    )
+    p.add_argument("--account", help="the config's account to send as (default: its first)")
+    p.add_argument("--config", help=config_help)
     p.add_argument("--kinds", default="all", help=f"comma-separated: {', '.join(KINDS)}")
     p.add_argument("--count", type=int, default=7, help="how many calls")
     p.add_argument("--speed", type=float, default=10.0, help="times faster than real time")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -93,3 +94,40 @@ def test_simulate_with_nothing_listening_says_so_in_one_line(capsys) -> None:
     err = capsys.readouterr().err
     assert err.startswith(f"cannot reach the service at http://127.0.0.1:{port}: ")
     assert "start it with `connector serve`" in err and "Traceback" not in err
+
+
+async def test_simulate_sends_to_the_configured_service_as_its_account(
+    aiohttp_server, capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a connector.toml and no --url or --token, simulate sends where the service
+    listens, with the account's own token (the demo's token would get 404 there)."""
+    import asyncio
+
+    from aiohttp import web
+
+    tokens: list[str] = []
+
+    async def sipuni(request: web.Request) -> web.Response:
+        tokens.append(request.match_info["token"])
+        return web.json_response({"success": True})
+
+    app = web.Application()
+    app.router.add_route("*", "/sipuni/{token}", sipuni)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    (tmp_path / "connector.toml").write_text(
+        f'[server]\nhost = "0.0.0.0"\nport = {server.port}\n'
+        '[accounts.012345]\ntoken = "first-account-token-0001"\n'
+        '[accounts.054321]\ntoken = "other-account-token-0002"\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CONNECTOR_CONFIG", raising=False)
+    args = ["simulate", "--count", "1", "--speed", "1000"]
+    assert await asyncio.to_thread(main, args) == 0
+    assert await asyncio.to_thread(main, [*args, "--account", "054321"]) == 0
+    assert tokens and set(tokens) == {"first-account-token-0001", "other-account-token-0002"}
+    assert tokens[0] == "first-account-token-0001"
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, [*args, "--account", "999999"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "--account 999999: no such account; the config has 012345, 054321"
+    )
