@@ -527,9 +527,17 @@ def cmd_journal(args: argparse.Namespace) -> int:
             print(f"no enabled integration named {args.integration}", file=sys.stderr)
             return EXIT_CHECK_FAILED
         for key in keys:
-            for name, value in await store.effects(key).items("journal:"):
+            entries = await store.effects(key).items("journal:")
+            for name, value in entries:
                 print(
                     f"{key} {name.removeprefix('journal:')} {json.dumps(value, ensure_ascii=False)}"
+                )
+            if not entries:
+                # Said, not left blank: most plugins (Usedesk) keep no journal at all.
+                print(
+                    f"{key}: no journal entries (only a plugin that journals, such as"
+                    " amocrm_stub, writes them); what a call did: `connector trace <call_id>`",
+                    file=sys.stderr,
                 )
         return EXIT_OK
 

@@ -611,6 +611,16 @@ def test_journal_amocrm_stub_after_a_replay(workdir: Path, capsys) -> None:
     assert (code, again) == (EXIT_OK, out)
 
 
+def test_an_empty_journal_says_so_instead_of_printing_nothing(workdir: Path, capsys) -> None:
+    config = write_config(workdir, AMOCRM)
+    code, out, err = run(capsys, "journal", "amocrm_stub", "--config", str(config))
+    assert (code, out) == (EXIT_OK, "")
+    assert err == (
+        "012345/amocrm_stub: no journal entries (only a plugin that journals, such as"
+        " amocrm_stub, writes them); what a call did: `connector trace <call_id>`\n"
+    )
+
+
 def test_journal_of_an_unknown_integration_exits_1(workdir: Path, capsys) -> None:
     config = write_config(workdir, AMOCRM)
     code, out, err = run(capsys, "journal", "usedesk", "--config", str(config))
