@@ -146,8 +146,17 @@ def _print_config_errors(error: ConfigError) -> None:
         print(f"  - {line}", file=sys.stderr)
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a number from 1 to 65535, not {text!r}")
+    return int(text)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     config, host = load(args.config)
+    listen = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v}
+    if listen:
+        config = config.model_copy(update={"server": config.server.model_copy(update=listen)})
     setup_logging(config.logging.level, config.secrets(), json_lines=config.logging.json_format)
     _print_warnings(config)
     try:
@@ -896,6 +905,8 @@ def build_parser() -> argparse.ArgumentParser:
     config_help = "config file (default: $CONNECTOR_CONFIG, ./connector.toml, embedded defaults)"
     p = command("serve", cmd_serve, "run the service")
     p.add_argument("--config", help=config_help)
+    p.add_argument("--host", help="the address to listen on, instead of [server] host")
+    p.add_argument("--port", type=_port, help="the port to listen on, instead of [server] port")
     p.add_argument(
         "--role",
         choices=[role.value for role in Role],

@@ -707,6 +707,43 @@ def test_serve_on_a_port_in_use_says_so_in_one_line(workdir: Path, test_plugins_
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.e2e
+def test_serve_port_and_host_override_the_config(workdir: Path, test_plugins_dir: Path) -> None:
+    """``--port`` and ``--host`` win over ``[server]``: the taken port named on the command
+    line is the one refused, not the config's free one."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(
+            workdir, RECORDER, head=f'[server]\nhost = "::1"\nport = {free_port()}'
+        )
+        done = run_process(
+            workdir,
+            test_plugins_dir,
+            "serve",
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        )
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == (
+        f"cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
+
+
+def test_serve_refuses_a_port_that_is_no_port(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["serve", "--port", "80800"])
+    assert exited.value.code == 2
+    assert "argument --port: a port is a number from 1 to 65535, not '80800'" in (
+        capsys.readouterr().err
+    )
+
+
 # --- embedded defaults and config discovery ------------------------------------------------
 
 
