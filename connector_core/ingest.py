@@ -189,7 +189,7 @@ async def sipuni_webhook(request: web.Request) -> web.Response:
         return _reply()
     if isinstance(parsed, UnknownEvent):
         with call_context(account.number, parsed.call_id):
-            log.debug("event type %s ignored", parsed.event)
+            refusals.log_ignored_event(app[REFUSALS], account.number, parsed.event)
         return _reply()
     try:
         # What was parsed is stored with the raw fields: the worker does not parse it again.

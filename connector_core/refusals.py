@@ -1,5 +1,5 @@
-"""Webhooks refused before they reach an account: a token no account has, or an address
-outside an account's ``allowed_ips``.
+"""Webhooks refused before they reach an account (a token no account has, or an address
+outside an account's ``allowed_ips``), and event types ingest answers but ignores.
 
 Such a request gets the same 404 as any other wrong URL (nothing for an outsider to learn),
 so the operator must learn of it from the log and ``/metrics``: a Sipuni webhook URL typed
@@ -27,6 +27,8 @@ class Refusals:
     # Bounds the memory a scanner on many addresses can take: forgotten whole when full.
     max_addresses: int = 1000
     _last: dict[tuple[str, str], tuple[float, int]] = field(default_factory=dict)
+    # (account, event type) of the ignored events already logged: once each per process.
+    _ignored: set[tuple[str, int]] = field(default_factory=set)
 
     def held_back(self, reason: str, address: str, now: float) -> int | None:
         """None when this refusal is not to be logged; otherwise how many like it were
@@ -40,6 +42,28 @@ class Refusals:
             self._last.clear()
         self._last[key] = (now, 0)
         return last[1] if last is not None else 0
+
+    def first_ignored(self, account: str, event: int) -> bool:
+        """Whether ``account``'s ignored ``event`` type is seen here for the first time (a
+        flood of made-up types stops being remembered past the bound, and is not logged)."""
+        key = (account, event)
+        if key in self._ignored or len(self._ignored) >= self.max_addresses:
+            return False
+        self._ignored.add(key)
+        return True
+
+
+def log_ignored_event(refusals: Refusals, account: str, event: int) -> None:
+    """An event type the connector does not act on (Sipuni's 5–12): answered, not stored.
+    Logged the first time per account and type, so a PBX that starts sending a new kind
+    of event is seen without a line for every call."""
+    if not refusals.first_ignored(account, event):
+        return
+    log.info(
+        "event type %s ignored: the connector acts on 1 to 4 (ring, hang-up, answer, a"
+        " transfer's hang-up); said once per account and type",
+        event,
+    )
 
 
 def log_unknown_token(refusals: Refusals, address: str, token: str, now: float) -> None:

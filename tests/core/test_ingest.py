@@ -490,6 +490,23 @@ async def test_unknown_event_types_succeed_and_are_not_stored(service, params) -
     assert await rejected(app) == []
 
 
+async def test_an_ignored_event_type_is_logged_once_per_account_and_type(
+    service, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A PBX that starts sending a new kind of event is seen in the log, without a line for
+    every call."""
+    _, client = service
+    with caplog.at_level(logging.INFO, logger="connector_core.ingest"):
+        for event in ("8", "8", "5", "8"):
+            assert (await client.get(URL, params={**WITH_CALL, "event": event})).status == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "connector_core.ingest"]
+    said = "ignored: the connector acts on 1 to 4 (ring, hang-up, answer, a transfer's hang-up)"
+    assert lines == [
+        f"event type 8 {said}; said once per account and type",
+        f"event type 5 {said}; said once per account and type",
+    ]
+
+
 # --- health ----------------------------------------------------------------------------------
 
 STATS = {
