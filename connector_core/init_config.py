@@ -85,7 +85,12 @@ def render(answers: InitAnswers) -> str:
         "[server]",
         f"host = {toml_value(server.host)}",
         f"port = {server.port}",
-        f"public_url = {toml_value(server.public_url)}  # how Sipuni reaches this service",
+        (
+            f"public_url = {toml_value(server.public_url)}  # how Sipuni reaches this service"
+            if server.public_url
+            else '# public_url = "https://connector.example.ru"  # how Sipuni reaches this'
+            " service, when not at the address above (behind a proxy)"
+        ),
         "",
         "[storage]",
         f"path = {toml_value(STORAGE_PATH)}  # next to this file",

@@ -21,6 +21,7 @@ from .client import Agent, UsedeskClient
 from .settings import UsedeskSettings
 
 DEFAULT_BASE_URL: str = UsedeskSettings.model_fields["base_url"].default
+DEFAULT_WEB_URL: str = UsedeskSettings.model_fields["web_url"].default
 CHECK_TIMEOUT_SECONDS = 10.0
 _EXTENSION = re.compile(r"\d{1,8}")
 KEY_HINT = (
@@ -54,7 +55,15 @@ async def ask(questions: Questions) -> dict[str, Any]:
     questions.tell(f"  The key works: Usedesk at {base_url} has {len(agents)} agent(s).")
     table: dict[str, Any] = {"api_token": key.written}
     if base_url != DEFAULT_BASE_URL:
+        # A boxed Usedesk has its own web interface too: the cards' links go there.
         table["base_url"] = base_url
+        web_url = questions.ask(
+            "Usedesk web interface address (for the links in agent cards)",
+            parse_base_url,
+            default=guess_web_url(base_url),
+        )
+        if web_url != DEFAULT_WEB_URL:
+            table["web_url"] = web_url
     users = ask_extensions(questions, agents)
     if users:
         table["users"] = users
@@ -81,6 +90,16 @@ def parse_base_url(answer: str) -> str:
             f"expected an address starting with https:// (or http://), e.g. {DEFAULT_BASE_URL}"
         ) from None
     return answer.rstrip("/")
+
+
+def guess_web_url(base_url: str) -> str:
+    """Usedesk's own pair is api.usedesk.ru and secure.usedesk.ru: ``https://api.X`` gives
+    ``https://secure.X``; any other API address, its scheme and host."""
+    scheme, _, rest = base_url.partition("://")
+    host = rest.split("/", 1)[0]
+    if host.startswith("api."):
+        host = "secure." + host.removeprefix("api.")
+    return f"{scheme}://{host}"
 
 
 def describe(agent: Agent) -> str:

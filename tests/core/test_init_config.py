@@ -242,3 +242,14 @@ async def test_an_existing_file_is_refused_before_any_question(tmp_path: Path) -
             tmp_path / "connector.toml", Questions(asker), host_with((SilentPlugin(), "silent"))
         )
     assert asker.transcript == [] and (tmp_path / "connector.toml").read_text() == "# mine\n"
+
+
+def test_a_public_url_left_empty_is_written_as_a_commented_example() -> None:
+    """Not ``public_url = ""``, which reads as a setting someone forgot to fill in."""
+    answers = InitAnswers(
+        account="012345", token=TOKEN, server=Server(host="0.0.0.0", port=8080), integrations={}
+    )
+    text = init_config.render(answers)
+    assert "\npublic_url" not in text
+    assert '\n# public_url = "https://connector.example.ru"  # how Sipuni reaches' in text
+    assert not parse_config_text(text, types={}).server.public_url

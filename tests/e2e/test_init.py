@@ -31,6 +31,8 @@ ACCOUNT = "012345"
 PUBLIC_URL = "https://connector.example.com"
 CORE = [ACCOUNT, PUBLIC_URL + "/", "", ""]  # account, public URL, listen host, port
 KEY_PROMPT = "Usedesk API key («API-ключ»): "
+# The web interface's address, asked for an API address of its own: Enter takes the guess.
+WEB = ""
 EXTENSIONS = ["201", "202, 205", "", "204"]  # Анна, Борис, Вера, Глеб
 REFUSED_KEY = [
     "  This key does not work: Usedesk refused the API token on POST /users (HTTP 401): "
@@ -78,7 +80,7 @@ def test_hook_setup_integration_usedesk_writes_a_config_connector_check_accepts(
 ) -> None:
     path = tmp_path / "connector.toml"
     answers = [*CORE, "usedesk, amocrm_stub", usedesk.url, usedesk.sandbox.token]
-    result, asker = init(path, [*answers, *EXTENSIONS, "gleb@example.com", "acme"])
+    result, asker = init(path, [*answers, WEB, *EXTENSIONS, "gleb@example.com", "acme"])
 
     written = tomllib.loads(path.read_text())
     token = written["accounts"][ACCOUNT]["token"]
@@ -87,6 +89,7 @@ def test_hook_setup_integration_usedesk_writes_a_config_connector_check_accepts(
         "usedesk": {
             "api_token": usedesk.sandbox.token,
             "base_url": usedesk.url,
+            "web_url": usedesk.url,  # the guess for an address not api.…: the same host
             "users": [
                 {"extension": "201", "agent": 1},
                 {"extension": "202", "agent": 2},
@@ -98,6 +101,8 @@ def test_hook_setup_integration_usedesk_writes_a_config_connector_check_accepts(
         "amocrm_stub": {"subdomain": "acme"},
     }
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    web_prompt = "Usedesk web interface address (for the links in agent cards) "
+    assert f"{web_prompt}[{usedesk.url}]: " in asker.prompts
     assert result.webhook_url == f"{PUBLIC_URL}/sipuni/{token}"
     assert asker.told[-9:] == [
         "",
@@ -133,7 +138,7 @@ def test_hook_setup_integration_usedesk_writes_a_config_connector_check_accepts(
 def test_a_refused_key_is_explained_and_asked_again(usedesk: SandboxThread, tmp_path: Path) -> None:
     path = tmp_path / "connector.toml"
     answers = [*CORE, "usedesk", usedesk.url, "ud-wrong-key-0000", usedesk.sandbox.token]
-    _, asker = init(path, [*answers, *EXTENSIONS, ""])
+    _, asker = init(path, [*answers, WEB, *EXTENSIONS, ""])
     assert asker.prompts.count(KEY_PROMPT) == 2
     refused = asker.transcript.index(f"{KEY_PROMPT}***")
     assert asker.transcript[refused + 1 : refused + 4] == [
@@ -151,7 +156,7 @@ def test_an_address_that_does_not_answer_is_asked_again_and_the_key_kept(
 ) -> None:
     closed = f"http://127.0.0.1:{free_port()}"
     answers = [*CORE, "usedesk", closed, usedesk.sandbox.token, usedesk.url]
-    _, asker = init(tmp_path / "connector.toml", [*answers, *EXTENSIONS, ""])
+    _, asker = init(tmp_path / "connector.toml", [*answers, WEB, *EXTENSIONS, ""])
     failed = next(i for i, line in enumerate(asker.told) if "could not reach" in line)
     assert asker.told[failed].startswith(f"  could not reach Usedesk at {closed} (POST /users): ")
     assert asker.told[failed + 1] == "  Check the address; Enter tries the same one again."
@@ -167,7 +172,7 @@ def test_a_key_given_as_an_environment_reference_is_checked_and_written_as_one(
 ) -> None:
     path = tmp_path / "connector.toml"
     environ = {"INIT_USEDESK_KEY": usedesk.sandbox.token}
-    answers = [*CORE, "usedesk", usedesk.url, "${INIT_USEDESK_KEY}", *EXTENSIONS, "4"]
+    answers = [*CORE, "usedesk", usedesk.url, "${INIT_USEDESK_KEY}", WEB, *EXTENSIONS, "4"]
     init(path, answers, environ)
     assert 'api_token = "${INIT_USEDESK_KEY}"' in path.read_text()
     assert usedesk.sandbox.token not in path.read_text()
@@ -183,7 +188,7 @@ def test_extensions_and_the_on_duty_agent_are_checked_against_usedesk_agents(
     extensions = ["20a", "201", "201", "202", "", ""]
     _, asker = init(
         tmp_path / "connector.toml",
-        [*answers, *extensions, "nobody@example.com", "Gleb@Example.com"],
+        [*answers, WEB, *extensions, "nobody@example.com", "Gleb@Example.com"],
     )
     assert asker.told.count("  '20a' is no extension: an extension is 1 to 8 digits, e.g. 101") == 1
     assert (
@@ -217,7 +222,7 @@ def test_connector_init_through_the_command_with_answers_piped_in(
     usedesk: SandboxThread, tmp_path: Path
 ) -> None:
     answers = [*CORE, "usedesk", usedesk.url, "ud-wrong-key-0000", usedesk.sandbox.token]
-    stdin = "\n".join([*answers, *EXTENSIONS, "4"]) + "\n"
+    stdin = "\n".join([*answers, WEB, *EXTENSIONS, "4"]) + "\n"
 
     ran = run_command(["init"], tmp_path, stdin)
     assert ran.returncode == 0, ran.stdout + ran.stderr

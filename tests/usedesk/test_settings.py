@@ -24,6 +24,7 @@ from connector_core.hooks import PluginHost
 from connector_core.phones import PhoneFormat
 from connector_core.templates import VARIABLES
 from plugins.amocrm_stub import AmoCrmStubSettings
+from plugins.usedesk import setup
 from plugins.usedesk.settings import DEFAULT_TEMPLATES, Templates, UsedeskSettings, UserMapping
 
 SECRET = "ud-secret-0123456789abcdef"
@@ -470,3 +471,17 @@ def test_the_full_example_in_the_docs_is_a_valid_config(types: dict) -> None:
 def test_a_misspelt_key_inside_a_user_names_the_key_it_may_have_meant(types: dict) -> None:
     lines = errors(types, 'users = [{ extension = "101", agnet = 2 }]')
     assert f"{TABLE}.users[0].agnet: {UNKNOWN}; did you mean 'agent'?" in lines
+
+
+@pytest.mark.parametrize(
+    ("api", "web"),
+    [
+        ("https://api.usedesk.kz", "https://secure.usedesk.kz"),
+        ("https://api.company.ru/uapi", "https://secure.company.ru"),
+        ("http://usedesk.local:8080/api", "http://usedesk.local:8080"),
+    ],
+)
+def test_init_guesses_the_web_interface_from_a_boxed_api_address(api: str, web: str) -> None:
+    """``connector init`` offers this as the default ``web_url`` for an API address of its own
+    (Usedesk's own pair is api.usedesk.ru and secure.usedesk.ru)."""
+    assert setup.guess_web_url(api) == web
