@@ -49,7 +49,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from types import TracebackType
@@ -135,6 +135,10 @@ Outcome = Literal["ok", "timeout", "connection", "rate_limited", "server_error",
 
 # on_request(method, seconds, outcome, status=, path=): the core's integration.on_crm_request.
 OnRequest = CrmRequestObserver
+
+# Awaited when a create's turn has come (the rate limiter's wait is over), just before it is
+# sent: the caller's write-ahead record of it then says when Usedesk may start carrying it out.
+BeforeSend = Callable[[], Awaitable[None]]
 
 
 _E = TypeVar("_E", bound=CrmError)
@@ -537,18 +541,25 @@ class UsedeskClient:
         )
 
     async def create_client(
-        self, *, name: str, phone_digits: str | None, phone_type: str = "mobile"
+        self,
+        *,
+        name: str,
+        phone_digits: str | None,
+        phone_type: str = "mobile",
+        before_send: BeforeSend | None = None,
     ) -> int:
         """``/create/client`` with one phone (or none); returns the new client's id.
 
         ``phone_digits`` must already be 10–15 digits with nothing else (pitfall 6); this is checked
-        before anything is sent.
+        before anything is sent. ``before_send``: see :data:`BeforeSend`.
         """
         body = {"name": _clean_text(name, "client name")}
         if phone_digits is not None:
             body["phone"] = _check_phone(phone_digits)
             body["phone_type"] = _check_choice(phone_type, PHONE_TYPES, "phone_type")
-        data = self._expect_dict(await self._call("create/client", body), "create/client")
+        data = self._expect_dict(
+            await self._call("create/client", body, before_send), "create/client"
+        )
         self._expect_success(data, "create/client")
         client_id = data.get("client_id")
         if client_id is None and isinstance(data.get("client"), dict):
@@ -628,6 +639,7 @@ class UsedeskClient:
         additional_id: str | None = None,
         channel_id: int | None = None,
         user_id: int | None = None,
+        before_send: BeforeSend | None = None,
     ) -> int:
         """``/create/ticket``; returns the ticket id.
 
@@ -637,6 +649,7 @@ class UsedeskClient:
         nothing is ever sent to the customer through a messenger or e-mail channel (pitfall
         10); ``user_id`` is the agent who authors it. ``tag`` may be a list; it is sent as one
         ``"a, b"`` string. ``additional_id`` is a hidden field, handy for the Sipuni call id.
+        ``before_send``: see :data:`BeforeSend`.
         """
         body: dict[str, Any] = {
             "subject": _clean_text(subject, "ticket subject"),
@@ -666,7 +679,9 @@ class UsedeskClient:
             body["additional_id"] = _clean_text(additional_id, "additional_id")
         if channel_id is not None:
             body["channel_id"] = int(channel_id)
-        data = self._expect_dict(await self._call("create/ticket", body), "create/ticket")
+        data = self._expect_dict(
+            await self._call("create/ticket", body, before_send), "create/ticket"
+        )
         self._expect_success(data, "create/ticket")
         ticket_id = data.get("ticket_id")
         if ticket_id is None and isinstance(data.get("ticket"), dict):
@@ -718,11 +733,13 @@ class UsedeskClient:
         type: str = "private",
         from_: str = "user",
         user_id: int | None = None,
+        before_send: BeforeSend | None = None,
     ) -> int:
         """``/create/comment``; returns the comment id.
 
         Private by default: a *public* comment from ``user`` on a messenger/e-mail ticket is
         delivered to the customer. Without ``user_id`` Usedesk credits the company's first user.
+        ``before_send``: see :data:`BeforeSend`.
         """
         body: dict[str, Any] = {
             "ticket_id": int(ticket_id),
@@ -732,7 +749,9 @@ class UsedeskClient:
         }
         if user_id is not None:
             body["user_id"] = int(user_id)
-        data = self._expect_dict(await self._call("create/comment", body), "create/comment")
+        data = self._expect_dict(
+            await self._call("create/comment", body, before_send), "create/comment"
+        )
         self._expect_success(data, "create/comment")
         return _req_int(data.get("comment_id"), "comment_id", method="create/comment")
 
@@ -783,11 +802,15 @@ class UsedeskClient:
             margin=max(self.limiter.margin, SHARED_WINDOW_MARGIN),
         )
 
-    async def _call(self, method: str, params: Mapping[str, Any]) -> Any:
+    async def _call(
+        self, method: str, params: Mapping[str, Any], before_send: BeforeSend | None = None
+    ) -> Any:
         """POST one API method; return the decoded JSON or raise a classified error."""
         # The hook call's priority (the hang-up's work first) orders the waiters, through
         # the shared window's slot too: it is taken before the next local waiter's turn.
         await self.limiter.acquire(then=None if self.shared_rate is None else self._shared_slot)
+        if before_send is not None:
+            await before_send()
         url = f"{self._base_url}/{method}"
         body = {"api_token": self._token, **params}
         started = time.monotonic()

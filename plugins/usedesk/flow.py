@@ -33,7 +33,14 @@ from connector_core.phones import digits_only
 from connector_core.plugin import Budget, CrmError, Decision, RetryLater, TransientError
 
 from . import scenario
-from .client import ClientSummary, NewClient, TicketSummary, UnknownIdError, UsedeskClient
+from .client import (
+    BeforeSend,
+    ClientSummary,
+    NewClient,
+    TicketSummary,
+    UnknownIdError,
+    UsedeskClient,
+)
 from .settings import STATUS_NEW, UsedeskSettings
 
 log = logging.getLogger(__name__)
@@ -599,16 +606,6 @@ async def _create_ticket(
             else rt.render("ticket_message", call)
         )
         with_comment = call.finished and agents is not None
-        sent_at = time.time()  # the intent's and the number's mark's: one moment
-        await effects.put(
-            intent,
-            {
-                "client_id": client_id,
-                "sent_at": sent_at,
-                "owner": owner,
-                "with_comment": with_comment,
-            },
-        )
         new_client = None
         if client_id is None:
             digits = (
@@ -617,7 +614,9 @@ async def _create_ticket(
                 else None
             )
             new_client = NewClient(name, digits)
-        if new_client is not None or plan.search_tickets:
+        marks_number = new_client is not None or plan.search_tickets
+
+        async def mark_number(sent_at: float) -> None:
             # The number's other calls wait for this create rather than make a second one,
             # and look again if they looked before it (the mark stays: the newest create's).
             creating = _creating_key(integration, plan)
@@ -625,6 +624,8 @@ async def _create_ticket(
             if not await effects.put(creating, mark):  # an earlier create's mark
                 await effects.drop(creating)
                 await effects.put(creating, mark)
+
+        record = {"client_id": client_id, "owner": owner, "with_comment": with_comment}
         ticket_id = await _answered_or_pending(
             integration,
             intent,
@@ -639,6 +640,9 @@ async def _create_ticket(
                 channel_id=settings.channel_id,
                 assignee_id=owner,
                 user_id=author,
+                before_send=_intent_at_send(
+                    integration, intent, record, mark_number if marks_number else None
+                ),
             ),
         )
         client_new = new_client is not None
@@ -721,6 +725,30 @@ async def _made_by_earlier_attempt(
     return made
 
 
+def _intent_at_send(
+    integration: Integration,
+    intent: str,
+    record: Mapping[str, Any],
+    then: Callable[[float], Awaitable[None]] | None = None,
+) -> BeforeSend:
+    """The write-ahead record of a create (``record`` and its ``sent_at``), written when the
+    request's turn has come, just before it leaves; ``then(sent_at)`` after it.
+
+    Written before the rate limiter's wait instead, a create that waited its turn (a minute,
+    at the limit) would count its ``write_settle_seconds`` from before it was sent, and a
+    later attempt could look for it too early and make a second one; a process that
+    stopped while it waited would leave an intent for a create never sent, which the next
+    attempt waits for in vain."""
+
+    async def write() -> None:
+        sent_at = time.time()
+        await integration.effects.put(intent, {**record, "sent_at": sent_at})
+        if then is not None:
+            await then(sent_at)
+
+    return write
+
+
 def _may_land_for(rt: UsedeskRuntime, intent: str, sent: Mapping[str, Any]) -> float:
     """Seconds until the create of ``intent``, sent at ``sent["sent_at"]``, can no longer
     land: none once this process saw its answer, else ``write_settle_seconds`` after."""
@@ -766,9 +794,14 @@ async def _create_client_only(integration: Integration, call: CallState, plan: P
         name = rt.render("client_name", call)[:255]
         digits = digits_only(plan.phone, rt.settings.phone_format)
     if made is None:
-        await integration.effects.put(intent, {"sent_at": time.time()})
         made = await _answered_or_pending(
-            integration, intent, rt.client.create_client(name=name, phone_digits=digits)
+            integration,
+            intent,
+            rt.client.create_client(
+                name=name,
+                phone_digits=digits,
+                before_send=_intent_at_send(integration, intent, {}),
+            ),
         )
     await integration.effects.put(key, {"id": made, "name": name})
     await integration.effects.drop(intent)
@@ -980,7 +1013,6 @@ async def _finish(integration: Integration, call: CallState) -> None:
         )
         message = rt.render("comment", call, html=True, agent_names=agents.names)
         if made is None:
-            await effects.put(intent, {"ticket_id": ticket_id, "sent_at": time.time()})
             made = await _answered_or_pending(
                 integration,
                 intent,
@@ -990,6 +1022,7 @@ async def _finish(integration: Integration, call: CallState) -> None:
                     type="private",
                     from_="user",
                     user_id=author,
+                    before_send=_intent_at_send(integration, intent, {"ticket_id": ticket_id}),
                 ),
             )
         await effects.put(f"comment:{call.call_id}", {"id": made, "ticket_id": ticket_id})

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import html
 import logging
-import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -280,12 +279,16 @@ async def _note(
 
     made = await flow._made_by_earlier_attempt(integration, intent, find)
     if made is None:
-        await effects.put(intent, {"ticket_id": ticket_id, "sent_at": time.time()})
         made = await flow._answered_or_pending(
             integration,
             intent,
             rt.client.create_comment(
-                ticket_id, message=message, type="private", from_="user", user_id=author
+                ticket_id,
+                message=message,
+                type="private",
+                from_="user",
+                user_id=author,
+                before_send=flow._intent_at_send(integration, intent, {"ticket_id": ticket_id}),
             ),
         )
     await effects.put(key, {"id": made, "ticket_id": ticket_id})

@@ -1122,6 +1122,47 @@ async def test_client_limiter_waits_instead_of_failing(mocked: aioresponses, ft:
     assert ft.sleeps == pytest.approx([60.0])
 
 
+async def test_before_send_is_awaited_once_the_turn_has_come_before_the_request(
+    mocked: aioresponses, ft: FakeTime
+) -> None:
+    """A create's write-ahead record (its intent) is written when the request leaves: after
+    the rate limiter's wait, before the POST."""
+    mocked.post(url("create/comment"), payload={"status": "success", "comment_id": 1}, repeat=True)
+    seen: list[tuple[int, int]] = []
+
+    async def before() -> None:
+        seen.append((len(ft.sleeps), n_calls(mocked, "create/comment")))
+
+    async with UsedeskClient(
+        api_token=TOKEN, rate_limit_per_minute=1, clock=ft.clock, sleep=ft.sleep
+    ) as c:
+        await c.create_comment(7, message="first")
+        await c.create_comment(7, message="second", before_send=before)
+    assert ft.sleeps, "the second create waited its turn"
+    assert seen == [(len(ft.sleeps), 1)]  # after every wait, before its own request
+    assert n_calls(mocked, "create/comment") == 2
+
+
+@pytest.mark.parametrize("method", ["create_ticket", "create_client", "create_comment"])
+async def test_a_before_send_that_fails_sends_nothing(
+    client: UsedeskClient, mocked: aioresponses, method: str
+) -> None:
+    for path in ("create/ticket", "create/client", "create/comment"):
+        mocked.post(url(path), payload={"status": "success"}, repeat=True)
+
+    async def unrecorded() -> None:
+        raise OSError("No space left on device")
+
+    args: dict[str, dict[str, Any]] = {
+        "create_ticket": {"subject": "s", "message": "m", "client_id": 1},
+        "create_client": {"name": "n", "phone_digits": "79161234567"},
+        "create_comment": {"ticket_id": 7, "message": "m"},
+    }
+    with pytest.raises(OSError, match="No space left"):
+        await getattr(client, method)(**args[method], before_send=unrecorded)
+    assert not mocked.requests  # nothing sent
+
+
 async def test_requests_are_logged_at_debug_without_token_or_body(
     client: UsedeskClient, mocked: aioresponses, caplog: pytest.LogCaptureFixture
 ) -> None:

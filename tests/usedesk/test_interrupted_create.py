@@ -248,3 +248,70 @@ async def test_a_create_landing_after_the_settle_time_is_still_found_by_its_retr
     assert record is not None and record["ticket_id"] == made["id"]
     for call in (first_call, next_call):
         assert sum(len(comments_with(t, f"ID: {call.call_id}<")) for t in tickets) == 1
+
+
+async def waiting_its_turn(world: MissedWorld, some: list[Step], paused: float) -> None:
+    """Run ``some`` with the rate limiter holding every request for ``paused`` seconds from the
+    start of the last step, whose first request is then its ticket create (the agents, read
+    once per ten minutes, are read before)."""
+    await run(world, some[:-1])
+    await world.integration.runtime.agents()
+    world.integration.runtime.client.limiter.pause_for(paused)
+    await run(world, some[-1:])
+
+
+async def test_a_create_stopped_while_it_waits_its_turn_leaves_nothing_to_wait_for(
+    tmp_path: Path,
+) -> None:
+    """The process stops while the first call's ticket create waits for the rate limiter:
+    nothing was sent, so nothing may still land. The number's next call must not wait
+    ``write_settle_seconds`` for it, and the first call's redelivery makes the one ticket."""
+    first_call, next_call = missed_call(0, 1), missed_call(5, 2)
+    async with missed_world(tmp_path, write_settle_seconds=60.0) as w:
+        seeded = await seeded_clients(w, known=False)
+        first = steps(first_call)
+        stopped = asyncio.create_task(waiting_its_turn(w, first, paused=60.0))
+        limiter = w.integration.runtime.client.limiter
+        async with asyncio.timeout(10):
+            while not limiter.waiting() and not stopped.done():
+                await asyncio.sleep(0.01)
+        assert not stopped.done() and "/create/ticket" not in w.writes()
+        stopped.cancel()  # the process stops
+        with pytest.raises(asyncio.CancelledError):
+            await stopped
+        assert await w.integration.effects.get(f"intent:ticket:{first_call.call_id}") is None
+        await w.integration.runtime.aclose()
+        w.integration.runtime = flow.UsedeskRuntime(w.integration)
+        waits = await run_waiting(w, steps(next_call))
+        await run_waiting(w, first[-1:])  # the first call's end, redelivered
+        ticket = assert_one_client_one_ticket(w, seeded, first_call, next_call)
+    assert waits == []
+    assert ticket["additional_id"] == next_call.call_id
+
+
+async def test_a_create_that_waited_its_turn_counts_its_settle_time_from_when_it_left(
+    tmp_path: Path,
+) -> None:
+    """The first call's ticket create waits its turn at the rate limiter, is sent, and is
+    carried out late, after the connector stopped waiting for the answer. Counted from
+    before the wait, ``write_settle_seconds`` would be over before the create lands, and
+    the number's next call would make a second client and ticket; counted from when it was
+    sent, the next call waits for it and then uses what it made."""
+    first_call, next_call = missed_call(0, 1), missed_call(5, 2)
+    async with missed_world(tmp_path, write_settle_seconds=1.0, request_timeout_seconds=0.3) as w:
+        seeded = await seeded_clients(w, known=False)
+        w.sandbox.faults.configure(
+            {"mode": "late", "late_s": 0.6, "count": 1, "paths": ["/create/ticket"]}
+        )
+        first = steps(first_call)
+        with pytest.raises(TransientError):
+            # Held 0.8 s, sent, no answer within 0.3 s: it lands 1.4 s after it began.
+            await waiting_its_turn(w, first, paused=0.8)
+        await w.integration.runtime.aclose()
+        w.integration.runtime = flow.UsedeskRuntime(w.integration)
+        waits = await run_waiting(w, steps(next_call))
+        await run_waiting(w, first[-1:])  # the first call's end, redelivered
+        await asyncio.gather(*w.sandbox.late_writes)  # the first create has landed by now
+        ticket = assert_one_client_one_ticket(w, seeded, first_call, next_call)
+    assert waits and "may still land" in waits[0], waits
+    assert ticket["additional_id"] == first_call.call_id
