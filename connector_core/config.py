@@ -26,7 +26,7 @@ import os
 import re
 import tomllib
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from importlib import resources
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
@@ -640,6 +640,26 @@ class Config(_Strict):
             for integration in account.integrations.values():
                 if integration.enabled:
                     yield account, integration
+
+    def integration_keys(self, name: str | None = None) -> list[str]:
+        """``ACCOUNT/NAME`` of every integration in the file (enabled or not), in file order;
+        with ``name``, of those called ``name`` only."""
+        return [
+            f"{account.number}/{integration}"
+            for account in self.accounts.values()
+            for integration in account.integrations
+            if name is None or integration == name
+        ]
+
+    def not_configured(self, keys: Iterable[str]) -> str | None:
+        """What to say of the ``ACCOUNT/NAME`` given that are not in the file (a typo, or an
+        integration removed since, whose stored rows a command may still be asked for)."""
+        known = self.integration_keys()
+        unknown = [key for key in keys if key not in known]
+        if not unknown:
+            return None
+        listed = ", ".join(known) or "none"
+        return f"{', '.join(unknown)} is not in the config (integrations: {listed})"
 
 
 # --- public API -----------------------------------------------------------------------------

@@ -67,14 +67,12 @@ def _integrations(config: Config, given: str | None) -> tuple[str, ...] | None:
         return None
     if "/" in given:
         return (given,)
-    keys = tuple(
-        f"{account.number}/{name}"
-        for account in config.accounts.values()
-        for name in account.integrations
-        if name == given
-    )
+    keys = tuple(config.integration_keys(given))
     if not keys:
-        raise ForgetError(f"no integration named {given!r} in the config; give it as ACCOUNT/NAME")
+        raise ForgetError(
+            f"no integration named {given!r} in the config; give it as ACCOUNT/NAME"
+            f" ({', '.join(config.integration_keys()) or 'none configured'})"
+        )
     return keys
 
 

@@ -8,7 +8,7 @@ the number's open missed-call ticket (``missed.py``); a hook
 that runs again (a retry, a redelivery, a restart) finds the step done and goes on from
 there. Find-or-create for one phone number holds that number's lock, so two calls from one
 new number make one client; and while a call's create of the number's ticket may still land
-(``phone:<E.164>:creating@<account>``; ``hidden_client:<name>:creating@<account>``), the
+(``creating:phone:<E.164>@<account>``; ``creating:hidden_client:<name>@<account>``), the
 number's other calls wait for it, and look again if they looked before it.
 
 The number's client link is keyed by the Usedesk account it came from (``UsedeskClient.account``,
@@ -406,10 +406,14 @@ def _link_key(integration: Integration, plan: Plan) -> str:
 def _creating_key(integration: Integration, plan: Plan) -> str:
     """The effect key of the number's newest ticket create (its call, when it was sent): the
     number's other calls wait while it may still land, and look again if they looked before
-    it could have (:func:`_looked_up_again`)."""
+    it could have (:func:`_looked_up_again`).
+
+    Not under ``phone:<E.164>``, where ``connector forget`` drops the number's links: the mark
+    is no link, and dropped while a create may still land it would let a second one be made."""
+    account = runtime(integration).client.account
     if isinstance(plan, scenario.HiddenLookup):
-        return f"hidden_client:{plan.client_name}:creating@{runtime(integration).client.account}"
-    return f"phone:{plan.phone}:creating@{runtime(integration).client.account}"
+        return f"creating:hidden_client:{plan.client_name}@{account}"
+    return f"creating:phone:{plan.phone}@{account}"
 
 
 async def _healing(

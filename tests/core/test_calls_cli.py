@@ -123,6 +123,30 @@ def test_calls_with_a_filter_it_cannot_apply_exits_2_saying_why(workdir: Path, c
     assert err == "connector calls: 'not a number' cannot be read as a phone number (region RU)\n"
 
 
+def test_calls_takes_an_integration_by_the_name_its_table_shows(workdir: Path, capsys) -> None:
+    """The list heads the column ``amocrm_stub``: that name finds its calls; a misspelt one
+    is said to be unknown, with the names there are, rather than matching nothing."""
+    write_config(workdir, AMOCRM)
+    replay(workdir, capsys, scenarios.inbound_answered(call_id="1717171700.1"))
+
+    code, out, _ = run(capsys, "calls", "--status", "done", "--integration", "amocrm_stub")
+    assert code == EXIT_OK and out.splitlines()[1].split()[2] == "1717171700.1"
+
+    code, out, err = run(capsys, "calls", "--status", "done", "--integration", "amocrm")
+    assert (code, out) == (EXIT_BAD_INPUT, "")
+    assert err == (
+        "connector calls: integration 'amocrm' is not in the config; give it as ACCOUNT/NAME"
+        f" ({ACCOUNT}/amocrm_stub)\n"
+    )
+
+    code, out, err = run(capsys, "calls", "--status", "done", "--integration", f"{ACCOUNT}/amo")
+    assert (code, out) == (EXIT_OK, "no stored call matches\n")
+    assert err == (
+        f"note: {ACCOUNT}/amo is not in the config (integrations: {ACCOUNT}/amocrm_stub);"
+        " its stored calls are shown, if any\n"
+    )
+
+
 def test_trace_of_an_unknown_call_exits_1_saying_where_to_look(workdir: Path, capsys) -> None:
     write_config(workdir, AMOCRM)
     create_store(workdir / "connector.db")

@@ -138,6 +138,13 @@ async def test_forget_phone_drops_the_link_and_the_next_call_looks_up_again(
         # Forgetting again finds nothing, and says so.
         assert await forget(["--phone", NEW, "--config", config]) == 0
         assert capsys.readouterr().out == f"no stored links of +{NEW}; nothing to forget\n"
+        # A misspelt integration finds nothing either: that is said, with the right names.
+        typo = ["--phone", NEW, "--integration", f"{ACCOUNT}/usedsk", "--config", config]
+        assert await forget(typo) == 0
+        assert capsys.readouterr() == (
+            f"no stored links of +{NEW}; nothing to forget\n",
+            f"note: {ACCOUNT}/usedsk is not in the config (integrations: {ACCOUNT}/usedesk)\n",
+        )
         await w.call(second_call())
         assert len(w.sandbox.requests("/clients")) > searches  # looked up, not remembered
         assert [c["id"] for c in w.clients_with(NEW)] == [client["id"]]  # found, not made
@@ -174,7 +181,7 @@ async def test_forget_call_drops_the_calls_link_in_one_integration(
         (
             ["--phone", NEW, "--integration", "amocrm"],
             "connector forget: no integration named 'amocrm' in the config;"
-            " give it as ACCOUNT/NAME\n",
+            f" give it as ACCOUNT/NAME ({ACCOUNT}/usedesk)\n",
         ),
     ],
 )
