@@ -43,6 +43,7 @@ from connector_core.config import (
     config_json_schema,
     default_config,
     load_config,
+    read_config_text,
     scrub_secrets,
 )
 from connector_core.console import password_cli as console_password
@@ -119,9 +120,9 @@ def load(given: str | None) -> tuple[Config, PluginHost]:
         config.warnings.insert(0, NO_CONFIG_FILE.format(cwd=Path.cwd()))
         return config, host
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError:
-        text = ""  # load_config says what is wrong with the path
+        text = read_config_text(path)
+    except (OSError, UnicodeDecodeError):
+        text = ""  # load_config says what is wrong with the file
     host.load(_named_plugins(text))
     _refuse_broken_plugins(host)
     return load_config(path, types=host.types), host

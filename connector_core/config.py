@@ -31,6 +31,7 @@ from importlib import resources
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import phonenumbers
 from pydantic import (
@@ -170,6 +171,27 @@ def _check_public_url(value: str) -> str:
     return value.rstrip("/")
 
 
+def webhook_path_in(url: str) -> str | None:
+    """Why ``url`` cannot be the service's address: it already ends with the webhook's path
+    (pasted from Sipuni's settings, say), to which ``/sipuni/<token>`` would be added again."""
+    path = urlsplit(url).path.rstrip("/")
+    if path.endswith("/sipuni") or "/sipuni/" in path:
+        base = url[: url.find("/sipuni")]
+        return (
+            "the service's address without the webhook's path: /sipuni/<token> is added to"
+            f" it (here: {base or 'https://connector.example.com'})"
+        )
+    return None
+
+
+def _check_service_url(value: str) -> str:
+    value = _check_public_url(value)
+    problem = webhook_path_in(value)
+    if problem is not None:
+        raise _error("url", f"expected {problem}")
+    return value
+
+
 def _schemes_kind(value: Any) -> str | None:
     if value == "all":
         return "all"
@@ -246,7 +268,7 @@ class ServerConfig(_Strict):
     max_body_bytes: int = Field(
         65536, ge=1024, description="Largest webhook body accepted; bigger ones get 413."
     )
-    public_url: Annotated[str, AfterValidator(_check_public_url)] = Field(
+    public_url: Annotated[str, AfterValidator(_check_service_url)] = Field(
         "", description="The service's address as people reach it, for links; may be empty."
     )
     keepalive_timeout_seconds: float = Field(
@@ -681,11 +703,11 @@ def load_config(
     """
     path = Path(source)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_config_text(path)
     except FileNotFoundError:
         raise ConfigError([f"{path}: the config file does not exist"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError([f"{path}: the config file is not UTF-8 text"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: {not_utf8(exc)}"]) from None
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read the config file ({exc.strerror})"]) from None
     return parse_config_text(
@@ -694,6 +716,23 @@ def load_config(
         environ=environ,
         base_dir=base_dir if base_dir is not None else path.resolve().parent,
         origin=str(path),
+    )
+
+
+def read_config_text(path: Path) -> str:
+    """The config file's text. A byte-order mark that a Windows editor put first is dropped:
+    TOML does not allow one, and nothing in the editor shows it."""
+    return path.read_bytes().decode("utf-8-sig")
+
+
+def not_utf8(exc: UnicodeDecodeError) -> str:
+    """What to tell about a config file that is not UTF-8: where, and what to do about it."""
+    data = bytes(exc.object)
+    line = data[: exc.start].count(b"\n") + 1
+    return (
+        f"the config file is not UTF-8 text (byte 0x{data[exc.start]:02X} on line {line}):"
+        " save it as UTF-8; an editor on Windows may have saved the Russian letters in"
+        " Windows-1251"
     )
 
 

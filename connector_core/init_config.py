@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from pydantic import SecretBytes, SecretStr
 
 from connector_core import public_url
-from connector_core.config import parse_config_text
+from connector_core.config import parse_config_text, webhook_path_in
 from connector_core.errors import ConfigError, describe_error
 from connector_core.hooks import PluginHost
 from connector_core.integrations import IntegrationType
@@ -184,6 +184,9 @@ def parse_public_url(answer: str) -> str:
             "expected an address starting with https:// (or http://), e.g. "
             "https://connector.example.com, or nothing"
         )
+    problem = webhook_path_in(answer)
+    if problem is not None:
+        raise ValueError(f"expected {problem}")
     return answer.rstrip("/")
 
 

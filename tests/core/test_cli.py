@@ -298,6 +298,32 @@ def test_check_toml_syntax_error_names_the_line(workdir: Path, capsys) -> None:
     assert "invalid TOML" in err
 
 
+def test_a_config_saved_in_windows_1251_says_so_instead_of_a_traceback(
+    workdir: Path, capsys
+) -> None:
+    config = workdir / "connector.toml"
+    config.write_bytes("[server]\nport = 8080\n# Входящая линия\n".encode("cp1251"))
+    code, out, err = run(capsys, "check", "--config", str(config))
+    assert (code, out) == (EXIT_BAD_CONFIG, "")
+    assert err == (
+        "The configuration has 1 error(s):\n"
+        f"  - {config}: the config file is not UTF-8 text (byte 0xC2 on line 3): save it as"
+        " UTF-8; an editor on Windows may have saved the Russian letters in Windows-1251\n"
+    )
+
+
+def test_a_config_with_a_byte_order_mark_is_read(
+    workdir: Path, test_plugins_dir: Path, capsys
+) -> None:
+    """Notepad's "UTF-8 with BOM": TOML has no place for the mark, and no editor shows it."""
+    plain = write_config(workdir, RECORDER, name="plain.toml")
+    marked = workdir / "marked.toml"
+    marked.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    code, out, err = run(capsys, "check", "--config", str(marked))
+    assert (code, err) == (EXIT_OK, "")
+    assert out.startswith("configuration: ok\n")
+
+
 def test_missing_config_file_exits_2_for_every_command(workdir: Path, capsys) -> None:
     for argv in (["serve"], ["replay", "events.txt"], ["journal", "amocrm_stub"]):
         code, _, err = run(capsys, *argv, "--config", "absent.toml")

@@ -138,6 +138,11 @@ def test_the_url_for_sipuni_is_public_url_else_the_listening_address(
         (init_config.parse_account, "0123456", "the account number is 6 digits"),
         (init_config.parse_public_url, "connector.example.com", "expected an address starting"),
         (init_config.parse_public_url, "https://", "expected an address starting"),
+        (
+            init_config.parse_public_url,
+            "https://c.example.com/sipuni/",
+            r"without the webhook's path: /sipuni/<token> is added to it \(here: https://c\.",
+        ),
         (init_config.parse_port, "80800", "expected a port number from 1 to 65535"),
         (init_config.parse_host, "0.0.0.0 8080", "expected an address such as 0.0.0.0"),
     ],
