@@ -72,9 +72,10 @@ def log_unknown_token(refusals: Refusals, address: str, token: str, now: float) 
     held = refusals.held_back(UNKNOWN_TOKEN, address, now)
     if held is None:
         return
+    # Nothing follows "/sipuni/" in the line: the log's redaction masks whatever does.
     log.warning(
-        "webhook refused from %s: no account has the token in its URL (/sipuni/<%d characters>)"
-        ", so it got 404; if Sipuni sends it, the URL in Sipuni's settings must end with the"
+        "webhook refused from %s: no account has the token its URL ends with (%d characters),"
+        " so it got 404; if Sipuni sends it, the URL in Sipuni's settings must end with the"
         " account's token (accounts.<number>.token in the config)%s",
         address,
         len(token),
