@@ -170,9 +170,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise
         # Nothing was acknowledged yet: a one-line reason, not a traceback.
         where = f"{config.server.host}:{config.server.port}"
-        print(f"cannot listen on {where}: {os.strerror(exc.errno)}", file=sys.stderr)
+        hint = _LISTEN_HINTS[exc.errno]
+        print(f"cannot listen on {where}: {os.strerror(exc.errno)}; {hint}", file=sys.stderr)
         return EXIT_CHECK_FAILED
     return EXIT_OK
+
+
+_LISTEN_HINTS = {
+    errno.EADDRINUSE: "another process (another connector?) listens there: stop it, or choose"
+    " another port with --port or [server] port",
+    errno.EADDRNOTAVAIL: "this machine has no such address: correct --host or [server] host"
+    " (0.0.0.0 listens on every address)",
+    errno.EACCES: "ports below 1024 need root: listen on a higher port, behind a web server"
+    " if Sipuni must reach port 80 or 443",
+}
 
 
 async def _with_service(

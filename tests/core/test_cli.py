@@ -728,7 +728,9 @@ def test_serve_on_a_port_in_use_says_so_in_one_line(workdir: Path, test_plugins_
         )
     assert done.returncode == 1
     assert done.stderr.splitlines()[-1] == (
-        f"cannot listen on 127.0.0.1:{port}: Address already in use"
+        f"cannot listen on 127.0.0.1:{port}: Address already in use; another process (another"
+        " connector?) listens there: stop it, or choose another port with --port or"
+        " [server] port"
     )
     assert "Traceback" not in done.stderr
 
@@ -757,7 +759,9 @@ def test_serve_port_and_host_override_the_config(workdir: Path, test_plugins_dir
         )
     assert done.returncode == 1
     assert done.stderr.splitlines()[-1] == (
-        f"cannot listen on 127.0.0.1:{port}: Address already in use"
+        f"cannot listen on 127.0.0.1:{port}: Address already in use; another process (another"
+        " connector?) listens there: stop it, or choose another port with --port or"
+        " [server] port"
     )
 
 
