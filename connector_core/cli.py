@@ -205,7 +205,11 @@ async def _with_service(
 def cmd_check(args: argparse.Namespace) -> int:
     config, host = load(args.config)  # an invalid config: main() prints it, exit 2
     _print_warnings(config)
-    print("configuration: ok")
+    if _config_path(args.config) is None:
+        # On stdout too: a script reading only it must not take the demo for its own file.
+        print("configuration: ok (the embedded demo defaults: no config file was read)")
+    else:
+        print("configuration: ok")
 
     async def checks(app: web.Application) -> int:
         failed = 0

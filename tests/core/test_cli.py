@@ -799,7 +799,7 @@ def test_check_without_a_config_checks_the_defaults_and_warns(workdir: Path, cap
     code, out, err = run(capsys, "check")
     assert code == EXIT_OK
     assert out.splitlines() == [
-        "configuration: ok",
+        "configuration: ok (the embedded demo defaults: no config file was read)",
         # In the current directory, as documented; only checking creates nothing.
         f"store: sqlite {workdir / 'connector.db'}: {WILL_BE_CREATED}",
         "012345/amocrm_stub [amocrm_stub]: ok (stub: nothing to authorise)",
