@@ -174,20 +174,21 @@ async def run(
         ):
             host = PluginHost()
             host.load(["usedesk", "amocrm_stub"])
-            config = parse_config_text(
-                CONFIG.format(
-                    port=port,
-                    db=Path(tmp) / "connector.db",
-                    token=TOKEN,
-                    sandbox_token=sandbox.token,
-                    sandbox_url=sandbox_url,
-                    sipuni_key=sipuni.key,
-                    sipuni_url=sipuni_url,
-                    agent_token=AGENT_TOKEN,
-                ),
-                types=host.types,
-                origin="<demo>",
+            text = CONFIG.format(
+                port=port,
+                db=Path(tmp) / "connector.db",
+                token=TOKEN,
+                sandbox_token=sandbox.token,
+                sandbox_url=sandbox_url,
+                sipuni_key=sipuni.key,
+                sipuni_url=sipuni_url,
+                agent_token=AGENT_TOKEN,
             )
+            config = parse_config_text(text, types=host.types, origin="<demo>")
+            # On disk while the demo runs, so that `connector calls` and `trace` can read
+            # what it did (the folder and everything in it go when it stops).
+            config_file = Path(tmp) / "connector.toml"
+            config_file.write_text(text, encoding="utf-8")
             app = create_app(config, host=host)
             runner = web.AppRunner(app, access_log_class=RedactingAccessLogger)
             await runner.setup()
@@ -209,9 +210,9 @@ async def run(
                 await _until_processed(app)
                 table = render(sandbox.snapshot())
                 print(table)
-                print(NEXT_STEPS.format(url=url))
+                print(NEXT_STEPS)
                 if keep_running:
-                    print("Still serving; send your own events, or Ctrl-C to stop.")
+                    print(WHILE_SERVING.format(url=url, config=config_file))
                     await asyncio.Event().wait()
                 return table
             finally:
@@ -241,6 +242,11 @@ That was the Usedesk sandbox. To use your real Usedesk and Sipuni:
      setting: docs/configuration.md and docs/usedesk.md);
   2. `connector check` tells you what is wrong before anything runs;
   3. `connector serve`, and set Sipuni's «События на АТС» URL to
-     https://<your host>/sipuni/<your token>.
-More simulated calls: `connector simulate --url {url} --token {token}`.
-""".replace("{token}", TOKEN)
+     https://<your host>/sipuni/<your token>."""
+
+WHILE_SERVING = """
+While the demo runs:
+  more simulated calls: `connector simulate --url {url} --token {token}`
+  what the connector did with each call: `connector calls --config {config}`, then
+  `connector trace <call id> --config {config}`
+Still serving; send your own events, or Ctrl-C to stop.""".replace("{token}", TOKEN)

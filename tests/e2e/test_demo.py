@@ -44,9 +44,39 @@ async def test_demo_turns_simulated_calls_into_usedesk_tickets(capsys) -> None:
     assert comments.count("Входящий звонок: Отвечен") == 3
     assert "Входящий звонок: Пропущен" in comments and "Исходящий звонок: Отвечен" in comments
     assert "connector check" in printed  # how to point it at a real Usedesk
+    assert "connector simulate" not in printed  # --once: nothing left serving to send to
     # The agent page can be tried too: its address, with the demo's agent token, is printed.
     [page] = re.findall(r"Agent page of extension 101: (\S+)", printed)
     assert page.endswith("/agent/?account=012345&extension=101&token=demo-agent-101-change-me")
+
+
+async def test_the_running_demo_can_be_inspected_with_the_commands_it_names(capsys) -> None:
+    """While it serves, the demo prints a config to give `connector calls` and `trace`: they
+    read the demo's calls from its store. `--once` names neither (nothing is left to read)."""
+    import asyncio
+
+    running = asyncio.create_task(
+        demo.run(port=free_port(), sandbox_port=free_port(), speed=100, keep_running=True)
+    )
+    printed = ""
+    try:
+        async with asyncio.timeout(120):
+            while "Still serving" not in printed:
+                assert not running.done()
+                await asyncio.sleep(0.2)
+                printed += capsys.readouterr().out
+        [config] = re.findall(r"`connector calls --config (\S+)`", printed)
+        assert f"`connector trace <call id> --config {config}`" in printed
+        assert await asyncio.to_thread(main, ["calls", "--config", config]) == 0
+        listed = capsys.readouterr().out
+        assert "1717171700.1" in listed and "usedesk done" in listed
+        assert await asyncio.to_thread(main, ["trace", "1717171700.1", "--config", config]) == 0
+        assert "012345/usedesk: done" in capsys.readouterr().out
+    finally:
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+    assert not Path(config).exists()  # the demo's folder goes with it
 
 
 async def test_simulate_sends_every_kind_of_call(aiohttp_server, capsys) -> None:
