@@ -647,8 +647,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         f"sent {len(calls)} call(s), {len(sent)} webhook(s): "
         f"{len(sent) - len(refused)} acknowledged, {len(refused)} refused"
     )
+    for i, call in enumerate(calls):
+        print(f"  {call.call_id}  {kinds[i % len(kinds)]}")
+    if len(refused) < len(sent):
+        print("what became of each: `connector trace <call id>` (or `connector calls`)")
     for s in refused[:10]:
         print(f"  {s.call_id}: HTTP {s.status} {s.body[:200]}", file=sys.stderr)
+    if any(s.status == 404 for s in refused):
+        print(
+            "404: the service has no account with this token; give the account's token"
+            " (accounts.<number>.token in its config) with --token, or its config with --config",
+            file=sys.stderr,
+        )
     return EXIT_OK if not refused else EXIT_CHECK_FAILED
 
 

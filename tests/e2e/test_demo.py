@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from connector_core import demo
-from connector_core.cli import main
+from connector_core.cli import KINDS, main
 from connector_core.phones import normalize
 from tests.e2e.process import free_port
 
@@ -115,6 +115,35 @@ async def test_simulate_sends_every_kind_of_call(aiohttp_server, capsys) -> None
     assert f"sent 7 call(s), {len(seen)} webhook(s): {len(seen)} acknowledged, 0 refused" in out
     assert len({e["call_id"] for e in seen}) == 7
     assert {e["event"] for e in seen} == {"1", "2", "3", "4"}
+    # Each call's id and kind, to trace it by.
+    listed = [line.split() for line in out.splitlines() if line.startswith("  ")]
+    assert {call_id for call_id, _ in listed} == {e["call_id"] for e in seen}
+    assert [kind for _, kind in listed] == list(KINDS)
+    assert "what became of each: `connector trace <call id>`" in out
+
+
+async def test_simulate_with_a_wrong_token_says_where_the_right_one_is(
+    aiohttp_server, capsys
+) -> None:
+    import asyncio
+
+    from aiohttp import web
+
+    async def sipuni(request: web.Request) -> web.Response:
+        return web.json_response({"success": False, "error": "not found"}, status=404)
+
+    app = web.Application()
+    app.router.add_route("*", "/sipuni/{token}", sipuni)
+    server = await aiohttp_server(app)
+    argv = ["simulate", "--url", str(server.make_url("")), "--token", "wrong-token-00000000"]
+    code = await asyncio.to_thread(main, [*argv, "--count", "1", "--speed", "1000"])
+    assert code == 1
+    out, err = capsys.readouterr()
+    assert "what became of each" not in out  # nothing was taken
+    assert err.splitlines()[-1] == (
+        "404: the service has no account with this token; give the account's token"
+        " (accounts.<number>.token in its config) with --token, or its config with --config"
+    )
 
 
 def test_simulate_with_nothing_listening_says_so_in_one_line(capsys) -> None:
