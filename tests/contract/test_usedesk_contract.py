@@ -94,8 +94,9 @@ class TestUsedeskContract(PluginContract):
             }
 
     def setup_answers(self, settings: Mapping[str, Any]) -> list[str]:
-        # The address, the key, an extension for each of the sandbox's four agents, on duty.
-        return [settings["base_url"], settings["api_token"], "201", "202, 212", "", "", "4"]
+        # The address, the key, the web interface's address (the sandbox's own: Enter), an
+        # extension for each of the sandbox's four agents, on duty.
+        return [settings["base_url"], settings["api_token"], "", "201", "202, 212", "", "", "4"]
 
     async def auth_cases(self, settings: Mapping[str, Any]) -> Mapping[str, Mapping[str, Any]]:
         return {
