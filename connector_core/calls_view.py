@@ -17,6 +17,7 @@ for into a store query and store rows into the views below; :func:`list_calls` a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -360,6 +361,9 @@ async def list_calls(
     return [summary(row) for row in await store.find_calls(store_query(wanted, regions))]
 
 
+_LIKE_A_PHONE = re.compile(r"\+?[\d\s()-]{7,}")
+
+
 async def load_trace(store: Store, call_id: str, account: str | None = None) -> CallTrace:
     """The trace of call ``call_id`` (of ``account``, or of the one account that has it).
 
@@ -369,7 +373,13 @@ async def load_trace(store: Store, call_id: str, account: str | None = None) -> 
     rows = await store.find_calls(CallQuery(limit=2, account=account, call_id=call_id))
     if not rows:
         where = f" of account {account}" if account else ""
-        raise ViewError(f"no stored call{where} has the id {call_id!r} (see `connector calls`)")
+        # Sipuni's call ids are "<seconds>.<number>"; a caller's number is what people have.
+        see = (
+            f"it looks like a phone number: `connector calls --phone {call_id!r}` lists its calls"
+            if _LIKE_A_PHONE.fullmatch(call_id)
+            else "see `connector calls`"
+        )
+        raise ViewError(f"no stored call{where} has the id {call_id!r} ({see})")
     if len(rows) > 1:
         accounts = " and ".join(sorted(r.state.account for r in rows))
         raise ViewError(f"call {call_id!r} is in accounts {accounts}: name one with --account")

@@ -155,6 +155,13 @@ def test_trace_of_an_unknown_call_exits_1_saying_where_to_look(workdir: Path, ca
     assert err == (
         "connector trace: no stored call has the id '1717171700.404' (see `connector calls`)\n"
     )
+    # The number a person has in hand, typed where the call id goes.
+    code, out, err = run(capsys, "trace", "+7 916 105-87-56")
+    assert (code, out) == (EXIT_NOT_FOUND, "")
+    assert err == (
+        "connector trace: no stored call has the id '+7 916 105-87-56' (it looks like a phone"
+        " number: `connector calls --phone '+7 916 105-87-56'` lists its calls)\n"
+    )
 
 
 def test_trace_asks_which_account_when_two_have_the_call(workdir: Path, capsys) -> None:
