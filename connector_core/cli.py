@@ -9,6 +9,7 @@ import functools
 import json
 import os
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -666,11 +667,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     setup_logging("WARNING")
     try:
         asyncio.run(
-            demo.run(
-                port=args.port,
-                sandbox_port=args.sandbox_port,
-                speed=args.speed,
-                keep_running=not args.once,
+            _until_terminated(
+                demo.run(
+                    port=args.port,
+                    sandbox_port=args.sandbox_port,
+                    speed=args.speed,
+                    keep_running=not args.once,
+                )
             )
         )
     except KeyboardInterrupt:
@@ -687,6 +690,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
         return EXIT_CHECK_FAILED
     return EXIT_OK
+
+
+async def _until_terminated(work: Awaitable[Any]) -> None:
+    """``work``, stopped by SIGTERM as Ctrl-C stops it: cancelled, so that it cleans up (the
+    demo's temporary folder, whose store holds the simulated callers' numbers)."""
+    task = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        if not task.cancelled():
+            raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 def _no_store_yet(config: Config) -> bool:

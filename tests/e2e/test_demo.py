@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +14,7 @@ import pytest
 from connector_core import demo
 from connector_core.cli import KINDS, main
 from connector_core.phones import normalize
-from tests.e2e.process import free_port
+from tests.e2e.process import ROOT, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -77,6 +81,31 @@ async def test_the_running_demo_can_be_inspected_with_the_commands_it_names(caps
         with pytest.raises(asyncio.CancelledError):
             await running
     assert not Path(config).exists()  # the demo's folder goes with it
+
+
+def test_a_demo_stopped_by_sigterm_leaves_no_store_behind() -> None:
+    """A process manager's stop, or `kill`, cleans up as Ctrl-C does: the demo's store holds
+    the simulated callers' numbers."""
+    argv = ["demo", "--port", str(free_port()), "--sandbox-port", str(free_port())]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "connector_core", *argv, "--speed", "100"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        deadline, printed = time.monotonic() + 120, ""
+        while "Still serving" not in printed and time.monotonic() < deadline:
+            printed += proc.stdout.readline()
+        [config] = re.findall(r"`connector calls --config (\S+)`", printed)
+        assert Path(config).exists()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not Path(config).parent.exists()
 
 
 async def test_simulate_sends_every_kind_of_call(aiohttp_server, capsys) -> None:
