@@ -138,10 +138,25 @@ OnRequest = CrmRequestObserver
 
 # Awaited when a create's turn has come (the rate limiter's wait is over), just before it is
 # sent: the caller's write-ahead record of it then says when Usedesk may start carrying it out.
+# It runs in the request's turn: the next waiter's comes after it, so the limiter's order (the
+# hang-up's work first) is the order the requests leave in.
 BeforeSend = Callable[[], Awaitable[None]]
 
 
 _E = TypeVar("_E", bound=CrmError)
+
+
+def _in_turn(*steps: BeforeSend | None) -> BeforeSend | None:
+    """The ``steps`` given, awaited one after the other in a request's turn."""
+    todo = [step for step in steps if step is not None]
+    if len(todo) < 2:
+        return todo[0] if todo else None
+
+    async def each() -> None:
+        for step in todo:
+            await step()
+
+    return each
 
 
 class UnknownIdError(InvalidRequestError):
@@ -807,10 +822,10 @@ class UsedeskClient:
     ) -> Any:
         """POST one API method; return the decoded JSON or raise a classified error."""
         # The hook call's priority (the hang-up's work first) orders the waiters, through
-        # the shared window's slot too: it is taken before the next local waiter's turn.
-        await self.limiter.acquire(then=None if self.shared_rate is None else self._shared_slot)
-        if before_send is not None:
-            await before_send()
+        # the shared window's slot and ``before_send`` too: both are done before the next
+        # local waiter's turn.
+        shared = None if self.shared_rate is None else self._shared_slot
+        await self.limiter.acquire(then=_in_turn(shared, before_send))
         url = f"{self._base_url}/{method}"
         body = {"api_token": self._token, **params}
         started = time.monotonic()

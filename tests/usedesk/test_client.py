@@ -1143,6 +1143,31 @@ async def test_before_send_is_awaited_once_the_turn_has_come_before_the_request(
     assert n_calls(mocked, "create/comment") == 2
 
 
+async def test_the_next_request_waits_for_a_before_send_in_its_turn(
+    mocked: aioresponses, ft: FakeTime
+) -> None:
+    """The limiter's order (the hang-up's work first) is the order requests leave in: the next
+    waiter's turn comes once the create's before_send (its intent's write) is done."""
+    mocked.post(url("create/comment"), payload={"status": "success", "comment_id": 1}, repeat=True)
+    written = asyncio.Event()
+
+    async def writing() -> None:
+        await written.wait()
+
+    async with UsedeskClient(api_token=TOKEN, clock=ft.clock, sleep=ft.sleep) as c:
+        first = asyncio.create_task(c.create_comment(7, message="a", before_send=writing))
+        second = asyncio.create_task(c.create_comment(7, message="b"))
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert n_calls(mocked, "create/comment") == 0  # the second waits for the first's turn
+        written.set()
+        await asyncio.gather(first, second)
+    sent = [
+        r.kwargs["json"]["message"] for r in mocked.requests[("POST", URL(url("create/comment")))]
+    ]
+    assert sent == ["a", "b"]
+
+
 @pytest.mark.parametrize("method", ["create_ticket", "create_client", "create_comment"])
 async def test_a_before_send_that_fails_sends_nothing(
     client: UsedeskClient, mocked: aioresponses, method: str
