@@ -137,6 +137,21 @@ def _refuse_broken_plugins(host: PluginHost) -> None:
         raise ConfigError([f"plugin '{name}': {error}" for name, error in broken])
 
 
+def _readable_by_others(path: Path) -> str | None:
+    """What to say of a config file other users of the machine may read: it holds the webhook
+    token (whoever has it can send calls) and, unless they come from the environment, keys."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return None
+    if not mode & 0o077:
+        return None
+    return (
+        f"{path} may be read by other users of this machine (mode {mode:o}), and it holds the"
+        f" webhook token and the CRM keys: chmod 600 {path}"
+    )
+
+
 def _print_warnings(config: Config) -> None:
     for line in config.warnings:
         print(f"warning: {line}", file=sys.stderr)
@@ -206,7 +221,11 @@ async def _with_service(
 def cmd_check(args: argparse.Namespace) -> int:
     config, host = load(args.config)  # an invalid config: main() prints it, exit 2
     _print_warnings(config)
-    if _config_path(args.config) is None:
+    path = _config_path(args.config)
+    readable = _readable_by_others(path) if path is not None else None
+    if readable is not None:
+        print(f"warning: {readable}", file=sys.stderr)
+    if path is None:
         # On stdout too: a script reading only it must not take the demo for its own file.
         print("configuration: ok (the embedded demo defaults: no config file was read)")
     else:

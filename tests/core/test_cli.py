@@ -65,6 +65,7 @@ token = "{TOKEN}"
 """,
         encoding="utf-8",
     )
+    path.chmod(0o600)  # as `connector init` writes it: check warns about any other mode
     return path
 
 
@@ -139,6 +140,23 @@ def test_check_valid_config_prints_ok_per_integration(
         "012345/amocrm_stub [amocrm_stub]: ok (stub: nothing to authorise)",
     ]
     assert err == ""
+
+
+def test_check_warns_about_a_config_other_users_may_read(
+    workdir: Path, test_plugins_dir: Path, capsys
+) -> None:
+    """The file holds the webhook token (whoever has it can send calls) and the CRM keys; init
+    writes it with mode 600, a copy or a file written by hand often has 644."""
+    config = write_config(workdir, RECORDER)
+    config.chmod(0o644)
+    code, out, err = run(capsys, "check", "--config", str(config))
+    assert (code, out.splitlines()[0]) == (EXIT_OK, "configuration: ok")
+    assert err == (
+        f"warning: {config} may be read by other users of this machine (mode 644), and it holds"
+        f" the webhook token and the CRM keys: chmod 600 {config}\n"
+    )
+    config.chmod(0o600)
+    assert run(capsys, "check", "--config", str(config))[2] == ""
 
 
 def test_check_failed_authorisation_exits_1(workdir: Path, test_plugins_dir: Path, capsys) -> None:
@@ -319,6 +337,7 @@ def test_a_config_with_a_byte_order_mark_is_read(
     plain = write_config(workdir, RECORDER, name="plain.toml")
     marked = workdir / "marked.toml"
     marked.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    marked.chmod(0o600)
     code, out, err = run(capsys, "check", "--config", str(marked))
     assert (code, err) == (EXIT_OK, "")
     assert out.startswith("configuration: ok\n")

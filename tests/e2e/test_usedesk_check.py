@@ -84,6 +84,7 @@ burst_per_second = 100
 """,
         encoding="utf-8",
     )
+    path.chmod(0o600)  # as `connector init` writes it: check warns about any other mode
     return path
 
 
