@@ -913,21 +913,19 @@ def cmd_calls(args: argparse.Namespace) -> int:
     config, _ = load(args.config)
     since = parse_since(args.since, time.time()) if args.since else None
     regions = {number: account.default_region for number, account in config.accounts.items()}
-    if args.integration is not None and "/" not in args.integration:
+    if args.integration is not None:
         # The calls table heads its column with the bare name: that is what people type.
-        keys = config.integration_keys(args.integration)
+        keys = config.integrations_named(args.integration)
         if len(keys) != 1:
-            known = ", ".join(config.integration_keys()) or "none configured"
             why = "is in several accounts" if keys else "is not in the config"
             print(
                 f"connector calls: integration {args.integration!r} {why}; give it as"
-                f" ACCOUNT/NAME ({known})",
+                f" ACCOUNT/NAME ({config.integrations_listed()})",
                 file=sys.stderr,
             )
             return calls_cli.EXIT_BAD_INPUT
         args.integration = keys[0]
-    elif args.integration is not None:
-        note = config.not_configured([args.integration])
+        note = config.not_configured(keys)
         if note is not None:
             print(f"note: {note}; its stored calls are shown, if any", file=sys.stderr)
     return _read_store(config, "calls", lambda store: calls_cli.calls(store, regions, args, since))

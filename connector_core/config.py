@@ -673,6 +673,16 @@ class Config(_Strict):
             if name is None or integration == name
         ]
 
+    def integrations_named(self, given: str) -> list[str]:
+        """What a command's ``--integration`` names: an ``ACCOUNT/NAME`` as given (a removed
+        integration's stored rows may be asked for), or every integration called ``given``
+        (the bare name the calls table shows)."""
+        return [given] if "/" in given else self.integration_keys(given)
+
+    def integrations_listed(self) -> str:
+        """The file's integrations for a message: ``012345/usedesk, 012345/amocrm_stub``."""
+        return ", ".join(self.integration_keys()) or "none configured"
+
     def not_configured(self, keys: Iterable[str]) -> str | None:
         """What to say of the ``ACCOUNT/NAME`` given that are not in the file (a typo, or an
         integration removed since, whose stored rows a command may still be asked for)."""
@@ -680,7 +690,7 @@ class Config(_Strict):
         unknown = [key for key in keys if key not in known]
         if not unknown:
             return None
-        listed = ", ".join(known) or "none"
+        listed = self.integrations_listed()
         return f"{', '.join(unknown)} is not in the config (integrations: {listed})"
 
 

@@ -65,13 +65,11 @@ def _integrations(config: Config, given: str | None) -> tuple[str, ...] | None:
     configured integration called ``NAME``."""
     if given is None:
         return None
-    if "/" in given:
-        return (given,)
-    keys = tuple(config.integration_keys(given))
+    keys = tuple(config.integrations_named(given))
     if not keys:
         raise ForgetError(
             f"no integration named {given!r} in the config; give it as ACCOUNT/NAME"
-            f" ({', '.join(config.integration_keys()) or 'none configured'})"
+            f" ({config.integrations_listed()})"
         )
     return keys
 
