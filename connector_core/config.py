@@ -174,12 +174,14 @@ def _check_public_url(value: str) -> str:
 def webhook_path_in(url: str) -> str | None:
     """Why ``url`` cannot be the service's address: it already ends with the webhook's path
     (pasted from Sipuni's settings, say), to which ``/sipuni/<token>`` would be added again."""
-    path = urlsplit(url).path.rstrip("/")
+    parts = urlsplit(url)
+    path = parts.path.rstrip("/")
     if path.endswith("/sipuni") or "/sipuni/" in path:
-        base = url[: url.find("/sipuni")]
+        # Cut in the path: the host may have "sipuni" in its name too.
+        base = f"{parts.scheme}://{parts.netloc}{path[: path.find('/sipuni')]}"
         return (
             "the service's address without the webhook's path: /sipuni/<token> is added to"
-            f" it (here: {base or 'https://connector.example.com'})"
+            f" it (here: {base})"
         )
     return None
 

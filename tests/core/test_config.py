@@ -583,15 +583,20 @@ def test_core_values_out_of_range_are_reported() -> None:
 
 
 @pytest.mark.parametrize(
-    "pasted", ["https://c.example.com/sipuni/", "https://c.example.com/sipuni/abcdefgh12345678"]
+    ("pasted", "base"),
+    [
+        ("https://c.example.com/sipuni/", "https://c.example.com"),
+        ("https://c.example.com/sipuni/abcdefgh12345678", "https://c.example.com"),
+        ("https://sipuni.example.com/in/sipuni", "https://sipuni.example.com/in"),
+    ],
 )
-def test_a_public_url_with_the_webhooks_path_says_it_is_added(pasted: str) -> None:
+def test_a_public_url_with_the_webhooks_path_says_it_is_added(pasted: str, base: str) -> None:
     """Sipuni's URL pasted whole: /sipuni/<token> would be added to it again, and every
     webhook would get a 404. The token is not repeated in the message."""
     errors = errors_of(f'[server]\npublic_url = "{pasted}"\n' + ACCOUNT)
     assert errors == [
         "server.public_url: expected the service's address without the webhook's path:"
-        " /sipuni/<token> is added to it (here: https://c.example.com)"
+        f" /sipuni/<token> is added to it (here: {base})"
     ]
     assert parse('[server]\npublic_url = "https://c.example.com/sipuni-in"\n' + ACCOUNT)
 
